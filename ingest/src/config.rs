@@ -1,0 +1,166 @@
+//! Ingest configuration: one struct, read from the environment (or flags).
+//!
+//! `ingest --help` prints every variable with its default.
+
+use clap::{Args, Parser};
+use dlr_shared::config::{BrokerConfig, LogConfig, parse_millis, parse_seconds};
+use dlr_shared::signature::vonage_sms::SigMethod;
+use dlr_shared::signature::{Freshness, SecretList, SignatureMode};
+use std::net::SocketAddr;
+use std::time::Duration;
+use url::Url;
+
+/// Everything `ingest` can be told.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ingest",
+    version,
+    about = "HTTP intake for SMS delivery receipts (Vonage SMS, Vonage Messages, Twilio)"
+)]
+pub struct Config {
+    /// Address to listen on for webhooks, probes and /metrics.
+    #[arg(long = "addr", env = "INGEST_ADDR", default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+    /// Broker connection and names.
+    #[command(flatten)]
+    pub broker: BrokerConfig,
+    /// Largest accepted request body in bytes (larger: 413).
+    #[arg(long = "body-limit-bytes", env = "INGEST_BODY_LIMIT_BYTES", default_value_t = 65_536)]
+    pub body_limit_bytes: usize,
+    /// How long to wait for the broker's publisher confirm before answering 503.
+    #[arg(long = "confirm-timeout-ms", env = "INGEST_CONFIRM_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis)]
+    pub confirm_timeout: Duration,
+    /// Upper bound for a whole request, body upload included (slow clients get 408).
+    #[arg(long = "request-timeout-ms", env = "INGEST_REQUEST_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
+    pub request_timeout: Duration,
+    /// After SIGTERM, how long in-flight requests may take before the process exits anyway.
+    #[arg(long = "drain-timeout-seconds", env = "INGEST_DRAIN_TIMEOUT_SECONDS", default_value = "20", value_parser = parse_seconds)]
+    pub drain_timeout: Duration,
+    /// Requests handled at once; beyond this ingest answers 429 with Retry-After
+    /// (providers retry 429) instead of queueing unbounded work.
+    #[arg(long = "max-concurrency", env = "INGEST_MAX_CONCURRENCY", default_value_t = 1024)]
+    pub max_concurrency: usize,
+    /// Signature verification.
+    #[command(flatten)]
+    pub signatures: SignatureConfig,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+/// Signature settings, named after the providers' own conventions.
+#[derive(Debug, Clone, Args)]
+pub struct SignatureConfig {
+    /// Vonage (SMS `sig` and Messages JWT) check: off, log-only or enforce.
+    #[arg(long = "vonage-signature-mode", env = "VONAGE_SIGNATURE_MODE", default_value = "off")]
+    pub vonage_mode: SignatureMode,
+    /// Vonage SMS signature method configured in the dashboard: md5hash, md5, sha1, sha256, sha512.
+    #[arg(long = "vonage-signature-method", env = "VONAGE_SIGNATURE_METHOD", default_value = "md5hash")]
+    pub vonage_method: SigMethod,
+    /// Vonage signature secret(s), comma-separated: current first, previous during rotation.
+    #[arg(long = "vonage-signature-secret", env = "VONAGE_SIGNATURE_SECRET", hide_env_values = true)]
+    pub vonage_secret: Option<String>,
+    /// Twilio X-Twilio-Signature check: off, log-only or enforce.
+    #[arg(long = "twilio-signature-mode", env = "TWILIO_SIGNATURE_MODE", default_value = "off")]
+    pub twilio_mode: SignatureMode,
+    /// Twilio Auth Token(s), comma-separated: current first, previous during rotation.
+    #[arg(long = "twilio-auth-token", env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
+    pub twilio_token: Option<String>,
+    /// Scheme and host the providers call (e.g. https://dlr.example.com). Twilio
+    /// signs the public URL, which differs from ours behind a load balancer.
+    #[arg(long = "public-base-url", env = "PUBLIC_BASE_URL")]
+    pub public_base_url: Option<Url>,
+    /// Oldest signature timestamp accepted. Default 72 h: Vonage retries a DLR
+    /// for up to 72 h and does not document re-signing retries, so a tight
+    /// window would turn retries into permanent 401s (replays of a genuine
+    /// receipt are harmless: events are de-duplicated by id).
+    #[arg(long = "signature-max-age-seconds", env = "SIGNATURE_MAX_AGE_SECONDS", default_value = "259200", value_parser = parse_seconds)]
+    pub max_age: Duration,
+    /// How far in the future a signature timestamp may be (clock skew).
+    #[arg(long = "signature-max-future-seconds", env = "SIGNATURE_MAX_FUTURE_SECONDS", default_value = "300", value_parser = parse_seconds)]
+    pub max_future: Duration,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting is missing or contradicts another.
+    #[error("{variable}: {problem}")]
+    Invalid {
+        /// The environment variable to fix.
+        variable: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Signature policy after validation: secrets present wherever checks are on.
+#[derive(Clone)]
+pub struct SignaturePolicy {
+    /// Vonage mode.
+    pub vonage_mode: SignatureMode,
+    /// Vonage SMS method.
+    pub vonage_method: SigMethod,
+    /// Vonage secrets (empty list only when mode is off).
+    pub vonage_secrets: Option<SecretList>,
+    /// Twilio mode.
+    pub twilio_mode: SignatureMode,
+    /// Twilio tokens.
+    pub twilio_tokens: Option<SecretList>,
+    /// Public base URL for Twilio.
+    pub public_base_url: Option<Url>,
+    /// Timestamp window.
+    pub freshness: Freshness,
+}
+
+impl Config {
+    /// Checks cross-field rules clap cannot express, once, at start-up.
+    pub fn validate(&self) -> Result<SignaturePolicy, ConfigError> {
+        if self.body_limit_bytes == 0 {
+            return Err(invalid("INGEST_BODY_LIMIT_BYTES", "must be greater than 0"));
+        }
+        if self.max_concurrency == 0 {
+            return Err(invalid("INGEST_MAX_CONCURRENCY", "must be greater than 0"));
+        }
+        if self.confirm_timeout.is_zero() || self.confirm_timeout >= Duration::from_secs(15) {
+            return Err(invalid(
+                "INGEST_CONFIRM_TIMEOUT_MS",
+                "must be between 1 and 14999: providers give up on a webhook after 15 s",
+            ));
+        }
+        let s = &self.signatures;
+        let vonage_secrets = secrets(s.vonage_mode, s.vonage_secret.as_deref(), "VONAGE_SIGNATURE_SECRET")?;
+        let twilio_tokens = secrets(s.twilio_mode, s.twilio_token.as_deref(), "TWILIO_AUTH_TOKEN")?;
+        if s.twilio_mode != SignatureMode::Off && s.public_base_url.is_none() {
+            return Err(invalid(
+                "PUBLIC_BASE_URL",
+                "is required when TWILIO_SIGNATURE_MODE is not off: Twilio signs the URL it called",
+            ));
+        }
+        Ok(SignaturePolicy {
+            vonage_mode: s.vonage_mode,
+            vonage_method: s.vonage_method,
+            vonage_secrets,
+            twilio_mode: s.twilio_mode,
+            twilio_tokens,
+            public_base_url: s.public_base_url.clone(),
+            freshness: Freshness { max_age: s.max_age, max_future: s.max_future },
+        })
+    }
+}
+
+fn secrets(
+    mode: SignatureMode,
+    raw: Option<&str>,
+    variable: &'static str,
+) -> Result<Option<SecretList>, ConfigError> {
+    match (mode, raw.map(str::trim).filter(|s| !s.is_empty())) {
+        (SignatureMode::Off, _) => Ok(None),
+        (_, None) => Err(invalid(variable, "is required when the signature mode is not off")),
+        (_, Some(raw)) => SecretList::parse(raw).map(Some).map_err(|e| invalid(variable, e.to_string())),
+    }
+}
+
+fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { variable, problem: problem.into() }
+}

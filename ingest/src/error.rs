@@ -1,0 +1,94 @@
+//! Every way a webhook request can fail, and the HTTP status it gets.
+//!
+//! The status is the contract with the provider: 4xx means "never send this
+//! again" (so only for requests that can never succeed), 429/503 mean "retry
+//! later" (so for anything that is our problem). Internal details are
+//! logged, not sent.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use dlr_shared::amqp::PublishError;
+use dlr_shared::providers::{FieldProblem, ReceiptError};
+use dlr_shared::signature::SignatureError;
+use serde_json::json;
+
+/// Seconds a provider is asked to wait after a 503/429.
+pub const RETRY_AFTER_SECONDS: &str = "5";
+
+/// Why ingest did not accept a request.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Content type we cannot decode.
+    #[error("unsupported content type {0:?}: use application/x-www-form-urlencoded or application/json")]
+    UnsupportedMediaType(String),
+    /// Body over the configured limit.
+    #[error("request body exceeds the configured size limit (INGEST_BODY_LIMIT_BYTES)")]
+    PayloadTooLarge,
+    /// The body could not be read (client aborted, bad chunking).
+    #[error("could not read the request body: {0}")]
+    UnreadableBody(String),
+    /// Nothing was sent.
+    #[error("empty request: no receipt fields in the {0}")]
+    Empty(&'static str),
+    /// Decoded but not a valid receipt.
+    #[error(transparent)]
+    Receipt(#[from] ReceiptError),
+    /// Signature check failed in enforce mode.
+    #[error("signature check failed: {0}")]
+    Signature(#[from] SignatureError),
+    /// The broker did not confirm the receipt.
+    #[error("receipt not stored: {0}")]
+    Unavailable(#[from] PublishError),
+}
+
+impl IngestError {
+    /// HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
+            IngestError::Empty(_) | IngestError::Receipt(_) => StatusCode::BAD_REQUEST,
+            IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
+            IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Low-cardinality reason for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
+            IngestError::PayloadTooLarge => "payload_too_large",
+            IngestError::UnreadableBody(_) => "unreadable_body",
+            IngestError::Empty(_) => "empty",
+            IngestError::Receipt(e) => e.reason(),
+            IngestError::Signature(_) => "signature",
+            IngestError::Unavailable(e) => e.reason(),
+        }
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = match &self {
+            // The caller learns that we could not store it, not why: broker
+            // details are for our logs.
+            IngestError::Unavailable(_) => json!({
+                "error": "temporarily unable to store the receipt; retry later",
+            }),
+            IngestError::Receipt(e) => {
+                let fields: &[FieldProblem] = e.problems();
+                json!({ "error": e.to_string(), "reason": e.reason(), "fields": fields })
+            }
+            IngestError::Signature(e) => json!({ "error": self.to_string(), "reason": e.reason() }),
+            other => json!({ "error": other.to_string(), "reason": other.reason() }),
+        };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}

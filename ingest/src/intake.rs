@@ -1,0 +1,320 @@
+//! One receipt's way through ingest: decode, verify, parse, publish.
+//!
+//! The order matters. Decoding comes first because signatures cover the
+//! decoded fields; the signature comes before parsing so that a forged
+//! request never reaches the parser's error messages; publishing is last,
+//! and its confirm is what allows the 200.
+
+use axum::http::{HeaderMap, Method, header};
+use base64::Engine;
+use bytes::Bytes;
+use chrono::Utc;
+use dlr_shared::Provider;
+use dlr_shared::amqp::insert_str;
+use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
+use dlr_shared::event::ReceiptEvent;
+use dlr_shared::providers::{self, Fields, ReceiptError};
+use dlr_shared::signature::{self, SignatureError, SignatureMode};
+use lapin::BasicProperties;
+use lapin::types::FieldTable;
+use serde_json::json;
+use std::time::Instant;
+
+use crate::error::IngestError;
+use crate::state::AppState;
+
+/// A webhook request as received, before any interpretation.
+#[derive(Debug)]
+pub struct WebhookRequest {
+    /// HTTP method.
+    pub method: Method,
+    /// Path as routed (`/dlr/vonage`), for Twilio's URL signature.
+    pub path: String,
+    /// Raw query string, without `?`.
+    pub query: Option<String>,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Raw body bytes.
+    pub body: Bytes,
+}
+
+/// Result of a signature check that did not reject the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Authenticity {
+    /// Checked and valid: a parse failure afterwards is probably our bug.
+    Verified,
+    /// Not checked (mode off) or failed in log-only mode.
+    Unverified,
+}
+
+/// Accepts a Vonage SMS API receipt (GET query, POST form or POST JSON).
+pub async fn vonage_sms(state: &AppState, request: WebhookRequest) -> Result<ReceiptEvent, IngestError> {
+    // An account switched to the Messages API sends Messages-format JSON to
+    // the same URL (reference §1.1): take it rather than 400 it away.
+    if is_json(&request.headers) && contains(&request.body, b"\"message_uuid\"") {
+        return vonage_messages(state, request).await;
+    }
+    let provider = Provider::VonageSms;
+    let fields = decode_fields(&request).inspect_err(|e| reject(state, provider, e))?;
+    let authenticity = check(state, provider, &request, state.signatures.vonage_mode, || {
+        let secrets = state.signatures.vonage_secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
+        signature::vonage_sms::verify(
+            fields.pairs(),
+            secrets,
+            state.signatures.vonage_method,
+            state.signatures.freshness,
+            Utc::now().timestamp(),
+        )
+    })
+    .await?;
+    let parsed = providers::vonage_sms::parse(&fields, Utc::now());
+    finish(state, provider, &request, authenticity, parsed).await
+}
+
+/// Accepts a Vonage Messages API status webhook (POST JSON, JWT-signed).
+pub async fn vonage_messages(state: &AppState, request: WebhookRequest) -> Result<ReceiptEvent, IngestError> {
+    let provider = Provider::VonageMessages;
+    if let Err(e) = require_body(&request, &["application/json"]) {
+        reject(state, provider, &e);
+        return Err(e);
+    }
+    let authorization = request.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let authenticity = check(state, provider, &request, state.signatures.vonage_mode, || {
+        let secrets = state.signatures.vonage_secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
+        signature::vonage_jwt::verify(
+            authorization,
+            &request.body,
+            secrets,
+            state.signatures.freshness,
+            Utc::now().timestamp(),
+        )
+        .map(|_| ())
+    })
+    .await?;
+    let parsed = providers::vonage_messages::parse(&request.body, Utc::now());
+    finish(state, provider, &request, authenticity, parsed).await
+}
+
+/// Accepts a Twilio message status callback (POST form).
+pub async fn twilio(state: &AppState, request: WebhookRequest) -> Result<ReceiptEvent, IngestError> {
+    let provider = Provider::Twilio;
+    let fields = require_body(&request, &["application/x-www-form-urlencoded"])
+        .and_then(|()| decode_fields(&request))
+        .inspect_err(|e| reject(state, provider, e))?;
+    let signature_header = request.headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
+    let settings_header =
+        request.headers.get("x-twilio-webhooks-signature-settings").and_then(|v| v.to_str().ok());
+    let authenticity = check(state, provider, &request, state.signatures.twilio_mode, || {
+        let tokens = state.signatures.twilio_tokens.as_ref().ok_or(SignatureError::Missing("secret"))?;
+        let url = public_url(state, &request);
+        signature::twilio::verify(&url, fields.pairs(), signature_header, settings_header, tokens)
+    })
+    .await?;
+    let parsed = providers::twilio::parse(&fields, Utc::now());
+    finish(state, provider, &request, authenticity, parsed).await
+}
+
+/// The URL Twilio called: the configured public base plus our path and query.
+fn public_url(state: &AppState, request: &WebhookRequest) -> String {
+    let base =
+        state.signatures.public_base_url.as_ref().map(|u| u.as_str().trim_end_matches('/')).unwrap_or("");
+    match &request.query {
+        Some(q) if !q.is_empty() => format!("{base}{}?{q}", request.path),
+        _ => format!("{base}{}", request.path),
+    }
+}
+
+/// Runs a signature check according to `mode`. In enforce mode a failure
+/// is quarantined and rejected; in log-only mode it is counted and logged.
+async fn check(
+    state: &AppState,
+    provider: Provider,
+    request: &WebhookRequest,
+    mode: SignatureMode,
+    verify: impl FnOnce() -> Result<(), SignatureError>,
+) -> Result<Authenticity, IngestError> {
+    if mode == SignatureMode::Off {
+        return Ok(Authenticity::Unverified);
+    }
+    match verify() {
+        Ok(()) => Ok(Authenticity::Verified),
+        Err(error) => {
+            state.metrics.signature_failures.with_label_values(&[provider.as_str(), error.reason()]).inc();
+            if mode == SignatureMode::LogOnly {
+                tracing::warn!(provider = %provider, reason = error.reason(), %error, "signature check failed (log-only: accepted)");
+                return Ok(Authenticity::Unverified);
+            }
+            let error = IngestError::Signature(error);
+            quarantine(state, provider, request, &error).await;
+            reject(state, provider, &error);
+            Err(error)
+        }
+    }
+}
+
+/// Publishes a parsed receipt, or rejects a parse failure (quarantining it
+/// when the request was authentic: then the fault is probably ours).
+async fn finish(
+    state: &AppState,
+    provider: Provider,
+    request: &WebhookRequest,
+    authenticity: Authenticity,
+    parsed: Result<ReceiptEvent, ReceiptError>,
+) -> Result<ReceiptEvent, IngestError> {
+    let event = match parsed {
+        Ok(event) => event,
+        Err(error) => {
+            let error = IngestError::Receipt(error);
+            if authenticity == Authenticity::Verified {
+                quarantine(state, provider, request, &error).await;
+            }
+            reject(state, provider, &error);
+            return Err(error);
+        }
+    };
+    if !event.status_recognised {
+        tracing::warn!(provider = %provider, status = %event.status, "unrecognised status word; accepted as pending");
+    }
+    publish(state, &event).await?;
+    state.metrics.accepted.with_label_values(&[provider.as_str(), event.outcome.as_str()]).inc();
+    Ok(event)
+}
+
+/// Publishes the event and waits for the broker's confirm.
+async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<(), IngestError> {
+    let mut headers = FieldTable::default();
+    insert_str(&mut headers, "x-provider", event.provider.as_str());
+    insert_str(&mut headers, "x-outcome", event.outcome.as_str());
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(event.event_id.as_str().into())
+        .with_timestamp(u64::try_from(event.received_at.timestamp()).unwrap_or(0))
+        .with_type("receipt.v1".into())
+        .with_headers(headers);
+
+    let metrics = &state.metrics;
+    metrics.publishes_in_flight.inc();
+    let started = Instant::now();
+    let result = state
+        .publisher
+        .publish(&state.topology.exchange, RECEIPT_ROUTING_KEY, &event.to_json(), properties)
+        .await;
+    metrics.publishes_in_flight.dec();
+    match result {
+        Ok(()) => {
+            metrics.confirm_duration.observe(started.elapsed().as_secs_f64());
+            tracing::debug!(event_id = %event.event_id, provider = %event.provider, outcome = %event.outcome, "receipt stored");
+            Ok(())
+        }
+        Err(error) => {
+            metrics.publish_failures.with_label_values(&[error.reason()]).inc();
+            tracing::warn!(event_id = %event.event_id, provider = %event.provider, reason = error.reason(), %error, "receipt not stored; answering 503");
+            Err(IngestError::Unavailable(error))
+        }
+    }
+}
+
+/// Copies a rejected request to the bounded quarantine queue so an operator
+/// can re-verify and replay it (`worker replay-quarantine`). Best effort: the
+/// answer is a 4xx either way, and a broker problem must not turn it into a 5xx.
+async fn quarantine(state: &AppState, provider: Provider, request: &WebhookRequest, error: &IngestError) {
+    let header = |name: header::HeaderName| request.headers.get(name).and_then(|v| v.to_str().ok());
+    let copy = json!({
+        "quarantined_at": Utc::now(),
+        "provider": provider,
+        "reason": error.reason(),
+        "detail": error.to_string(),
+        "request": {
+            "method": request.method.as_str(),
+            "path": request.path,
+            "query": request.query,
+            "headers": {
+                "content-type": header(header::CONTENT_TYPE),
+                "authorization": header(header::AUTHORIZATION),
+                "x-twilio-signature": request.headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()),
+                "x-twilio-webhooks-signature-settings": request.headers.get("x-twilio-webhooks-signature-settings").and_then(|v| v.to_str().ok()),
+            },
+            "body_base64": base64::engine::general_purpose::STANDARD.encode(&request.body),
+        },
+    });
+    let mut headers = FieldTable::default();
+    insert_str(&mut headers, "x-provider", provider.as_str());
+    insert_str(&mut headers, "x-quarantine-reason", error.reason());
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_type("quarantine.v1".into())
+        .with_headers(headers);
+    let body = serde_json::to_vec(&copy).unwrap_or_default();
+    match state.publisher.publish("", &state.topology.quarantine_queue, &body, properties).await {
+        Ok(()) => {
+            state.metrics.quarantined.with_label_values(&[provider.as_str(), error.reason()]).inc();
+        }
+        Err(publish_error) => {
+            tracing::warn!(provider = %provider, %publish_error, "could not copy a rejected request to quarantine");
+        }
+    }
+}
+
+/// Counts and logs a rejected request: one line each, with the reason.
+fn reject(state: &AppState, provider: Provider, error: &IngestError) {
+    if matches!(error, IngestError::Unavailable(_)) {
+        return;
+    }
+    state.metrics.rejected.with_label_values(&[provider.as_str(), error.reason()]).inc();
+    tracing::warn!(provider = %provider, status = error.status().as_u16(), reason = error.reason(), error = %error, "receipt rejected");
+}
+
+/// Decodes query (GET/HEAD) or body (POST) into fields. For POST the query
+/// string is ignored: Vonage does not support mixing the two.
+fn decode_fields(request: &WebhookRequest) -> Result<Fields, IngestError> {
+    if request.method == Method::GET || request.method == Method::HEAD {
+        let query = request.query.as_deref().unwrap_or("");
+        if query.is_empty() {
+            return Err(IngestError::Empty("query string"));
+        }
+        return Ok(providers::decode_urlencoded(query.as_bytes(), "query")?);
+    }
+    require_body(request, &["application/x-www-form-urlencoded", "application/json"])?;
+    if is_json(&request.headers) {
+        Ok(providers::decode_json_object(&request.body)?)
+    } else {
+        Ok(providers::decode_urlencoded(&request.body, "form")?)
+    }
+}
+
+/// Checks that a POST has a body of one of the `allowed` media types.
+fn require_body(request: &WebhookRequest, allowed: &[&str]) -> Result<(), IngestError> {
+    let essence = media_type(&request.headers);
+    let accepted = allowed.iter().any(|a| {
+        essence == *a
+            || (*a == "application/json" && essence.starts_with("application/") && essence.ends_with("+json"))
+    });
+    if !accepted {
+        return Err(IngestError::UnsupportedMediaType(essence));
+    }
+    if request.body.iter().all(u8::is_ascii_whitespace) {
+        return Err(IngestError::Empty("body"));
+    }
+    Ok(())
+}
+
+/// The media type without parameters, lower-cased (`application/json`).
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let essence = media_type(headers);
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,22 @@
+//! `ingest`: the HTTP edge that makes delivery receipts durable.
+//!
+//! A receipt is answered 200 only once RabbitMQ has confirmed it holds the
+//! message; anything else is a 4xx (the provider must not retry) or a 503
+//! (it must). The process keeps no state of its own, so it scales by copies.
+//!
+//! - [`config`]: settings from the environment, validated at start-up.
+//! - [`startup`]: builds the app (tests use the same code on port 0).
+//! - [`routes`]: the webhook routes, probes and `/metrics`.
+//! - [`intake`]: decode, verify, parse, publish: one receipt's way through.
+//! - [`error`]: every way a request can fail, and the status it gets.
+
+pub mod config;
+pub mod error;
+pub mod intake;
+pub mod metrics;
+pub mod routes;
+pub mod startup;
+pub mod state;
+
+pub use config::Config;
+pub use startup::Application;

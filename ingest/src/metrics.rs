@@ -1,0 +1,106 @@
+//! Ingest's metrics. Labels come from small closed sets only (route
+//! templates, status codes, provider, outcome, reason), never from ids or
+//! phone numbers, so series counts stay bounded.
+
+use dlr_shared::metrics::{LATENCY_BUCKETS, MetricsBuilder, new_registry};
+use dlr_shared::{Outcome, Provider};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+
+/// Every metric ingest exports, registered in its own registry.
+#[derive(Clone)]
+pub struct IngestMetrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Requests by route template and HTTP status code.
+    pub http_requests: IntCounterVec,
+    /// Request latency by route template.
+    pub http_duration: HistogramVec,
+    /// Receipts confirmed by the broker, by provider and outcome.
+    pub accepted: IntCounterVec,
+    /// Receipts refused with a 4xx, by provider and reason.
+    pub rejected: IntCounterVec,
+    /// Time from publish to broker confirm.
+    pub confirm_duration: Histogram,
+    /// Publishes that did not end in a confirm, by reason.
+    pub publish_failures: IntCounterVec,
+    /// 1 while a broker connection is up.
+    pub broker_connected: IntGauge,
+    /// Publishes awaiting their confirm.
+    pub publishes_in_flight: IntGauge,
+    /// Signature checks that failed, by provider and reason (all modes).
+    pub signature_failures: IntCounterVec,
+    /// Requests copied to the quarantine queue.
+    pub quarantined: IntCounterVec,
+    /// Requests refused with 429 because the concurrency limit was reached.
+    pub load_shed: IntCounter,
+}
+
+impl IngestMetrics {
+    /// Registers every metric and pre-creates the expected label sets so
+    /// that dashboards and alerts see zeros instead of missing series.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = new_registry();
+        let b = MetricsBuilder::new(&registry);
+        let metrics = Self {
+            http_requests: b.counter_vec(
+                "dlr_ingest_http_requests_total",
+                "HTTP requests by route template and status code.",
+                &["route", "status"],
+            )?,
+            http_duration: b.histogram_vec(
+                "dlr_ingest_http_request_duration_seconds",
+                "HTTP request latency by route template.",
+                &["route"],
+                LATENCY_BUCKETS,
+            )?,
+            accepted: b.counter_vec(
+                "dlr_ingest_receipts_accepted_total",
+                "Receipts confirmed by the broker, by provider and outcome.",
+                &["provider", "outcome"],
+            )?,
+            rejected: b.counter_vec(
+                "dlr_ingest_receipts_rejected_total",
+                "Receipts refused with a client error, by provider and reason.",
+                &["provider", "reason"],
+            )?,
+            confirm_duration: b.histogram(
+                "dlr_ingest_publish_confirm_duration_seconds",
+                "Time from publishing a receipt to the broker's confirm.",
+                LATENCY_BUCKETS,
+            )?,
+            publish_failures: b.counter_vec(
+                "dlr_ingest_publish_failures_total",
+                "Publishes not confirmed by the broker (answered 503), by reason.",
+                &["reason"],
+            )?,
+            broker_connected: b
+                .gauge("dlr_ingest_broker_connected", "1 while the broker connection is up.")?,
+            publishes_in_flight: b
+                .gauge("dlr_ingest_publishes_in_flight", "Publishes waiting for their broker confirm.")?,
+            signature_failures: b.counter_vec(
+                "dlr_ingest_signature_failures_total",
+                "Failed signature checks by provider and reason (log-only mode included).",
+                &["provider", "reason"],
+            )?,
+            quarantined: b.counter_vec(
+                "dlr_ingest_quarantined_total",
+                "Rejected requests copied to the quarantine queue, by provider and reason.",
+                &["provider", "reason"],
+            )?,
+            load_shed: b.counter(
+                "dlr_ingest_load_shed_total",
+                "Requests answered 429 because the concurrency limit was reached.",
+            )?,
+            registry,
+        };
+        for provider in Provider::ALL {
+            for outcome in Outcome::ALL {
+                metrics.accepted.with_label_values(&[provider.as_str(), outcome.as_str()]);
+            }
+        }
+        for reason in ["unavailable", "blocked", "nacked", "returned", "timeout", "channel_error"] {
+            metrics.publish_failures.with_label_values(&[reason]);
+        }
+        Ok(metrics)
+    }
+}

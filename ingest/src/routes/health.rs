@@ -1,0 +1,40 @@
+//! Probes and metrics.
+//!
+//! `/healthz` only says the process serves HTTP: tying liveness to the broker
+//! would make Kubernetes restart every pod during a broker outage. `/readyz`
+//! is what takes a pod out of the load balancer (broker down, draining).
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::state::AppState;
+
+/// Probe and metrics routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.is_ready() {
+        (StatusCode::OK, "ready")
+    } else if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker unavailable")
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let (content_type, body) = dlr_shared::metrics::render(&state.metrics.registry);
+    ([(header::CONTENT_TYPE, content_type)], body)
+}

@@ -1,0 +1,85 @@
+//! HTTP routes. Each module owns its routes; [`router`] merges them and
+//! applies the layers once.
+
+mod health;
+mod receipts;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use std::time::{Duration, Instant};
+use tower::BoxError;
+use tower::ServiceBuilder;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::RETRY_AFTER_SECONDS;
+use crate::state::AppState;
+
+/// Router settings that come from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct RouterLimits {
+    /// Largest body accepted.
+    pub body_limit_bytes: usize,
+    /// Whole-request deadline.
+    pub request_timeout: Duration,
+    /// Concurrent requests before shedding with 429.
+    pub max_concurrency: usize,
+}
+
+/// The complete application router.
+pub fn router(state: AppState, limits: RouterLimits) -> Router {
+    let shed_counter = state.metrics.load_shed.clone();
+    // Receipts are shed with 429 + Retry-After (providers retry it) once the
+    // concurrency limit is reached, instead of queueing without bound.
+    let load_shedding = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(move |error: BoxError| {
+            let shed_counter = shed_counter.clone();
+            async move { overload_response(&error, &shed_counter) }
+        }))
+        .load_shed()
+        .concurrency_limit(limits.max_concurrency);
+
+    let webhooks =
+        receipts::router().layer(DefaultBodyLimit::max(limits.body_limit_bytes)).layer(load_shedding);
+
+    Router::new()
+        .merge(webhooks)
+        .merge(health::router())
+        .layer(middleware::from_fn_with_state(state.clone(), record_http_metrics))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+fn overload_response(error: &BoxError, shed_counter: &prometheus::IntCounter) -> Response {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        shed_counter.inc();
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, "overloaded; retry later").into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        return response;
+    }
+    tracing::error!(%error, "unexpected middleware error");
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable").into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+    response
+}
+
+/// Counts every request by route template (never the raw path: unbounded
+/// label values) and status code, and times it.
+async fn record_http_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = &state.metrics;
+    metrics.http_requests.with_label_values(&[&route, response.status().as_str()]).inc();
+    metrics.http_duration.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,67 @@
+//! The webhook routes, one per provider API.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+
+use crate::error::IngestError;
+use crate::intake::{self, WebhookRequest};
+use crate::state::AppState;
+
+/// `/dlr/vonage` (GET and POST), `/dlr/vonage-messages` and `/dlr/twilio` (POST).
+/// Other methods get 405 from the router.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/dlr/vonage", get(vonage_sms).post(vonage_sms))
+        .route("/dlr/vonage-messages", post(vonage_messages))
+        .route("/dlr/twilio", post(twilio))
+}
+
+async fn vonage_sms(State(state): State<AppState>, request: WebhookRequest) -> Response {
+    respond(intake::vonage_sms(&state, request).await)
+}
+
+async fn vonage_messages(State(state): State<AppState>, request: WebhookRequest) -> Response {
+    respond(intake::vonage_messages(&state, request).await)
+}
+
+async fn twilio(State(state): State<AppState>, request: WebhookRequest) -> Response {
+    respond(intake::twilio(&state, request).await)
+}
+
+impl<S: Send + Sync> FromRequest<S> for WebhookRequest {
+    type Rejection = IngestError;
+
+    /// Keeps the raw parts: signatures are computed over exactly these.
+    /// The body is read under the router's `DefaultBodyLimit`.
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().map(str::to_owned);
+        let headers = request.headers().clone();
+        let body = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                IngestError::PayloadTooLarge
+            } else {
+                IngestError::UnreadableBody(rejection.body_text())
+            }
+        })?;
+        Ok(WebhookRequest { method, path, query, headers, body })
+    }
+}
+
+fn respond(result: Result<dlr_shared::ReceiptEvent, IngestError>) -> Response {
+    match result {
+        Ok(event) => (
+            StatusCode::OK,
+            Json(json!({ "status": "accepted", "event_id": event.event_id, "outcome": event.outcome })),
+        )
+            .into_response(),
+        Err(error) => error.into_response(),
+    }
+}

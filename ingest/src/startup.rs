@@ -1,0 +1,137 @@
+//! Building and running the app; `main` and the tests share this code.
+
+use dlr_shared::amqp::{BrokerConnection, Publisher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::metrics::IngestMetrics;
+use crate::routes::{RouterLimits, router};
+use crate::state::AppState;
+
+/// Why the app could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The listen address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address from `INGEST_ADDR`.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Metric registration failed (a programming error).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Serving failed.
+    #[error("server: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// A bound, not yet serving, ingest.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    limits: RouterLimits,
+    drain_timeout: std::time::Duration,
+    broker_shutdown: CancellationToken,
+    broker_task: JoinHandle<()>,
+}
+
+impl Application {
+    /// Validates the config, binds the listener (port 0 picks a free port)
+    /// and starts the broker connection in the background. Does not wait
+    /// for the broker: ingest must start (unready) while the broker is down.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let signatures = config.validate()?;
+        let metrics = IngestMetrics::new()?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr: config.addr, source })?;
+
+        let topology = Arc::new(config.broker.topology.clone());
+        let declare_topology = topology.clone();
+        let setup: dlr_shared::amqp::connection::SetupHook = Arc::new(move |conn| {
+            let topology = declare_topology.clone();
+            Box::pin(async move {
+                let channel = conn.create_channel().await?;
+                topology.declare_intake(&channel).await?;
+                channel.close(200, "topology declared".into()).await
+            })
+        });
+        let broker_shutdown = CancellationToken::new();
+        let (broker, broker_task) = BrokerConnection::start(
+            config.broker.url.clone(),
+            format!("ingest@{}", hostname()),
+            setup,
+            metrics.broker_connected.clone(),
+            broker_shutdown.clone(),
+        );
+        let state = AppState {
+            publisher: Arc::new(Publisher::new(broker, config.confirm_timeout)),
+            topology,
+            signatures: Arc::new(signatures),
+            metrics,
+            draining: Arc::new(AtomicBool::new(false)),
+        };
+        let limits = RouterLimits {
+            body_limit_bytes: config.body_limit_bytes,
+            request_timeout: config.request_timeout,
+            max_concurrency: config.max_concurrency,
+        };
+        Ok(Self {
+            listener,
+            state,
+            limits,
+            drain_timeout: config.drain_timeout,
+            broker_shutdown,
+            broker_task,
+        })
+    }
+
+    /// The bound address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` fires, then drains: readiness turns false,
+    /// the listener stops accepting, in-flight requests finish (their
+    /// confirms awaited) within the drain timeout, and only then is the
+    /// broker connection closed.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
+        let app = router(self.state.clone(), self.limits);
+        let draining = self.state.draining.clone();
+        let signal = shutdown.clone();
+        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            signal.cancelled().await;
+            draining.store(true, Ordering::SeqCst);
+        });
+        let server = server.into_future();
+        tokio::pin!(server);
+        let result = tokio::select! {
+            result = &mut server => result.map_err(StartupError::from),
+            () = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(self.drain_timeout).await;
+            } => {
+                tracing::warn!(timeout = ?self.drain_timeout, "drain timeout reached; exiting with requests in flight");
+                Ok(())
+            }
+        };
+        self.broker_shutdown.cancel();
+        let _ = self.broker_task.await;
+        tracing::info!("ingest stopped");
+        result
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned())
+}

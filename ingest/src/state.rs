@@ -1,0 +1,30 @@
+//! Shared request state: one `Clone` struct of `Arc`s, no globals.
+
+use dlr_shared::amqp::{Publisher, Topology};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::config::SignaturePolicy;
+use crate::metrics::IngestMetrics;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// Confirmed publishing to the broker.
+    pub publisher: Arc<Publisher>,
+    /// Exchange and queue names.
+    pub topology: Arc<Topology>,
+    /// Signature checks to apply.
+    pub signatures: Arc<SignaturePolicy>,
+    /// Metrics.
+    pub metrics: IngestMetrics,
+    /// Set on SIGTERM so readiness fails while in-flight requests drain.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// Ready to take receipts: broker usable and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst) && self.publisher.is_ready()
+    }
+}

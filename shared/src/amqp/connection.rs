@@ -1,0 +1,201 @@
+//! A broker connection that keeps itself alive.
+//!
+//! lapin 4 can recover connections by itself, but a publish that was in
+//! flight is not re-sent and a channel closed by a channel-level error stays
+//! closed (stack.md §1.4). Rather than mixing its recovery with our own
+//! channel bookkeeping, one supervisor task owns the connection: it connects
+//! with capped exponential backoff, runs a setup hook (declare topology) on
+//! every new connection, publishes the live connection through a `watch`
+//! channel and starts over as soon as the connection stops being usable.
+//! Users hold no connection of their own, so none of them can keep a dead
+//! one alive, and a process can start while the broker is still down.
+
+use futures_util::future::BoxFuture;
+use lapin::{Connection, ConnectionProperties};
+use prometheus::IntGauge;
+use secrecy::{ExposeSecret, SecretString};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Runs on every new connection before it is handed out (declare topology).
+pub type SetupHook =
+    Arc<dyn Fn(Arc<Connection>) -> BoxFuture<'static, Result<(), lapin::Error>> + Send + Sync>;
+
+/// How often the supervisor re-checks a connection that nobody reported.
+const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// Retry delays while the broker is unreachable: fast first, then every 2 s.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A TCP connect that hangs (black-holed address) must not stall recovery.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handle to the supervised connection; cheap to clone.
+#[derive(Clone)]
+pub struct BrokerConnection {
+    current: watch::Receiver<Option<Arc<Connection>>>,
+    wake: Arc<Notify>,
+    redeclare: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BrokerConnection {
+    /// Starts the supervisor. It runs until `shutdown` is cancelled, then
+    /// closes the connection; await the returned handle to know it is closed.
+    pub fn start(
+        uri: SecretString,
+        connection_name: String,
+        setup: SetupHook,
+        connected_gauge: IntGauge,
+        shutdown: CancellationToken,
+    ) -> (Self, JoinHandle<()>) {
+        let (sender, current) = watch::channel(None);
+        let wake = Arc::new(Notify::new());
+        let redeclare = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let supervisor = Supervisor {
+            uri,
+            connection_name,
+            setup,
+            gauge: connected_gauge,
+            sender,
+            wake: wake.clone(),
+            redeclare: redeclare.clone(),
+            shutdown,
+        };
+        let handle = tokio::spawn(supervisor.run());
+        (Self { current, wake, redeclare }, handle)
+    }
+
+    /// The live connection, if there is one right now.
+    pub fn current(&self) -> Option<Arc<Connection>> {
+        self.current.borrow().as_ref().filter(|c| c.status().connected()).cloned()
+    }
+
+    /// True while a usable connection exists.
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// Waits until a connection is available or `cancel` fires.
+    pub async fn wait_connected(&self, cancel: &CancellationToken) -> Option<Arc<Connection>> {
+        let mut rx = self.current.clone();
+        loop {
+            if let Some(conn) = rx.borrow_and_update().as_ref().filter(|c| c.status().connected()) {
+                return Some(conn.clone());
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                changed = rx.changed() => if changed.is_err() { return None },
+                // A connection can die without the watch changing; poll as well.
+                _ = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// Tells the supervisor that an operation failed, so it checks the
+    /// connection now instead of at the next health check.
+    pub fn report_failure(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Asks the supervisor to run the setup hook again on the live connection
+    /// (a queue was deleted behind our back and a publish came back unroutable).
+    pub fn request_redeclare(&self) {
+        self.redeclare.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+}
+
+struct Supervisor {
+    uri: SecretString,
+    connection_name: String,
+    setup: SetupHook,
+    gauge: IntGauge,
+    sender: watch::Sender<Option<Arc<Connection>>>,
+    wake: Arc<Notify>,
+    redeclare: Arc<std::sync::atomic::AtomicBool>,
+    shutdown: CancellationToken,
+}
+
+impl Supervisor {
+    async fn run(self) {
+        let mut backoff = MIN_BACKOFF;
+        let mut failures: u64 = 0;
+        while !self.shutdown.is_cancelled() {
+            match self.connect().await {
+                Ok(conn) => {
+                    if failures > 0 {
+                        tracing::info!(failed_attempts = failures, "broker connection restored");
+                    } else {
+                        tracing::info!("broker connection established");
+                    }
+                    failures = 0;
+                    backoff = MIN_BACKOFF;
+                    self.gauge.set(1);
+                    self.sender.send_replace(Some(conn.clone()));
+                    self.watch(&conn).await;
+                    self.sender.send_replace(None);
+                    self.gauge.set(0);
+                    if self.shutdown.is_cancelled() {
+                        // Best effort: the broker requeues anything unacked anyway.
+                        let _ = conn.close(200, "shutdown".into()).await;
+                        return;
+                    }
+                    tracing::warn!("broker connection lost; reconnecting");
+                }
+                Err(error) => {
+                    failures += 1;
+                    // Log the first failure loudly and then every 30th, not every 2 s.
+                    if failures == 1 || failures.is_multiple_of(30) {
+                        tracing::warn!(%error, attempts = failures, "cannot reach the broker; retrying");
+                    } else {
+                        tracing::debug!(%error, attempts = failures, "cannot reach the broker; retrying");
+                    }
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Arc<Connection>, String> {
+        let props =
+            ConnectionProperties::default().with_connection_name(self.connection_name.as_str().into());
+        let conn =
+            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(self.uri.expose_secret(), props))
+                .await
+                .map_err(|_| "connect timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+        let conn = Arc::new(conn);
+        self.redeclare.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Err(e) = (self.setup)(conn.clone()).await {
+            let _ = conn.close(320, "setup failed".into()).await;
+            return Err(format!("declaring topology failed: {e}"));
+        }
+        Ok(conn)
+    }
+
+    /// Returns when the connection is no longer usable or on shutdown.
+    async fn watch(&self, conn: &Arc<Connection>) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
+            }
+            if !conn.status().connected() {
+                return;
+            }
+            if self.redeclare.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                match (self.setup)(conn.clone()).await {
+                    Ok(()) => tracing::info!("topology declared again after an unroutable publish"),
+                    Err(error) => tracing::error!(%error, "re-declaring topology failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Confirmed publishing: a message counts as stored only when the broker says so.
+//!
+//! Every publish is `mandatory` and waits for its own publisher confirm, so
+//! callers learn about each of the ways a message can fail to reach a queue:
+//! no connection, a blocked connection (memory/disk alarm), a nack, an
+//! unroutable return (which RabbitMQ confirms with an *ack*, stack.md §1.3),
+//! a closed channel, or no confirm in time. Concurrent publishes share one
+//! confirm channel and pipeline; lapin resolves each confirm separately.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::BrokerConnection;
+
+/// Why a message is not known to be stored. Every variant means "the
+/// broker may not hold it": the caller must not report success.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// No broker connection right now.
+    #[error("broker unavailable")]
+    Unavailable,
+    /// The broker blocks publishers (resource alarm).
+    #[error("broker is blocking publishers: {0}")]
+    Blocked(String),
+    /// The broker refused the message.
+    #[error("broker nacked the message")]
+    Nacked,
+    /// No queue is bound for the routing key.
+    #[error("message returned as unroutable ({code} {text})")]
+    Returned {
+        /// AMQP reply code (312 NO_ROUTE).
+        code: u16,
+        /// Broker's text.
+        text: String,
+    },
+    /// No confirm arrived within the configured time.
+    #[error("no publisher confirm within {0:?}")]
+    Timeout(Duration),
+    /// The channel or connection failed during the publish.
+    #[error("broker error: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+impl PublishError {
+    /// Low-cardinality label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PublishError::Unavailable => "unavailable",
+            PublishError::Blocked(_) => "blocked",
+            PublishError::Nacked => "nacked",
+            PublishError::Returned { .. } => "returned",
+            PublishError::Timeout(_) => "timeout",
+            PublishError::Broker(_) => "channel_error",
+        }
+    }
+}
+
+/// Publishes with confirms on a channel it re-opens whenever needed.
+pub struct Publisher {
+    broker: BrokerConnection,
+    channel: Mutex<Option<Channel>>,
+    opening: tokio::sync::Mutex<()>,
+    confirm_timeout: Duration,
+}
+
+impl Publisher {
+    /// A publisher over `broker`; `confirm_timeout` bounds each publish.
+    pub fn new(broker: BrokerConnection, confirm_timeout: Duration) -> Self {
+        Self { broker, channel: Mutex::new(None), opening: tokio::sync::Mutex::new(()), confirm_timeout }
+    }
+
+    /// The underlying connection handle (readiness checks).
+    pub fn broker(&self) -> &BrokerConnection {
+        &self.broker
+    }
+
+    /// True when a publish would be attempted right now (connected, not blocked).
+    pub fn is_ready(&self) -> bool {
+        self.broker.current().is_some_and(|c| !c.status().blocked())
+    }
+
+    /// Publishes `body` with `mandatory` set and waits for the broker's
+    /// confirm. `Ok` means the broker has routed and stored the message.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        match tokio::time::timeout(
+            self.confirm_timeout,
+            self.publish_inner(exchange, routing_key, body, properties),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
+        }
+    }
+
+    async fn publish_inner(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let channel = self.channel().await?;
+        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let confirm = channel
+            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+            .await
+            .inspect_err(|_| self.discard(&channel))?;
+        match confirm.await.inspect_err(|_| self.discard(&channel))? {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+                self.broker.request_redeclare();
+                Err(PublishError::Returned {
+                    code: returned.reply_code,
+                    text: returned.reply_text.to_string(),
+                })
+            }
+            Confirmation::Nack(None) => Err(PublishError::Nacked),
+            // Cannot happen on a channel in confirm mode; never treat it as stored.
+            Confirmation::NotRequested => Err(PublishError::Nacked),
+        }
+    }
+
+    /// The shared confirm channel, opening a fresh one when the old one died.
+    async fn channel(&self) -> Result<Channel, PublishError> {
+        if let Some(channel) = self.usable_channel()? {
+            return Ok(channel);
+        }
+        // One task opens the channel; the others wait for it instead of
+        // each opening their own.
+        let _guard = self.opening.lock().await;
+        if let Some(channel) = self.usable_channel()? {
+            return Ok(channel);
+        }
+        let conn = self.broker.current().ok_or(PublishError::Unavailable)?;
+        let channel = conn.create_channel().await.inspect_err(|_| self.broker.report_failure())?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        if let Ok(mut slot) = self.channel.lock() {
+            *slot = Some(channel.clone());
+        }
+        Ok(channel)
+    }
+
+    fn usable_channel(&self) -> Result<Option<Channel>, PublishError> {
+        let conn = self.broker.current().ok_or(PublishError::Unavailable)?;
+        if conn.status().blocked() {
+            return Err(PublishError::Blocked("connection.blocked".to_owned()));
+        }
+        let slot = self.channel.lock().map_err(|_| PublishError::Unavailable)?;
+        Ok(slot.as_ref().filter(|c| c.status().connected()).cloned())
+    }
+
+    /// Forgets a channel after an error: lapin never reopens a channel closed
+    /// by a channel-level error, so the next publish opens a new one.
+    fn discard(&self, failed: &Channel) {
+        if let Ok(mut slot) = self.channel.lock()
+            && slot.as_ref().is_some_and(|c| c.id() == failed.id())
+        {
+            *slot = None;
+        }
+        self.broker.report_failure();
+    }
+}

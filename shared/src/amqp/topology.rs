@@ -1,0 +1,176 @@
+//! Broker topology: names and arguments of every exchange and queue.
+//!
+//! RabbitMQ refuses to re-declare a queue with different arguments
+//! (`PRECONDITION_FAILED - inequivalent arg`), so both binaries declare
+//! through this module and nowhere else.
+//!
+//! ```text
+//! ingest --(mandatory, confirmed)--> [dlr] --receipt--> (dlr.receipts, quorum) --> worker
+//!                                                          | delivery limit exceeded
+//!                                                          v
+//! worker --(parked with headers)--------------------> (dlr.parked, quorum)
+//! worker --(transient failure)--> (dlr.receipts.retry.<delay>) --TTL--> (dlr.receipts)
+//! worker --(events)--> [dlr.events, topic] --<outcome>.<provider>.<status>--> your queues
+//! ingest --(bad signature copy)--> (dlr.quarantine, bounded, drops oldest)
+//! ```
+
+use clap::Args;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+use std::time::Duration;
+
+/// Routing key of receipts on the intake exchange.
+pub const RECEIPT_ROUTING_KEY: &str = "receipt";
+
+/// Names and limits of the broker objects; part of both binaries' config.
+#[derive(Debug, Clone, Args)]
+pub struct Topology {
+    /// Durable direct exchange that ingest publishes receipts to.
+    #[arg(long = "amqp-exchange", env = "AMQP_EXCHANGE", default_value = "dlr")]
+    pub exchange: String,
+    /// Durable quorum queue holding receipts until a worker has handled them.
+    #[arg(long = "amqp-queue", env = "AMQP_QUEUE", default_value = "dlr.receipts")]
+    pub queue: String,
+    /// Durable quorum queue for receipts no handler could process (the parking lot).
+    #[arg(long = "amqp-parked-queue", env = "AMQP_PARKED_QUEUE", default_value = "dlr.parked")]
+    pub parked_queue: String,
+    /// Bounded queue keeping copies of rejected (bad signature) requests.
+    #[arg(long = "amqp-quarantine-queue", env = "AMQP_QUARANTINE_QUEUE", default_value = "dlr.quarantine")]
+    pub quarantine_queue: String,
+    /// Quarantine length limit; the oldest entries are dropped past it so that
+    /// a flood of forged requests cannot fill the broker.
+    #[arg(long = "amqp-quarantine-max-length", env = "AMQP_QUARANTINE_MAX_LENGTH", default_value_t = 10_000)]
+    pub quarantine_max_length: u32,
+    /// Redeliveries of one receipt before the broker parks it by itself (a
+    /// safety net for messages that crash the worker before it can decide).
+    #[arg(long = "amqp-delivery-limit", env = "AMQP_DELIVERY_LIMIT", default_value_t = 20)]
+    pub delivery_limit: u32,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            exchange: "dlr".to_owned(),
+            queue: "dlr.receipts".to_owned(),
+            parked_queue: "dlr.parked".to_owned(),
+            quarantine_queue: "dlr.quarantine".to_owned(),
+            quarantine_max_length: 10_000,
+            delivery_limit: 20,
+        }
+    }
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args
+}
+
+fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+impl Topology {
+    /// Name of the delay queue that holds retries for `delay`.
+    ///
+    /// The delay is part of the name because a queue's TTL can never change:
+    /// new retry settings get new queues instead of a declaration error.
+    pub fn retry_queue(&self, delay: Duration) -> String {
+        format!("{}.retry.{}ms", self.queue, delay.as_millis())
+    }
+
+    /// Declares what ingest needs and the worker consumes: the intake
+    /// exchange, the receipts queue with its dead-letter safety net, the
+    /// parking lot and the quarantine. Idempotent.
+    pub async fn declare_intake(&self, channel: &Channel) -> Result<(), lapin::Error> {
+        channel
+            .exchange_declare(
+                ShortString::from(self.exchange.as_str()),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        self.declare_durable(channel, &self.parked_queue, quorum_args()).await?;
+
+        let mut receipts = quorum_args();
+        // Poison messages (that crash every worker) end in the parking lot
+        // instead of looping forever; RabbitMQ 4 would otherwise drop them
+        // after 20 deliveries. at-least-once dead-lettering needs reject-publish.
+        receipts.insert("x-dead-letter-exchange".into(), long_string(""));
+        receipts.insert("x-dead-letter-routing-key".into(), long_string(&self.parked_queue));
+        receipts.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+        receipts.insert("x-overflow".into(), long_string("reject-publish"));
+        receipts.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongInt(i32::try_from(self.delivery_limit).unwrap_or(i32::MAX)),
+        );
+        self.declare_durable(channel, &self.queue, receipts).await?;
+        channel
+            .queue_bind(
+                ShortString::from(self.queue.as_str()),
+                ShortString::from(self.exchange.as_str()),
+                RECEIPT_ROUTING_KEY.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        let mut quarantine = quorum_args();
+        quarantine.insert(
+            "x-max-length".into(),
+            AMQPValue::LongInt(i32::try_from(self.quarantine_max_length).unwrap_or(i32::MAX)),
+        );
+        quarantine.insert("x-overflow".into(), long_string("drop-head"));
+        self.declare_durable(channel, &self.quarantine_queue, quarantine).await?;
+        Ok(())
+    }
+
+    /// Declares the worker's own objects: the events topic exchange and one
+    /// delay queue per retry delay, whose expired messages dead-letter back
+    /// into the receipts queue through the default exchange.
+    pub async fn declare_worker(
+        &self,
+        channel: &Channel,
+        events_exchange: &str,
+        retry_delays: &[Duration],
+    ) -> Result<(), lapin::Error> {
+        self.declare_intake(channel).await?;
+        channel
+            .exchange_declare(
+                ShortString::from(events_exchange),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        for delay in retry_delays {
+            let mut args = FieldTable::default();
+            args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
+            );
+            args.insert("x-dead-letter-exchange".into(), long_string(""));
+            args.insert("x-dead-letter-routing-key".into(), long_string(&self.queue));
+            self.declare_durable(channel, &self.retry_queue(*delay), args).await?;
+        }
+        Ok(())
+    }
+
+    async fn declare_durable(
+        &self,
+        channel: &Channel,
+        name: &str,
+        args: FieldTable,
+    ) -> Result<(), lapin::Error> {
+        channel
+            .queue_declare(
+                ShortString::from(name),
+                QueueDeclareOptions { durable: true, ..Default::default() },
+                args,
+            )
+            .await
+            .map(|_| ())
+    }
+}

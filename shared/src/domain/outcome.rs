@@ -1,0 +1,56 @@
+//! The provider-independent outcome of a receipt.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// What a receipt means for the business, whatever the provider's words.
+///
+/// Three values only, because that is what routing needs; the provider's own
+/// status word travels beside it in the event for anyone who needs detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Reached the handset (or was read).
+    Delivered,
+    /// Will not be delivered: expired, rejected, failed, undeliverable, ...
+    Failed,
+    /// Still on its way (accepted, buffered, submitted, sent), or a status
+    /// word we do not recognise yet.
+    Pending,
+}
+
+impl Outcome {
+    /// Every outcome, for configuration and pre-created metric series.
+    pub const ALL: [Outcome; 3] = [Outcome::Delivered, Outcome::Failed, Outcome::Pending];
+
+    /// Lower-case name used in metrics, headers and routing keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Failed => "failed",
+            Outcome::Pending => "pending",
+        }
+    }
+
+    /// Final outcomes never move back to pending (reference J6).
+    pub fn is_final(self) -> bool {
+        !matches!(self, Outcome::Pending)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Outcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or_else(|| format!("unknown outcome {s:?} (expected delivered, failed or pending)"))
+    }
+}

@@ -1,0 +1,166 @@
+//! Decoded request fields, in arrival order, before any interpretation.
+//!
+//! Signatures are computed over exactly what was received (including fields
+//! we do not know), so the decoders keep every pair and its order, and refuse
+//! bytes they cannot decode faithfully (invalid UTF-8) instead of guessing.
+
+use serde_json::{Map, Value};
+
+use super::ReceiptError;
+
+/// Ordered `(name, value)` pairs as received. Names may repeat.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    /// Wraps pairs that were decoded elsewhere (tests, replays).
+    pub fn from_pairs(pairs: Vec<(String, String)>) -> Self {
+        Self(pairs)
+    }
+
+    /// All pairs, for signature checks.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+
+    /// True when nothing was received.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The value of `name` if present with a non-blank value. Providers send
+    /// empty optional fields (`client-ref=`); those mean "absent".
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| v.trim()).filter(|v| !v.is_empty())
+    }
+
+    /// True when `name` was sent at all, even empty.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| n == name)
+    }
+
+    /// Names that occur more than once.
+    pub fn duplicated_names(&self) -> Vec<&str> {
+        let mut seen: Vec<&str> = Vec::new();
+        let mut dups: Vec<&str> = Vec::new();
+        for (name, _) in &self.0 {
+            if seen.contains(&name.as_str()) {
+                if !dups.contains(&name.as_str()) {
+                    dups.push(name);
+                }
+            } else {
+                seen.push(name);
+            }
+        }
+        dups
+    }
+
+    /// Every field as a JSON object for the event's `raw` member; a repeated
+    /// name becomes an array of its values so that nothing is dropped.
+    pub fn to_raw(&self) -> Map<String, Value> {
+        let mut raw = Map::new();
+        for (name, value) in &self.0 {
+            match raw.get_mut(name) {
+                None => {
+                    raw.insert(name.clone(), Value::String(value.clone()));
+                }
+                Some(Value::Array(values)) => values.push(Value::String(value.clone())),
+                Some(existing) => {
+                    let first = existing.take();
+                    *existing = Value::Array(vec![first, Value::String(value.clone())]);
+                }
+            }
+        }
+        raw
+    }
+}
+
+/// Decodes `application/x-www-form-urlencoded` bytes (a body or a query string).
+///
+/// `+` is a space and `%XX` an escaped byte; the decoded bytes must be UTF-8.
+pub fn decode_urlencoded(input: &[u8], format: &'static str) -> Result<Fields, ReceiptError> {
+    let mut pairs = Vec::new();
+    for part in input.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let (name, value) = match part.iter().position(|b| *b == b'=') {
+            Some(i) => (&part[..i], &part[i + 1..]),
+            None => (part, &b""[..]),
+        };
+        let name = decode_component(name, format)?;
+        let value = decode_component(value, format)?;
+        pairs.push((name, value));
+    }
+    Ok(Fields(pairs))
+}
+
+fn decode_component(raw: &[u8], format: &'static str) -> Result<String, ReceiptError> {
+    let plus_as_space: Vec<u8> = raw.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
+    let bytes: Vec<u8> = percent_encoding::percent_decode(&plus_as_space).collect();
+    String::from_utf8(bytes).map_err(|_| ReceiptError::Malformed {
+        format,
+        detail: "percent-decoded text is not valid UTF-8".to_owned(),
+    })
+}
+
+/// Decodes a flat JSON object into fields.
+///
+/// Vonage documents every value as a string, but numbers and booleans are
+/// seen in the wild and carry no ambiguity, so they are kept as their JSON
+/// text; `null` means absent. Nested values are refused: the SMS API never
+/// sends them and a signature over them would be undefined.
+pub fn decode_json_object(body: &[u8]) -> Result<Fields, ReceiptError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ReceiptError::Malformed { format: "json", detail: e.to_string() })?;
+    let Value::Object(object) = value else {
+        return Err(ReceiptError::Malformed { format: "json", detail: "expected a JSON object".to_owned() });
+    };
+    let mut pairs = Vec::with_capacity(object.len());
+    let mut problems = Vec::new();
+    for (name, value) in object {
+        match value {
+            Value::String(s) => pairs.push((name, s)),
+            Value::Number(n) => pairs.push((name, n.to_string())),
+            Value::Bool(b) => pairs.push((name, b.to_string())),
+            Value::Null => {}
+            Value::Array(_) | Value::Object(_) => {
+                problems.push(super::FieldProblem::new(&name, "must be a string, not a nested value"));
+            }
+        }
+    }
+    if problems.is_empty() { Ok(Fields(pairs)) } else { Err(ReceiptError::InvalidFields(problems)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_plus_and_percent() {
+        let f = decode_urlencoded(b"a=2016-10-19+22%3A40%3A30&b=%20x&c", "form").expect("decodes");
+        assert_eq!(f.get("a"), Some("2016-10-19 22:40:30"));
+        assert_eq!(f.pairs()[1].1, " x");
+        assert!(f.contains("c"));
+        assert_eq!(f.get("c"), None);
+    }
+
+    #[test]
+    fn refuses_invalid_utf8() {
+        assert!(decode_urlencoded(b"a=%FF%FE", "form").is_err());
+    }
+
+    #[test]
+    fn json_numbers_become_text_and_nesting_is_refused() {
+        let f = decode_json_object(br#"{"err-code":0,"price":0.5,"x":null}"#).expect("decodes");
+        assert_eq!(f.get("err-code"), Some("0"));
+        assert!(!f.contains("x"));
+        assert!(decode_json_object(br#"{"a":{"b":1}}"#).is_err());
+        assert!(decode_json_object(b"[1]").is_err());
+        assert!(decode_json_object(b"{").is_err());
+    }
+
+    #[test]
+    fn repeated_names_are_kept_in_raw() {
+        let f = decode_urlencoded(b"a=1&a=2&a=3", "form").expect("decodes");
+        assert_eq!(f.duplicated_names(), vec!["a"]);
+        assert_eq!(f.to_raw()["a"], serde_json::json!(["1", "2", "3"]));
+    }
+}

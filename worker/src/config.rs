@@ -1,0 +1,265 @@
+//! Worker configuration: one struct from environment variables (or flags).
+//!
+//! `worker --help` prints every variable with its default.
+
+use clap::{Args, Parser, Subcommand};
+use dlr_shared::Outcome;
+use dlr_shared::config::{BrokerConfig, LogConfig, parse_millis, parse_seconds};
+use secrecy::SecretString;
+use std::net::SocketAddr;
+use std::time::Duration;
+use url::Url;
+
+use crate::handlers::HandlerKind;
+
+/// The `worker` command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "Routes SMS delivery receipts from RabbitMQ to downstream handlers"
+)]
+pub struct Cli {
+    /// What to do; without a subcommand the worker consumes (same as `run`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings shared by every subcommand.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Consume receipts and run the handlers (the default).
+    Run,
+    /// Move parked messages back to the receipts queue, e.g. after a
+    /// downstream outage is over. Handlers that already succeeded for an
+    /// event are not run again.
+    ReplayParked(ReplayArgs),
+    /// Re-send quarantined requests (rejected by ingest, e.g. for a bad
+    /// signature) to ingest, which verifies them again with its current
+    /// secrets; the ones it accepts leave the quarantine.
+    ReplayQuarantine(QuarantineArgs),
+}
+
+/// Options of `replay-parked`.
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// Replay at most this many messages.
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Only messages matching all filters, as key=value with key one of
+    /// reason, handler, provider, outcome (repeatable).
+    #[arg(long = "filter", value_parser = parse_filter)]
+    pub filters: Vec<(String, String)>,
+}
+
+/// Options of `replay-quarantine`.
+#[derive(Debug, Clone, Args)]
+pub struct QuarantineArgs {
+    /// Base URL of an ingest instance, e.g. http://ingest:8080.
+    #[arg(long = "ingest-url", env = "WORKER_INGEST_URL")]
+    pub ingest_url: Url,
+    /// Replay at most this many requests.
+    #[arg(long)]
+    pub limit: Option<u64>,
+}
+
+fn parse_filter(value: &str) -> Result<(String, String), String> {
+    let (key, wanted) = value.split_once('=').ok_or_else(|| format!("{value:?}: expected key=value"))?;
+    if !["reason", "handler", "provider", "outcome"].contains(&key) {
+        return Err(format!("{key:?}: filter keys are reason, handler, provider, outcome"));
+    }
+    Ok((key.to_owned(), wanted.to_owned()))
+}
+
+/// Everything the consuming worker can be told.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long = "addr", env = "WORKER_ADDR", default_value = "0.0.0.0:9090")]
+    pub addr: SocketAddr,
+    /// Broker connection and names.
+    #[command(flatten)]
+    pub broker: BrokerConfig,
+    /// Unacked deliveries per worker, which is also how many events it handles at once.
+    #[arg(long = "prefetch", env = "WORKER_PREFETCH", default_value_t = 100)]
+    pub prefetch: u16,
+    /// Handlers for delivered receipts, in order (amqp, http, postgres, log).
+    #[arg(long = "route-delivered", env = "WORKER_ROUTE_DELIVERED", default_value = "log")]
+    pub route_delivered: String,
+    /// Handlers for failed receipts, in order.
+    #[arg(long = "route-failed", env = "WORKER_ROUTE_FAILED", default_value = "log")]
+    pub route_failed: String,
+    /// Handlers for pending receipts, in order.
+    #[arg(long = "route-pending", env = "WORKER_ROUTE_PENDING", default_value = "log")]
+    pub route_pending: String,
+    /// Topic exchange the amqp handler republishes events to.
+    #[arg(long = "events-exchange", env = "WORKER_EVENTS_EXCHANGE", default_value = "dlr.events")]
+    pub events_exchange: String,
+    /// URL the http handler posts events to (all outcomes unless overridden).
+    #[arg(long = "http-url", env = "WORKER_HTTP_URL")]
+    pub http_url: Option<Url>,
+    /// URL for delivered events (overrides WORKER_HTTP_URL).
+    #[arg(long = "http-url-delivered", env = "WORKER_HTTP_URL_DELIVERED")]
+    pub http_url_delivered: Option<Url>,
+    /// URL for failed events (overrides WORKER_HTTP_URL).
+    #[arg(long = "http-url-failed", env = "WORKER_HTTP_URL_FAILED")]
+    pub http_url_failed: Option<Url>,
+    /// URL for pending events (overrides WORKER_HTTP_URL).
+    #[arg(long = "http-url-pending", env = "WORKER_HTTP_URL_PENDING")]
+    pub http_url_pending: Option<Url>,
+    /// Standard Webhooks signing secret (`whsec_<base64>`) for the http handler.
+    #[arg(long = "http-secret", env = "WORKER_HTTP_SECRET", hide_env_values = true)]
+    pub http_secret: Option<SecretString>,
+    /// Timeout of one forwarding request.
+    #[arg(long = "http-timeout-ms", env = "WORKER_HTTP_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis)]
+    pub http_timeout: Duration,
+    /// PostgreSQL URL for the postgres handler (migrations run at start-up).
+    #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<SecretString>,
+    /// Connections in the PostgreSQL pool.
+    #[arg(long = "database-max-connections", env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+    /// Attempts per handler before an event is parked (first try included).
+    #[arg(long = "max-attempts", env = "WORKER_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+    /// Delay before the first retry.
+    #[arg(long = "retry-initial-delay-ms", env = "WORKER_RETRY_INITIAL_DELAY_MS", default_value = "1000", value_parser = parse_millis)]
+    pub retry_initial_delay: Duration,
+    /// Delay before the last retry; the delays in between grow geometrically.
+    #[arg(long = "retry-max-delay-ms", env = "WORKER_RETRY_MAX_DELAY_MS", default_value = "600000", value_parser = parse_millis)]
+    pub retry_max_delay: Duration,
+    /// After SIGTERM, how long in-flight events may take before the worker exits
+    /// (unfinished ones are redelivered by the broker).
+    #[arg(long = "drain-timeout-seconds", env = "WORKER_DRAIN_TIMEOUT_SECONDS", default_value = "30", value_parser = parse_seconds)]
+    pub drain_timeout: Duration,
+    /// Logging.
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("{variable}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable to fix.
+    pub variable: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// Outcome -> ordered handler list, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTable {
+    delivered: Vec<HandlerKind>,
+    failed: Vec<HandlerKind>,
+    pending: Vec<HandlerKind>,
+}
+
+impl RouteTable {
+    /// Handlers for `outcome`, in order.
+    pub fn handlers(&self, outcome: Outcome) -> &[HandlerKind] {
+        match outcome {
+            Outcome::Delivered => &self.delivered,
+            Outcome::Failed => &self.failed,
+            Outcome::Pending => &self.pending,
+        }
+    }
+
+    /// True when any outcome uses `kind`.
+    pub fn uses(&self, kind: HandlerKind) -> bool {
+        Outcome::ALL.into_iter().any(|o| self.handlers(o).contains(&kind))
+    }
+}
+
+impl Config {
+    /// Checks the settings together, once, at start-up.
+    pub fn validate(&self) -> Result<RouteTable, ConfigError> {
+        let routes = RouteTable {
+            delivered: parse_route("WORKER_ROUTE_DELIVERED", &self.route_delivered)?,
+            failed: parse_route("WORKER_ROUTE_FAILED", &self.route_failed)?,
+            pending: parse_route("WORKER_ROUTE_PENDING", &self.route_pending)?,
+        };
+        if self.prefetch == 0 {
+            return Err(invalid("WORKER_PREFETCH", "must be at least 1"));
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid("WORKER_MAX_ATTEMPTS", "must be at least 1"));
+        }
+        if self.retry_initial_delay.is_zero() || self.retry_max_delay < self.retry_initial_delay {
+            return Err(invalid(
+                "WORKER_RETRY_MAX_DELAY_MS",
+                "must be at least WORKER_RETRY_INITIAL_DELAY_MS, which must be above 0",
+            ));
+        }
+        for outcome in Outcome::ALL {
+            if routes.handlers(outcome).contains(&HandlerKind::Http) && self.http_url_for(outcome).is_none() {
+                return Err(invalid(
+                    "WORKER_HTTP_URL",
+                    format!("is required: {outcome} events are routed to http"),
+                ));
+            }
+        }
+        if routes.uses(HandlerKind::Http) && self.http_secret.is_none() {
+            return Err(invalid("WORKER_HTTP_SECRET", "is required when the http handler is used"));
+        }
+        if routes.uses(HandlerKind::Postgres) && self.database_url.is_none() {
+            return Err(invalid("DATABASE_URL", "is required when the postgres handler is used"));
+        }
+        Ok(routes)
+    }
+
+    /// The forwarding URL for `outcome`.
+    pub fn http_url_for(&self, outcome: Outcome) -> Option<&Url> {
+        let specific = match outcome {
+            Outcome::Delivered => &self.http_url_delivered,
+            Outcome::Failed => &self.http_url_failed,
+            Outcome::Pending => &self.http_url_pending,
+        };
+        specific.as_ref().or(self.http_url.as_ref())
+    }
+}
+
+fn parse_route(variable: &'static str, value: &str) -> Result<Vec<HandlerKind>, ConfigError> {
+    let mut kinds = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let kind: HandlerKind = name.parse().map_err(|e: String| invalid(variable, e))?;
+        if kinds.contains(&kind) {
+            return Err(invalid(variable, format!("{name} is listed twice")));
+        }
+        kinds.push(kind);
+    }
+    if kinds.is_empty() {
+        return Err(invalid(variable, "needs at least one handler (use log to only log)"));
+    }
+    Ok(kinds)
+}
+
+fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { variable, problem: problem.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_in_order_and_reject_unknown_names() {
+        assert_eq!(
+            parse_route("X", "amqp, postgres,log").ok(),
+            Some(vec![HandlerKind::Amqp, HandlerKind::Postgres, HandlerKind::Log])
+        );
+        assert!(parse_route("X", "amqp,smtp").is_err());
+        assert!(parse_route("X", "log,log").is_err());
+        assert!(parse_route("X", " ").is_err());
+    }
+
+    #[test]
+    fn filters_need_known_keys() {
+        assert!(parse_filter("reason=permanent_failure").is_ok());
+        assert!(parse_filter("colour=red").is_err());
+        assert!(parse_filter("reason").is_err());
+    }
+}

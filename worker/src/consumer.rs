@@ -1,0 +1,210 @@
+//! The consume loop: manual acks, bounded concurrency, reconnects, drain.
+//!
+//! Concurrency is bounded by the prefetch count itself: the broker never
+//! hands this consumer more unacked deliveries than that, and each one is
+//! handled in its own task. Several worker processes on the same queue share
+//! the work as competing consumers.
+
+use dlr_shared::ReceiptEvent;
+use dlr_shared::amqp::{BrokerConnection, Publisher, Topology};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::dispatch::{Decision, Dispatcher, ParkReason};
+use crate::metrics::WorkerMetrics;
+use crate::parking::{self, ParkNote, RetryPlan};
+
+/// Everything a delivery's task needs.
+pub struct ConsumerContext {
+    /// Supervised broker connection.
+    pub broker: BrokerConnection,
+    /// Confirmed publishing for retries, parking and the amqp handler.
+    pub publisher: Arc<Publisher>,
+    /// Handlers by outcome.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Queue names.
+    pub topology: Arc<Topology>,
+    /// Metrics.
+    pub metrics: WorkerMetrics,
+    /// Unacked deliveries at once.
+    pub prefetch: u16,
+    /// True while a consumer is registered (readiness).
+    pub consuming: Arc<AtomicBool>,
+}
+
+/// Consumes until `shutdown`, reconnecting as needed; then cancels the
+/// consumer and waits up to `drain_timeout` for in-flight events to be
+/// acked. Whatever is still unacked after that is redelivered by the broker.
+pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_timeout: Duration) {
+    let tracker = TaskTracker::new();
+    while let Some(conn) = ctx.broker.wait_connected(&shutdown).await {
+        match consume(&ctx, &conn, &tracker, &shutdown).await {
+            Ok(()) => break,
+            Err(error) => {
+                ctx.consuming.store(false, Ordering::SeqCst);
+                ctx.broker.report_failure();
+                tracing::warn!(%error, "consumer stopped; resubscribing when the broker is back");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+    ctx.consuming.store(false, Ordering::SeqCst);
+    tracker.close();
+    if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err() {
+        tracing::warn!(timeout = ?drain_timeout, "drain timeout reached; unfinished events will be redelivered");
+    }
+}
+
+/// Why a subscription ended other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+enum ConsumerStopped {
+    /// A broker operation failed.
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    /// The broker cancelled the consumer or the channel closed.
+    #[error("the consumer stream ended")]
+    StreamEnded,
+}
+
+/// One subscription on one connection. `Ok` means shutdown was requested.
+async fn consume(
+    ctx: &Arc<ConsumerContext>,
+    conn: &lapin::Connection,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), ConsumerStopped> {
+    let channel = conn.create_channel().await?;
+    channel.basic_qos(ctx.prefetch, BasicQosOptions::default()).await?;
+    let tag = format!("worker-{}", uuid::Uuid::new_v4());
+    let mut consumer = channel
+        .basic_consume(
+            ctx.topology.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    ctx.consuming.store(true, Ordering::SeqCst);
+    tracing::info!(queue = %ctx.topology.queue, prefetch = ctx.prefetch, "consuming");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                // Stop new deliveries; in-flight ones finish and ack on this channel.
+                ctx.consuming.store(false, Ordering::SeqCst);
+                if let Err(error) = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
+                    tracing::warn!(%error, "cancelling the consumer failed");
+                }
+                return Ok(());
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let ctx = ctx.clone();
+                    tracker.spawn(async move { handle_delivery(&ctx, delivery).await });
+                }
+                Some(Err(error)) => return Err(ConsumerStopped::Broker(error)),
+                None => return Err(ConsumerStopped::StreamEnded),
+            }
+        }
+    }
+}
+
+/// Handles one delivery and settles it: ack after success, retry
+/// scheduling or parking; nack with requeue if even that cannot be done.
+async fn handle_delivery(ctx: &ConsumerContext, delivery: Delivery) {
+    ctx.metrics.in_flight.inc();
+    let settled = settle(ctx, &delivery).await;
+    let result = if settled {
+        delivery.acker.ack(BasicAckOptions::default()).await
+    } else {
+        delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
+    };
+    if let Err(error) = result {
+        // The channel is gone; the broker redelivers the message.
+        tracing::warn!(%error, "could not settle a delivery; it will be redelivered");
+    }
+    ctx.metrics.in_flight.dec();
+}
+
+/// Returns true when the message may be acked.
+async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> bool {
+    let (attempt, done) = parking::progress(&delivery.properties);
+    let event = match ReceiptEvent::from_json(&delivery.data) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::warn!(%error, "unparseable message; parking it");
+            let error = error.to_string();
+            let note = ParkNote {
+                reason: ParkReason::Unparseable,
+                handler: None,
+                attempts: attempt,
+                done: &[],
+                error: &error,
+            };
+            return park(ctx, delivery, note).await;
+        }
+    };
+    if attempt == 1 && done.is_empty() {
+        ctx.metrics.consumed.with_label_values(&[event.provider.as_str(), event.outcome.as_str()]).inc();
+        if let Some(sent) = event.provider_timestamp {
+            let seconds = (event.received_at - sent).num_milliseconds() as f64 / 1000.0;
+            ctx.metrics.time_to_dlr.with_label_values(&[event.provider.as_str()]).observe(seconds.max(0.0));
+        }
+    }
+    match ctx.dispatcher.dispatch(&event, attempt, done).await {
+        Decision::Done => {
+            let seconds = (chrono::Utc::now() - event.received_at).num_milliseconds() as f64 / 1000.0;
+            ctx.metrics.end_to_end.observe(seconds.max(0.0));
+            true
+        }
+        Decision::Retry { next_attempt, delay, done, handler, error } => {
+            let plan = RetryPlan { next_attempt, delay, done: &done, handler, error: &error };
+            let scheduled = parking::schedule_retry(&ctx.publisher, &ctx.topology, delivery, plan).await;
+            match scheduled {
+                Ok(()) => {
+                    ctx.metrics.retries.with_label_values(&[handler.as_str()]).inc();
+                    tracing::info!(event_id = %event.event_id, %handler, next_attempt, ?delay, "retry scheduled");
+                    true
+                }
+                Err(publish_error) => {
+                    tracing::warn!(%publish_error, "could not schedule a retry; requeueing");
+                    false
+                }
+            }
+        }
+        Decision::Park { reason, handler, done, error } => {
+            park(ctx, delivery, ParkNote { reason, handler, attempts: attempt, done: &done, error: &error })
+                .await
+        }
+    }
+}
+
+async fn park(ctx: &ConsumerContext, delivery: &Delivery, note: ParkNote<'_>) -> bool {
+    match parking::park(&ctx.publisher, &ctx.topology, delivery, note).await {
+        Ok(()) => {
+            ctx.metrics.parked.with_label_values(&[note.reason.as_str()]).inc();
+            tracing::warn!(
+                reason = note.reason.as_str(),
+                handler = note.handler.map(|h| h.as_str()),
+                attempts = note.attempts,
+                "message parked"
+            );
+            true
+        }
+        Err(publish_error) => {
+            tracing::warn!(%publish_error, "could not park a message; requeueing");
+            false
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The amqp handler: republishes events to a topic exchange.
+//!
+//! Routing key `<outcome>.<provider>.<status>` lets downstream teams bind
+//! exactly what they need (`delivered.#`, `*.twilio.*`, `failed.*.expired`).
+//! The publish is confirmed before the source message is acked.
+
+use async_trait::async_trait;
+use dlr_shared::ReceiptEvent;
+use dlr_shared::amqp::{PublishError, Publisher, insert_str};
+use lapin::BasicProperties;
+use lapin::types::FieldTable;
+use prometheus::IntCounter;
+use std::sync::Arc;
+
+use super::{Handler, HandlerError, HandlerKind};
+
+/// Republishes to `exchange`.
+pub struct AmqpHandler {
+    publisher: Arc<Publisher>,
+    exchange: String,
+    unroutable: IntCounter,
+}
+
+impl AmqpHandler {
+    /// `unroutable` counts events no queue was bound for.
+    pub fn new(publisher: Arc<Publisher>, exchange: String, unroutable: IntCounter) -> Self {
+        Self { publisher, exchange, unroutable }
+    }
+}
+
+/// `<outcome>.<provider>.<status>`, with the status reduced to characters
+/// that cannot be mistaken for topic syntax.
+pub fn routing_key(event: &ReceiptEvent) -> String {
+    let status: String = event
+        .status
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .take(64)
+        .collect();
+    format!("{}.{}.{}", event.outcome, event.provider, status)
+}
+
+#[async_trait]
+impl Handler for AmqpHandler {
+    fn kind(&self) -> HandlerKind {
+        HandlerKind::Amqp
+    }
+
+    async fn handle(&self, event: &ReceiptEvent) -> Result<(), HandlerError> {
+        let mut headers = FieldTable::default();
+        insert_str(&mut headers, "x-provider", event.provider.as_str());
+        insert_str(&mut headers, "x-outcome", event.outcome.as_str());
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(event.event_id.as_str().into())
+            .with_type("receipt.v1".into())
+            .with_headers(headers);
+        match self.publisher.publish(&self.exchange, &routing_key(event), &event.to_json(), properties).await
+        {
+            Ok(()) => Ok(()),
+            // Nobody has bound a queue for this key: that is a downstream
+            // configuration matter, not a reason to retry or park the event.
+            Err(PublishError::Returned { .. }) => {
+                self.unroutable.inc();
+                tracing::warn!(event_id = %event.event_id, routing_key = %routing_key(event), "no queue bound for event");
+                Ok(())
+            }
+            Err(error) => Err(HandlerError::Transient(error.to_string())),
+        }
+    }
+}

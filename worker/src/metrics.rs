@@ -1,0 +1,108 @@
+//! Worker metrics. Labels from closed sets only (provider, outcome,
+//! handler, result, reason).
+
+use dlr_shared::metrics::{LATENCY_BUCKETS, LONG_LATENCY_BUCKETS, MetricsBuilder, new_registry};
+use dlr_shared::{Outcome, Provider};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+
+use crate::handlers::HandlerKind;
+
+/// Every metric the worker exports.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Events taken off the queue, by provider and outcome.
+    pub consumed: IntCounterVec,
+    /// Handler calls by handler and result (ok, transient, permanent).
+    pub handler_results: IntCounterVec,
+    /// Handler call latency.
+    pub handler_duration: HistogramVec,
+    /// Retries scheduled, by the handler that failed.
+    pub retries: IntCounterVec,
+    /// Messages parked, by reason.
+    pub parked: IntCounterVec,
+    /// From ingest's receipt to the last handler's success.
+    pub end_to_end: Histogram,
+    /// From the provider's event time to ingest's receipt.
+    pub time_to_dlr: HistogramVec,
+    /// 1 while the broker connection is up.
+    pub broker_connected: IntGauge,
+    /// Events being handled now.
+    pub in_flight: IntGauge,
+    /// Events the amqp handler published with no queue bound.
+    pub unroutable: IntCounter,
+}
+
+/// Park reasons, for pre-created series.
+pub const PARK_REASONS: [&str; 3] = ["permanent_failure", "retries_exhausted", "unparseable"];
+
+impl WorkerMetrics {
+    /// Registers everything and pre-creates the expected series.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = new_registry();
+        let b = MetricsBuilder::new(&registry);
+        let metrics = Self {
+            consumed: b.counter_vec(
+                "dlr_worker_events_consumed_total",
+                "Events taken off the receipts queue, by provider and outcome.",
+                &["provider", "outcome"],
+            )?,
+            handler_results: b.counter_vec(
+                "dlr_worker_handler_results_total",
+                "Handler calls by handler and result (ok, transient, permanent).",
+                &["handler", "result"],
+            )?,
+            handler_duration: b.histogram_vec(
+                "dlr_worker_handler_duration_seconds",
+                "Handler call latency by handler.",
+                &["handler"],
+                LATENCY_BUCKETS,
+            )?,
+            retries: b.counter_vec(
+                "dlr_worker_retries_scheduled_total",
+                "Retries scheduled through the delay queues, by failing handler.",
+                &["handler"],
+            )?,
+            parked: b.counter_vec(
+                "dlr_worker_parked_total",
+                "Messages moved to the parking lot, by reason.",
+                &["reason"],
+            )?,
+            end_to_end: b.histogram(
+                "dlr_worker_end_to_end_latency_seconds",
+                "Time from ingest receiving a receipt to its handlers completing.",
+                LONG_LATENCY_BUCKETS,
+            )?,
+            time_to_dlr: b.histogram_vec(
+                "dlr_worker_time_to_dlr_seconds",
+                "Time from the provider's event timestamp to ingest receiving the receipt.",
+                &["provider"],
+                LONG_LATENCY_BUCKETS,
+            )?,
+            broker_connected: b
+                .gauge("dlr_worker_broker_connected", "1 while the broker connection is up.")?,
+            in_flight: b.gauge("dlr_worker_events_in_flight", "Events being handled now.")?,
+            unroutable: b.counter(
+                "dlr_worker_events_unroutable_total",
+                "Events the amqp handler published while no queue was bound for their routing key.",
+            )?,
+            registry,
+        };
+        for provider in Provider::ALL {
+            for outcome in Outcome::ALL {
+                metrics.consumed.with_label_values(&[provider.as_str(), outcome.as_str()]);
+            }
+        }
+        for kind in HandlerKind::ALL {
+            for result in ["ok", "transient", "permanent"] {
+                metrics.handler_results.with_label_values(&[kind.as_str(), result]);
+            }
+            metrics.retries.with_label_values(&[kind.as_str()]);
+        }
+        for reason in PARK_REASONS {
+            metrics.parked.with_label_values(&[reason]);
+        }
+        Ok(metrics)
+    }
+}

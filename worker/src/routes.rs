@@ -1,0 +1,42 @@
+//! The worker's small HTTP surface: probes and metrics.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::metrics::WorkerMetrics;
+
+/// What the probes look at.
+#[derive(Clone)]
+pub struct ProbeState {
+    /// True while a consumer is registered on the receipts queue.
+    pub consuming: Arc<AtomicBool>,
+    /// Metrics to render.
+    pub metrics: WorkerMetrics,
+}
+
+/// `/healthz` (process alive), `/readyz` (consuming), `/metrics`.
+pub fn router(state: ProbeState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<ProbeState>) -> impl IntoResponse {
+    if state.consuming.load(Ordering::SeqCst) {
+        (StatusCode::OK, "consuming")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not consuming")
+    }
+}
+
+async fn metrics(State(state): State<ProbeState>) -> impl IntoResponse {
+    let (content_type, body) = dlr_shared::metrics::render(&state.metrics.registry);
+    ([(header::CONTENT_TYPE, content_type)], body)
+}

@@ -1,0 +1,190 @@
+//! Building and running the worker; `main` and the tests share this code.
+
+use dlr_shared::Outcome;
+use dlr_shared::amqp::{BrokerConnection, Publisher, Topology};
+use secrecy::ExposeSecret;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::consumer::{self, ConsumerContext};
+use crate::dispatch::Dispatcher;
+use crate::handlers::amqp::AmqpHandler;
+use crate::handlers::http::{HttpHandler, SigningKey};
+use crate::handlers::log::LogHandler;
+use crate::handlers::postgres::PostgresHandler;
+use crate::handlers::{Handler, HandlerKind};
+use crate::metrics::WorkerMetrics;
+use crate::retry::RetryPolicy;
+use crate::routes::{ProbeState, router};
+
+/// Confirm timeout for the worker's own publishes (retries, parking, events).
+const PUBLISH_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The probe address is taken.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// `WORKER_ADDR`.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// The status store is unreachable or its migrations failed.
+    #[error("status store (DATABASE_URL): {0}")]
+    Database(#[from] sqlx::Error),
+    /// HTTP client set-up failed.
+    #[error("http handler: {0}")]
+    Http(String),
+    /// Metric registration failed (a programming error).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// A worker ready to run.
+pub struct Application {
+    listener: TcpListener,
+    probes: ProbeState,
+    context: Arc<ConsumerContext>,
+    drain_timeout: Duration,
+    broker_shutdown: CancellationToken,
+    broker_task: JoinHandle<()>,
+}
+
+impl Application {
+    /// Validates config, connects the status store if used (migrations run
+    /// here, so a bad database fails start-up loudly), binds the probe port
+    /// and starts the broker connection in the background.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let routes = config.validate()?;
+        let metrics = WorkerMetrics::new()?;
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr: config.addr, source })?;
+        let retry = RetryPolicy::new(config.max_attempts, config.retry_initial_delay, config.retry_max_delay);
+        let topology = Arc::new(config.broker.topology.clone());
+
+        let (broker, broker_task, broker_shutdown) =
+            start_broker(&config, topology.clone(), retry.delays(), metrics.clone());
+        let publisher = Arc::new(Publisher::new(broker.clone(), PUBLISH_CONFIRM_TIMEOUT));
+
+        let mut handlers: HashMap<HandlerKind, Arc<dyn Handler>> = HashMap::new();
+        handlers.insert(HandlerKind::Log, Arc::new(LogHandler));
+        if routes.uses(HandlerKind::Amqp) {
+            let handler = AmqpHandler::new(
+                publisher.clone(),
+                config.events_exchange.clone(),
+                metrics.unroutable.clone(),
+            );
+            handlers.insert(HandlerKind::Amqp, Arc::new(handler));
+        }
+        if routes.uses(HandlerKind::Http) {
+            handlers.insert(HandlerKind::Http, Arc::new(http_handler(&config)?));
+        }
+        if let (true, Some(url)) = (routes.uses(HandlerKind::Postgres), config.database_url.as_ref()) {
+            let store =
+                PostgresHandler::connect(url.expose_secret(), config.database_max_connections).await?;
+            handlers.insert(HandlerKind::Postgres, Arc::new(store));
+        }
+
+        let consuming = Arc::new(AtomicBool::new(false));
+        let context = Arc::new(ConsumerContext {
+            broker,
+            publisher,
+            dispatcher: Arc::new(Dispatcher::new(routes, handlers, retry, metrics.clone())),
+            topology,
+            metrics: metrics.clone(),
+            prefetch: config.prefetch,
+            consuming: consuming.clone(),
+        });
+        Ok(Self {
+            listener,
+            probes: ProbeState { consuming, metrics },
+            context,
+            drain_timeout: config.drain_timeout,
+            broker_shutdown,
+            broker_task,
+        })
+    }
+
+    /// The probe server's address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Consumes until `shutdown`, drains, closes the broker connection.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let probe_shutdown = CancellationToken::new();
+        let probe_signal = probe_shutdown.clone();
+        let probes = tokio::spawn(
+            axum::serve(self.listener, router(self.probes))
+                .with_graceful_shutdown(probe_signal.cancelled_owned())
+                .into_future(),
+        );
+        consumer::run(self.context, shutdown, self.drain_timeout).await;
+        self.broker_shutdown.cancel();
+        let _ = self.broker_task.await;
+        probe_shutdown.cancel();
+        let result = probes.await.unwrap_or(Ok(()));
+        tracing::info!("worker stopped");
+        result
+    }
+}
+
+/// Starts the supervised connection, declaring the worker's topology on
+/// every (re)connect.
+pub fn start_broker(
+    config: &Config,
+    topology: Arc<Topology>,
+    retry_delays: Vec<Duration>,
+    metrics: WorkerMetrics,
+) -> (BrokerConnection, JoinHandle<()>, CancellationToken) {
+    let events_exchange = config.events_exchange.clone();
+    let setup: dlr_shared::amqp::connection::SetupHook = Arc::new(move |conn| {
+        let topology = topology.clone();
+        let events_exchange = events_exchange.clone();
+        let delays = retry_delays.clone();
+        Box::pin(async move {
+            let channel = conn.create_channel().await?;
+            topology.declare_worker(&channel, &events_exchange, &delays).await?;
+            channel.close(200, "topology declared".into()).await
+        })
+    });
+    let shutdown = CancellationToken::new();
+    let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
+    let (broker, task) = BrokerConnection::start(
+        config.broker.url.clone(),
+        format!("worker@{hostname}"),
+        setup,
+        metrics.broker_connected,
+        shutdown.clone(),
+    );
+    (broker, task, shutdown)
+}
+
+fn http_handler(config: &Config) -> Result<HttpHandler, StartupError> {
+    let secret = config.http_secret.as_ref().map(|s| s.expose_secret().to_owned()).unwrap_or_default();
+    let key = SigningKey::parse(&secret).map_err(StartupError::Http)?;
+    let client = reqwest::Client::builder()
+        .timeout(config.http_timeout)
+        .connect_timeout(config.http_timeout.min(Duration::from_secs(3)))
+        .user_agent(concat!("dlr-worker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| StartupError::Http(e.to_string()))?;
+    let urls = Outcome::ALL
+        .into_iter()
+        .filter_map(|outcome| config.http_url_for(outcome).map(|url| (outcome, url.clone())))
+        .collect();
+    Ok(HttpHandler::new(client, urls, key))
+}
