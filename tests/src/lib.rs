@@ -1,1 +1,167 @@
-//! placeholder
+//! Helpers for black-box tests and benchmarks of `ingest` and `worker`.
+//!
+//! Tests run the real applications in-process on random ports (the same
+//! `Application::build` that `main` uses) against the real RabbitMQ and
+//! PostgreSQL of the machine. Every test gets its own exchange, queues and
+//! database, named `test.<uuid>...`, and removes them at the end; `.ci/run`
+//! sweeps leftovers of crashed runs.
+
+pub mod broker;
+pub mod proxy;
+pub mod receiver;
+
+use clap::Parser;
+use dlr_shared::amqp::Topology;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use broker::TestBroker;
+
+/// The broker tests use: `AMQP_URL` or the local default.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| dlr_shared::config::DEFAULT_AMQP_URL.to_owned())
+}
+
+/// The PostgreSQL server tests use (a database is created per test).
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The seed's sample receipt as a query string / form body.
+pub const SEED_FORM: &str = "msisdn=14155551234&to=12015556666&network-code=310090&messageId=02000000FEA5EE9B&price=0.00570000&status=delivered&scts=1208121359&err-code=0&message-timestamp=2016-10-19+22%3A40%3A30";
+
+/// The seed's sample receipt as Vonage's POST-JSON.
+pub const SEED_JSON: &str = r#"{"msisdn":"14155551234","to":"12015556666","network-code":"310090","messageId":"02000000FEA5EE9B","price":"0.00570000","status":"delivered","scts":"1208121359","err-code":"0","message-timestamp":"2016-10-19 22:40:30"}"#;
+
+/// A Vonage SMS receipt form body with the given id and status.
+pub fn vonage_form(message_id: &str, status: &str) -> String {
+    format!(
+        "msisdn=447700900123&to=AcmeShop&network-code=23415&messageId={message_id}&price=0.03330000&status={status}&scts=2503140926&err-code=0&message-timestamp=2025-03-14+09%3A26%3A41"
+    )
+}
+
+/// Unique broker names for one test.
+pub fn unique_topology() -> Topology {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let base = format!("test.{}", &id[..12]);
+    Topology {
+        exchange: base.clone(),
+        queue: format!("{base}.receipts"),
+        parked_queue: format!("{base}.parked"),
+        quarantine_queue: format!("{base}.quarantine"),
+        quarantine_max_length: 100,
+        delivery_limit: 20,
+    }
+}
+
+/// An ingest running in this process.
+pub struct TestIngest {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// `http://addr`.
+    pub base_url: String,
+    /// HTTP client for calls.
+    pub client: reqwest::Client,
+    /// Fires the same shutdown path as SIGTERM.
+    pub shutdown: CancellationToken,
+    /// The serving task; completes after the drain.
+    pub handle: JoinHandle<()>,
+}
+
+/// Default ingest config for tests: random port, the given names, `amqp_url`.
+pub fn ingest_config(topology: &Topology, amqp_url: &str) -> dlr_ingest::Config {
+    let mut config = dlr_ingest::Config::parse_from(["ingest", "--addr", "127.0.0.1:0"]);
+    config.broker.url = amqp_url.to_owned().into();
+    config.broker.topology = topology.clone();
+    config.drain_timeout = Duration::from_secs(10);
+    config
+}
+
+/// Starts ingest with `config`.
+pub async fn spawn_ingest(config: dlr_ingest::Config) -> TestIngest {
+    let app = dlr_ingest::Application::build(config).await.expect("ingest builds");
+    let addr = app.local_addr().expect("bound");
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let handle = tokio::spawn(async move {
+        app.run_until_stopped(token).await.expect("ingest runs");
+    });
+    TestIngest {
+        addr,
+        base_url: format!("http://{addr}"),
+        client: reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client"),
+        shutdown,
+        handle,
+    }
+}
+
+impl TestIngest {
+    /// GET `/dlr/vonage?query`.
+    pub async fn get_vonage(&self, query: &str) -> reqwest::Response {
+        self.client.get(format!("{}/dlr/vonage?{query}", self.base_url)).send().await.expect("request")
+    }
+
+    /// POST a body with a content type to `path`.
+    pub async fn post(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.base_url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// POST a form body to `/dlr/vonage`.
+    pub async fn post_vonage_form(&self, body: &str) -> reqwest::Response {
+        self.post("/dlr/vonage", "application/x-www-form-urlencoded", body.to_owned()).await
+    }
+
+    /// Status of `/readyz`.
+    pub async fn ready_status(&self) -> u16 {
+        self.client.get(format!("{}/readyz", self.base_url)).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+    }
+
+    /// Waits until `/readyz` answers 200 (the broker connection is up).
+    pub async fn wait_ready(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.ready_status().await == 200 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base_url))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Fires shutdown and waits for the drain to finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// Sum of a metric's samples whose label set contains all `labels`
+/// (`name{a="b"}` lines of the Prometheus text format).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|line| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}

