@@ -2,7 +2,9 @@
 
 use dlr_shared::amqp::Topology;
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::time::Duration;
 
@@ -85,7 +87,10 @@ impl TestBroker {
             Ok(c) => c,
             Err(_) => return,
         };
-        for queue in [&topology.queue, &topology.parked_queue, &topology.quarantine_queue].into_iter().chain(extra_queues) {
+        for queue in [&topology.queue, &topology.parked_queue, &topology.quarantine_queue]
+            .into_iter()
+            .chain(extra_queues)
+        {
             let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
         }
         for exchange in std::iter::once(&topology.exchange).chain(extra_exchanges) {

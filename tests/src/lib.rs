@@ -104,7 +104,12 @@ impl TestIngest {
     }
 
     /// POST a body with a content type to `path`.
-    pub async fn post(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    pub async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
         self.client
             .post(format!("{}{path}", self.base_url))
             .header("content-type", content_type)
@@ -121,7 +126,12 @@ impl TestIngest {
 
     /// Status of `/readyz`.
     pub async fn ready_status(&self) -> u16 {
-        self.client.get(format!("{}/readyz", self.base_url)).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+        self.client
+            .get(format!("{}/readyz", self.base_url))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
     }
 
     /// Waits until `/readyz` answers 200 (the broker connection is up).
@@ -164,4 +174,123 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
         .filter_map(|line| line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .sum()
+}
+
+/// A worker running in this process.
+pub struct TestWorker {
+    /// Probe/metrics address.
+    pub addr: SocketAddr,
+    /// Fires the same shutdown path as SIGTERM.
+    pub shutdown: CancellationToken,
+    /// The running task; completes after the drain.
+    pub handle: JoinHandle<()>,
+}
+
+/// Default worker config for tests: random probe port, the given names,
+/// short retry delays (50 ms .. 200 ms) so retry tests take seconds.
+pub fn worker_config(topology: &Topology, amqp_url: &str) -> dlr_worker::Config {
+    let cli = dlr_worker::config::Cli::parse_from([
+        "worker",
+        "--addr",
+        "127.0.0.1:0",
+        "--retry-initial-delay-ms",
+        "50",
+        "--retry-max-delay-ms",
+        "200",
+        "--max-attempts",
+        "4",
+        "--prefetch",
+        "20",
+    ]);
+    let mut config = cli.config;
+    config.broker.url = amqp_url.to_owned().into();
+    config.broker.topology = topology.clone();
+    config.events_exchange = format!("{}.events", topology.exchange);
+    config.drain_timeout = Duration::from_secs(10);
+    config
+}
+
+/// Starts a worker with `config`.
+pub async fn spawn_worker(config: dlr_worker::Config) -> TestWorker {
+    let app = dlr_worker::Application::build(config).await.expect("worker builds");
+    let addr = app.local_addr().expect("bound");
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let handle = tokio::spawn(async move {
+        app.run_until_stopped(token).await.expect("worker runs");
+    });
+    TestWorker { addr, shutdown, handle }
+}
+
+impl TestWorker {
+    /// Waits until `/readyz` says the worker consumes.
+    pub async fn wait_ready(&self, within: Duration) -> bool {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(r) = client.get(format!("http://{}/readyz", self.addr)).send().await
+                && r.status().is_success()
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Fires shutdown and waits for the drain.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// A throw-away PostgreSQL database, dropped by [`TestDatabase::drop_database`].
+pub struct TestDatabase {
+    /// URL of the new database.
+    pub url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates `test_<uuid>` on the server of `database_url()`.
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        let server = database_url();
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin =
+            sqlx::PgConnection::connect(&server).await.expect("PostgreSQL is reachable (DATABASE_URL)");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let mut url = url::Url::parse(&server).expect("DATABASE_URL parses");
+        url.set_path(&name);
+        Self { url: url.to_string(), name }
+    }
+
+    /// A pool on the test database.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.url).await.expect("connect test database")
+    }
+
+    /// Drops the database (forcing other sessions off).
+    pub async fn drop_database(self) {
+        use sqlx::Connection;
+        if let Ok(mut admin) = sqlx::PgConnection::connect(&database_url()).await {
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+                .execute(&mut admin)
+                .await;
+        }
+    }
 }

@@ -1,0 +1,402 @@
+//! Black-box tests of ingest's durable intake against the real RabbitMQ.
+//!
+//! Each test runs its own ingest on a random port with its own exchange and
+//! queues, and asserts on what the broker actually holds.
+
+use dlr_shared::ReceiptEvent;
+use dlr_tests::proxy::{BrokerProxy, broker_addr};
+use dlr_tests::{
+    SEED_FORM, SEED_JSON, TestBroker, amqp_url, ingest_config, metric_value, spawn_ingest, unique_topology,
+    vonage_form,
+};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+const READY: Duration = Duration::from_secs(10);
+const SETTLE: Duration = Duration::from_millis(300);
+
+async fn event_id_of(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.expect("JSON answer");
+    body["event_id"].as_str().expect("event_id in answer").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_transport_stores_exactly_one_persistent_message() {
+    let broker = TestBroker::connect().await;
+    for transport in ["get", "form", "json"] {
+        let topology = unique_topology();
+        let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+        assert!(ingest.wait_ready(READY).await, "ingest never became ready");
+
+        let response = match transport {
+            "get" => ingest.get_vonage(SEED_FORM).await,
+            "form" => ingest.post_vonage_form(SEED_FORM).await,
+            _ => ingest.post("/dlr/vonage", "application/json", SEED_JSON).await,
+        };
+        assert_eq!(response.status(), 200, "{transport}");
+        let event_id = event_id_of(response).await;
+
+        let messages = broker.drain(&topology.queue, SETTLE).await;
+        assert_eq!(messages.len(), 1, "{transport}: exactly one message");
+        let message = &messages[0].delivery;
+        assert_eq!(message.properties.delivery_mode(), &Some(2), "{transport}: persistent");
+        assert_eq!(message.properties.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
+        assert_eq!(message.properties.message_id().as_ref().map(|m| m.as_str()), Some(event_id.as_str()));
+        assert!(message.properties.timestamp().is_some());
+        let event = ReceiptEvent::from_json(&message.data).expect("body is a receipt event");
+        assert_eq!(event.message_id.as_str(), "02000000FEA5EE9B");
+        assert_eq!(event.outcome.as_str(), "delivered");
+        assert_eq!(event.recipient.as_deref(), Some("14155551234"));
+        assert_eq!(event.raw["network-code"], "310090");
+
+        ingest.stop().await;
+        broker.cleanup(&topology, &[], &[]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_retry_gets_the_same_message_id() {
+    let broker = TestBroker::connect().await;
+    let topology = unique_topology();
+    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    assert!(ingest.wait_ready(READY).await);
+
+    assert_eq!(ingest.get_vonage(SEED_FORM).await.status(), 200);
+    assert_eq!(ingest.get_vonage(SEED_FORM).await.status(), 200);
+    // Same receipt, other transport, plus signing fields that differ per retry.
+    assert_eq!(ingest.post_vonage_form(&format!("{SEED_FORM}&nonce=abc&timestamp=1")).await.status(), 200);
+    // A different status of the same message is a different event.
+    assert_eq!(ingest.post_vonage_form(&SEED_FORM.replace("delivered", "accepted")).await.status(), 200);
+
+    let ids: Vec<String> = broker
+        .drain(&topology.queue, SETTLE)
+        .await
+        .iter()
+        .filter_map(|m| m.delivery.properties.message_id().as_ref().map(|id| id.to_string()))
+        .collect();
+    assert_eq!(ids.len(), 4);
+    assert_eq!(ids[0], ids[1]);
+    assert_eq!(ids[0], ids[2]);
+    assert_ne!(ids[0], ids[3]);
+
+    ingest.stop().await;
+    broker.cleanup(&topology, &[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_4xx_and_nothing_reaches_the_broker() {
+    let broker = TestBroker::connect().await;
+    let topology = unique_topology();
+    let mut config = ingest_config(&topology, &amqp_url());
+    config.body_limit_bytes = 4096;
+    let ingest = spawn_ingest(config).await;
+    assert!(ingest.wait_ready(READY).await);
+    let form = "application/x-www-form-urlencoded";
+
+    let missing_id = SEED_FORM.replace("messageId=02000000FEA5EE9B&", "");
+    let response = ingest.post_vonage_form(&missing_id).await;
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("json error body");
+    assert_eq!(body["fields"][0]["field"], "messageId", "names the bad field: {body}");
+
+    let empty_status = SEED_FORM.replace("status=delivered", "status=");
+    let response = ingest.get_vonage(&empty_status).await;
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("json error body");
+    assert_eq!(body["fields"][0]["field"], "status");
+
+    let bad_err_code = SEED_FORM.replace("err-code=0", "err-code=zero");
+    let response = ingest.post_vonage_form(&bad_err_code).await;
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.expect("json error body");
+    assert_eq!(body["fields"][0]["field"], "err-code");
+
+    let cases: Vec<(&str, reqwest::Response, u16)> = vec![
+        ("malformed JSON", ingest.post("/dlr/vonage", "application/json", "{\"messageId\": ").await, 400),
+        ("JSON array", ingest.post("/dlr/vonage", "application/json", "[1,2]").await, 400),
+        ("wrong content type", ingest.post("/dlr/vonage", "text/plain", SEED_FORM).await, 415),
+        ("no content type", ingest.post("/dlr/vonage", "", SEED_FORM).await, 415),
+        (
+            "oversize body",
+            ingest.post("/dlr/vonage", form, format!("{SEED_FORM}&pad={}", "x".repeat(8000))).await,
+            413,
+        ),
+        ("empty body", ingest.post("/dlr/vonage", form, "").await, 400),
+        ("empty query", ingest.get_vonage("").await, 400),
+        (
+            "invalid UTF-8",
+            ingest.post("/dlr/vonage", form, "messageId=%FF%FE&status=delivered&msisdn=1").await,
+            400,
+        ),
+        (
+            "inbound SMS",
+            ingest.post_vonage_form("msisdn=447700900123&to=AcmeShop&messageId=AA&text=hi&type=text").await,
+            400,
+        ),
+        ("twilio JSON", ingest.post("/dlr/twilio", "application/json", "{}").await, 415),
+        (
+            "wrong method",
+            ingest
+                .client
+                .put(format!("{}/dlr/vonage", ingest.base_url))
+                .body(SEED_FORM)
+                .send()
+                .await
+                .expect("put"),
+            405,
+        ),
+    ];
+    for (name, response, expected) in cases {
+        assert_eq!(response.status().as_u16(), expected, "{name}");
+    }
+
+    // The process is still up and a good receipt still goes through.
+    assert_eq!(ingest.post_vonage_form(SEED_FORM).await.status(), 200);
+    let messages = broker.drain(&topology.queue, SETTLE).await;
+    assert_eq!(messages.len(), 1, "only the good receipt reached the queue");
+
+    let metrics = ingest.metrics().await;
+    assert!(
+        metric_value(&metrics, "dlr_ingest_receipts_rejected_total", &[("reason", "invalid_fields")]) >= 3.0
+    );
+    assert_eq!(metric_value(&metrics, "dlr_ingest_http_requests_total", &[("status", "415")]), 3.0);
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dlr_ingest_receipts_accepted_total",
+            &[("provider", "vonage-sms"), ("outcome", "delivered")]
+        ),
+        1.0
+    );
+
+    ingest.stop().await;
+    broker.cleanup(&topology, &[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_broker_gets_a_fast_503_and_recovery_needs_no_restart() {
+    let broker = TestBroker::connect().await;
+    let topology = unique_topology();
+    let mut proxy = BrokerProxy::reserve(broker_addr()).await;
+    let ingest = spawn_ingest(ingest_config(&topology, &proxy.amqp_url())).await;
+
+    let started = Instant::now();
+    let response = ingest.post_vonage_form(SEED_FORM).await;
+    assert_eq!(response.status(), 503);
+    assert!(started.elapsed() < Duration::from_secs(1), "503 took {:?}", started.elapsed());
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(ingest.ready_status().await, 503);
+    assert_eq!(
+        ingest
+            .client
+            .get(format!("{}/healthz", ingest.base_url))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok(),
+        Some(200),
+        "liveness does not depend on the broker"
+    );
+
+    // The broker "comes back" on the configured address.
+    proxy.start().await;
+    assert!(ingest.wait_ready(READY).await, "ingest recovered without a restart");
+    assert_eq!(ingest.post_vonage_form(SEED_FORM).await.status(), 200);
+    assert_eq!(broker.drain(&topology.queue, SETTLE).await.len(), 1);
+
+    // And again after a mid-life outage.
+    proxy.cut();
+    let response = ingest.post_vonage_form(SEED_FORM).await;
+    assert_eq!(response.status(), 503);
+    proxy.start().await;
+    assert!(ingest.wait_ready(READY).await);
+    assert_eq!(ingest.post_vonage_form(SEED_FORM).await.status(), 200);
+    assert_eq!(broker.drain(&topology.queue, SETTLE).await.len(), 1);
+
+    ingest.stop().await;
+    broker.cleanup(&topology, &[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_publish_is_never_acknowledged() {
+    let broker = TestBroker::connect().await;
+    let topology = unique_topology();
+    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    assert!(ingest.wait_ready(READY).await);
+
+    broker.delete_queue(&topology.queue).await;
+    let response = ingest.post_vonage_form(&vonage_form("0A00000000000001", "delivered")).await;
+    assert_eq!(response.status(), 503, "a returned message must not be answered 200");
+    let metrics = ingest.metrics().await;
+    assert_eq!(metric_value(&metrics, "dlr_ingest_publish_failures_total", &[("reason", "returned")]), 1.0);
+
+    // Ingest re-declares its topology after a return, so the provider's
+    // retry succeeds and lands in the re-created queue.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut status = 0;
+    while Instant::now() < deadline && status != 200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status =
+            ingest.post_vonage_form(&vonage_form("0A00000000000001", "delivered")).await.status().as_u16();
+    }
+    assert_eq!(status, 200);
+    assert_eq!(broker.drain(&topology.queue, SETTLE).await.len(), 1);
+
+    ingest.stop().await;
+    broker.cleanup(&topology, &[], &[]).await;
+}
+
+/// Sends `count` receipts with unique ids, `concurrency` at a time, and
+/// returns the ids that were answered 200 plus the number of other answers.
+async fn send_unique(ingest: &dlr_tests::TestIngest, prefix: &str, count: usize) -> (HashSet<String>, usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..count {
+        let client = ingest.client.clone();
+        let url = format!("{}/dlr/vonage", ingest.base_url);
+        let id = format!("{prefix}{i:08X}");
+        tasks.spawn(async move {
+            let status = client
+                .post(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(vonage_form(&id, "delivered"))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0);
+            (id, status)
+        });
+    }
+    let mut accepted = HashSet::new();
+    let mut others = 0;
+    while let Some(Ok((id, status))) = tasks.join_next().await {
+        if status == 200 {
+            accepted.insert(id);
+        } else {
+            others += 1;
+        }
+    }
+    (accepted, others)
+}
+
+fn stored_ids(messages: &[lapin::message::BasicGetMessage]) -> HashSet<String> {
+    messages
+        .iter()
+        .filter_map(|m| ReceiptEvent::from_json(&m.delivery.data).ok())
+        .map(|e| e.message_id.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_under_load_never_acknowledges_a_lost_receipt() {
+    let broker = TestBroker::connect().await;
+    let topology = unique_topology();
+    let mut proxy = BrokerProxy::reserve(broker_addr()).await;
+    proxy.start().await;
+    let ingest = spawn_ingest(ingest_config(&topology, &proxy.amqp_url())).await;
+    assert!(ingest.wait_ready(READY).await);
+
+    let sending = send_unique(&ingest, "B", 400);
+    let cutting = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        proxy.cut();
+    };
+    let ((accepted, refused), ()) = tokio::join!(sending, cutting);
+    assert!(refused > 0, "the outage must have refused some receipts (accepted {})", accepted.len());
+
+    let stored = stored_ids(&broker.drain(&topology.queue, Duration::from_secs(1)).await);
+    let lost: Vec<_> = accepted.difference(&stored).collect();
+    assert!(lost.is_empty(), "receipts answered 200 but not in the queue: {lost:?}");
+
+    proxy.start().await;
+    assert!(ingest.wait_ready(READY).await);
+    ingest.stop().await;
+    broker.cleanup(&topology, &[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_requests_and_loses_none() {
+    let broker = TestBroker::connect().await;
+    let topology = unique_topology();
+    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    assert!(ingest.wait_ready(READY).await);
+
+    let shutdown = ingest.shutdown.clone();
+    let sending = send_unique(&ingest, "C", 300);
+    let stopping = async {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        shutdown.cancel();
+    };
+    let ((accepted, _refused), ()) = tokio::join!(sending, stopping);
+    let handle = ingest.handle;
+    tokio::time::timeout(Duration::from_secs(15), handle)
+        .await
+        .expect("ingest exits within the drain timeout")
+        .ok();
+    assert!(!accepted.is_empty(), "some requests were answered before the shutdown");
+
+    let stored = stored_ids(&broker.drain(&topology.queue, Duration::from_secs(1)).await);
+    let lost: Vec<_> = accepted.difference(&stored).collect();
+    assert!(lost.is_empty(), "answered 200 but not stored: {lost:?}");
+    broker.cleanup(&topology, &[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_concurrency_limit_ingest_sheds_with_429() {
+    let broker = TestBroker::connect().await;
+    let topology = unique_topology();
+    let mut config = ingest_config(&topology, &amqp_url());
+    config.max_concurrency = 1;
+    let ingest = spawn_ingest(config).await;
+    assert!(ingest.wait_ready(READY).await);
+
+    // A slow client holds the only slot: headers sent, body not finished.
+    let mut slow = tokio::net::TcpStream::connect(ingest.addr).await.expect("connect");
+    let head = format!(
+        "POST /dlr/vonage HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n\r\n{}",
+        SEED_FORM.len(),
+        &SEED_FORM[..10]
+    );
+    slow.write_all(head.as_bytes()).await.expect("write");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let response = ingest.post_vonage_form(SEED_FORM).await;
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(metric_value(&ingest.metrics().await, "dlr_ingest_load_shed_total", &[]), 1.0);
+
+    // Once the slow request completes, receipts flow again.
+    slow.write_all(&SEED_FORM.as_bytes()[10..]).await.expect("write rest");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ingest.post_vonage_form(SEED_FORM).await.status(), 200);
+    assert_eq!(broker.drain(&topology.queue, SETTLE).await.len(), 2);
+
+    ingest.stop().await;
+    broker.cleanup(&topology, &[], &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_report_broker_state_and_latency() {
+    let broker = TestBroker::connect().await;
+    let topology = unique_topology();
+    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    assert!(ingest.wait_ready(READY).await);
+    assert_eq!(ingest.post_vonage_form(SEED_FORM).await.status(), 200);
+
+    let metrics = ingest.metrics().await;
+    assert_eq!(metric_value(&metrics, "dlr_ingest_broker_connected", &[]), 1.0);
+    assert_eq!(metric_value(&metrics, "dlr_ingest_publish_confirm_duration_seconds_count", &[]), 1.0);
+    assert_eq!(metric_value(&metrics, "dlr_ingest_publishes_in_flight", &[]), 0.0);
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dlr_ingest_http_requests_total",
+            &[("route", "/dlr/vonage"), ("status", "200")]
+        ),
+        1.0
+    );
+    assert!(metrics.contains("process_resident_memory_bytes"));
+
+    ingest.stop().await;
+    broker.cleanup(&topology, &[], &[]).await;
+}
