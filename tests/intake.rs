@@ -136,6 +136,16 @@ async fn bad_input_gets_a_clear_4xx_and_nothing_reaches_the_broker() {
         ),
         ("twilio JSON", ingest.post("/dlr/twilio", "application/json", "{}").await, 415),
         (
+            "HEAD has no side effects",
+            ingest
+                .client
+                .head(format!("{}/dlr/vonage?{SEED_FORM}", ingest.base_url))
+                .send()
+                .await
+                .expect("head"),
+            405,
+        ),
+        (
             "wrong method",
             ingest
                 .client

@@ -22,6 +22,9 @@ pub enum IngestError {
     /// Content type we cannot decode.
     #[error("unsupported content type {0:?}: use application/x-www-form-urlencoded or application/json")]
     UnsupportedMediaType(String),
+    /// A method the route does not serve (HEAD on a receipt route).
+    #[error("method not allowed: use GET or POST")]
+    MethodNotAllowed,
     /// Body over the configured limit.
     #[error("request body exceeds the configured size limit (INGEST_BODY_LIMIT_BYTES)")]
     PayloadTooLarge,
@@ -47,6 +50,7 @@ impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
             IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IngestError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
             IngestError::Empty(_) | IngestError::Receipt(_) => StatusCode::BAD_REQUEST,
@@ -59,6 +63,7 @@ impl IngestError {
     pub fn reason(&self) -> &'static str {
         match self {
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
+            IngestError::MethodNotAllowed => "method_not_allowed",
             IngestError::PayloadTooLarge => "payload_too_large",
             IngestError::UnreadableBody(_) => "unreadable_body",
             IngestError::Empty(_) => "empty",

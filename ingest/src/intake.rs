@@ -49,13 +49,14 @@ enum Authenticity {
 
 /// Accepts a Vonage SMS API receipt (GET query, POST form or POST JSON).
 pub async fn vonage_sms(state: &AppState, request: WebhookRequest) -> Result<ReceiptEvent, IngestError> {
-    // An account switched to the Messages API sends Messages-format JSON to
-    // the same URL (reference §1.1): take it rather than 400 it away.
-    if is_json(&request.headers) && contains(&request.body, b"\"message_uuid\"") {
-        return vonage_messages(state, request).await;
-    }
     let provider = Provider::VonageSms;
-    let fields = decode_fields(&request).inspect_err(|e| reject(state, provider, e))?;
+    let fields = match decode_fields(&request) {
+        Ok(Decoded::Fields(fields)) => fields,
+        // An account switched to the Messages API sends Messages-format JSON
+        // to the same URL (reference §1.1): take it rather than 400 it away.
+        Ok(Decoded::MessagesApi) => return vonage_messages(state, request).await,
+        Err(error) => return Err(reject(state, provider, error)),
+    };
     let authenticity = check(state, provider, &request, state.signatures.vonage_mode, || {
         let secrets = state.signatures.vonage_secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
         signature::vonage_sms::verify(
@@ -74,10 +75,7 @@ pub async fn vonage_sms(state: &AppState, request: WebhookRequest) -> Result<Rec
 /// Accepts a Vonage Messages API status webhook (POST JSON, JWT-signed).
 pub async fn vonage_messages(state: &AppState, request: WebhookRequest) -> Result<ReceiptEvent, IngestError> {
     let provider = Provider::VonageMessages;
-    if let Err(e) = require_body(&request, &["application/json"]) {
-        reject(state, provider, &e);
-        return Err(e);
-    }
+    require_body(&request, &["application/json"]).map_err(|e| reject(state, provider, e))?;
     let authorization = request.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let authenticity = check(state, provider, &request, state.signatures.vonage_mode, || {
         let secrets = state.signatures.vonage_secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
@@ -99,8 +97,8 @@ pub async fn vonage_messages(state: &AppState, request: WebhookRequest) -> Resul
 pub async fn twilio(state: &AppState, request: WebhookRequest) -> Result<ReceiptEvent, IngestError> {
     let provider = Provider::Twilio;
     let fields = require_body(&request, &["application/x-www-form-urlencoded"])
-        .and_then(|()| decode_fields(&request))
-        .inspect_err(|e| reject(state, provider, e))?;
+        .and_then(|()| Ok(providers::decode_urlencoded(&request.body, "form")?))
+        .map_err(|e| reject(state, provider, e))?;
     let signature_header = request.headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
     let settings_header =
         request.headers.get("x-twilio-webhooks-signature-settings").and_then(|v| v.to_str().ok());
@@ -146,8 +144,7 @@ async fn check(
             }
             let error = IngestError::Signature(error);
             quarantine(state, provider, request, &error).await;
-            reject(state, provider, &error);
-            Err(error)
+            Err(reject(state, provider, error))
         }
     }
 }
@@ -168,8 +165,7 @@ async fn finish(
             if authenticity == Authenticity::Verified {
                 quarantine(state, provider, request, &error).await;
             }
-            reject(state, provider, &error);
-            return Err(error);
+            return Err(reject(state, provider, error));
         }
     };
     if !event.status_recognised {
@@ -258,30 +254,56 @@ async fn quarantine(state: &AppState, provider: Provider, request: &WebhookReque
 }
 
 /// Counts and logs a rejected request: one line each, with the reason.
-fn reject(state: &AppState, provider: Provider, error: &IngestError) {
-    if matches!(error, IngestError::Unavailable(_)) {
-        return;
+/// Returns the error so callers can pass it on.
+pub fn reject(state: &AppState, provider: Provider, error: IngestError) -> IngestError {
+    if !matches!(error, IngestError::Unavailable(_)) {
+        state.metrics.rejected.with_label_values(&[provider.as_str(), error.reason()]).inc();
+        tracing::warn!(provider = %provider, status = error.status().as_u16(), reason = error.reason(), error = %error, "receipt rejected");
     }
-    state.metrics.rejected.with_label_values(&[provider.as_str(), error.reason()]).inc();
-    tracing::warn!(provider = %provider, status = error.status().as_u16(), reason = error.reason(), error = %error, "receipt rejected");
+    error
 }
 
-/// Decodes query (GET/HEAD) or body (POST) into fields. For POST the query
-/// string is ignored: Vonage does not support mixing the two.
-fn decode_fields(request: &WebhookRequest) -> Result<Fields, IngestError> {
-    if request.method == Method::GET || request.method == Method::HEAD {
+/// What a `/dlr/vonage` request turned out to be.
+enum Decoded {
+    /// SMS API receipt fields.
+    Fields(Fields),
+    /// A Messages API JSON body (top-level `message_uuid`, no `messageId`).
+    MessagesApi,
+}
+
+/// Decodes the query (GET) or body (POST) of a `/dlr/vonage` request. For
+/// POST the query string is ignored: Vonage does not support mixing the two.
+fn decode_fields(request: &WebhookRequest) -> Result<Decoded, IngestError> {
+    if request.method == Method::GET {
         let query = request.query.as_deref().unwrap_or("");
         if query.is_empty() {
             return Err(IngestError::Empty("query string"));
         }
-        return Ok(providers::decode_urlencoded(query.as_bytes(), "query")?);
+        return Ok(Decoded::Fields(providers::decode_urlencoded(query.as_bytes(), "query")?));
+    }
+    if request.method != Method::POST {
+        // HEAD is routed with GET by axum; it must not have side effects.
+        return Err(IngestError::MethodNotAllowed);
     }
     require_body(request, &["application/x-www-form-urlencoded", "application/json"])?;
-    if is_json(&request.headers) {
-        Ok(providers::decode_json_object(&request.body)?)
-    } else {
-        Ok(providers::decode_urlencoded(&request.body, "form")?)
+    if !is_json(&request.headers) {
+        return Ok(Decoded::Fields(providers::decode_urlencoded(&request.body, "form")?));
     }
+    let object = match serde_json::from_slice::<serde_json::Value>(&request.body) {
+        Ok(serde_json::Value::Object(object)) => object,
+        Ok(_) => {
+            return Err(ReceiptError::Malformed {
+                format: "json",
+                detail: "expected a JSON object".to_owned(),
+            }
+            .into());
+        }
+        Err(e) => return Err(ReceiptError::Malformed { format: "json", detail: e.to_string() }.into()),
+    };
+    if object.contains_key("message_uuid") && !object.contains_key("messageId") {
+        return Ok(Decoded::MessagesApi);
+    }
+    Ok(Decoded::Fields(providers::fields_from_json_object(object)?))
 }
 
 /// Checks that a POST has a body of one of the `allowed` media types.
@@ -313,8 +335,4 @@ fn media_type(headers: &HeaderMap) -> String {
 fn is_json(headers: &HeaderMap) -> bool {
     let essence = media_type(headers);
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }

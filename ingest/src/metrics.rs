@@ -6,6 +6,24 @@ use dlr_shared::metrics::{LATENCY_BUCKETS, MetricsBuilder, new_registry};
 use dlr_shared::{Outcome, Provider};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
+/// Reasons a request is refused with a 4xx (`IngestError::reason`).
+const REJECT_REASONS: [&str; 9] = [
+    "invalid_fields",
+    "malformed_body",
+    "not_a_receipt",
+    "signature",
+    "unsupported_media_type",
+    "payload_too_large",
+    "empty",
+    "unreadable_body",
+    "method_not_allowed",
+];
+/// Reasons a signature check fails (`SignatureError::reason`).
+const SIGNATURE_REASONS: [&str; 8] =
+    ["missing", "malformed", "mismatch", "stale", "future", "payload_hash", "algorithm", "issuer"];
+/// Reasons a request is copied to the quarantine.
+const QUARANTINE_REASONS: [&str; 4] = ["signature", "invalid_fields", "not_a_receipt", "malformed_body"];
+
 /// Every metric ingest exports, registered in its own registry.
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -94,9 +112,22 @@ impl IngestMetrics {
             registry,
         };
         for provider in Provider::ALL {
+            let p = provider.as_str();
             for outcome in Outcome::ALL {
-                metrics.accepted.with_label_values(&[provider.as_str(), outcome.as_str()]);
+                metrics.accepted.with_label_values(&[p, outcome.as_str()]);
             }
+            for reason in REJECT_REASONS {
+                metrics.rejected.with_label_values(&[p, reason]);
+            }
+            for reason in SIGNATURE_REASONS {
+                metrics.signature_failures.with_label_values(&[p, reason]);
+            }
+            for reason in QUARANTINE_REASONS {
+                metrics.quarantined.with_label_values(&[p, reason]);
+            }
+        }
+        for route in ["/dlr/vonage", "/dlr/vonage-messages", "/dlr/twilio"] {
+            metrics.http_duration.with_label_values(&[route]);
         }
         for reason in ["unavailable", "blocked", "nacked", "returned", "timeout", "channel_error"] {
             metrics.publish_failures.with_label_values(&[reason]);

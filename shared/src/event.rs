@@ -26,7 +26,7 @@ pub struct ReceiptEvent {
     pub message_id: MessageId,
     /// Business outcome derived from the provider's status word.
     pub outcome: Outcome,
-    /// The provider's status word, verbatim (lower-cased for Vonage SMS).
+    /// The provider's status word, exactly as received.
     pub status: String,
     /// False when the status word is not one we know: the receipt is kept
     /// (outcome `pending`) and counted so that someone looks at it.

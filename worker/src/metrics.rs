@@ -93,8 +93,10 @@ impl WorkerMetrics {
             for outcome in Outcome::ALL {
                 metrics.consumed.with_label_values(&[provider.as_str(), outcome.as_str()]);
             }
+            metrics.time_to_dlr.with_label_values(&[provider.as_str()]);
         }
         for kind in HandlerKind::ALL {
+            metrics.handler_duration.with_label_values(&[kind.as_str()]);
             for result in ["ok", "transient", "permanent"] {
                 metrics.handler_results.with_label_values(&[kind.as_str(), result]);
             }

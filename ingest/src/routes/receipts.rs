@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use dlr_shared::Provider;
+
 use crate::error::IngestError;
 use crate::intake::{self, WebhookRequest};
 use crate::state::AppState;
@@ -22,16 +24,31 @@ pub fn router() -> Router<AppState> {
         .route("/dlr/twilio", post(twilio))
 }
 
-async fn vonage_sms(State(state): State<AppState>, request: WebhookRequest) -> Response {
-    respond(intake::vonage_sms(&state, request).await)
+async fn vonage_sms(State(state): State<AppState>, request: Result<WebhookRequest, IngestError>) -> Response {
+    let result = match request {
+        Ok(request) => intake::vonage_sms(&state, request).await,
+        Err(error) => Err(intake::reject(&state, Provider::VonageSms, error)),
+    };
+    respond(result)
 }
 
-async fn vonage_messages(State(state): State<AppState>, request: WebhookRequest) -> Response {
-    respond(intake::vonage_messages(&state, request).await)
+async fn vonage_messages(
+    State(state): State<AppState>,
+    request: Result<WebhookRequest, IngestError>,
+) -> Response {
+    let result = match request {
+        Ok(request) => intake::vonage_messages(&state, request).await,
+        Err(error) => Err(intake::reject(&state, Provider::VonageMessages, error)),
+    };
+    respond(result)
 }
 
-async fn twilio(State(state): State<AppState>, request: WebhookRequest) -> Response {
-    respond(intake::twilio(&state, request).await)
+async fn twilio(State(state): State<AppState>, request: Result<WebhookRequest, IngestError>) -> Response {
+    let result = match request {
+        Ok(request) => intake::twilio(&state, request).await,
+        Err(error) => Err(intake::reject(&state, Provider::Twilio, error)),
+    };
+    respond(result)
 }
 
 impl<S: Send + Sync> FromRequest<S> for WebhookRequest {

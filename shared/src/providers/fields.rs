@@ -113,6 +113,12 @@ pub fn decode_json_object(body: &[u8]) -> Result<Fields, ReceiptError> {
     let Value::Object(object) = value else {
         return Err(ReceiptError::Malformed { format: "json", detail: "expected a JSON object".to_owned() });
     };
+    fields_from_json_object(object)
+}
+
+/// Turns an already parsed flat JSON object into fields (see
+/// [`decode_json_object`] for the value rules).
+pub fn fields_from_json_object(object: Map<String, Value>) -> Result<Fields, ReceiptError> {
     let mut pairs = Vec::with_capacity(object.len());
     let mut problems = Vec::new();
     for (name, value) in object {

@@ -12,7 +12,7 @@ pub mod twilio;
 pub mod vonage_messages;
 pub mod vonage_sms;
 
-pub use fields::{Fields, decode_json_object, decode_urlencoded};
+pub use fields::{Fields, decode_json_object, decode_urlencoded, fields_from_json_object};
 
 use serde::Serialize;
 

@@ -1,2 +1,407 @@
-//! placeholder
-fn main() {}
+//! Benchmark of ingest and worker against the local broker, with the
+//! broker's own ceilings measured in the same run for comparison.
+//!
+//! Run through `deploy/bench.sh` (release build). Prints one line per
+//! measurement; nothing here asserts: the numbers are for people.
+//!
+//! - broker publish ceiling: persistent messages to a quorum queue, with
+//!   publisher confirms and a window of outstanding confirms;
+//! - ingest: form POSTs of the sample receipt at fixed concurrency against
+//!   the release binary (a child process, so its peak RSS can be read);
+//! - broker consume ceiling: manual acks at the worker's prefetch;
+//! - worker: the release binary draining a pre-filled queue with the log
+//!   handler, then with the postgres handler.
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use dlr_shared::amqp::Topology;
+use dlr_tests::{TestBroker, TestDatabase, amqp_url, unique_topology, vonage_form};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks ingest and worker against the local RabbitMQ")]
+struct Args {
+    /// Directory holding the release `ingest` and `worker` binaries.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Seconds of load against ingest.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    /// Concurrent HTTP connections against ingest.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Messages for the broker ceilings and the worker runs.
+    #[arg(long, default_value_t = 30_000)]
+    messages: usize,
+    /// Skip the worker part.
+    #[arg(long)]
+    ingest_only: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let ceiling = publish_ceiling(args.messages, 1000).await?;
+    let one_at_a_time = publish_ceiling(2_000, 1).await?;
+    println!("broker publish ceiling (window 1000): {ceiling:.0} msg/s");
+    println!("broker publish one at a time:        {one_at_a_time:.0} msg/s");
+
+    let ingest = ingest_load(&args).await?;
+    println!(
+        "ingest: {:.0} receipts/s, p50 {:.1} ms, p99 {:.1} ms, errors {}, peak RSS {:.1} MB, {:.0}% of the publish ceiling",
+        ingest.rate,
+        ingest.p50_ms,
+        ingest.p99_ms,
+        ingest.errors,
+        ingest.peak_rss_mb,
+        100.0 * ingest.rate / ceiling
+    );
+    if args.ingest_only {
+        return Ok(());
+    }
+
+    let consume = consume_ceiling(args.messages).await?;
+    println!("broker consume ceiling (prefetch 100, manual ack): {consume:.0} msg/s");
+    let (log_rate, log_rss) = worker_drain(&args, args.messages, "log", None).await?;
+    println!(
+        "worker (log handler): {log_rate:.0} events/s, {:.0}% of the consume ceiling, peak RSS {log_rss:.1} MB",
+        100.0 * log_rate / consume
+    );
+    let database = TestDatabase::create().await;
+    let pg = worker_drain(&args, args.messages / 2, "postgres", Some(&database.url)).await;
+    database.drop_database().await;
+    let (pg_rate, pg_rss) = pg?;
+    println!("worker (postgres handler): {pg_rate:.0} events/s, peak RSS {pg_rss:.1} MB");
+    Ok(())
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args
+}
+
+/// Persistent, confirmed publishes to a fresh quorum queue with at most
+/// `window` confirms outstanding.
+async fn publish_ceiling(count: usize, window: usize) -> Result<f64> {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let queue = format!("test.bench.{}", uuid::Uuid::new_v4().simple());
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            quorum_args(),
+        )
+        .await?;
+    let body = vec![b'x'; 700];
+    let started = Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for _ in 0..count {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+        pending.push_back(confirm);
+        if pending.len() >= window
+            && let Some(oldest) = pending.pop_front()
+        {
+            oldest.await?;
+        }
+    }
+    for confirm in pending {
+        confirm.await?;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    Ok(rate)
+}
+
+/// Peak resident set size of a process, from /proc (Linux).
+fn peak_rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(bin: PathBuf, envs: &[(&str, String)]) -> Result<ChildGuard> {
+    let mut command = Command::new(&bin);
+    command.stdout(Stdio::null()).stderr(Stdio::null()).env("AMQP_URL", amqp_url());
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    Ok(ChildGuard(
+        command.spawn().with_context(|| format!("starting {} (run cargo build --release)", bin.display()))?,
+    ))
+}
+
+fn topology_env(topology: &Topology) -> Vec<(&'static str, String)> {
+    vec![
+        ("AMQP_EXCHANGE", topology.exchange.clone()),
+        ("AMQP_QUEUE", topology.queue.clone()),
+        ("AMQP_PARKED_QUEUE", topology.parked_queue.clone()),
+        ("AMQP_QUARANTINE_QUEUE", topology.quarantine_queue.clone()),
+    ]
+}
+
+struct IngestResult {
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: usize,
+    peak_rss_mb: f64,
+}
+
+async fn ingest_load(args: &Args) -> Result<IngestResult> {
+    let topology = unique_topology();
+    let port = free_port()?;
+    let mut envs = topology_env(&topology);
+    envs.push(("INGEST_ADDR", format!("127.0.0.1:{port}")));
+    envs.push(("RUST_LOG", "warn".to_owned()));
+    let child = spawn(args.bin_dir.join("ingest"), &envs)?;
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    wait_ready(&client, &format!("{base}/readyz")).await?;
+
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..args.concurrency {
+        let client = client.clone();
+        let url = format!("{base}/dlr/vonage");
+        tasks.spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0usize;
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let body = vonage_form(&format!("{worker:04X}{i:012X}"), "delivered");
+                let sent = Instant::now();
+                let ok = client
+                    .post(&url)
+                    .header("content-type", "application/x-www-form-urlencoded")
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                if ok {
+                    latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
+                } else {
+                    errors += 1;
+                }
+                i += 1;
+            }
+            (latencies, errors)
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    while let Some(joined) = tasks.join_next().await {
+        let (l, e) = joined?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let peak_rss_mb = peak_rss_mb(child.0.id());
+    drop(child);
+    latencies.sort_by(f64::total_cmp);
+    let pick = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let result = IngestResult {
+        rate: latencies.len() as f64 / elapsed,
+        p50_ms: pick(0.50),
+        p99_ms: pick(0.99),
+        errors,
+        peak_rss_mb,
+    };
+    TestBroker::connect().await.cleanup(&topology, &[], &[]).await;
+    Ok(result)
+}
+
+/// Fills `queue` with `count` receipt events through a confirm channel.
+async fn fill(queue: &str, count: usize) -> Result<()> {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..count {
+        let fields = dlr_shared::providers::decode_urlencoded(
+            vonage_form(&format!("F{i:015X}"), "delivered").as_bytes(),
+            "form",
+        )?;
+        let event = dlr_shared::providers::vonage_sms::parse(&fields, chrono::Utc::now())?;
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &event.to_json(),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(event.event_id.as_str().into()),
+            )
+            .await?;
+        pending.push_back(confirm);
+        if pending.len() >= 1000
+            && let Some(oldest) = pending.pop_front()
+        {
+            oldest.await?;
+        }
+    }
+    for confirm in pending {
+        confirm.await?;
+    }
+    Ok(())
+}
+
+/// Raw consume rate with manual acks at prefetch 100.
+async fn consume_ceiling(count: usize) -> Result<f64> {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    let queue = format!("test.bench.{}", uuid::Uuid::new_v4().simple());
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            quorum_args(),
+        )
+        .await?;
+    fill(&queue, count).await?;
+    channel.basic_qos(100, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let mut seen = 0;
+    while seen < count {
+        let Some(delivery) = consumer.next().await else { bail!("consumer ended") };
+        delivery?.acker.ack(BasicAckOptions::default()).await?;
+        seen += 1;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    Ok(rate)
+}
+
+/// Pre-fills the receipts queue, starts the worker and times the drain.
+async fn worker_drain(
+    args: &Args,
+    count: usize,
+    handler: &str,
+    database_url: Option<&str>,
+) -> Result<(f64, f64)> {
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    // Let the worker's own declaration create the queue with its arguments:
+    // start it once, stop it, then fill.
+    let port = free_port()?;
+    let mut envs = topology_env(&topology);
+    envs.push(("WORKER_ADDR", format!("127.0.0.1:{port}")));
+    let events_exchange = format!("{}.events", topology.exchange);
+    envs.push(("WORKER_EVENTS_EXCHANGE", events_exchange.clone()));
+    for outcome in ["DELIVERED", "FAILED", "PENDING"] {
+        envs.push((leak(format!("WORKER_ROUTE_{outcome}")), handler.to_owned()));
+    }
+    if let Some(url) = database_url {
+        envs.push(("DATABASE_URL", url.to_owned()));
+    }
+    let client = reqwest::Client::new();
+    {
+        let declare = spawn(args.bin_dir.join("worker"), &envs)?;
+        wait_ready(&client, &format!("http://127.0.0.1:{port}/readyz")).await?;
+        drop(declare);
+    }
+    fill(&topology.queue, count).await?;
+    let worker = spawn(args.bin_dir.join("worker"), &envs)?;
+    let started = Instant::now();
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if Instant::now() > deadline {
+            bail!("worker did not drain {count} events in 300 s");
+        }
+        let handled = match client.get(&metrics_url).send().await {
+            Ok(r) => dlr_tests::metric_value(
+                &r.text().await.unwrap_or_default(),
+                "dlr_worker_handler_results_total",
+                &[("handler", handler), ("result", "ok")],
+            ),
+            Err(_) => 0.0,
+        };
+        if handled as usize >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let rss = peak_rss_mb(worker.0.id());
+    drop(worker);
+    let retry_queues: Vec<String> =
+        dlr_worker::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(600))
+            .delays()
+            .into_iter()
+            .map(|d| topology.retry_queue(d))
+            .collect();
+    broker.cleanup(&topology, &retry_queues, &[events_exchange]).await;
+    Ok((rate, rss))
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_ready(client: &reqwest::Client, url: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if client.get(url).send().await.map(|r| r.status().is_success()).unwrap_or(false) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{url} never became ready")
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Benchmarks ingest and worker against the local RabbitMQ (and PostgreSQL
+# for the status-store run), measuring the broker's own ceilings in the same
+# run. Release build; takes about a minute. Extra arguments go to dlr-bench
+# (see `target/release/dlr-bench --help`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/services.sh rabbitmq postgres
+cargo build --release --locked -p dlr-ingest -p dlr-worker -p dlr-tests
+exec target/release/dlr-bench "$@"

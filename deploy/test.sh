@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The full test suite, exactly as CI runs it (.ci/run calls this script):
+# formatting, lints, unit and black-box tests against the real RabbitMQ and
+# PostgreSQL (started here if nothing listens on their ports), the deploy
+# checks, then the reliability harness, which restarts the broker and so runs
+# alone, after everything else.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash deploy/services.sh rabbitmq postgres
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+
+echo "== deploy checks"
+bash deploy/check-manifests.sh
+
+# Tests remove what they create; this sweeps what a crashed run left behind.
+if command -v rabbitmqctl >/dev/null 2>&1; then
+  rabbitmqctl --silent list_queues name 2>/dev/null | grep '^test\.' | xargs -r -n1 rabbitmqctl --silent delete_queue >/dev/null 2>&1 || true
+fi

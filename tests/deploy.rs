@@ -1,0 +1,93 @@
+//! Dashboards and alerts must only use metrics the binaries really export.
+//!
+//! A renamed metric silently blanks a Grafana panel and disarms an alert;
+//! this test scrapes both running binaries and checks every `dlr_*` name
+//! that `deploy/` refers to.
+
+use dlr_tests::{
+    SEED_FORM, TestBroker, amqp_url, ingest_config, spawn_ingest, spawn_worker, unique_topology,
+    worker_config,
+};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+/// `dlr_*` names referenced by the files under `dir` with one of `extensions`.
+fn referenced_names(dir: &Path, extensions: &[&str], names: &mut BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            referenced_names(&path, extensions, names);
+        } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| extensions.contains(&e)) {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let bytes = text.as_bytes();
+            let mut i = 0;
+            while let Some(found) = text[i..].find("dlr_") {
+                let start = i + found;
+                let boundary =
+                    start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+                let end = start
+                    + text[start..]
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(text.len() - start);
+                let name = &text[start..end];
+                if boundary && (name.starts_with("dlr_ingest_") || name.starts_with("dlr_worker_")) {
+                    names.insert(name.to_owned());
+                }
+                i = end;
+            }
+        }
+    }
+}
+
+/// Metric names present in a Prometheus text exposition.
+fn exported_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_in_dashboards_and_alerts_is_exported() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let mut referenced = BTreeSet::new();
+    referenced_names(&deploy, &["json", "yaml", "yml"], &mut referenced);
+    assert!(referenced.len() >= 10, "found only {referenced:?} under {}", deploy.display());
+
+    let topology = unique_topology();
+    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    let worker_config = worker_config(&topology, &amqp_url());
+    let events_exchange = worker_config.events_exchange.clone();
+    let retry_queues: Vec<String> =
+        dlr_worker::retry::RetryPolicy::new(4, Duration::from_millis(50), Duration::from_millis(200))
+            .delays()
+            .into_iter()
+            .map(|d| topology.retry_queue(d))
+            .collect();
+    let worker = spawn_worker(worker_config).await;
+    assert!(ingest.wait_ready(Duration::from_secs(10)).await);
+    assert!(worker.wait_ready(Duration::from_secs(10)).await);
+    assert_eq!(ingest.post_vonage_form(SEED_FORM).await.status(), 200);
+
+    // Wait until the worker has handled the receipt so its histograms have samples.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut worker_text = worker.metrics().await;
+    while dlr_tests::metric_value(&worker_text, "dlr_worker_end_to_end_latency_seconds_count", &[]) < 1.0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        worker_text = worker.metrics().await;
+    }
+    let mut exported = exported_names(&ingest.metrics().await);
+    exported.extend(exported_names(&worker_text));
+
+    let missing: Vec<&String> = referenced.iter().filter(|name| !exported.contains(*name)).collect();
+    assert!(missing.is_empty(), "referenced by deploy/ but not exported: {missing:?}");
+
+    worker.stop().await;
+    ingest.stop().await;
+    TestBroker::connect().await.cleanup(&topology, &retry_queues, &[events_exchange]).await;
+}
