@@ -10,8 +10,8 @@ use base64::Engine;
 use bytes::Bytes;
 use chrono::Utc;
 use dlr_shared::Provider;
-use dlr_shared::amqp::insert_str;
 use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
+use dlr_shared::amqp::{PublishError, insert_str};
 use dlr_shared::event::ReceiptEvent;
 use dlr_shared::providers::{self, Fields, ReceiptError};
 use dlr_shared::signature::{self, SignatureError, SignatureMode};
@@ -204,6 +204,11 @@ async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<(), IngestErr
             Ok(())
         }
         Err(error) => {
+            if matches!(error, PublishError::Returned { .. }) {
+                // Our queue or binding is gone (deleted by hand?): declare it
+                // again so that the provider's retry succeeds.
+                state.publisher.broker().request_redeclare();
+            }
             metrics.publish_failures.with_label_values(&[error.reason()]).inc();
             tracing::warn!(event_id = %event.event_id, provider = %event.provider, reason = error.reason(), %error, "receipt not stored; answering 503");
             Err(IngestError::Unavailable(error))

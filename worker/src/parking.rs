@@ -7,7 +7,7 @@
 use base64::Engine;
 use dlr_shared::amqp::{Publisher, Topology, header_str, header_u64, insert_str};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 use std::time::Duration;
@@ -121,7 +121,22 @@ pub async fn schedule_retry(
         insert_str(h, HEADER_LAST_ERROR, truncate(plan.error));
     })
     .with_expiration(ShortString::from(RetryPolicy::jittered(plan.delay).as_millis().to_string()));
-    publisher.publish("", &topology.retry_queue(plan.delay), &message.data, properties).await
+    redeclare_if_returned(
+        publisher,
+        publisher.publish("", &topology.retry_queue(plan.delay), &message.data, properties).await,
+    )
+}
+
+/// Our own delay queues and parking lot must exist; a return means someone
+/// deleted one, so the topology is declared again before the retry.
+fn redeclare_if_returned(
+    publisher: &Publisher,
+    result: Result<(), dlr_shared::amqp::PublishError>,
+) -> Result<(), dlr_shared::amqp::PublishError> {
+    if let Err(dlr_shared::amqp::PublishError::Returned { .. }) = &result {
+        publisher.broker().request_redeclare();
+    }
+    result
 }
 
 /// Publishes the message to the parking lot with the reason, handler,
@@ -140,7 +155,10 @@ pub async fn park(
         insert_str(h, HEADER_LAST_ERROR, truncate(note.error));
         insert_str(h, HEADER_PARKED_AT, &chrono::Utc::now().to_rfc3339());
     });
-    publisher.publish("", &topology.parked_queue, &message.data, properties).await
+    redeclare_if_returned(
+        publisher,
+        publisher.publish("", &topology.parked_queue, &message.data, properties).await,
+    )
 }
 
 /// Counts of a replay run.
@@ -183,9 +201,28 @@ fn matches(properties: &BasicProperties, body: &[u8], filters: &[(String, String
     })
 }
 
+/// Header marking messages replayed by one run, so that a run never takes
+/// back what it replayed itself (an event parked again while the
+/// downstream still refuses it).
+pub const HEADER_REPLAY_RUN: &str = "x-dlr-replay-run";
+
+/// Messages in `queue` now: a replay run examines at most these, so it ends
+/// even while replayed messages keep coming back.
+async fn queue_length(channel: &Channel, queue: &str) -> Result<u64, ReplayError> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(u64::from(declared.message_count()))
+}
+
 /// Moves parked messages matching `filters` back to the receipts queue,
-/// with a fresh attempt count and their done-handlers kept. Messages that
-/// do not match are returned to the parking lot when the run ends.
+/// with a fresh attempt count and their done-handlers kept. One pass: only
+/// messages parked when the run started are examined. Messages that do not
+/// match are returned to the parking lot when the run ends.
 pub async fn replay_parked(
     channel: &Channel,
     publisher: &Publisher,
@@ -193,15 +230,22 @@ pub async fn replay_parked(
     limit: Option<u64>,
     filters: &[(String, String)],
 ) -> Result<ReplayReport, ReplayError> {
+    let run = uuid::Uuid::new_v4().to_string();
+    let parked = queue_length(channel, &topology.parked_queue).await?;
     let mut report = ReplayReport::default();
     let mut skipped = Vec::new();
-    while limit.is_none_or(|l| report.replayed < l) {
+    while report.examined < parked && limit.is_none_or(|l| report.replayed < l) {
         let Some(message) =
             channel.basic_get(topology.parked_queue.as_str().into(), BasicGetOptions::default()).await?
         else {
             break;
         };
         let delivery = message.delivery;
+        if header_str(delivery.properties.headers().as_ref(), HEADER_REPLAY_RUN) == Some(run.as_str()) {
+            // Replayed by this run and parked again: the pass is complete.
+            skipped.push(delivery.acker);
+            break;
+        }
         report.examined += 1;
         if !matches(&delivery.properties, &delivery.data, filters) {
             report.kept += 1;
@@ -210,6 +254,7 @@ pub async fn replay_parked(
         }
         let properties = with_headers(&delivery.properties, |h| {
             h.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(1));
+            insert_str(h, HEADER_REPLAY_RUN, &run);
         });
         publisher.publish("", &topology.queue, &delivery.data, properties).await?;
         delivery.acker.ack(BasicAckOptions::default()).await?;
@@ -235,9 +280,12 @@ pub async fn replay_quarantine(
         .timeout(Duration::from_secs(15))
         .build()
         .map_err(|e| ReplayError::Ingest(e.to_string()))?;
+    // Requests still refused are quarantined again by ingest as new
+    // messages; examining only what was there at the start ends the run.
+    let quarantined = queue_length(channel, &topology.quarantine_queue).await?;
     let mut report = ReplayReport::default();
     let mut kept = Vec::new();
-    while limit.is_none_or(|l| report.examined < l) {
+    while report.examined < quarantined && limit.is_none_or(|l| report.examined < l) {
         let Some(message) =
             channel.basic_get(topology.quarantine_queue.as_str().into(), BasicGetOptions::default()).await?
         else {

@@ -22,8 +22,9 @@ pub struct PostgresHandler {
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 impl PostgresHandler {
-    /// Connects lazily (the worker starts even when the database is down;
-    /// events then retry) and applies migrations when reachable.
+    /// Connects and applies the migrations. Called at start-up, so a wrong
+    /// `DATABASE_URL` or a failing migration stops the worker with a clear
+    /// error instead of parking every event.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -40,24 +41,25 @@ impl PostgresHandler {
     }
 }
 
-/// History insert: a replayed event (same id) is a no-op.
-const INSERT_EVENT: &str = "
-INSERT INTO receipt_events
-    (event_id, provider, message_id, outcome, status, error_code, client_ref, provider_timestamp, received_at, event)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-ON CONFLICT (event_id) DO NOTHING";
-
-/// Current-status upsert. The new event wins when:
+/// History insert and current-status upsert in one statement (one round
+/// trip, one implicit transaction). The history insert is a no-op for a
+/// replayed event (same id). The new event becomes the current status when:
 /// - the stored status is pending and the new one is final (progress), or
-/// - both are pending and the new one is not older (later intermediate step), or
+/// - both are pending and the new one is not older (a later intermediate step), or
 /// - the stored status is Vonage's ambiguous `unknown` (mapped to failed) and
 ///   the new one is delivered (reference J1).
 ///
 /// Otherwise the first final status stays (J6); the history keeps the rest.
-const UPSERT_STATUS: &str = "
+const RECORD_EVENT: &str = "
+WITH history AS (
+    INSERT INTO receipt_events
+        (event_id, provider, message_id, outcome, status, error_code, client_ref, provider_timestamp, received_at, event)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+    ON CONFLICT (event_id) DO NOTHING
+)
 INSERT INTO message_status AS current
     (provider, message_id, outcome, status, error_code, client_ref, event_id, provider_timestamp, received_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+VALUES ($2, $3, $4, $5, $6, $7, $1, $8, $9)
 ON CONFLICT (provider, message_id) DO UPDATE SET
     outcome = EXCLUDED.outcome,
     status = EXCLUDED.status,
@@ -98,8 +100,7 @@ impl Handler for PostgresHandler {
     async fn handle(&self, event: &ReceiptEvent) -> Result<(), HandlerError> {
         let error_code = event.error.as_ref().map(|e| e.code.as_str());
         let event_json = serde_json::to_value(event).map_err(|e| HandlerError::Permanent(e.to_string()))?;
-        let mut tx = self.pool.begin().await.map_err(classify)?;
-        sqlx::query(INSERT_EVENT)
+        sqlx::query(RECORD_EVENT)
             .bind(event.event_id.as_str())
             .bind(event.provider.as_str())
             .bind(event.message_id.as_str())
@@ -110,22 +111,9 @@ impl Handler for PostgresHandler {
             .bind(event.provider_timestamp)
             .bind(event.received_at)
             .bind(&event_json)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await
-            .map_err(classify)?;
-        sqlx::query(UPSERT_STATUS)
-            .bind(event.provider.as_str())
-            .bind(event.message_id.as_str())
-            .bind(event.outcome.as_str())
-            .bind(&event.status)
-            .bind(error_code)
-            .bind(event.client_ref.as_deref())
-            .bind(event.event_id.as_str())
-            .bind(event.provider_timestamp)
-            .bind(event.received_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        tx.commit().await.map_err(classify)
+            .map(|_| ())
+            .map_err(classify)
     }
 }

@@ -1,0 +1,890 @@
+//! Black-box tests of `worker` against the real RabbitMQ and PostgreSQL and
+//! a local HTTP receiver.
+//!
+//! Receipts enter through `ingest`, as in production. The tests look only at
+//! what leaves the worker: HTTP calls, events republished to the topic
+//! exchange, database rows, the parking lot, probes and metrics. Waiting is
+//! always "poll until a condition holds or a deadline passes"; no test
+//! asserts anything about how long something took.
+//!
+//! Run with `cargo test -p dlr-tests --test worker -- --test-threads=4`.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use dlr_shared::ReceiptEvent;
+use dlr_shared::amqp::{Publisher, header_str, header_u64};
+use dlr_tests::proxy::{BrokerProxy, broker_addr};
+use dlr_tests::receiver::{Received, Receiver, Script};
+use dlr_tests::{
+    TestBroker, TestDatabase, TestIngest, TestWorker, amqp_url, ingest_config, metric_value, spawn_ingest,
+    spawn_worker, unique_topology, vonage_form, worker_config,
+};
+use dlr_worker::metrics::WorkerMetrics;
+use dlr_worker::parking::{self, ReplayReport};
+use dlr_worker::retry::RetryPolicy;
+use futures_util::StreamExt;
+use hmac::{Hmac, Mac};
+use lapin::message::BasicGetMessage;
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use sha2::Sha256;
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Generous deadline for anything that should happen "soon".
+const WITHIN: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// Polls `check` until it holds or `within` passes; returns whether it held.
+async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What ingest answered for one receipt.
+struct Accepted {
+    event_id: String,
+    outcome: String,
+}
+
+/// Posts a Vonage SMS receipt through ingest and returns its event id.
+async fn post_receipt(ingest: &TestIngest, message_id: &str, status: &str) -> Accepted {
+    let response = ingest.post_vonage_form(&vonage_form(message_id, status)).await;
+    assert_eq!(response.status().as_u16(), 200, "ingest accepts {message_id}/{status}");
+    let body: serde_json::Value = response.json().await.expect("ingest answers JSON");
+    assert_eq!(body["status"], "accepted");
+    Accepted {
+        event_id: body["event_id"].as_str().expect("event_id").to_owned(),
+        outcome: body["outcome"].as_str().expect("outcome").to_owned(),
+    }
+}
+
+/// Ingest on the real broker, ready to publish.
+async fn start_ingest(topology: &dlr_shared::amqp::Topology) -> TestIngest {
+    let ingest = spawn_ingest(ingest_config(topology, &amqp_url())).await;
+    assert!(ingest.wait_ready(WITHIN).await, "ingest connects to the broker");
+    ingest
+}
+
+/// A worker with `config`, waited for until it consumes.
+async fn start_worker(config: dlr_worker::Config) -> TestWorker {
+    let worker = spawn_worker(config).await;
+    assert!(worker.wait_ready(WITHIN).await, "the worker starts consuming");
+    worker
+}
+
+/// A webhook secret in the Standard Webhooks format.
+fn new_secret() -> String {
+    format!("whsec_{}", STANDARD.encode(uuid::Uuid::new_v4().as_bytes()))
+}
+
+fn url(text: &str) -> url::Url {
+    text.parse().expect("valid URL")
+}
+
+/// Worker config whose outcomes all go to `route`, posting to `http_url`.
+fn http_config(topology: &dlr_shared::amqp::Topology, route: &str, http_url: &str) -> dlr_worker::Config {
+    let mut config = worker_config(topology, &amqp_url());
+    config.route_delivered = route.to_owned();
+    config.route_failed = route.to_owned();
+    config.route_pending = route.to_owned();
+    config.http_url = Some(url(http_url));
+    config.http_secret = Some(new_secret().into());
+    config
+}
+
+/// One sample of a worker metric (summed over matching label sets).
+async fn worker_metric(worker: &TestWorker, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_value(&worker.metrics().await, name, labels)
+}
+
+/// `dlr_worker_handler_results_total{handler, result}`.
+async fn handler_results(worker: &TestWorker, handler: &str, result: &str) -> f64 {
+    worker_metric(worker, "dlr_worker_handler_results_total", &[("handler", handler), ("result", result)])
+        .await
+}
+
+/// The delay queues the worker declares for `config`'s retry settings.
+fn retry_queues(config: &dlr_worker::Config) -> Vec<String> {
+    RetryPolicy::new(config.max_attempts, config.retry_initial_delay, config.retry_max_delay)
+        .delays()
+        .into_iter()
+        .map(|delay| config.broker.topology.retry_queue(delay))
+        .collect()
+}
+
+/// Removes every queue and exchange a worker test may have created.
+async fn cleanup(broker: &TestBroker, config: &dlr_worker::Config, extra_queues: &[String]) {
+    let mut queues = retry_queues(config);
+    queues.extend_from_slice(extra_queues);
+    broker.cleanup(&config.broker.topology, &queues, std::slice::from_ref(&config.events_exchange)).await;
+}
+
+/// Ready messages in `queue` (which must exist).
+async fn queue_depth(broker: &TestBroker, queue: &str) -> u32 {
+    broker
+        .channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the queue exists")
+        .message_count()
+}
+
+/// True when nothing is left for the worker to do: the receipts queue and
+/// every delay queue are empty and no event is being handled, twice in a
+/// row, so a message moving from a delay queue back is not missed.
+async fn idle(worker: &TestWorker, broker: &TestBroker, config: &dlr_worker::Config) -> bool {
+    for round in 0..2 {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let mut queues = retry_queues(config);
+        queues.push(config.broker.topology.queue.clone());
+        for queue in &queues {
+            if queue_depth(broker, queue).await > 0 {
+                return false;
+            }
+        }
+        if worker_metric(worker, "dlr_worker_events_in_flight", &[]).await > 0.0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Declares `<base>.capture`, bound with `#` to the events exchange, so the
+/// test sees everything the amqp handler republishes. Call it after the
+/// worker is ready: the worker declares the exchange.
+async fn bind_capture(broker: &TestBroker, config: &dlr_worker::Config) -> String {
+    let queue = format!("{}.capture", config.broker.topology.exchange);
+    broker
+        .channel
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("declare capture queue");
+    broker
+        .channel
+        .queue_bind(
+            queue.as_str().into(),
+            config.events_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind capture queue");
+    queue
+}
+
+fn header<'a>(call: &'a Received, name: &str) -> &'a str {
+    call.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_else(|| panic!("header {name} is present"))
+}
+
+/// Standard Webhooks signature, computed here from the spec rather than
+/// with the worker's code: base64 HMAC-SHA256 over `id.timestamp.body`,
+/// keyed with the base64 part of `whsec_...`.
+fn expected_signature(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
+    let key = STANDARD.decode(secret.strip_prefix("whsec_").expect("whsec_ secret")).expect("base64 key");
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+/// True when one of the space-separated signatures of `call` is valid for `secret`.
+fn signature_valid(call: &Received, secret: &str) -> bool {
+    let expected =
+        expected_signature(secret, header(call, "webhook-id"), header(call, "webhook-timestamp"), &call.body);
+    header(call, "webhook-signature").split(' ').any(|s| s == expected)
+}
+
+/// Checks the webhook headers of `call` and returns the event it carries.
+fn verified_event(call: &Received, secret: &str) -> ReceiptEvent {
+    assert_eq!(header(call, "content-type"), "application/json");
+    let timestamp: i64 =
+        header(call, "webhook-timestamp").parse().expect("webhook-timestamp is Unix seconds");
+    assert!((chrono::Utc::now().timestamp() - timestamp).abs() < 300, "webhook-timestamp is current");
+    assert!(signature_valid(call, secret), "webhook-signature verifies with the configured secret");
+    assert!(!signature_valid(call, &new_secret()), "the signature depends on the secret");
+    let event = ReceiptEvent::from_json(&call.body).expect("the body is a receipt event");
+    assert_eq!(header(call, "webhook-id"), event.event_id.as_str(), "webhook-id is the event id");
+    event
+}
+
+/// The parking-lot headers of a parked message.
+#[derive(Debug)]
+struct ParkedHeaders {
+    reason: String,
+    handler: String,
+    attempt: u64,
+    last_error: String,
+    done: String,
+}
+
+fn parked_headers(message: &BasicGetMessage) -> ParkedHeaders {
+    let headers = message.delivery.properties.headers().as_ref();
+    let text = |name: &str| header_str(headers, name).unwrap_or_else(|| panic!("{name} is set")).to_owned();
+    let parked_at = text("x-dlr-parked-at");
+    let parked_at = chrono::DateTime::parse_from_rfc3339(&parked_at).expect("x-dlr-parked-at is RFC 3339");
+    assert!((chrono::Utc::now() - parked_at.to_utc()).num_seconds().abs() < 300, "x-dlr-parked-at is now");
+    ParkedHeaders {
+        reason: text("x-dlr-park-reason"),
+        handler: text("x-dlr-handler"),
+        attempt: header_u64(headers, "x-dlr-attempt").expect("x-dlr-attempt is set"),
+        last_error: text("x-dlr-last-error"),
+        done: header_str(headers, "x-dlr-done-handlers").unwrap_or_default().to_owned(),
+    }
+}
+
+/// What `worker replay-parked` does after parsing its arguments: its own
+/// supervised connection, a channel for basic.get and a confirming publisher.
+/// `None` when the run has not finished within `within`.
+async fn replay_parked(
+    config: &dlr_worker::Config,
+    limit: Option<u64>,
+    filters: &[(&str, &str)],
+    within: Duration,
+) -> Option<ReplayReport> {
+    let retry = RetryPolicy::new(config.max_attempts, config.retry_initial_delay, config.retry_max_delay);
+    let topology = Arc::new(config.broker.topology.clone());
+    let metrics = WorkerMetrics::new().expect("metrics");
+    let (broker, task, stop) =
+        dlr_worker::startup::start_broker(config, topology.clone(), retry.delays(), metrics);
+    let connection = tokio::time::timeout(WITHIN, broker.wait_connected(&CancellationToken::new()))
+        .await
+        .ok()
+        .flatten()
+        .expect("replay connects to the broker");
+    let channel = connection.create_channel().await.expect("channel");
+    let publisher = Publisher::new(broker, Duration::from_secs(10));
+    let filters: Vec<(String, String)> =
+        filters.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let report = tokio::time::timeout(
+        within,
+        parking::replay_parked(&channel, &publisher, &topology, limit, &filters),
+    )
+    .await
+    .ok()
+    .map(|result| result.expect("replay-parked succeeds"));
+    stop.cancel();
+    let _ = task.await;
+    report
+}
+
+/// An HTTP endpoint that accepts connections and never answers, like a
+/// stuck downstream: requests to it hang until the client gives up.
+async fn black_hole() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (addr, task)
+}
+
+async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.expect("count query")
+}
+
+// ---------------------------------------------------------------------------
+// Routing and the handlers' output
+// ---------------------------------------------------------------------------
+
+/// Delivered, failed and pending receipts reach the handlers their outcome
+/// is routed to: each is republished with `<outcome>.<provider>.<status>`,
+/// and delivered and failed ones are posted, signed, to their own URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_outcome_reaches_its_handlers() {
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let delivered_receiver = Receiver::start(Script::Ok).await;
+    let failed_receiver = Receiver::start(Script::Ok).await;
+    let secret = new_secret();
+    let mut config = worker_config(&topology, &amqp_url());
+    config.route_delivered = "amqp,http".to_owned();
+    config.route_failed = "amqp,http".to_owned();
+    config.route_pending = "amqp".to_owned();
+    config.http_url_delivered = Some(url(&delivered_receiver.url("/hooks/delivered")));
+    config.http_url_failed = Some(url(&failed_receiver.url("/hooks/failed")));
+    config.http_secret = Some(secret.clone().into());
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+    let capture = bind_capture(&broker, &config).await;
+
+    let delivered = post_receipt(&ingest, "ROUTE-D", "delivered").await;
+    let failed = post_receipt(&ingest, "ROUTE-F", "expired").await;
+    let pending = post_receipt(&ingest, "ROUTE-P", "accepted").await;
+    assert_eq!(
+        [delivered.outcome.as_str(), failed.outcome.as_str(), pending.outcome.as_str()],
+        ["delivered", "failed", "pending"]
+    );
+
+    // amqp: one confirmed, persistent copy per event, keyed by outcome.provider.status.
+    let copies = broker.take(&capture, 3, WITHIN).await;
+    let by_key: BTreeMap<String, &BasicGetMessage> =
+        copies.iter().map(|m| (m.delivery.routing_key.as_str().to_owned(), m)).collect();
+    let expected = [
+        ("delivered.vonage-sms.delivered", &delivered.event_id, "ROUTE-D"),
+        ("failed.vonage-sms.expired", &failed.event_id, "ROUTE-F"),
+        ("pending.vonage-sms.accepted", &pending.event_id, "ROUTE-P"),
+    ];
+    assert_eq!(by_key.keys().map(String::as_str).collect::<Vec<_>>(), expected.map(|e| e.0).to_vec());
+    for (key, event_id, message_id) in expected {
+        let copy = by_key[key];
+        let event = ReceiptEvent::from_json(&copy.delivery.data).expect("republished body is an event");
+        assert_eq!(event.event_id.as_str(), event_id, "{key}");
+        assert_eq!(event.message_id.as_str(), message_id, "{key}");
+        let properties = &copy.delivery.properties;
+        assert_eq!(properties.delivery_mode(), &Some(2), "{key} is persistent");
+        assert_eq!(properties.message_id().as_ref().map(|m| m.as_str()), Some(event_id.as_str()));
+        assert_eq!(properties.content_type().as_ref().map(|m| m.as_str()), Some("application/json"));
+    }
+
+    // http: each routed outcome posted once, to its own URL, signed.
+    assert!(
+        eventually(WITHIN, async || delivered_receiver.calls().len() == 1
+            && failed_receiver.calls().len() == 1)
+        .await,
+        "delivered and failed events are posted"
+    );
+    for (receiver, accepted, outcome, status) in [
+        (&delivered_receiver, &delivered, dlr_shared::Outcome::Delivered, "delivered"),
+        (&failed_receiver, &failed, dlr_shared::Outcome::Failed, "expired"),
+    ] {
+        let event = verified_event(&receiver.calls()[0], &secret);
+        assert_eq!(event.event_id.as_str(), accepted.event_id);
+        assert_eq!(event.outcome, outcome);
+        assert_eq!(event.status, status);
+    }
+    // Pending is routed to amqp only: its copy above was its last handler, so
+    // no late call can arrive after these counts.
+    assert!(eventually(WITHIN, async || handler_results(&worker, "http", "ok").await == 2.0).await);
+    assert_eq!(handler_results(&worker, "amqp", "ok").await, 3.0);
+    assert_eq!(delivered_receiver.calls().len() + failed_receiver.calls().len(), 2, "pending is not posted");
+    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    assert_eq!(queue_depth(&broker, &topology.parked_queue).await, 0);
+
+    worker.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[capture]).await;
+}
+
+// ---------------------------------------------------------------------------
+// Retries and the parking lot
+// ---------------------------------------------------------------------------
+
+/// A receiver that fails the first two calls sees three calls for the event,
+/// all with the same webhook-id, and exactly one succeeds; nothing is parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_until_the_receiver_accepts() {
+    const FAILURES: usize = 2;
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let receiver = Receiver::start(Script::FailFirst(FAILURES)).await;
+    let config = http_config(&topology, "http", &receiver.url("/hook"));
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+
+    let accepted = post_receipt(&ingest, "RETRY-1", "delivered").await;
+
+    assert!(
+        eventually(WITHIN, async || handler_results(&worker, "http", "ok").await == 1.0).await,
+        "the event gets through after {FAILURES} failures"
+    );
+    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    let calls = receiver.calls();
+    assert_eq!(calls.len(), FAILURES + 1, "failed calls, then one success, then nothing");
+    for call in &calls {
+        assert_eq!(header(call, "webhook-id"), accepted.event_id);
+    }
+    assert_eq!(handler_results(&worker, "http", "transient").await, FAILURES as f64);
+    assert_eq!(
+        worker_metric(&worker, "dlr_worker_retries_scheduled_total", &[("handler", "http")]).await,
+        FAILURES as f64
+    );
+    assert_eq!(queue_depth(&broker, &topology.parked_queue).await, 0, "nothing parked");
+
+    worker.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[]).await;
+}
+
+/// A receiver that always answers 500 is called `max_attempts` times, then
+/// the event is parked with reason `retries_exhausted` and the documented headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn always_failing_receiver_gets_the_event_parked_after_the_last_attempt() {
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let receiver = Receiver::start(Script::Always(500)).await;
+    let config = http_config(&topology, "http", &receiver.url("/hook"));
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+
+    let accepted = post_receipt(&ingest, "EXHAUST-1", "failed").await;
+
+    let parked = broker.take(&topology.parked_queue, 1, WITHIN).await;
+    assert_eq!(parked.len(), 1, "the event is parked");
+    let message = &parked[0];
+    let headers = parked_headers(message);
+    assert_eq!(headers.reason, "retries_exhausted");
+    assert_eq!(headers.handler, "http");
+    assert_eq!(headers.attempt, u64::from(config.max_attempts));
+    assert!(headers.last_error.contains("500"), "last error names the status: {headers:?}");
+    let event = ReceiptEvent::from_json(&message.delivery.data).expect("the parked body is the event");
+    assert_eq!(event.event_id.as_str(), accepted.event_id);
+    let properties = &message.delivery.properties;
+    assert_eq!(properties.message_id().as_ref().map(|m| m.as_str()), Some(accepted.event_id.as_str()));
+    assert_eq!(properties.delivery_mode(), &Some(2), "parked persistently");
+    assert_eq!(
+        properties.expiration(),
+        &None,
+        "a retry's expiration does not follow it into the parking lot"
+    );
+
+    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    assert_eq!(
+        receiver.calls().len(),
+        config.max_attempts as usize,
+        "one call per attempt, none after parking"
+    );
+    assert_eq!(
+        worker_metric(&worker, "dlr_worker_parked_total", &[("reason", "retries_exhausted")]).await,
+        1.0
+    );
+
+    worker.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[]).await;
+}
+
+/// A 400 cannot get better by retrying: parked after the first call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_error_gets_the_event_parked_at_once() {
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let receiver = Receiver::start(Script::Always(400)).await;
+    let config = http_config(&topology, "http", &receiver.url("/hook"));
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+
+    let accepted = post_receipt(&ingest, "REFUSED-1", "delivered").await;
+
+    let parked = broker.take(&topology.parked_queue, 1, WITHIN).await;
+    assert_eq!(parked.len(), 1, "the event is parked");
+    let headers = parked_headers(&parked[0]);
+    assert_eq!(headers.reason, "permanent_failure");
+    assert_eq!(headers.handler, "http");
+    assert_eq!(headers.attempt, 1);
+    assert!(headers.last_error.contains("400"), "last error names the status: {headers:?}");
+    let event = ReceiptEvent::from_json(&parked[0].delivery.data).expect("the parked body is the event");
+    assert_eq!(event.event_id.as_str(), accepted.event_id);
+
+    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    assert_eq!(receiver.calls().len(), 1, "no retry");
+    assert_eq!(worker_metric(&worker, "dlr_worker_retries_scheduled_total", &[]).await, 0.0);
+
+    worker.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[]).await;
+}
+
+/// A message that is not an event is parked as `unparseable`, and the
+/// worker goes on with the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_parked_as_unparseable_and_work_goes_on() {
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let config = worker_config(&topology, &amqp_url());
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+
+    broker.publish_raw(&topology.queue, b"not json").await;
+
+    let parked = broker.take(&topology.parked_queue, 1, WITHIN).await;
+    assert_eq!(parked.len(), 1, "the garbage is parked");
+    assert_eq!(parked[0].delivery.data, b"not json", "parked as it was");
+    let headers = parked_headers(&parked[0]);
+    assert_eq!(headers.reason, "unparseable");
+    assert_eq!(headers.handler, "none");
+    assert_eq!(headers.attempt, 1);
+    assert!(!headers.last_error.is_empty());
+
+    post_receipt(&ingest, "AFTER-GARBAGE", "delivered").await;
+    assert!(
+        eventually(WITHIN, async || handler_results(&worker, "log", "ok").await == 1.0).await,
+        "a valid receipt after the garbage is handled"
+    );
+    assert!(worker.wait_ready(WITHIN).await, "still consuming");
+    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    assert_eq!(queue_depth(&broker, &topology.parked_queue).await, 0, "only the garbage was parked");
+    assert_eq!(worker_metric(&worker, "dlr_worker_parked_total", &[("reason", "unparseable")]).await, 1.0);
+
+    worker.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[]).await;
+}
+
+/// Parked events come back with `replay-parked` (honouring its filter and
+/// limit) and are handled once the receiver has recovered; handlers that
+/// had already succeeded (amqp) are not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_events_are_handled_once_the_receiver_recovers() {
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let receiver = Receiver::start(Script::Always(503)).await;
+    let config = http_config(&topology, "amqp,http", &receiver.url("/hook"));
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+    let capture = bind_capture(&broker, &config).await;
+
+    let delivered = post_receipt(&ingest, "REPLAY-D", "delivered").await;
+    let failed = post_receipt(&ingest, "REPLAY-F", "rejected").await;
+    let attempts = config.max_attempts as usize;
+    assert!(
+        eventually(WITHIN, async || queue_depth(&broker, &topology.parked_queue).await == 2).await,
+        "both events are parked while the receiver is down"
+    );
+    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    assert_eq!(receiver.calls().len(), 2 * attempts);
+
+    // The receiver is back; replay only the delivered one first.
+    receiver.set_script(Script::Ok);
+    let filters = [("outcome", "delivered"), ("reason", "retries_exhausted")];
+    let report = replay_parked(&config, Some(1), &filters, WITHIN).await.expect("replay-parked finishes");
+    assert_eq!(report.replayed, 1, "{report:?}");
+    assert!(eventually(WITHIN, async || handler_results(&worker, "http", "ok").await == 1.0).await);
+    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    let calls = receiver.calls();
+    assert_eq!(calls.len(), 2 * attempts + 1, "one more call, for the replayed event");
+    assert_eq!(header(&calls[2 * attempts], "webhook-id"), delivered.event_id);
+
+    // The other one stayed parked, untouched.
+    let still_parked = broker.take(&topology.parked_queue, 1, WITHIN).await;
+    assert_eq!(still_parked.len(), 1);
+    let event = ReceiptEvent::from_json(&still_parked[0].delivery.data).expect("event");
+    assert_eq!(event.event_id.as_str(), failed.event_id);
+    let headers = parked_headers(&still_parked[0]);
+    assert_eq!((headers.reason.as_str(), headers.done.as_str()), ("retries_exhausted", "amqp"));
+    assert_eq!(queue_depth(&broker, &topology.parked_queue).await, 0);
+
+    // amqp succeeded before the outage and was not repeated by the replay.
+    let copies = broker.drain(&capture, Duration::from_millis(200)).await;
+    let mut copied: Vec<String> = copies
+        .iter()
+        .map(|m| ReceiptEvent::from_json(&m.delivery.data).expect("event").event_id.as_str().to_owned())
+        .collect();
+    copied.sort();
+    let mut expected = vec![delivered.event_id.clone(), failed.event_id.clone()];
+    expected.sort();
+    assert_eq!(copied, expected, "one republished copy per event");
+
+    worker.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[capture]).await;
+}
+
+/// `replay-parked` without a limit while the receiver still refuses: every
+/// replayed event is parked again at once, and the run must still end after
+/// one pass over what was parked when it started, not chase its own tail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_without_limit_makes_one_pass_while_the_receiver_still_refuses() {
+    const PARKED: usize = 40;
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let receiver = Receiver::start(Script::Always(400)).await;
+    let config = http_config(&topology, "http", &receiver.url("/hook"));
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+
+    let ids: Vec<String> = (0..PARKED).map(|i| format!("REREFUSED-{i}")).collect();
+    futures_util::stream::iter(&ids)
+        .map(|id| post_receipt(&ingest, id, "delivered"))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(
+        eventually(WITHIN, async || queue_depth(&broker, &topology.parked_queue).await == PARKED as u32)
+            .await,
+        "every event is parked"
+    );
+
+    // Bounded well above what one pass needs (tens of milliseconds here).
+    let report = replay_parked(&config, None, &[], Duration::from_secs(8)).await;
+    let calls = receiver.calls().len();
+    let Some(report) = report else {
+        worker.stop().await;
+        ingest.stop().await;
+        cleanup(&broker, &config, &[]).await;
+        panic!(
+            "replay-parked was still running after 8 s: it kept taking back the events it had just \
+             replayed, and the receiver got {calls} calls for {PARKED} events"
+        );
+    };
+    assert_eq!(report.replayed, PARKED as u64, "each parked event replayed once: {report:?}");
+
+    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    assert!(
+        eventually(WITHIN, async || queue_depth(&broker, &topology.parked_queue).await == PARKED as u32)
+            .await,
+        "all parked again"
+    );
+    assert_eq!(receiver.calls().len(), 2 * PARKED, "one call per event per pass");
+
+    worker.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[]).await;
+}
+
+// ---------------------------------------------------------------------------
+// The status store
+// ---------------------------------------------------------------------------
+
+/// A late intermediate status never replaces a final one, a final one does
+/// replace an intermediate one, and a duplicate event is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_store_keeps_final_statuses_and_stores_duplicates_once() {
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let db = TestDatabase::create().await;
+    let mut config = worker_config(&topology, &amqp_url());
+    config.route_delivered = "postgres".to_owned();
+    config.route_failed = "postgres".to_owned();
+    config.route_pending = "postgres".to_owned();
+    config.database_url = Some(db.url.clone().into());
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+    let pool = db.pool().await;
+    let status_of = async |message_id: &str| -> Option<(String, String, String)> {
+        sqlx::query_as("SELECT outcome, status, event_id FROM message_status WHERE provider = 'vonage-sms' AND message_id = $1")
+            .bind(message_id)
+            .fetch_optional(&pool)
+            .await
+            .expect("status query")
+    };
+    let stored = async |ok: f64| {
+        eventually(WITHIN, async || handler_results(&worker, "postgres", "ok").await == ok).await
+    };
+
+    // delivered, then a late accepted: delivered stays.
+    let delivered = post_receipt(&ingest, "ORDER-A", "delivered").await;
+    assert!(stored(1.0).await);
+    let late = post_receipt(&ingest, "ORDER-A", "accepted").await;
+    assert_ne!(late.event_id, delivered.event_id);
+    assert!(stored(2.0).await);
+    assert_eq!(
+        status_of("ORDER-A").await,
+        Some(("delivered".to_owned(), "delivered".to_owned(), delivered.event_id.clone())),
+        "a late intermediate status does not overwrite a final one"
+    );
+
+    // accepted, then delivered: progress is recorded.
+    post_receipt(&ingest, "ORDER-B", "accepted").await;
+    assert!(stored(3.0).await);
+    let progress = post_receipt(&ingest, "ORDER-B", "delivered").await;
+    assert!(stored(4.0).await);
+    assert_eq!(
+        status_of("ORDER-B").await,
+        Some(("delivered".to_owned(), "delivered".to_owned(), progress.event_id.clone()))
+    );
+
+    // The same receipt twice (a provider retry): one event id, one history row.
+    let first = post_receipt(&ingest, "DUP-C", "delivered").await;
+    let second = post_receipt(&ingest, "DUP-C", "delivered").await;
+    assert_eq!(first.event_id, second.event_id, "ingest derives the same event id");
+    assert!(stored(6.0).await, "both copies are handled successfully");
+    let history: i64 = sqlx::query_scalar("SELECT count(*) FROM receipt_events WHERE event_id = $1")
+        .bind(&first.event_id)
+        .fetch_one(&pool)
+        .await
+        .expect("history query");
+    assert_eq!(history, 1, "a duplicate event leaves one history row");
+    assert_eq!(count(&pool, "SELECT count(*) FROM receipt_events").await, 5);
+    assert_eq!(count(&pool, "SELECT count(*) FROM message_status").await, 3);
+    assert_eq!(handler_results(&worker, "postgres", "transient").await, 0.0);
+    assert_eq!(handler_results(&worker, "postgres", "permanent").await, 0.0);
+
+    pool.close().await;
+    worker.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[]).await;
+    db.drop_database().await;
+}
+
+// ---------------------------------------------------------------------------
+// Crashes and broker outages
+// ---------------------------------------------------------------------------
+
+/// Worker A stores its whole prefetch window and is cut off from the broker
+/// before acking any of it (its HTTP step hangs): the broker's view of a
+/// kill -9 mid-batch. Worker B then gets everything, including the events
+/// A had already stored, and the store ends with exactly one row each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice() {
+    const BATCH: usize = 200;
+    const PREFETCH: u16 = 10;
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let db = TestDatabase::create().await;
+    let ingest = start_ingest(&topology).await;
+    let pool = db.pool().await;
+
+    // The whole batch waits in the queue before any worker starts.
+    let statuses = ["delivered", "expired", "accepted"];
+    let ids: Vec<String> = (0..BATCH).map(|i| format!("KILL-{i:04}")).collect();
+    let event_ids: HashSet<String> = futures_util::stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| post_receipt(&ingest, id, statuses[i % 3]))
+        .buffer_unordered(16)
+        .map(|accepted| accepted.event_id)
+        .collect()
+        .await;
+    assert_eq!(event_ids.len(), BATCH);
+
+    // Worker A, through a proxy we can cut; its HTTP step never returns.
+    let (hole, hole_task) = black_hole().await;
+    let mut proxy = BrokerProxy::reserve(broker_addr()).await;
+    proxy.start().await;
+    let mut config_a = http_config(&topology, "postgres,http", &format!("http://{hole}/hook"));
+    config_a.broker.url = proxy.amqp_url().into();
+    config_a.database_url = Some(db.url.clone().into());
+    config_a.prefetch = PREFETCH;
+    config_a.http_timeout = Duration::from_secs(120);
+    config_a.drain_timeout = Duration::from_millis(500);
+    let worker_a = start_worker(config_a.clone()).await;
+    assert!(
+        eventually(WITHIN, async || count(&pool, "SELECT count(*) FROM receipt_events").await
+            == i64::from(PREFETCH))
+        .await,
+        "worker A stores its prefetch window"
+    );
+
+    proxy.cut();
+    let client = reqwest::Client::new();
+    let readyz = format!("http://{}/readyz", worker_a.addr);
+    assert!(
+        eventually(WITHIN, async || client.get(&readyz).send().await.is_ok_and(|r| r.status() == 503)).await,
+        "worker A reports not ready while cut off"
+    );
+    worker_a.stop().await;
+
+    // Worker B, directly on the broker, with a working receiver.
+    let receiver = Receiver::start(Script::Ok).await;
+    let mut config_b = http_config(&topology, "postgres,http", &receiver.url("/hook"));
+    config_b.database_url = Some(db.url.clone().into());
+    let worker_b = start_worker(config_b.clone()).await;
+    assert!(
+        eventually(WITHIN, async || handler_results(&worker_b, "http", "ok").await == BATCH as f64).await,
+        "worker B handles the whole batch"
+    );
+    assert!(eventually(WITHIN, async || idle(&worker_b, &broker, &config_b).await).await);
+
+    let stored_events: HashSet<String> = sqlx::query_scalar("SELECT event_id FROM receipt_events")
+        .fetch_all(&pool)
+        .await
+        .expect("events")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM receipt_events").await,
+        BATCH as i64,
+        "one history row per event"
+    );
+    assert_eq!(stored_events, event_ids, "no event lost");
+    let stored_messages: HashSet<String> = sqlx::query_scalar("SELECT message_id FROM message_status")
+        .fetch_all(&pool)
+        .await
+        .expect("statuses")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM message_status").await,
+        BATCH as i64,
+        "one status row per message"
+    );
+    assert_eq!(stored_messages, ids.iter().cloned().collect::<HashSet<_>>());
+    // B re-ran the store for A's unacked events, and that was harmless.
+    assert_eq!(
+        handler_results(&worker_b, "postgres", "ok").await,
+        BATCH as f64,
+        "A's window was redelivered"
+    );
+    assert_eq!(handler_results(&worker_b, "postgres", "transient").await, 0.0);
+    assert_eq!(handler_results(&worker_b, "postgres", "permanent").await, 0.0);
+    let posted: HashSet<String> =
+        receiver.calls().iter().map(|c| header(c, "webhook-id").to_owned()).collect();
+    assert_eq!((receiver.calls().len(), posted), (BATCH, event_ids), "every event posted once");
+    assert_eq!(queue_depth(&broker, &topology.parked_queue).await, 0);
+
+    hole_task.abort();
+    pool.close().await;
+    worker_b.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config_b, &[]).await;
+    db.drop_database().await;
+}
+
+/// Losing the broker connection makes the worker unready; when the broker
+/// is back it consumes again without a restart, including what was
+/// published in the meantime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_broker_and_consuming_resumes_after_an_outage() {
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let mut proxy = BrokerProxy::reserve(broker_addr()).await;
+    proxy.start().await;
+    let mut config = worker_config(&topology, &proxy.amqp_url());
+    config.route_delivered = "amqp".to_owned();
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+    let capture = bind_capture(&broker, &config).await;
+    let client = reqwest::Client::new();
+    let ready = async || {
+        client
+            .get(format!("http://{}/readyz", worker.addr))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+
+    post_receipt(&ingest, "OUTAGE-1", "delivered").await;
+    assert_eq!(broker.take(&capture, 1, WITHIN).await.len(), 1, "handled before the outage");
+
+    proxy.cut();
+    assert!(eventually(WITHIN, async || ready().await == 503).await, "not ready while disconnected");
+    assert_eq!(worker_metric(&worker, "dlr_worker_broker_connected", &[]).await, 0.0);
+    let during = post_receipt(&ingest, "OUTAGE-2", "delivered").await;
+
+    proxy.start().await;
+    assert!(eventually(WITHIN, async || ready().await == 200).await, "ready again once the broker is back");
+    let copies = broker.take(&capture, 1, WITHIN).await;
+    assert_eq!(copies.len(), 1, "the receipt published during the outage is handled");
+    let event = ReceiptEvent::from_json(&copies[0].delivery.data).expect("event");
+    assert_eq!(event.event_id.as_str(), during.event_id);
+
+    worker.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[capture]).await;
+}
