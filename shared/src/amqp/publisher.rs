@@ -116,8 +116,10 @@ impl Publisher {
             .inspect_err(|_| self.discard(&channel))?;
         match confirm.await.inspect_err(|_| self.discard(&channel))? {
             Confirmation::Ack(None) => Ok(()),
+            // The caller decides whether a return means our own topology is
+            // missing (then it asks for a re-declaration) or merely that
+            // nobody bound a queue for this key.
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                self.broker.request_redeclare();
                 Err(PublishError::Returned {
                     code: returned.reply_code,
                     text: returned.reply_text.to_string(),
