@@ -40,6 +40,10 @@ pub struct Config {
     /// (providers retry 429) instead of queueing unbounded work.
     #[arg(long = "max-concurrency", env = "INGEST_MAX_CONCURRENCY", default_value_t = 1024)]
     pub max_concurrency: usize,
+    /// Open client connections at most; further clients wait in the kernel's
+    /// accept queue. Bounds memory held by idle or slow connections.
+    #[arg(long = "max-connections", env = "INGEST_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
     /// Signature verification.
     #[command(flatten)]
     pub signatures: SignatureConfig,
@@ -118,6 +122,9 @@ impl Config {
     pub fn validate(&self) -> Result<SignaturePolicy, ConfigError> {
         if self.body_limit_bytes == 0 {
             return Err(invalid("INGEST_BODY_LIMIT_BYTES", "must be greater than 0"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("INGEST_MAX_CONNECTIONS", "must be greater than 0"));
         }
         if self.max_concurrency == 0 {
             return Err(invalid("INGEST_MAX_CONCURRENCY", "must be greater than 0"));

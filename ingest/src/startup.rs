@@ -1,10 +1,15 @@
 //! Building and running the app; `main` and the tests share this code.
 
 use dlr_shared::amqp::{BrokerConnection, Publisher};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +45,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     limits: RouterLimits,
-    drain_timeout: std::time::Duration,
+    drain_timeout: Duration,
+    max_connections: usize,
     broker_shutdown: CancellationToken,
     broker_task: JoinHandle<()>,
 }
@@ -91,6 +97,7 @@ impl Application {
             state,
             limits,
             drain_timeout: config.drain_timeout,
+            max_connections: config.max_connections,
             broker_shutdown,
             broker_task,
         })
@@ -105,30 +112,57 @@ impl Application {
     /// the listener stops accepting, in-flight requests finish (their
     /// confirms awaited) within the drain timeout, and only then is the
     /// broker connection closed.
+    ///
+    /// The accept loop is ours rather than `axum::serve` because that sets
+    /// no header-read timeout: a client trickling (or never finishing) its
+    /// request head would hold a connection and its buffers forever. The
+    /// number of open connections is capped the same way.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let app = router(self.state.clone(), self.limits);
-        let draining = self.state.draining.clone();
-        let signal = shutdown.clone();
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(async move {
-            signal.cancelled().await;
-            draining.store(true, Ordering::SeqCst);
-        });
-        let server = server.into_future();
-        tokio::pin!(server);
-        let result = tokio::select! {
-            result = &mut server => result.map_err(StartupError::from),
-            () = async {
-                shutdown.cancelled().await;
-                tokio::time::sleep(self.drain_timeout).await;
-            } => {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).header_read_timeout(self.limits.request_timeout);
+        let graceful = GracefulShutdown::new();
+        let connections = Arc::new(Semaphore::new(self.max_connections));
+        loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = connections.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let stream = tokio::select! {
+                () = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let service = TowerToHyperService::new(app.clone());
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                // Client resets and timeouts end up here; nothing to do about them.
+                let _ = connection.await;
+                drop(permit);
+            });
+        }
+        self.state.draining.store(true, Ordering::SeqCst);
+        drop(self.listener);
+        tokio::select! {
+            () = graceful.shutdown() => {}
+            () = tokio::time::sleep(self.drain_timeout) => {
                 tracing::warn!(timeout = ?self.drain_timeout, "drain timeout reached; exiting with requests in flight");
-                Ok(())
             }
-        };
+        }
         self.broker_shutdown.cancel();
         let _ = self.broker_task.await;
         tracing::info!("ingest stopped");
-        result
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use std::time::{Duration, Instant};
 use tower::BoxError;
 use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -43,8 +44,12 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
         .load_shed()
         .concurrency_limit(limits.max_concurrency);
 
-    let webhooks =
-        receipts::router().layer(DefaultBodyLimit::max(limits.body_limit_bytes)).layer(load_shedding);
+    // RequestBodyLimitLayer refuses an oversize Content-Length before any
+    // byte is read; DefaultBodyLimit covers chunked bodies as they arrive.
+    let webhooks = receipts::router()
+        .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
+        .layer(RequestBodyLimitLayer::new(limits.body_limit_bytes))
+        .layer(load_shedding);
 
     Router::new()
         .merge(webhooks)

@@ -5,6 +5,7 @@
 //! bytes they cannot decode faithfully (invalid UTF-8) instead of guessing.
 
 use serde_json::{Map, Value};
+use std::collections::HashSet;
 
 use super::ReceiptError;
 
@@ -39,17 +40,14 @@ impl Fields {
         self.0.iter().any(|(n, _)| n == name)
     }
 
-    /// Names that occur more than once.
+    /// Names that occur more than once, in order of first repetition.
     pub fn duplicated_names(&self) -> Vec<&str> {
-        let mut seen: Vec<&str> = Vec::new();
-        let mut dups: Vec<&str> = Vec::new();
+        let mut seen = HashSet::with_capacity(self.0.len());
+        let mut reported = HashSet::new();
+        let mut dups = Vec::new();
         for (name, _) in &self.0 {
-            if seen.contains(&name.as_str()) {
-                if !dups.contains(&name.as_str()) {
-                    dups.push(name);
-                }
-            } else {
-                seen.push(name);
+            if !seen.insert(name.as_str()) && reported.insert(name.as_str()) {
+                dups.push(name.as_str());
             }
         }
         dups
@@ -75,12 +73,24 @@ impl Fields {
     }
 }
 
+/// More fields than any provider sends (Vonage ~15, Twilio ~20) by far; a
+/// request with more is not a receipt, and refusing it early bounds the
+/// work one request can cause.
+pub const MAX_FIELDS: usize = 1000;
+
+fn too_many_fields(format: &'static str) -> ReceiptError {
+    ReceiptError::Malformed { format, detail: format!("more than {MAX_FIELDS} fields") }
+}
+
 /// Decodes `application/x-www-form-urlencoded` bytes (a body or a query string).
 ///
 /// `+` is a space and `%XX` an escaped byte; the decoded bytes must be UTF-8.
 pub fn decode_urlencoded(input: &[u8], format: &'static str) -> Result<Fields, ReceiptError> {
     let mut pairs = Vec::new();
     for part in input.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        if pairs.len() == MAX_FIELDS {
+            return Err(too_many_fields(format));
+        }
         let (name, value) = match part.iter().position(|b| *b == b'=') {
             Some(i) => (&part[..i], &part[i + 1..]),
             None => (part, &b""[..]),
@@ -119,6 +129,9 @@ pub fn decode_json_object(body: &[u8]) -> Result<Fields, ReceiptError> {
 /// Turns an already parsed flat JSON object into fields (see
 /// [`decode_json_object`] for the value rules).
 pub fn fields_from_json_object(object: Map<String, Value>) -> Result<Fields, ReceiptError> {
+    if object.len() > MAX_FIELDS {
+        return Err(too_many_fields("json"));
+    }
     let mut pairs = Vec::with_capacity(object.len());
     let mut problems = Vec::new();
     for (name, value) in object {
