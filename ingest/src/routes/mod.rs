@@ -76,15 +76,12 @@ fn overload_response(error: &BoxError, shed_counter: &prometheus::IntCounter) ->
 /// Counts every request by route template (never the raw path: unbounded
 /// label values) and status code, and times it.
 async fn record_http_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", |p| p.as_str());
     let started = Instant::now();
     let response = next.run(request).await;
     let metrics = &state.metrics;
-    metrics.http_requests.with_label_values(&[&route, response.status().as_str()]).inc();
-    metrics.http_duration.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    metrics.http_requests.with_label_values(&[route, response.status().as_str()]).inc();
+    metrics.http_duration.with_label_values(&[route]).observe(started.elapsed().as_secs_f64());
     response
 }

@@ -57,17 +57,19 @@ impl<S: Send + Sync> FromRequest<S> for WebhookRequest {
     /// Keeps the raw parts: signatures are computed over exactly these.
     /// The body is read under the router's `DefaultBodyLimit`.
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let query = request.uri().query().map(str::to_owned);
-        let headers = request.headers().clone();
-        let body = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                IngestError::PayloadTooLarge
-            } else {
-                IngestError::UnreadableBody(rejection.body_text())
-            }
-        })?;
+        let (mut parts, body) = request.into_parts();
+        let method = parts.method.clone();
+        let path = parts.uri.path().to_owned();
+        let query = parts.uri.query().map(str::to_owned);
+        let headers = std::mem::take(&mut parts.headers);
+        let body =
+            Bytes::from_request(Request::from_parts(parts, body), state).await.map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    IngestError::PayloadTooLarge
+                } else {
+                    IngestError::UnreadableBody(rejection.body_text())
+                }
+            })?;
         Ok(WebhookRequest { method, path, query, headers, body })
     }
 }

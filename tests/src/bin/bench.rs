@@ -211,30 +211,40 @@ async fn ingest_load(args: &Args) -> Result<IngestResult> {
     envs.push(("RUST_LOG", "warn".to_owned()));
     let child = spawn(args.bin_dir.join("ingest"), &envs)?;
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
-    wait_ready(&client, &format!("{base}/readyz")).await?;
+    wait_ready(&reqwest::Client::new(), &format!("{base}/readyz")).await?;
 
+    // One plain HTTP/1.1 keep-alive connection per lane (hyper, no pool):
+    // the generator shares the two cores with ingest and the broker, so it
+    // should cost as little as possible.
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..args.concurrency {
-        let client = client.clone();
-        let url = format!("{base}/dlr/vonage");
+    for lane in 0..args.concurrency {
+        let addr = format!("127.0.0.1:{port}");
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
             let mut i = 0u64;
             while Instant::now() < deadline {
-                let body = vonage_form(&format!("{worker:04X}{i:012X}"), "delivered");
-                let sent = Instant::now();
-                let ok = client
-                    .post(&url)
+                let body = vonage_form(&format!("{lane:04X}{i:012X}"), "delivered");
+                let request = hyper::Request::post("/dlr/vonage")
+                    .header("host", &addr)
                     .header("content-type", "application/x-www-form-urlencoded")
-                    .body(body)
-                    .send()
-                    .await
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false);
+                    .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+                let sent = Instant::now();
+                let ok = match sender.send_request(request).await {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        // Read the body so the connection can be reused.
+                        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                        ok
+                    }
+                    Err(_) => break,
+                };
                 if ok {
                     latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
                 } else {
@@ -242,13 +252,13 @@ async fn ingest_load(args: &Args) -> Result<IngestResult> {
                 }
                 i += 1;
             }
-            (latencies, errors)
+            Ok::<_, anyhow::Error>((latencies, errors))
         });
     }
     let mut latencies = Vec::new();
     let mut errors = 0;
     while let Some(joined) = tasks.join_next().await {
-        let (l, e) = joined?;
+        let (l, e) = joined??;
         latencies.extend(l);
         errors += e;
     }
