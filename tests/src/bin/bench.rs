@@ -90,10 +90,19 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-fn quorum_args() -> FieldTable {
+/// A fresh durable quorum queue, like the receipts queue.
+async fn declare_bench_queue(channel: &lapin::Channel) -> Result<String> {
+    let queue = format!("test.bench.{}", uuid::Uuid::new_v4().simple());
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    args
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            args,
+        )
+        .await?;
+    Ok(queue)
 }
 
 /// Persistent, confirmed publishes to a fresh quorum queue with at most
@@ -103,14 +112,7 @@ async fn publish_ceiling(count: usize, window: usize, tasks: usize) -> Result<f6
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let queue = format!("test.bench.{}", uuid::Uuid::new_v4().simple());
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
-            quorum_args(),
-        )
-        .await?;
+    let queue = declare_bench_queue(&channel).await?;
     let per_task_window = (window / tasks).max(1);
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -323,14 +325,7 @@ async fn fill(queue: &str, count: usize) -> Result<()> {
 async fn consume_ceiling(count: usize) -> Result<f64> {
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
-    let queue = format!("test.bench.{}", uuid::Uuid::new_v4().simple());
-    channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
-            quorum_args(),
-        )
-        .await?;
+    let queue = declare_bench_queue(&channel).await?;
     fill(&queue, count).await?;
     channel.basic_qos(100, BasicQosOptions::default()).await?;
     let mut consumer = channel
