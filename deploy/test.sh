@@ -19,6 +19,9 @@ cargo test --workspace --locked
 echo "== deploy checks"
 bash deploy/check-manifests.sh
 
+echo "== reliability harness (short; restarts the broker, so it runs last and alone)"
+DLR_BUILD_PROFILE=debug bash deploy/reliability.sh --short
+
 # Tests remove what they create; this sweeps what a crashed run left behind.
 if command -v rabbitmqctl >/dev/null 2>&1; then
   rabbitmqctl --silent list_queues name 2>/dev/null | grep '^test\.' | xargs -r -n1 rabbitmqctl --silent delete_queue >/dev/null 2>&1 || true

@@ -9,7 +9,7 @@
 //!                                                          | delivery limit exceeded
 //!                                                          v
 //! worker --(parked with headers)--------------------> (dlr.parked, quorum)
-//! worker --(transient failure)--> (dlr.receipts.retry.<delay>) --TTL--> (dlr.receipts)
+//! worker --(transient failure)--> (dlr.receipts.delay.<delay>, quorum) --TTL--> (dlr.receipts)
 //! worker --(events)--> [dlr.events, topic] --<outcome>.<provider>.<status>--> your queues
 //! ingest --(bad signature copy)--> (dlr.quarantine, bounded, drops oldest)
 //! ```
@@ -77,7 +77,7 @@ impl Topology {
     /// The delay is part of the name because a queue's TTL can never change:
     /// new retry settings get new queues instead of a declaration error.
     pub fn retry_queue(&self, delay: Duration) -> String {
-        format!("{}.retry.{}ms", self.queue, delay.as_millis())
+        format!("{}.delay.{}ms", self.queue, delay.as_millis())
     }
 
     /// Declares what ingest needs and the worker consumes: the intake
@@ -146,7 +146,15 @@ impl Topology {
             )
             .await?;
         for delay in retry_delays {
-            let mut args = FieldTable::default();
+            // Quorum with at-least-once dead-lettering: classic queues
+            // dead-letter at most once, and after a broker restart they
+            // expire their backlog before the quorum receipts queue has a
+            // leader, which drops the messages (found by the reliability
+            // harness). The name changed with the type (`.delay.` instead
+            // of `.retry.`) because a queue's type cannot change in place.
+            let mut args = quorum_args();
+            args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+            args.insert("x-overflow".into(), long_string("reject-publish"));
             args.insert(
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
