@@ -1449,3 +1449,51 @@ async fn vonage_sms_json_with_message_uuid_text_in_a_value_stays_vonage_sms() {
     assert_eq!(events[0].provider, Provider::VonageSms);
     assert_eq!(events[0].message_id.as_str(), "0A000000000000AA");
 }
+
+/// After a secret is fixed, `worker replay-quarantine` sends quarantined
+/// requests to ingest again: the ones that now verify are published and
+/// leave the quarantine, the others stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantined_requests_are_replayed_after_the_secret_is_fixed() {
+    // Ingest only knows the new secret; the provider still signs with the old one.
+    let h = start(vonage(SignatureMode::Enforce, SigMethod::Sha256Hmac, "new-secret")).await;
+    let old = vonage_signed(
+        vonage_dlr("0D000000000000A1", "delivered"),
+        "old-secret",
+        SigMethod::Sha256Hmac,
+        now(),
+    );
+    let forged =
+        vonage_signed(vonage_dlr("0D000000000000A2", "delivered"), "attacker", SigMethod::Sha256Hmac, now());
+    expect_unauthorized(send_vonage(&h.ingest, Transport::Form, &old).await, "mismatch", "old secret").await;
+    expect_unauthorized(send_vonage(&h.ingest, Transport::Json, &forged).await, "mismatch", "forged").await;
+    assert!(h.broker.drain(&h.topology.queue, Duration::from_millis(200)).await.is_empty());
+
+    // The operator adds the old secret (rotation) and replays.
+    let mut fixed_config = ingest_config(&h.topology, &amqp_url());
+    vonage(SignatureMode::Enforce, SigMethod::Sha256Hmac, "new-secret,old-secret")(&mut fixed_config);
+    let fixed = spawn_ingest(fixed_config).await;
+    assert!(fixed.wait_ready(WAIT).await);
+    let ingest_url = url::Url::parse(&fixed.base_url).expect("url");
+    let report = dlr_worker::parking::replay_quarantine(&h.broker.channel, &h.topology, &ingest_url, None)
+        .await
+        .expect("replay runs");
+    assert_eq!((report.examined, report.replayed, report.kept), (2, 1, 1), "{report:?}");
+
+    let stored: Vec<ReceiptEvent> = h
+        .broker
+        .drain(&h.topology.queue, Duration::from_millis(300))
+        .await
+        .iter()
+        .map(|m| ReceiptEvent::from_json(&m.delivery.data).expect("event"))
+        .collect();
+    assert_eq!(ids(&stored), vec!["0D000000000000A1".to_owned()]);
+    // The forged request is still refused; the run stopped after one pass,
+    // and its new quarantine copy plus the kept one remain.
+    let left = h.broker.drain(&h.topology.quarantine_queue, Duration::from_millis(300)).await;
+    assert!(!left.is_empty() && left.len() <= 2, "{} left", left.len());
+
+    fixed.stop().await;
+    h.ingest.stop().await;
+    h.broker.cleanup(&h.topology, &[], &[]).await;
+}
