@@ -84,7 +84,7 @@ impl Application {
             publisher: Arc::new(Publisher::new(broker, config.confirm_timeout)),
             topology,
             signatures: Arc::new(signatures),
-            metrics,
+            metrics: Arc::new(metrics),
             draining: Arc::new(AtomicBool::new(false)),
         };
         let limits = RouterLimits {

@@ -16,8 +16,8 @@ pub struct AppState {
     pub topology: Arc<Topology>,
     /// Signature checks to apply.
     pub signatures: Arc<SignaturePolicy>,
-    /// Metrics.
-    pub metrics: IngestMetrics,
+    /// Metrics (behind an `Arc`: the state is cloned for every request).
+    pub metrics: Arc<IngestMetrics>,
     /// Set on SIGTERM so readiness fails while in-flight requests drain.
     pub draining: Arc<AtomicBool>,
 }

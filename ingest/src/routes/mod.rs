@@ -2,23 +2,23 @@
 //! applies the layers once.
 
 mod health;
+mod http_metrics;
 mod receipts;
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tower::BoxError;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::error::RETRY_AFTER_SECONDS;
 use crate::state::AppState;
+use http_metrics::HttpMetricsLayer;
 
 /// Router settings that come from configuration.
 #[derive(Debug, Clone, Copy)]
@@ -54,9 +54,8 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
     Router::new()
         .merge(webhooks)
         .merge(health::router())
-        .layer(middleware::from_fn_with_state(state.clone(), record_http_metrics))
+        .layer(HttpMetricsLayer::new(state.metrics.clone()))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
-        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
@@ -70,18 +69,5 @@ fn overload_response(error: &BoxError, shed_counter: &prometheus::IntCounter) ->
     tracing::error!(%error, "unexpected middleware error");
     let mut response = (StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable").into_response();
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
-    response
-}
-
-/// Counts every request by route template (never the raw path: unbounded
-/// label values) and status code, and times it.
-async fn record_http_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("unmatched", |p| p.as_str());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    let metrics = &state.metrics;
-    metrics.http_requests.with_label_values(&[route, response.status().as_str()]).inc();
-    metrics.http_duration.with_label_values(&[route]).observe(started.elapsed().as_secs_f64());
     response
 }
