@@ -88,11 +88,6 @@ impl Dispatcher {
         Self { routes, handlers, retry, metrics }
     }
 
-    /// The retry schedule (for declaring delay queues).
-    pub fn retry_policy(&self) -> &RetryPolicy {
-        &self.retry
-    }
-
     /// Runs the handlers of `event`'s outcome that are not in `done`.
     /// `attempt` is 1 for the first delivery.
     pub async fn dispatch(&self, event: &ReceiptEvent, attempt: u32, mut done: Vec<HandlerKind>) -> Decision {

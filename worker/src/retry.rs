@@ -21,7 +21,6 @@ const JITTER: f64 = 0.2;
 /// The delays between attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
-    max_attempts: u32,
     delays: Vec<Duration>,
 }
 
@@ -44,12 +43,7 @@ impl RetryPolicy {
                     .collect()
             }
         };
-        Self { max_attempts, delays }
-    }
-
-    /// Attempts including the first.
-    pub fn max_attempts(&self) -> u32 {
-        self.max_attempts
+        Self { delays }
     }
 
     /// Every distinct delay, for declaring the delay queues.

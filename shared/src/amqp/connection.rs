@@ -72,11 +72,6 @@ impl BrokerConnection {
         self.current.borrow().as_ref().filter(|c| c.status().connected()).cloned()
     }
 
-    /// True while a usable connection exists.
-    pub fn is_connected(&self) -> bool {
-        self.current().is_some()
-    }
-
     /// Waits until a connection is available or `cancel` fires.
     pub async fn wait_connected(&self, cancel: &CancellationToken) -> Option<Arc<Connection>> {
         let mut rx = self.current.clone();

@@ -32,11 +32,6 @@ impl Outcome {
             Outcome::Pending => "pending",
         }
     }
-
-    /// Final outcomes never move back to pending (reference J6).
-    pub fn is_final(self) -> bool {
-        !matches!(self, Outcome::Pending)
-    }
 }
 
 impl fmt::Display for Outcome {

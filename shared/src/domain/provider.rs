@@ -30,11 +30,6 @@ impl Provider {
             Provider::Twilio => "twilio",
         }
     }
-
-    /// Inverse of [`Provider::as_str`].
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.as_str() == name)
-    }
 }
 
 impl fmt::Display for Provider {

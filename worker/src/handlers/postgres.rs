@@ -34,11 +34,6 @@ impl PostgresHandler {
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool })
     }
-
-    /// The pool, for tests and probes.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 /// History insert and current-status upsert in one statement (one round
