@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks ingest and worker against the local RabbitMQ (and PostgreSQL
 # for the status-store run), measuring the broker's own ceilings in the same
-# run. Release build; takes about a minute. Extra arguments go to dlr-bench
+# run. Release build (fat LTO: the first build takes several minutes), then
+# about three minutes of measurements. Extra arguments go to dlr-bench
 # (see `target/release/dlr-bench --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."

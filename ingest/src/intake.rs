@@ -11,7 +11,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use dlr_shared::Provider;
 use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
-use dlr_shared::amqp::{PublishError, insert_str};
+use dlr_shared::amqp::{PublishError, insert_str, receipt_properties};
 use dlr_shared::event::ReceiptEvent;
 use dlr_shared::providers::{self, Fields, ReceiptError};
 use dlr_shared::signature::{self, SignatureError, SignatureMode};
@@ -178,17 +178,7 @@ async fn finish(
 
 /// Publishes the event and waits for the broker's confirm.
 async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<(), IngestError> {
-    let mut headers = FieldTable::default();
-    insert_str(&mut headers, "x-provider", event.provider.as_str());
-    insert_str(&mut headers, "x-outcome", event.outcome.as_str());
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_message_id(event.event_id.as_str().into())
-        .with_timestamp(u64::try_from(event.received_at.timestamp()).unwrap_or(0))
-        .with_type("receipt.v1".into())
-        .with_headers(headers);
-
+    let properties = receipt_properties(event);
     let metrics = &state.metrics;
     metrics.publishes_in_flight.inc();
     let started = Instant::now();

@@ -7,9 +7,9 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::json;
+use serde::Serialize;
 
-use dlr_shared::Provider;
+use dlr_shared::{EventId, Outcome, Provider};
 
 use crate::error::IngestError;
 use crate::intake::{self, WebhookRequest};
@@ -74,11 +74,20 @@ impl<S: Send + Sync> FromRequest<S> for WebhookRequest {
     }
 }
 
+/// The 200 body: which event the receipt became (a typed struct, not a
+/// `json!` map, because this is built once per accepted receipt).
+#[derive(Serialize)]
+struct Accepted {
+    status: &'static str,
+    event_id: EventId,
+    outcome: Outcome,
+}
+
 fn respond(result: Result<dlr_shared::ReceiptEvent, IngestError>) -> Response {
     match result {
         Ok(event) => (
             StatusCode::OK,
-            Json(json!({ "status": "accepted", "event_id": event.event_id, "outcome": event.outcome })),
+            Json(Accepted { status: "accepted", event_id: event.event_id, outcome: event.outcome }),
         )
             .into_response(),
         Err(error) => error.into_response(),

@@ -14,7 +14,27 @@ pub use connection::BrokerConnection;
 pub use publisher::{PublishError, Publisher};
 pub use topology::Topology;
 
+use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+use crate::event::ReceiptEvent;
+
+/// How a receipt event travels on the broker: persistent, JSON, with the
+/// deterministic event id as `message_id` (so a provider's retry carries the
+/// same id) and provider/outcome headers for routing and inspection without
+/// parsing the body. Ingest publishes with exactly these properties.
+pub fn receipt_properties(event: &ReceiptEvent) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    insert_str(&mut headers, "x-provider", event.provider.as_str());
+    insert_str(&mut headers, "x-outcome", event.outcome.as_str());
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(event.event_id.as_str().into())
+        .with_timestamp(u64::try_from(event.received_at.timestamp()).unwrap_or(0))
+        .with_type("receipt.v1".into())
+        .with_headers(headers)
+}
 
 /// Reads a string header (either AMQP string type) from message headers.
 pub fn header_str<'a>(headers: Option<&'a FieldTable>, name: &str) -> Option<&'a str> {
@@ -46,4 +66,26 @@ pub fn string_value(value: &str) -> AMQPValue {
 /// Inserts a string header.
 pub fn insert_str(table: &mut FieldTable, name: &str, value: &str) {
     table.insert(ShortString::from(name), string_value(value));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::{decode_urlencoded, vonage_sms};
+
+    #[test]
+    fn receipt_properties_carry_id_persistence_and_routing_headers() {
+        let fields = decode_urlencoded(
+            b"msisdn=14155551234&messageId=02000000FEA5EE9B&status=expired&err-code=1",
+            "form",
+        )
+        .expect("decodes");
+        let event = vonage_sms::parse(&fields, chrono::Utc::now()).expect("parses");
+        let properties = receipt_properties(&event);
+        assert_eq!(properties.delivery_mode(), &Some(2));
+        assert_eq!(properties.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));
+        assert_eq!(properties.message_id().as_ref().map(|m| m.as_str()), Some(event.event_id.as_str()));
+        assert_eq!(header_str(properties.headers().as_ref(), "x-provider"), Some("vonage-sms"));
+        assert_eq!(header_str(properties.headers().as_ref(), "x-outcome"), Some("failed"));
+    }
 }

@@ -4,7 +4,9 @@
 //! we do not know), so the decoders keep every pair and its order, and refuse
 //! bytes they cannot decode faithfully (invalid UTF-8) instead of guessing.
 
+use serde_json::map::Entry;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::ReceiptError;
@@ -42,9 +44,20 @@ impl Fields {
 
     /// Names that occur more than once, in order of first repetition.
     pub fn duplicated_names(&self) -> Vec<&str> {
+        // Real receipts have a dozen or two fields: comparing each name with
+        // the earlier ones costs less than hashing them. The hash set bounds
+        // the work for requests with up to MAX_FIELDS fields.
+        let mut dups: Vec<&str> = Vec::new();
+        if self.0.len() <= 32 {
+            for (i, (name, _)) in self.0.iter().enumerate() {
+                if self.0[..i].iter().any(|(earlier, _)| earlier == name) && !dups.contains(&name.as_str()) {
+                    dups.push(name);
+                }
+            }
+            return dups;
+        }
         let mut seen = HashSet::with_capacity(self.0.len());
         let mut reported = HashSet::new();
-        let mut dups = Vec::new();
         for (name, _) in &self.0 {
             if !seen.insert(name.as_str()) && reported.insert(name.as_str()) {
                 dups.push(name.as_str());
@@ -56,17 +69,19 @@ impl Fields {
     /// Every field as a JSON object for the event's `raw` member; a repeated
     /// name becomes an array of its values so that nothing is dropped.
     pub fn to_raw(&self) -> Map<String, Value> {
-        let mut raw = Map::new();
+        let mut raw = Map::with_capacity(self.0.len());
         for (name, value) in &self.0 {
-            match raw.get_mut(name) {
-                None => {
-                    raw.insert(name.clone(), Value::String(value.clone()));
+            match raw.entry(name.as_str()) {
+                Entry::Vacant(entry) => {
+                    entry.insert(Value::String(value.clone()));
                 }
-                Some(Value::Array(values)) => values.push(Value::String(value.clone())),
-                Some(existing) => {
-                    let first = existing.take();
-                    *existing = Value::Array(vec![first, Value::String(value.clone())]);
-                }
+                Entry::Occupied(mut entry) => match entry.get_mut() {
+                    Value::Array(values) => values.push(Value::String(value.clone())),
+                    existing => {
+                        let first = existing.take();
+                        *existing = Value::Array(vec![first, Value::String(value.clone())]);
+                    }
+                },
             }
         }
         raw
@@ -103,12 +118,19 @@ pub fn decode_urlencoded(input: &[u8], format: &'static str) -> Result<Fields, R
 }
 
 fn decode_component(raw: &[u8], format: &'static str) -> Result<String, ReceiptError> {
-    let plus_as_space: Vec<u8> = raw.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
+    let not_utf8 =
+        || ReceiptError::Malformed { format, detail: "percent-decoded text is not valid UTF-8".to_owned() };
+    // Most values (ids, digits, words) need no decoding at all.
+    if !raw.iter().any(|b| matches!(b, b'+' | b'%')) {
+        return std::str::from_utf8(raw).map(str::to_owned).map_err(|_| not_utf8());
+    }
+    let plus_as_space: Cow<'_, [u8]> = if raw.contains(&b'+') {
+        Cow::Owned(raw.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect())
+    } else {
+        Cow::Borrowed(raw)
+    };
     let bytes: Vec<u8> = percent_encoding::percent_decode(&plus_as_space).collect();
-    String::from_utf8(bytes).map_err(|_| ReceiptError::Malformed {
-        format,
-        detail: "percent-decoded text is not valid UTF-8".to_owned(),
-    })
+    String::from_utf8(bytes).map_err(|_| not_utf8())
 }
 
 /// Decodes a flat JSON object into fields.
@@ -164,6 +186,24 @@ mod tests {
     #[test]
     fn refuses_invalid_utf8() {
         assert!(decode_urlencoded(b"a=%FF%FE", "form").is_err());
+        assert!(decode_urlencoded(b"a=\xFF", "form").is_err());
+    }
+
+    #[test]
+    fn stray_percent_signs_are_kept() {
+        let f = decode_urlencoded(b"a=100%25&b=5%&c=%4&d=%zz&e=%e2%82%AC", "form").expect("decodes");
+        let values: Vec<&str> = f.pairs().iter().map(|(_, v)| v.as_str()).collect();
+        assert_eq!(values, ["100%", "5%", "%4", "%zz", "\u{20ac}"]);
+    }
+
+    #[test]
+    fn many_fields_report_each_repeated_name_once() {
+        let mut body = (0..40).map(|i| format!("f{i}=x")).collect::<Vec<_>>().join("&");
+        body.push_str("&f3=y&f3=z&f7=y");
+        let f = decode_urlencoded(body.as_bytes(), "form").expect("decodes");
+        assert_eq!(f.duplicated_names(), vec!["f3", "f7"]);
+        let small = decode_urlencoded(b"a=1&b=2&a=3&b=4&a=5", "form").expect("decodes");
+        assert_eq!(small.duplicated_names(), vec!["a", "b"]);
     }
 
     #[test]
