@@ -52,50 +52,17 @@ struct Args {
     /// Skip the worker part.
     #[arg(long)]
     ingest_only: bool,
+    /// Skip the ingest part (broker consume ceiling and worker runs only).
+    #[arg(long, conflicts_with = "ingest_only")]
+    worker_only: bool,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    // 16 publishers on one channel show what the broker does when the
-    // client side is not the limit; one at a time shows why confirms must
-    // be shared between requests.
-    let parallel = publish_ceiling(args.messages, 1000, 16, Shape::Plain).await?;
-    let one_at_a_time = publish_ceiling(2_000, 1, 1, Shape::Plain).await?;
-    println!("broker publish, 16 publishers sharing a window of 1000: {parallel:.0} msg/s");
-    println!("broker publish one at a time: {one_at_a_time:.0} msg/s");
-
-    // The ceiling as usually defined (one publisher keeping 1000 confirms
-    // outstanding) is measured next to each ingest run, so that both see
-    // the same machine: plain messages, and exactly ingest's messages.
-    let (mut plain, mut receipt, mut rates) = (Vec::new(), Vec::new(), Vec::new());
-    let mut peak_rss_mb: f64 = 0.0;
-    for round in 1..=args.rounds.max(1) {
-        let ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Plain).await?;
-        let receipt_ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Receipt).await?;
-        let ingest = ingest_load(&args).await?;
-        println!(
-            "round {round}: broker ceiling {ceiling:.0} msg/s plain, {receipt_ceiling:.0} msg/s with ingest's messages; \
-             ingest {:.0} receipts/s at {} connections, p50 {:.1} ms, p99 {:.1} ms, errors {}, peak RSS {:.1} MB",
-            ingest.rate, args.concurrency, ingest.p50_ms, ingest.p99_ms, ingest.errors, ingest.peak_rss_mb,
-        );
-        plain.push(ceiling);
-        receipt.push(receipt_ceiling);
-        rates.push(ingest.rate);
-        peak_rss_mb = peak_rss_mb.max(ingest.peak_rss_mb);
+    if !args.worker_only {
+        ingest_part(&args).await?;
     }
-    let (plain, receipt, rate) = (median(&mut plain), median(&mut receipt), median(&mut rates));
-    println!(
-        "broker publish ceiling (1 publisher, window 1000), median: {plain:.0} msg/s plain; \
-         {receipt:.0} msg/s with ingest's messages (same exchange, queue arguments, properties, mandatory)"
-    );
-    println!("ingest, median: {rate:.0} receipts/s, peak RSS {peak_rss_mb:.1} MB (target <= 50 MB)");
-    println!(
-        "ingest vs broker: {:.0}% of the ceiling for ingest's messages, {:.0}% of the plain ceiling (target >= 60%), {:.0}% of 16 publishers",
-        100.0 * rate / receipt,
-        100.0 * rate / plain,
-        100.0 * rate / parallel
-    );
     if args.ingest_only {
         return Ok(());
     }
@@ -128,6 +95,69 @@ async fn declare_bench_queue(channel: &lapin::Channel) -> Result<String> {
         )
         .await?;
     Ok(queue)
+}
+
+/// Broker publish ceilings and ingest under load, in rounds.
+async fn ingest_part(args: &Args) -> Result<()> {
+    // 16 publishers on one channel show what the broker does when the
+    // client side is not the limit; one at a time shows why confirms must
+    // be shared between requests.
+    let parallel = publish_ceiling(args.messages, 1000, 16, Shape::Plain).await?;
+    let one_at_a_time = publish_ceiling(2_000, 1, 1, Shape::Plain).await?;
+    println!("broker publish, 16 publishers sharing a window of 1000: {parallel:.0} msg/s");
+    println!("broker publish one at a time: {one_at_a_time:.0} msg/s");
+
+    // The ceiling as usually defined (one publisher keeping 1000 confirms
+    // outstanding) is measured next to each ingest run, so that both see
+    // the same machine: plain messages, and exactly ingest's messages.
+    let (mut plain, mut receipt, mut in_flight, mut rates) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut peak_rss_mb: f64 = 0.0;
+    for round in 1..=args.rounds.max(1) {
+        let ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Plain).await?;
+        let receipt_ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Receipt).await?;
+        // The same messages with only as many confirms outstanding as the
+        // load has receipts in flight: what the broker itself does at
+        // ingest's batch sizes, with no HTTP in the way.
+        let same_in_flight = publish_ceiling(args.messages, args.concurrency, 1, Shape::Receipt).await?;
+        let ingest = ingest_load(args).await?;
+        println!(
+            "round {round}: broker ceiling {ceiling:.0} msg/s plain, {receipt_ceiling:.0} msg/s with ingest's messages, \
+             {same_in_flight:.0} msg/s with ingest's messages and window {}; \
+             ingest {:.0} receipts/s at {} connections, p50 {:.1} ms, p99 {:.1} ms, errors {}, peak RSS {:.1} MB",
+            args.concurrency,
+            ingest.rate,
+            args.concurrency,
+            ingest.p50_ms,
+            ingest.p99_ms,
+            ingest.errors,
+            ingest.peak_rss_mb,
+        );
+        plain.push(ceiling);
+        in_flight.push(same_in_flight);
+        receipt.push(receipt_ceiling);
+        rates.push(ingest.rate);
+        peak_rss_mb = peak_rss_mb.max(ingest.peak_rss_mb);
+    }
+    let (plain, receipt, rate) = (median(&mut plain), median(&mut receipt), median(&mut rates));
+    let in_flight = median(&mut in_flight);
+    println!(
+        "broker publish ceiling (1 publisher, window 1000), median: {plain:.0} msg/s plain; \
+         {receipt:.0} msg/s with ingest's messages (same exchange, queue arguments, properties, mandatory)"
+    );
+    println!(
+        "broker publish with ingest's messages and window {} (= connections), median: {in_flight:.0} msg/s",
+        args.concurrency
+    );
+    println!("ingest, median: {rate:.0} receipts/s, peak RSS {peak_rss_mb:.1} MB (target <= 50 MB)");
+    println!(
+        "ingest vs broker: {:.0}% of the ceiling for ingest's messages, {:.0}% of the plain ceiling (target >= 60%), \
+         {:.0}% of the broker at the same window, {:.0}% of 16 publishers",
+        100.0 * rate / receipt,
+        100.0 * rate / plain,
+        100.0 * rate / in_flight,
+        100.0 * rate / parallel
+    );
+    Ok(())
 }
 
 /// What a ceiling run publishes.
