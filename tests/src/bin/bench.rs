@@ -150,7 +150,7 @@ async fn ingest_part(args: &Args) -> Result<()> {
     );
     println!("ingest, median: {rate:.0} receipts/s, peak RSS {peak_rss_mb:.1} MB (target <= 50 MB)");
     println!(
-        "ingest vs broker: {:.0}% of the ceiling for ingest's messages, {:.0}% of the plain ceiling (target >= 60%), \
+        "ingest vs broker: {:.0}% of the ceiling for ingest's messages (target >= 60%), {:.0}% of the plain ceiling, \
          {:.0}% of the broker at the same window, {:.0}% of 16 publishers",
         100.0 * rate / receipt,
         100.0 * rate / plain,
