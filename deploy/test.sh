@@ -29,5 +29,5 @@ if command -v rabbitmqctl >/dev/null 2>&1; then
   # Test names are [a-z0-9.] only (unique_topology), so they quote safely.
   rabbitmqctl --silent list_exchanges name 2>/dev/null | grep -E '^test\.[a-z0-9.]+$' | while read -r exchange; do
     rabbitmqctl --silent eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange\">>), false, <<\"deploy/test.sh\">>)." </dev/null >/dev/null 2>&1 || true
-  done
+  done || true
 fi
