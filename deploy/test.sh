@@ -15,6 +15,8 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== tests that alter the machine's broker (alarms, restarts): alone, one at a time"
+cargo test --workspace --locked -- --ignored --test-threads=1
 
 echo "== deploy checks"
 bash deploy/check-manifests.sh
