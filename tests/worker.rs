@@ -888,3 +888,200 @@ async fn readiness_follows_the_broker_and_consuming_resumes_after_an_outage() {
     ingest.stop().await;
     cleanup(&broker, &config, &[capture]).await;
 }
+
+// ---------------------------------------------------------------------------
+// Production paths (issue 10): drain on SIGTERM, returns, redirects
+// ---------------------------------------------------------------------------
+
+/// SIGTERM while 50 events are in the hands of a slow receiver: the worker
+/// keeps its channel open until each is settled, so every event reaches the
+/// receiver exactly once, nothing goes back to the queue, and a worker
+/// started afterwards has nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_events_without_redelivery() {
+    const EVENTS: usize = 50;
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let receiver = Receiver::start(Script::SlowOk(1000)).await;
+    let mut config = http_config(&topology, "http", &receiver.url("/hook"));
+    config.prefetch = 64;
+    config.drain_timeout = Duration::from_secs(15);
+    let ingest = start_ingest(&topology).await;
+    for n in 0..EVENTS {
+        post_receipt(&ingest, &format!("DRAIN-{n}"), "delivered").await;
+    }
+    let worker = start_worker(config.clone()).await;
+    assert!(
+        eventually(WITHIN, async || receiver.calls().len() >= EVENTS).await,
+        "all {EVENTS} events reach the slow receiver ({} did)",
+        receiver.calls().len()
+    );
+
+    let stopping = tokio::time::Instant::now();
+    worker.stop().await;
+    let took = stopping.elapsed();
+    assert!(took < config.drain_timeout, "the worker exits within the drain timeout (took {took:?})");
+    assert_eq!(queue_depth(&broker, &topology.queue).await, 0, "nothing went back to the queue");
+
+    let second = start_worker(config.clone()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = receiver.calls();
+    let ids: HashSet<&str> = calls.iter().map(|c| header(c, "webhook-id")).collect();
+    assert_eq!(calls.len(), EVENTS, "each event is posted exactly once, none redelivered");
+    assert_eq!(ids.len(), EVENTS, "every event arrived");
+
+    second.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[]).await;
+}
+
+/// Routable and unroutable publishes interleaved on one publisher, as the
+/// amqp handler makes them: a publish is reported `Returned` only when that
+/// very message came back, never when it was stored; a stored message that
+/// received another's return is reported as doubtful, not as returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returns_are_attributed_to_their_own_publish() {
+    use dlr_shared::amqp::PublishError;
+    use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let exchange = format!("{}.events", topology.exchange);
+    let queue = format!("{}.bound", topology.exchange);
+    broker
+        .channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare exchange");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+    broker
+        .channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            arguments,
+        )
+        .await
+        .expect("declare queue");
+    broker
+        .channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "routable".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+
+    let metrics = WorkerMetrics::new().expect("metrics");
+    let retry = RetryPolicy::new(2, Duration::from_millis(50), Duration::from_millis(50));
+    let config = worker_config(&topology, &amqp_url());
+    let (connection, _task, stop) =
+        dlr_worker::startup::start_broker(&config, Arc::new(topology.clone()), retry.delays(), metrics);
+    assert!(connection.wait_connected(&CancellationToken::new()).await.is_some(), "connects");
+    let publisher = Arc::new(Publisher::new(connection, Duration::from_secs(10)));
+
+    const PUBLISHES: usize = 2000;
+    let mut tasks = Vec::new();
+    for n in 0..PUBLISHES {
+        let publisher = publisher.clone();
+        let exchange = exchange.clone();
+        // Mostly routable with returns sprinkled in: the returns must not
+        // land on the routable publishes' confirms.
+        let routable = n % 4 != 0;
+        tasks.push(tokio::spawn(async move {
+            let key = if routable { "routable" } else { "nobody.listens" };
+            let properties = lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(format!("m{n}").as_str().into());
+            let result = publisher.publish(&exchange, key, b"{}", properties).await;
+            (routable, result)
+        }));
+    }
+    let mut stored_reported_returned = 0;
+    let mut routable_ok = 0;
+    let mut doubtful = 0;
+    let mut returned = 0;
+    for task in tasks {
+        let (routable, result) = task.await.expect("publish task");
+        match (routable, result) {
+            (true, Ok(())) => routable_ok += 1,
+            (true, Err(PublishError::Returned { .. })) => stored_reported_returned += 1,
+            (_, Err(PublishError::ReturnMismatch { .. })) => doubtful += 1,
+            (false, Err(PublishError::Returned { .. })) => returned += 1,
+            (false, Ok(())) => {}
+            (_, Err(other)) => panic!("unexpected publish failure: {other}"),
+        }
+    }
+    let in_queue = broker.drain(&queue, Duration::from_millis(500)).await.len();
+    stop.cancel();
+    let _ = broker.channel.queue_delete(queue.as_str().into(), Default::default()).await;
+    let _ = broker.channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+    cleanup(&broker, &config, &[]).await;
+
+    assert_eq!(stored_reported_returned, 0, "a stored publish was reported as returned");
+    assert!(returned > 0, "unroutable publishes are reported as returned");
+    assert_eq!(in_queue, PUBLISHES * 3 / 4, "every routable publish is stored");
+    assert!(routable_ok + doubtful >= PUBLISHES * 3 / 4, "routable publishes are ok or doubtful");
+}
+
+/// A receiver that redirects (an SSO or maintenance page answering 200 at
+/// the end of the hop) has not received the event: the worker does not
+/// follow the redirect and counts no delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed_and_not_counted_as_delivered() {
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let receiver = Receiver::start(Script::Redirect(302)).await;
+    let mut config = http_config(&topology, "http", &receiver.url("/hook"));
+    config.http_url = Some(url(&format!("http://user:pa55word@{}/hook?token=s3cret", receiver.addr)));
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+
+    post_receipt(&ingest, "REDIRECTED-1", "delivered").await;
+
+    let parked = broker.take(&topology.parked_queue, 1, WITHIN).await;
+    assert_eq!(parked.len(), 1, "the event is parked once its retries are used up");
+    let headers = parked_headers(&parked[0]);
+    assert_eq!(headers.reason, "retries_exhausted");
+    assert!(headers.last_error.contains("302"), "last error names the redirect: {headers:?}");
+    assert_eq!(handler_results(&worker, "http", "ok").await, 0.0, "no delivery counted");
+    assert_eq!(receiver.calls().len(), config.max_attempts as usize, "one POST per attempt, no hops");
+
+    worker.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[]).await;
+}
+
+/// The http handler's error names the cause (here: connection refused) and
+/// never the URL's credentials or query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_errors_name_the_cause_without_the_urls_secrets() {
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    // A port nobody listens on.
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+    let mut config = http_config(&topology, "http", "http://127.0.0.1/");
+    config.http_url = Some(url(&format!("http://user:pa55word@{closed}/hook?token=s3cret")));
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+
+    post_receipt(&ingest, "UNREACHABLE-1", "delivered").await;
+
+    let parked = broker.take(&topology.parked_queue, 1, WITHIN).await;
+    assert_eq!(parked.len(), 1, "the event is parked once its retries are used up");
+    let error = parked_headers(&parked[0]).last_error;
+    assert!(!error.contains("pa55word") && !error.contains("s3cret"), "no secrets in: {error}");
+    assert!(error.to_lowercase().contains("refused"), "the cause is named: {error}");
+
+    worker.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[]).await;
+}

@@ -3,7 +3,8 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,10 @@ pub enum Script {
     FailFirst(usize),
     /// Always this status.
     Always(u16),
+    /// 200 after holding each request this many milliseconds (a slow consumer).
+    SlowOk(u64),
+    /// This redirect status (3xx) to `/moved`, which itself answers 200.
+    Redirect(u16),
 }
 
 #[derive(Clone)]
@@ -45,7 +50,7 @@ impl Receiver {
     /// Starts a receiver on a random port.
     pub async fn start(script: Script) -> Self {
         let shared = Shared { script: Arc::new(Mutex::new(script)), calls: Arc::new(Mutex::new(Vec::new())) };
-        let app = Router::new().route("/{*path}", post(record)).with_state(shared.clone());
+        let app = Router::new().route("/{*path}", post(record).get(landing_page)).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move {
@@ -72,20 +77,35 @@ impl Receiver {
     }
 }
 
-async fn record(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn record(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let index = {
         let mut calls = match shared.calls.lock() {
             Ok(c) => c,
-            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR,
+            Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         };
         calls.push(Received { headers, body });
         calls.len()
     };
     let script = shared.script.lock().map(|s| *s).unwrap_or(Script::Ok);
     match script {
-        Script::Ok => StatusCode::OK,
-        Script::FailFirst(n) if index <= n => StatusCode::INTERNAL_SERVER_ERROR,
-        Script::FailFirst(_) => StatusCode::OK,
-        Script::Always(code) => StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        Script::Ok => StatusCode::OK.into_response(),
+        Script::FailFirst(n) if index <= n => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Script::FailFirst(_) => StatusCode::OK.into_response(),
+        Script::Always(code) => {
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response()
+        }
+        Script::SlowOk(millis) => {
+            tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+            StatusCode::OK.into_response()
+        }
+        Script::Redirect(code) => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FOUND);
+            (status, [(header::LOCATION, "/moved")]).into_response()
+        }
     }
+}
+
+/// What a redirect lands on: a 200 page, like an SSO or maintenance page.
+async fn landing_page() -> &'static str {
+    "maintenance"
 }

@@ -43,12 +43,21 @@ pub struct ConsumerContext {
 
 /// Consumes until `shutdown`, reconnecting as needed; then cancels the
 /// consumer and waits up to `drain_timeout` for in-flight events to be
-/// acked. Whatever is still unacked after that is redelivered by the broker.
+/// settled before closing the channel they arrived on.
+///
+/// The channel must outlive the drain: closing it (or dropping its last
+/// handle, which lapin turns into a close) makes the broker requeue every
+/// unacked delivery at once, so another worker would handle events this one
+/// is still handling, and the late acks here would fail.
 pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_timeout: Duration) {
     let tracker = TaskTracker::new();
+    let mut draining = None;
     while let Some(conn) = ctx.broker.wait_connected(&shutdown).await {
         match consume(&ctx, &conn, &tracker, &shutdown).await {
-            Ok(()) => break,
+            Ok(channel) => {
+                draining = Some(channel);
+                break;
+            }
             Err(error) => {
                 ctx.consuming.store(false, Ordering::SeqCst);
                 ctx.broker.report_failure();
@@ -62,8 +71,23 @@ pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_t
     }
     ctx.consuming.store(false, Ordering::SeqCst);
     tracker.close();
-    if tokio::time::timeout(drain_timeout, tracker.wait()).await.is_err() {
-        tracing::warn!(timeout = ?drain_timeout, "drain timeout reached; unfinished events will be redelivered");
+    let in_flight = tracker.len();
+    if in_flight > 0 {
+        tracing::info!(in_flight, timeout = ?drain_timeout, "draining in-flight events");
+    }
+    let drained = tokio::time::timeout(drain_timeout, tracker.wait()).await.is_ok();
+    if !drained {
+        tracing::warn!(
+            unsettled = tracker.len(),
+            timeout = ?drain_timeout,
+            "drain timeout reached; the broker redelivers what is still unsettled"
+        );
+    }
+    if let Some(channel) = draining
+        && channel.status().connected()
+        && let Err(error) = channel.close(200, "worker drained".into()).await
+    {
+        tracing::debug!(%error, "closing the consumer channel after the drain");
     }
 }
 
@@ -78,13 +102,15 @@ enum ConsumerStopped {
     StreamEnded,
 }
 
-/// One subscription on one connection. `Ok` means shutdown was requested.
+/// One subscription on one connection. `Ok` means shutdown was requested:
+/// the consumer is cancelled and its channel is handed back, still open, so
+/// the deliveries in flight can be settled on it.
 async fn consume(
     ctx: &Arc<ConsumerContext>,
     conn: &lapin::Connection,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
-) -> Result<(), ConsumerStopped> {
+) -> Result<lapin::Channel, ConsumerStopped> {
     let channel = conn.create_channel().await?;
     channel.basic_qos(ctx.prefetch, BasicQosOptions::default()).await?;
     let tag = format!("worker-{}", uuid::Uuid::new_v4());
@@ -101,12 +127,9 @@ async fn consume(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                // Stop new deliveries; in-flight ones finish and ack on this channel.
                 ctx.consuming.store(false, Ordering::SeqCst);
-                if let Err(error) = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await {
-                    tracing::warn!(%error, "cancelling the consumer failed");
-                }
-                return Ok(());
+                stop_deliveries(ctx, &channel, &tag, &mut consumer, tracker).await;
+                return Ok(channel);
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
@@ -117,6 +140,31 @@ async fn consume(
                 None => return Err(ConsumerStopped::StreamEnded),
             }
         }
+    }
+}
+
+/// How long to wait for deliveries the broker sent before it saw our cancel.
+const CANCEL_SETTLE: Duration = Duration::from_secs(2);
+
+/// Cancels the consumer so no new deliveries come. Deliveries the broker had
+/// already sent before it processed the cancel still arrive on the stream;
+/// they are handled like any other (they are ours until settled) rather than
+/// left unacked until the channel closes.
+async fn stop_deliveries(
+    ctx: &Arc<ConsumerContext>,
+    channel: &lapin::Channel,
+    tag: &str,
+    consumer: &mut lapin::Consumer,
+    tracker: &TaskTracker,
+) {
+    if let Err(error) = channel.basic_cancel(tag.into(), BasicCancelOptions::default()).await {
+        tracing::warn!(%error, "cancelling the consumer failed");
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + CANCEL_SETTLE;
+    while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {
+        let ctx = ctx.clone();
+        tracker.spawn(async move { handle_delivery(&ctx, delivery).await });
     }
 }
 

@@ -77,13 +77,18 @@ impl Application {
 
         let (broker, broker_task, broker_shutdown) =
             start_broker(&config, topology.clone(), retry.delays(), metrics.clone());
+        // Retries and parking: a return there means our own queue is missing.
         let publisher = Arc::new(Publisher::new(broker.clone(), PUBLISH_CONFIRM_TIMEOUT));
 
         let mut handlers: HashMap<HandlerKind, Arc<dyn Handler>> = HashMap::new();
         handlers.insert(HandlerKind::Log, Arc::new(LogHandler));
         if routes.uses(HandlerKind::Amqp) {
+            // Events nobody is bound for come back as returns, which is
+            // normal; their own channel keeps those returns away from the
+            // confirms of retry and park publishes (see amqp::publisher).
+            let events_publisher = Arc::new(Publisher::new(broker.clone(), PUBLISH_CONFIRM_TIMEOUT));
             let handler = AmqpHandler::new(
-                publisher.clone(),
+                events_publisher,
                 config.events_exchange.clone(),
                 metrics.unroutable.clone(),
             );
@@ -180,6 +185,8 @@ fn http_handler(config: &Config) -> Result<HttpHandler, StartupError> {
         .timeout(config.http_timeout)
         .connect_timeout(config.http_timeout.min(Duration::from_secs(3)))
         .user_agent(concat!("dlr-worker/", env!("CARGO_PKG_VERSION")))
+        // A 3xx is an answer to judge (handlers::http::classify), not a hop to take.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| StartupError::Http(e.to_string()))?;
     let urls = Outcome::ALL

@@ -6,6 +6,16 @@
 //! unroutable return (which RabbitMQ confirms with an *ack*, stack.md §1.3),
 //! a closed channel, or no confirm in time. Concurrent publishes share one
 //! confirm channel and pipeline; lapin resolves each confirm separately.
+//!
+//! lapin hands the oldest waiting `basic.return` to whichever confirm it
+//! completes next (in a multiple-ack, in no particular order), so a return
+//! is not necessarily the one of the publish it comes with. A return is
+//! therefore trusted only when its `message_id` is the publish's own; any
+//! other return makes the outcome doubtful, which is reported as a failure.
+//! Publishes for which a return is a normal answer (events nobody is bound
+//! for) belong on a publisher of their own, apart from those for which a
+//! return means a fault (receipts, retries, parking), so that the normal
+//! returns of the one never land on the confirms of the other.
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation};
@@ -35,6 +45,15 @@ pub enum PublishError {
         /// Broker's text.
         text: String,
     },
+    /// The confirm came with another message's return: whether this
+    /// message was stored cannot be known, so it counts as not stored.
+    #[error("confirm carried the return of another message ({code} {text})")]
+    ReturnMismatch {
+        /// AMQP reply code of the foreign return.
+        code: u16,
+        /// Broker's text.
+        text: String,
+    },
     /// No confirm arrived within the configured time.
     #[error("no publisher confirm within {0:?}")]
     Timeout(Duration),
@@ -51,6 +70,7 @@ impl PublishError {
             PublishError::Blocked(_) => "blocked",
             PublishError::Nacked => "nacked",
             PublishError::Returned { .. } => "returned",
+            PublishError::ReturnMismatch { .. } => "return_mismatch",
             PublishError::Timeout(_) => "timeout",
             PublishError::Broker(_) => "channel_error",
         }
@@ -109,6 +129,7 @@ impl Publisher {
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
         let channel = self.channel().await?;
+        let own_id = properties.message_id().clone();
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
         let confirm = channel
             .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
@@ -120,10 +141,18 @@ impl Publisher {
             // missing (then it asks for a re-declaration) or merely that
             // nobody bound a queue for this key.
             Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                Err(PublishError::Returned {
-                    code: returned.reply_code,
-                    text: returned.reply_text.to_string(),
-                })
+                let code = returned.reply_code;
+                let text = returned.reply_text.to_string();
+                let returned_id = returned.properties.message_id();
+                if own_id.is_some() && returned_id.as_ref() != own_id.as_ref() {
+                    // Another publish's return: that one may now be counted as
+                    // stored by mistake, and this channel's returns are out of
+                    // step. Start over on a fresh channel.
+                    self.discard(&channel);
+                    Err(PublishError::ReturnMismatch { code, text })
+                } else {
+                    Err(PublishError::Returned { code, text })
+                }
             }
             Confirmation::Nack(None) => Err(PublishError::Nacked),
             // Cannot happen on a channel in confirm mode; never treat it as stored.

@@ -6,9 +6,7 @@
 
 use async_trait::async_trait;
 use dlr_shared::ReceiptEvent;
-use dlr_shared::amqp::{PublishError, Publisher, insert_str};
-use lapin::BasicProperties;
-use lapin::types::FieldTable;
+use dlr_shared::amqp::{PublishError, Publisher, receipt_properties};
 use prometheus::IntCounter;
 use std::sync::Arc;
 
@@ -48,15 +46,10 @@ impl Handler for AmqpHandler {
     }
 
     async fn handle(&self, event: &ReceiptEvent) -> Result<(), HandlerError> {
-        let mut headers = FieldTable::default();
-        insert_str(&mut headers, "x-provider", event.provider.as_str());
-        insert_str(&mut headers, "x-outcome", event.outcome.as_str());
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_message_id(event.event_id.as_str().into())
-            .with_type("receipt.v1".into())
-            .with_headers(headers);
+        // Exactly the properties ingest publishes the receipt with, so
+        // consumers of either see one format (and the event id as message_id,
+        // which also tells this publish's return apart from others').
+        let properties = receipt_properties(event);
         match self.publisher.publish(&self.exchange, &routing_key(event), &event.to_json(), properties).await
         {
             Ok(()) => Ok(()),

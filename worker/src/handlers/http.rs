@@ -66,10 +66,20 @@ impl HttpHandler {
 }
 
 /// 408, 429 and 5xx may succeed later; any other non-2xx will not.
+///
+/// Redirects are never followed (the client is built without a redirect
+/// policy): following one turns our POST into a GET on 301/302/303, and a
+/// login or maintenance page answering 200 would count as delivered. A
+/// temporary redirect (302, 303, 307) is retried like an outage, since
+/// maintenance pages redirect; a permanent one (301, 308) parks the event:
+/// the configured URL is wrong, and after fixing it an operator replays.
 fn classify(status: StatusCode) -> Option<HandlerError> {
     if status.is_success() {
         None
-    } else if status == StatusCode::REQUEST_TIMEOUT
+    } else if status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::PERMANENT_REDIRECT {
+        Some(HandlerError::Permanent(format!("receiver answered {status} (moved for good: fix the URL)")))
+    } else if status.is_redirection()
+        || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
     {
@@ -102,12 +112,27 @@ impl Handler for HttpHandler {
             .send()
             .await
             // Connect errors, timeouts, resets: the receiver may be back soon.
-            .map_err(|e| HandlerError::Transient(format!("request failed: {e}")))?;
+            .map_err(|e| HandlerError::Transient(format!("request failed: {}", describe(e))))?;
         match classify(response.status()) {
             None => Ok(()),
             Some(error) => Err(error),
         }
     }
+}
+
+/// The error with its causes (connection refused, timeout, TLS) but without
+/// the URL: its user-info or query may hold credentials, and this text goes
+/// to logs and to the parked message's `x-dlr-last-error` header.
+fn describe(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
@@ -121,7 +146,11 @@ mod tests {
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::OK);
             assert!(matches!(classify(status), Some(HandlerError::Transient(_))), "{s}");
         }
-        for s in [400, 401, 404, 410, 422] {
+        for s in [302, 303, 307] {
+            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::OK);
+            assert!(matches!(classify(status), Some(HandlerError::Transient(_))), "{s}");
+        }
+        for s in [301, 308, 400, 401, 404, 410, 422] {
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::OK);
             assert!(matches!(classify(status), Some(HandlerError::Permanent(_))), "{s}");
         }
