@@ -13,6 +13,7 @@
 //! The latencies and the memory growth are printed (stderr) for the notes.
 
 use dlr_shared::ReceiptEvent;
+use dlr_tests::proxy::{BrokerProxy, broker_addr};
 use dlr_tests::{
     TestBroker, TestIngest, amqp_url, ingest_config, metric_value, spawn_ingest, unique_topology, vonage_form,
 };
@@ -621,4 +622,114 @@ async fn slow_or_idle_request_heads_are_cut_off() {
         "connections that never complete a request head are never closed (no header read timeout):\n{}",
         failures.join("\n")
     );
+}
+
+// ---------------------------------------------------------------------------
+// Deadlines and limits on the production path (issue 10)
+
+/// A form POST head for `/dlr/vonage` announcing `body`'s length.
+fn vonage_head(body: &str) -> Vec<u8> {
+    format!(
+        "POST /dlr/vonage HTTP/1.1\r\nhost: ingest\r\ncontent-type: {FORM}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Once the body is in, only the confirm timeout applies: a body that took
+/// most of the request timeout followed by a broker that does not confirm
+/// gets 503 + Retry-After (the provider retries), never 408 (final for
+/// Vonage), and the in-flight gauge comes back down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_confirm_after_a_slow_body_is_503_not_408() {
+    let _serial = SERIAL.lock().await;
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let mut proxy = BrokerProxy::reserve(broker_addr()).await;
+    proxy.start().await;
+    let mut config = ingest_config(&topology, &proxy.amqp_url());
+    config.request_timeout = REQUEST_TIMEOUT;
+    config.confirm_timeout = Duration::from_millis(1500);
+    let ingest = spawn_ingest(config).await;
+    assert!(ingest.wait_ready(READY).await, "ingest never became ready");
+
+    proxy.stall(true);
+    let body = vonage_form("SLOWCONFIRM1", "delivered");
+    // The body takes about 1.2 s of the 2 s; the confirm then never comes.
+    let interval = Duration::from_millis(1200 / body.len() as u64);
+    let (answer, took) = slow_drip(ingest.addr, vonage_head(&body), body.into_bytes(), interval).await;
+    proxy.stall(false);
+    assert_eq!(answer, Answer::Status(503), "answered after {took:?}");
+    assert!(took > REQUEST_TIMEOUT, "the confirm wait outlasted the request timeout ({took:?})");
+
+    let metrics = ingest.metrics().await;
+    assert_eq!(metric_value(&metrics, "dlr_ingest_publishes_in_flight", &[]), 0.0, "gauge back to 0");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dlr_ingest_http_requests_total",
+            &[("route", "/dlr/vonage"), ("status", "503")]
+        ),
+        1.0
+    );
+    ingest.stop().await;
+    broker.cleanup(&topology, &[], &[]).await;
+}
+
+/// A body that does not arrive in time gets 408, and the HTTP metrics count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_timeout_is_counted_in_the_http_metrics() {
+    let _serial = SERIAL.lock().await;
+    let (broker, topology, ingest) = abuse_ingest().await;
+    let body = vonage_form("SLOWBODY1", "delivered");
+    let (answer, _) =
+        slow_drip(ingest.addr, vonage_head(&body), body.into_bytes(), Duration::from_millis(100)).await;
+    assert_eq!(answer, Answer::Status(408));
+    let metrics = ingest.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "dlr_ingest_http_requests_total",
+            &[("route", "/dlr/vonage"), ("status", "408")]
+        ),
+        1.0,
+        "the 408 is counted"
+    );
+    ingest.stop().await;
+    broker.cleanup(&topology, &[], &[]).await;
+}
+
+/// INGEST_MAX_CONCURRENCY is one limit for the whole process: requests held
+/// on one webhook route make another route shed with 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_is_shared_by_every_route() {
+    let _serial = SERIAL.lock().await;
+    let broker = TestBroker::connect().await;
+    let topology = unique_topology();
+    let mut config = ingest_config(&topology, &amqp_url());
+    config.max_concurrency = 2;
+    config.request_timeout = Duration::from_secs(10);
+    let ingest = spawn_ingest(config).await;
+    assert!(ingest.wait_ready(READY).await, "ingest never became ready");
+
+    let body = vonage_form("HOLDER1", "delivered");
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let head = vonage_head(&body);
+            let bytes = body.clone().into_bytes();
+            tokio::spawn(slow_drip(ingest.addr, head, bytes, Duration::from_millis(20)))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let response =
+        ingest.post("/dlr/twilio", FORM, "MessageSid=SM1&MessageStatus=delivered&To=%2B14155551234").await;
+    assert_eq!(response.status().as_u16(), 429, "the other route is shed while the limit is held");
+    assert!(response.headers().contains_key("retry-after"));
+    for holder in holders {
+        let (answer, _) = holder.await.expect("holder task");
+        assert_eq!(answer, Answer::Status(200), "the held requests complete");
+    }
+    ingest.stop().await;
+    broker.cleanup(&topology, &[], &[]).await;
 }

@@ -28,6 +28,9 @@ pub enum IngestError {
     /// Body over the configured limit.
     #[error("request body exceeds the configured size limit (INGEST_BODY_LIMIT_BYTES)")]
     PayloadTooLarge,
+    /// The client did not send its body within the request timeout.
+    #[error("the request body did not arrive within INGEST_REQUEST_TIMEOUT_MS")]
+    BodyTimeout,
     /// The body could not be read (client aborted, bad chunking).
     #[error("could not read the request body: {0}")]
     UnreadableBody(String),
@@ -52,6 +55,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IngestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IngestError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             IngestError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
             IngestError::Empty(_) | IngestError::Receipt(_) => StatusCode::BAD_REQUEST,
             IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
@@ -65,6 +69,7 @@ impl IngestError {
             IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
             IngestError::MethodNotAllowed => "method_not_allowed",
             IngestError::PayloadTooLarge => "payload_too_large",
+            IngestError::BodyTimeout => "body_timeout",
             IngestError::UnreadableBody(_) => "unreadable_body",
             IngestError::Empty(_) => "empty",
             IngestError::Receipt(e) => e.reason(),

@@ -180,13 +180,13 @@ async fn finish(
 async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<(), IngestError> {
     let properties = receipt_properties(event);
     let metrics = &state.metrics;
-    metrics.publishes_in_flight.inc();
+    let in_flight = InFlight::start(&metrics.publishes_in_flight);
     let started = Instant::now();
     let result = state
         .publisher
         .publish(&state.topology.exchange, RECEIPT_ROUTING_KEY, &event.to_json(), properties)
         .await;
-    metrics.publishes_in_flight.dec();
+    drop(in_flight);
     match result {
         Ok(()) => {
             metrics.confirm_duration.observe(started.elapsed().as_secs_f64());
@@ -203,6 +203,24 @@ async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<(), IngestErr
             tracing::warn!(event_id = %event.event_id, provider = %event.provider, reason = error.reason(), %error, "receipt not stored; answering 503");
             Err(IngestError::Unavailable(error))
         }
+    }
+}
+
+/// Counts a publish as in flight until it is dropped: a request future can
+/// be dropped mid-confirm (client gone, drain timeout), and the gauge must
+/// come down then too.
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn start(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -86,6 +86,7 @@ impl Application {
             signatures: Arc::new(signatures),
             metrics: Arc::new(metrics),
             draining: Arc::new(AtomicBool::new(false)),
+            body_timeout: config.request_timeout,
         };
         let limits = RouterLimits {
             body_limit_bytes: config.body_limit_bytes,

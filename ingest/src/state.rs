@@ -3,6 +3,7 @@
 use dlr_shared::amqp::{Publisher, Topology};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use crate::config::SignaturePolicy;
 use crate::metrics::IngestMetrics;
@@ -20,6 +21,8 @@ pub struct AppState {
     pub metrics: Arc<IngestMetrics>,
     /// Set on SIGTERM so readiness fails while in-flight requests drain.
     pub draining: Arc<AtomicBool>,
+    /// How long a client may take to send its body (INGEST_REQUEST_TIMEOUT_MS).
+    pub body_timeout: Duration,
 }
 
 impl AppState {

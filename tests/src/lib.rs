@@ -294,3 +294,44 @@ impl TestDatabase {
         }
     }
 }
+
+/// A memory alarm on the machine's broker for as long as the value lives
+/// (`rabbitmqctl set_vm_memory_high_watermark`, as the reliability harness
+/// does). The watermark found at start is restored on drop, also when the
+/// test panics. Only for `#[ignore]`d tests that run alone.
+pub struct MemoryAlarm {
+    restore: Vec<String>,
+}
+
+impl MemoryAlarm {
+    /// Sets a watermark so low that the broker blocks publishers at once.
+    pub fn raise() -> Self {
+        let found = rabbitmqctl(&["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."]);
+        let found = found.trim();
+        // `0.4`, or `{absolute,1073741824}` for an absolute limit.
+        let restore = match found.strip_prefix("{absolute,").and_then(|rest| rest.strip_suffix('}')) {
+            Some(bytes) => vec!["absolute".to_owned(), bytes.trim().to_owned()],
+            None if found.parse::<f64>().is_ok() => vec![found.to_owned()],
+            None => vec!["0.4".to_owned()],
+        };
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
+        Self { restore }
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let mut args = vec!["set_vm_memory_high_watermark"];
+        args.extend(self.restore.iter().map(String::as_str));
+        rabbitmqctl(&args);
+    }
+}
+
+/// Runs `rabbitmqctl` and returns its standard output ("" when it fails).
+fn rabbitmqctl(args: &[&str]) -> String {
+    std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default()
+}

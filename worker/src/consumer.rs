@@ -6,7 +6,7 @@
 //! the work as competing consumers.
 
 use dlr_shared::ReceiptEvent;
-use dlr_shared::amqp::{BrokerConnection, Publisher, Topology};
+use dlr_shared::amqp::{BrokerConnection, PublishError, Publisher, Topology};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -218,7 +218,10 @@ async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> bool {
         }
         Decision::Retry { next_attempt, delay, done, handler, error } => {
             let plan = RetryPlan { next_attempt, delay, done: &done, handler, error: &error };
-            let scheduled = parking::schedule_retry(&ctx.publisher, &ctx.topology, delivery, plan).await;
+            let scheduled = patiently(ctx, "scheduling a retry", || {
+                parking::schedule_retry(&ctx.publisher, &ctx.topology, delivery, plan)
+            })
+            .await;
             match scheduled {
                 Ok(()) => {
                     ctx.metrics.retries.with_label_values(&[handler.as_str()]).inc();
@@ -238,8 +241,54 @@ async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> bool {
     }
 }
 
+/// How long a delivery waits for the broker to take its retry or park
+/// publish before it is given back. Well under RabbitMQ's consumer timeout
+/// (30 min), past which the broker would close the channel itself.
+const BROKER_PATIENCE: Duration = Duration::from_secs(300);
+
+/// Runs a retry or park publish until it succeeds, waiting (with backoff)
+/// while the broker cannot take it, for up to [`BROKER_PATIENCE`].
+///
+/// Nacking with requeue at once would be the wrong answer to a broker that
+/// blocks publishers (memory or disk alarm) or has no connection: the
+/// message comes straight back, runs its earlier handlers again, and burns
+/// through the delivery limit in seconds until the broker dead-letters it
+/// without our reasons. Waiting here holds the delivery's prefetch slot, so
+/// with every slot waiting the broker stops delivering: consumption pauses
+/// for the alarm's duration and resumes by itself.
+async fn patiently<'a, F, Fut>(ctx: &ConsumerContext, what: &str, mut publish: F) -> Result<(), PublishError>
+where
+    F: FnMut() -> Fut + 'a,
+    Fut: Future<Output = Result<(), PublishError>> + 'a,
+{
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut failures = 0u32;
+    loop {
+        let error = match publish().await {
+            Ok(()) => {
+                if failures > 0 {
+                    tracing::info!(failures, waited = ?started.elapsed(), "{what} succeeded after the broker recovered");
+                }
+                return Ok(());
+            }
+            Err(error) => error,
+        };
+        failures += 1;
+        if started.elapsed() + backoff > BROKER_PATIENCE {
+            return Err(error);
+        }
+        if failures == 1 {
+            tracing::warn!(%error, "{what} failed; waiting for the broker before trying again");
+        }
+        ctx.metrics.settle_waits.inc();
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
 async fn park(ctx: &ConsumerContext, delivery: &Delivery, note: ParkNote<'_>) -> bool {
-    match parking::park(&ctx.publisher, &ctx.topology, delivery, note).await {
+    match patiently(ctx, "parking", || parking::park(&ctx.publisher, &ctx.topology, delivery, note)).await {
         Ok(()) => {
             ctx.metrics.parked.with_label_values(&[note.reason.as_str()]).inc();
             tracing::warn!(

@@ -32,6 +32,9 @@ pub struct WorkerMetrics {
     pub in_flight: IntGauge,
     /// Events the amqp handler published with no queue bound.
     pub unroutable: IntCounter,
+    /// Retry or park publishes that failed and were tried again after a
+    /// wait (broker blocked or unreachable) instead of nacking the delivery.
+    pub settle_waits: IntCounter,
 }
 
 /// Park reasons, for pre-created series.
@@ -86,6 +89,10 @@ impl WorkerMetrics {
             unroutable: b.counter(
                 "dlr_worker_events_unroutable_total",
                 "Events the amqp handler published while no queue was bound for their routing key.",
+            )?,
+            settle_waits: b.counter(
+                "dlr_worker_settle_publish_waits_total",
+                "Retry or park publishes the broker could not take, tried again after a wait instead of requeueing.",
             )?,
             registry,
         };

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 use tower::BoxError;
 use tower::ServiceBuilder;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::error::RETRY_AFTER_SECONDS;
 use crate::state::AppState;
@@ -25,7 +25,7 @@ use http_metrics::HttpMetricsLayer;
 pub struct RouterLimits {
     /// Largest body accepted.
     pub body_limit_bytes: usize,
-    /// Whole-request deadline.
+    /// Deadline for the request head (hyper) and body (the extractor).
     pub request_timeout: Duration,
     /// Concurrent requests before shedding with 429.
     pub max_concurrency: usize,
@@ -35,14 +35,17 @@ pub struct RouterLimits {
 pub fn router(state: AppState, limits: RouterLimits) -> Router {
     let shed_counter = state.metrics.load_shed.clone();
     // Receipts are shed with 429 + Retry-After (providers retry it) once the
-    // concurrency limit is reached, instead of queueing without bound.
+    // concurrency limit is reached, instead of queueing without bound. The
+    // limit is one semaphore for the process: axum applies a layer to each
+    // route and method separately, and a per-service limit would admit the
+    // limit once per webhook endpoint.
     let load_shedding = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(move |error: BoxError| {
             let shed_counter = shed_counter.clone();
             async move { overload_response(&error, &shed_counter) }
         }))
         .load_shed()
-        .concurrency_limit(limits.max_concurrency);
+        .layer(GlobalConcurrencyLimitLayer::new(limits.max_concurrency));
 
     // RequestBodyLimitLayer refuses an oversize Content-Length before any
     // byte is read; DefaultBodyLimit covers chunked bodies as they arrive.
@@ -51,11 +54,15 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
         .layer(RequestBodyLimitLayer::new(limits.body_limit_bytes))
         .layer(load_shedding);
 
+    // No whole-request timeout layer: it would also cut the confirm wait and
+    // answer 408 (final for a provider) for a receipt the broker may yet
+    // store. The head has hyper's header-read timeout, the body the
+    // extractor's deadline (both INGEST_REQUEST_TIMEOUT_MS), and the publish
+    // the confirm timeout, which start-up checks is the shorter one.
     Router::new()
         .merge(webhooks)
         .merge(health::router())
         .layer(HttpMetricsLayer::new(state.metrics.clone()))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
         .with_state(state)
 }
 

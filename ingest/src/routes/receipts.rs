@@ -51,19 +51,25 @@ async fn twilio(State(state): State<AppState>, request: Result<WebhookRequest, I
     respond(result)
 }
 
-impl<S: Send + Sync> FromRequest<S> for WebhookRequest {
+impl FromRequest<AppState> for WebhookRequest {
     type Rejection = IngestError;
 
     /// Keeps the raw parts: signatures are computed over exactly these.
-    /// The body is read under the router's `DefaultBodyLimit`.
-    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+    /// The body is read under the router's `DefaultBodyLimit` and within
+    /// `INGEST_REQUEST_TIMEOUT_MS`: a client too slow to send it gets 408,
+    /// which is right, since nothing was accepted yet. After the body, only
+    /// the publish's own timeout applies (503, never 408).
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
         let (mut parts, body) = request.into_parts();
         let method = parts.method.clone();
         let path = parts.uri.path().to_owned();
         let query = parts.uri.query().map(str::to_owned);
         let headers = std::mem::take(&mut parts.headers);
-        let body =
-            Bytes::from_request(Request::from_parts(parts, body), state).await.map_err(|rejection| {
+        let read = Bytes::from_request(Request::from_parts(parts, body), state);
+        let body = tokio::time::timeout(state.body_timeout, read)
+            .await
+            .map_err(|_| IngestError::BodyTimeout)?
+            .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     IngestError::PayloadTooLarge
                 } else {

@@ -1,0 +1,111 @@
+//! The worker during a broker resource alarm (issue 10, item 6).
+//!
+//! A memory alarm makes RabbitMQ block every publishing connection, so the
+//! worker can neither republish events nor schedule retries. It must wait
+//! for the broker instead of nacking deliveries back at full speed (which
+//! re-runs handlers and dead-letters events to the parking lot without
+//! reasons once the delivery limit is spent).
+//!
+//! These tests set an alarm on the machine's broker, which every other test
+//! shares: they are `#[ignore]`d and `deploy/test.sh` runs them alone
+//! (`cargo test -- --ignored --test-threads=1`). The alarm is always lifted,
+//! also when an assertion fails.
+
+use dlr_tests::{
+    MemoryAlarm, TestBroker, amqp_url, ingest_config, metric_value, spawn_ingest, spawn_worker,
+    unique_topology, vonage_form, worker_config,
+};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use std::time::Duration;
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "alters the machine's broker: deploy/test.sh runs it alone"]
+async fn a_blocked_broker_pauses_the_worker_instead_of_spinning() {
+    const EVENTS: usize = 10;
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    assert!(ingest.wait_ready(WITHIN).await, "ingest connects");
+    for n in 0..EVENTS {
+        let response = ingest.post_vonage_form(&vonage_form(&format!("ALARM-{n}"), "delivered")).await;
+        assert_eq!(response.status().as_u16(), 200);
+    }
+    let mut config = worker_config(&topology, &amqp_url());
+    config.route_delivered = "amqp".to_owned();
+    config.max_attempts = 8;
+
+    let (worker, parked_during_alarm, transient_during_alarm) = {
+        let _alarm = MemoryAlarm::raise();
+        let worker = spawn_worker(config.clone()).await;
+        assert!(worker.wait_ready(WITHIN).await, "the worker consumes during the alarm");
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        let metrics = worker.metrics().await;
+        let transient = metric_value(
+            &metrics,
+            "dlr_worker_handler_results_total",
+            &[("handler", "amqp"), ("result", "transient")],
+        );
+        let parked = queue_depth(&broker, &topology.parked_queue).await;
+        (worker, parked, transient)
+        // The alarm is lifted here.
+    };
+
+    let capture = format!("{}.capture", topology.exchange);
+    broker
+        .channel
+        .queue_declare(capture.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("declare capture");
+    broker
+        .channel
+        .queue_bind(
+            capture.as_str().into(),
+            config.events_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind capture");
+    let delivered = broker.take(&capture, EVENTS, Duration::from_secs(90)).await.len();
+    let parked_after = queue_depth(&broker, &topology.parked_queue).await;
+
+    worker.stop().await;
+    ingest.stop().await;
+    let mut queues = vec![capture];
+    queues.extend(
+        dlr_worker::retry::RetryPolicy::new(
+            config.max_attempts,
+            config.retry_initial_delay,
+            config.retry_max_delay,
+        )
+        .delays()
+        .into_iter()
+        .map(|delay| topology.retry_queue(delay)),
+    );
+    broker.cleanup(&topology, &queues, std::slice::from_ref(&config.events_exchange)).await;
+
+    assert_eq!(parked_during_alarm, 0, "nothing is parked during the alarm");
+    assert!(
+        transient_during_alarm <= (EVENTS * 2) as f64,
+        "handlers are not re-run in a loop during the alarm ({transient_during_alarm} transient failures)"
+    );
+    assert_eq!(parked_after, 0, "nothing is parked after the alarm");
+    assert!(delivered >= EVENTS, "every event is republished after the alarm ({delivered} of {EVENTS})");
+}
+
+async fn queue_depth(broker: &TestBroker, queue: &str) -> u32 {
+    broker
+        .channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions { passive: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .map(|q| q.message_count())
+        .unwrap_or(0)
+}
