@@ -1085,3 +1085,74 @@ async fn http_errors_name_the_cause_without_the_urls_secrets() {
     ingest.stop().await;
     cleanup(&broker, &config, &[]).await;
 }
+
+/// A retried message comes back from its delay queue with the broker's
+/// dead-letter history (`x-death`); what the worker publishes next (a
+/// retry, the parking lot, a replay) starts without it, so a replayed
+/// message is never mistaken for a dead-letter cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn republished_messages_carry_no_dead_letter_history() {
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let receiver = Receiver::start(Script::Always(500)).await;
+    let mut config = http_config(&topology, "http", &receiver.url("/hook"));
+    config.max_attempts = 2;
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+
+    post_receipt(&ingest, "DEATH-1", "delivered").await;
+
+    let parked = broker.take(&topology.parked_queue, 1, WITHIN).await;
+    assert_eq!(parked.len(), 1, "parked after its retry");
+    assert_eq!(parked_headers(&parked[0]).attempt, 2, "it went through a delay queue first");
+    let names: Vec<String> = parked[0]
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().keys().map(|k| k.as_str().to_owned()).collect())
+        .unwrap_or_default();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "x-death" || n.starts_with("x-first-death") || n.starts_with("x-last-death")),
+        "no dead-letter history on the parked message: {names:?}"
+    );
+
+    worker.stop().await;
+    ingest.stop().await;
+    cleanup(&broker, &config, &[]).await;
+}
+
+/// Messages a replay run keeps go back as fresh copies, not as requeues:
+/// on RabbitMQ 4 every requeue counts toward the quorum queue's delivery
+/// limit, and a parked message kept by enough filtered runs would be
+/// dropped. After several runs the kept message has no delivery count and
+/// its parking headers are intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_parked_messages_gather_no_delivery_count() {
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let receiver = Receiver::start(Script::Always(400)).await;
+    let config = http_config(&topology, "http", &receiver.url("/hook"));
+    let ingest = start_ingest(&topology).await;
+    let worker = start_worker(config.clone()).await;
+    post_receipt(&ingest, "KEPT-1", "delivered").await;
+    assert!(eventually(WITHIN, async || queue_depth(&broker, &topology.parked_queue).await == 1).await);
+    worker.stop().await;
+
+    for run in 0..3 {
+        let report = replay_parked(&config, None, &[("reason", "retries_exhausted")], WITHIN)
+            .await
+            .expect("replay-parked finishes");
+        assert_eq!((report.examined, report.replayed, report.kept), (1, 0, 1), "run {run}: {report:?}");
+    }
+    let parked = broker.take(&topology.parked_queue, 1, WITHIN).await;
+    assert_eq!(parked.len(), 1, "the kept message is still parked");
+    let headers = parked[0].delivery.properties.headers().as_ref();
+    assert_eq!(header_u64(headers, "x-delivery-count").unwrap_or(0), 0, "no delivery count gathered");
+    assert_eq!(parked_headers(&parked[0]).reason, "permanent_failure", "parking headers kept");
+
+    ingest.stop().await;
+    cleanup(&broker, &config, &[]).await;
+}

@@ -224,10 +224,19 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// Set by `worker replay-quarantine` on the requests it re-sends. Anyone can
+/// set it; all it does is skip the quarantine copy of a refused request.
+pub const REPLAY_HEADER: &str = "x-dlr-replay";
+
 /// Copies a rejected request to the bounded quarantine queue so an operator
 /// can re-verify and replay it (`worker replay-quarantine`). Best effort: the
 /// answer is a 4xx either way, and a broker problem must not turn it into a 5xx.
 async fn quarantine(state: &AppState, provider: Provider, request: &WebhookRequest, error: &IngestError) {
+    if request.headers.contains_key(REPLAY_HEADER) {
+        // `worker replay-quarantine` keeps its copy when we refuse it again;
+        // a second copy would double the entry on every replay run.
+        return;
+    }
     let header = |name: header::HeaderName| request.headers.get(name).and_then(|v| v.to_str().ok());
     let copy = json!({
         "quarantined_at": Utc::now(),

@@ -58,6 +58,7 @@ pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_t
                 draining = Some(channel);
                 break;
             }
+            Err(ConsumerStopped::ShutdownWhileSubscribing) => break,
             Err(error) => {
                 ctx.consuming.store(false, Ordering::SeqCst);
                 ctx.broker.report_failure();
@@ -85,9 +86,13 @@ pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_t
     }
     if let Some(channel) = draining
         && channel.status().connected()
-        && let Err(error) = channel.close(200, "worker drained".into()).await
     {
-        tracing::debug!(%error, "closing the consumer channel after the drain");
+        // Bounded: a connection that died unnoticed never answers close-ok.
+        match tokio::time::timeout(BROKER_REPLY_TIMEOUT, channel.close(200, "worker drained".into())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "closing the consumer channel after the drain"),
+            Err(_) => tracing::debug!("no close-ok for the consumer channel; the connection closes it"),
+        }
     }
 }
 
@@ -100,6 +105,12 @@ enum ConsumerStopped {
     /// The broker cancelled the consumer or the channel closed.
     #[error("the consumer stream ended")]
     StreamEnded,
+    /// The broker did not answer in time while subscribing.
+    #[error("no reply from the broker within {BROKER_REPLY_TIMEOUT:?}")]
+    NoReply,
+    /// Shutdown came before the subscription was set up.
+    #[error("shutdown while subscribing")]
+    ShutdownWhileSubscribing,
 }
 
 /// One subscription on one connection. `Ok` means shutdown was requested:
@@ -111,17 +122,28 @@ async fn consume(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<lapin::Channel, ConsumerStopped> {
-    let channel = conn.create_channel().await?;
-    channel.basic_qos(ctx.prefetch, BasicQosOptions::default()).await?;
     let tag = format!("worker-{}", uuid::Uuid::new_v4());
-    let mut consumer = channel
-        .basic_consume(
-            ctx.topology.queue.as_str().into(),
-            tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    // Bounded, and given up on shutdown: on a connection that died without
+    // lapin noticing yet, these calls would wait for replies forever.
+    let subscribe = async {
+        let channel = conn.create_channel().await?;
+        channel.basic_qos(ctx.prefetch, BasicQosOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                ctx.topology.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok::<_, lapin::Error>((channel, consumer))
+    };
+    let (channel, mut consumer) = tokio::select! {
+        _ = shutdown.cancelled() => return Err(ConsumerStopped::ShutdownWhileSubscribing),
+        subscribed = tokio::time::timeout(BROKER_REPLY_TIMEOUT, subscribe) => {
+            subscribed.map_err(|_| ConsumerStopped::NoReply)??
+        }
+    };
     ctx.consuming.store(true, Ordering::SeqCst);
     tracing::info!(queue = %ctx.topology.queue, prefetch = ctx.prefetch, "consuming");
     loop {
@@ -143,6 +165,9 @@ async fn consume(
     }
 }
 
+/// How long to wait for the broker's reply to a channel operation.
+const BROKER_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long to wait for deliveries the broker sent before it saw our cancel.
 const CANCEL_SETTLE: Duration = Duration::from_secs(2);
 
@@ -157,9 +182,21 @@ async fn stop_deliveries(
     consumer: &mut lapin::Consumer,
     tracker: &TaskTracker,
 ) {
-    if let Err(error) = channel.basic_cancel(tag.into(), BasicCancelOptions::default()).await {
-        tracing::warn!(%error, "cancelling the consumer failed");
-        return;
+    match tokio::time::timeout(
+        BROKER_REPLY_TIMEOUT,
+        channel.basic_cancel(tag.into(), BasicCancelOptions::default()),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "cancelling the consumer failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("no cancel-ok from the broker; draining what was delivered");
+            return;
+        }
     }
     let deadline = tokio::time::Instant::now() + CANCEL_SETTLE;
     while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {

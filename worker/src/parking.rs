@@ -7,9 +7,12 @@
 use base64::Engine;
 use dlr_shared::amqp::{Publisher, Topology, header_str, header_u64, insert_str};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Confirmation};
 use std::time::Duration;
 
 use crate::dispatch::ParkReason;
@@ -58,7 +61,15 @@ fn truncate(text: &str) -> &str {
 /// Built fresh rather than cloned so that a retry's per-message expiration
 /// never follows the message into the parking lot or back to work.
 fn with_headers(original: &BasicProperties, update: impl FnOnce(&mut FieldTable)) -> BasicProperties {
-    let mut headers = original.headers().clone().unwrap_or_default();
+    let mut headers = FieldTable::default();
+    for (name, value) in original.headers().as_ref().map(|h| h.inner().iter()).into_iter().flatten() {
+        // The broker's dead-letter and delivery history (a retry came back
+        // from its delay queue) describes the old message, not the one we publish: kept, it
+        // would make a replayed message look like a dead-letter cycle.
+        if !is_broker_history_header(name.as_str()) {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
     update(&mut headers);
     let mut properties = BasicProperties::default().with_delivery_mode(2).with_headers(headers);
     if let Some(v) = original.content_type() {
@@ -74,6 +85,15 @@ fn with_headers(original: &BasicProperties, update: impl FnOnce(&mut FieldTable)
         properties = properties.with_type(v.clone());
     }
     properties
+}
+
+/// `x-death`, `x-first-death-*`, `x-last-death-*` (set by the broker when it
+/// dead-letters a message) and `x-delivery-count` (its redelivery counter).
+fn is_broker_history_header(name: &str) -> bool {
+    name == "x-death"
+        || name == "x-delivery-count"
+        || name.starts_with("x-first-death-")
+        || name.starts_with("x-last-death-")
 }
 
 /// Where a retried message goes next and why.
@@ -243,13 +263,13 @@ pub async fn replay_parked(
         let delivery = message.delivery;
         if header_str(delivery.properties.headers().as_ref(), HEADER_REPLAY_RUN) == Some(run.as_str()) {
             // Replayed by this run and parked again: the pass is complete.
-            skipped.push(delivery.acker);
+            skipped.push(delivery);
             break;
         }
         report.examined += 1;
         if !matches(&delivery.properties, &delivery.data, filters) {
             report.kept += 1;
-            skipped.push(delivery.acker);
+            skipped.push(delivery);
             continue;
         }
         let properties = with_headers(&delivery.properties, |h| {
@@ -261,11 +281,12 @@ pub async fn replay_parked(
         report.replayed += 1;
     }
     // Held unacked until now so that basic.get does not hand them out again.
-    for acker in skipped {
-        acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-    }
+    keep_all(channel, &topology.parked_queue, skipped).await?;
     Ok(report)
 }
+
+/// Request header of a quarantine replay (ingest's `intake::REPLAY_HEADER`).
+const REPLAY_HEADER: &str = "x-dlr-replay";
 
 /// Re-sends quarantined requests to ingest. Ingest verifies them again with
 /// its current secrets; accepted ones (2xx) leave the quarantine, the rest
@@ -301,14 +322,42 @@ pub async fn replay_quarantine(
             Err(reason) => {
                 tracing::warn!(%reason, "quarantined request still refused; kept");
                 report.kept += 1;
-                kept.push(delivery.acker);
+                kept.push(delivery);
             }
         }
     }
-    for acker in kept {
-        acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
-    }
+    keep_all(channel, &topology.quarantine_queue, kept).await?;
     Ok(report)
+}
+
+/// Puts messages a replay run keeps back into `queue` as fresh copies and
+/// acks the originals.
+///
+/// Not a nack with requeue: on RabbitMQ 4 a requeue counts toward a quorum
+/// queue's delivery limit (20 unless set), and the parking lot and the
+/// quarantine have nowhere to dead-letter to, so a message kept by twenty
+/// replay runs would be dropped. A copy starts with no delivery history.
+/// If the copy is not confirmed, the original is requeued after all.
+async fn keep_all(channel: &Channel, queue: &str, kept: Vec<Delivery>) -> Result<(), ReplayError> {
+    if kept.is_empty() {
+        return Ok(());
+    }
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    for delivery in kept {
+        let properties = with_headers(&delivery.properties, |_| {});
+        let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+        // One publish at a time: a return can only be this message's own.
+        let confirmation = channel
+            .basic_publish("".into(), queue.into(), options, &delivery.data, properties)
+            .await?
+            .await?;
+        if matches!(confirmation, Confirmation::Ack(None)) {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        } else {
+            delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn resend(client: &reqwest::Client, ingest_url: &url::Url, copy: &[u8]) -> Result<(), String> {
@@ -323,7 +372,9 @@ async fn resend(client: &reqwest::Client, ingest_url: &url::Url, copy: &[u8]) ->
     let body = base64::engine::general_purpose::STANDARD
         .decode(request["body_base64"].as_str().unwrap_or(""))
         .map_err(|e| e.to_string())?;
-    let mut builder = client.request(method, url).body(body);
+    // Marks the request as a replay, so that ingest does not quarantine it a
+    // second time when it is still refused: this run keeps the original.
+    let mut builder = client.request(method, url).body(body).header(REPLAY_HEADER, "1");
     if let Some(headers) = request["headers"].as_object() {
         for (name, value) in headers {
             if let Some(value) = value.as_str() {

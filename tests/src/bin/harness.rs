@@ -88,6 +88,9 @@ enum ScenarioKind {
     WorkerKill,
     /// SIGTERM of each ingest in turn behind nginx, started again after it exits.
     IngestRollingRestart,
+    /// SIGTERM of each worker in turn (a rolling update or scale-down),
+    /// started again after it has drained and exited.
+    WorkerRollingRestart,
     /// The webhook receiver answers 503 to everything for a while.
     DownstreamOutage,
     /// Memory watermark near zero: the broker blocks publishers.
@@ -103,6 +106,7 @@ impl ScenarioKind {
             ScenarioKind::BrokerRestart => "broker-restart",
             ScenarioKind::WorkerKill => "worker-kill",
             ScenarioKind::IngestRollingRestart => "ingest-rolling-restart",
+            ScenarioKind::WorkerRollingRestart => "worker-rolling-restart",
             ScenarioKind::DownstreamOutage => "downstream-outage",
             ScenarioKind::MemoryAlarm => "memory-alarm",
             ScenarioKind::DiskAlarm => "disk-alarm",
@@ -1810,6 +1814,25 @@ mod scenario {
                     tokio::time::sleep(Duration::from_secs(3)).await;
                 }
                 Ok(format!("SIGTERM each ingest in turn (drained in {} s)", drains.join(" / ")))
+            }
+            ScenarioKind::WorkerRollingRestart => {
+                // A SIGTERM'd worker settles what it holds before it closes
+                // its channel, so the restart should cause no redelivery:
+                // the duplicates column of this scenario shows any.
+                let mut drains = Vec::new();
+                for n in 0..2 {
+                    let name = cluster.name(Role::Worker, n);
+                    clock.say(format!("worker-rolling-restart: SIGTERM {name}"));
+                    let started = Instant::now();
+                    let status = cluster.terminate(Role::Worker, n, Duration::from_secs(60)).await?;
+                    if !status.success() {
+                        bail!("{name} exited with {status} after SIGTERM");
+                    }
+                    drains.push(format!("{:.1}", secs(started.elapsed())));
+                    cluster.start(Role::Worker, n)?;
+                    cluster.wait_ready(Role::Worker, n, ready).await?;
+                }
+                Ok(format!("SIGTERM each worker in turn (drained in {} s)", drains.join(" / ")))
             }
             ScenarioKind::DownstreamOutage => {
                 clock.say("downstream-outage: receiver answers 503");
