@@ -57,6 +57,9 @@ impl PublishError {
     }
 }
 
+/// AMQP NOT_FOUND: publishing to an exchange that does not exist.
+const NOT_FOUND: u16 = 404;
+
 /// Publishes with confirms on a channel it re-opens whenever needed.
 pub struct Publisher {
     broker: BrokerConnection,
@@ -113,8 +116,8 @@ impl Publisher {
         let confirm = channel
             .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
             .await
-            .inspect_err(|_| self.discard(&channel))?;
-        match confirm.await.inspect_err(|_| self.discard(&channel))? {
+            .inspect_err(|e| self.discard(&channel, e))?;
+        match confirm.await.inspect_err(|e| self.discard(&channel, e))? {
             Confirmation::Ack(None) => Ok(()),
             // The caller decides whether a return means our own topology is
             // missing (then it asks for a re-declaration) or merely that
@@ -161,13 +164,18 @@ impl Publisher {
     }
 
     /// Forgets a channel after an error: lapin never reopens a channel closed
-    /// by a channel-level error, so the next publish opens a new one.
-    fn discard(&self, failed: &Channel) {
+    /// by a channel-level error, so the next publish opens a new one. A 404
+    /// means the exchange was deleted: declared again, as after a return.
+    fn discard(&self, failed: &Channel, error: &lapin::Error) {
         if let Ok(mut slot) = self.channel.lock()
             && slot.as_ref().is_some_and(|c| c.id() == failed.id())
         {
             *slot = None;
         }
-        self.broker.report_failure();
+        if super::topology::broker_reply_code(error) == Some(NOT_FOUND) {
+            self.broker.request_redeclare();
+        } else {
+            self.broker.report_failure();
+        }
     }
 }
