@@ -151,3 +151,44 @@ async fn worker_logs_carry_no_phone_number_and_no_body_when_events_are_unroutabl
         "unroutable events are logged once per interval, not per event ({warnings}): {logs}"
     );
 }
+
+#[tokio::test]
+async fn a_wrong_broker_password_is_one_warning_with_the_cause_not_errors() {
+    let env = [
+        ("AMQP_URL", "amqp://guest:wrong-password@127.0.0.1:5672/%2f"),
+        ("INGEST_ADDR", "127.0.0.1:0"),
+        ("LOG_FORMAT", "text"),
+    ];
+    // Several reconnect attempts happen within the 4 s.
+    let logs = dlr_tests::binaries::run_until("ingest", &env, "never printed", Duration::from_secs(4)).await;
+    assert_eq!(logs.matches("ACCESS_REFUSED - Login was refused").count(), 1, "{logs}");
+    assert!(!logs.contains("ERROR"), "an ERROR for a condition that is retried: {logs}");
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_logs_no_error() {
+    let topology = unique_topology();
+    let events_exchange = format!("{}.events", topology.exchange);
+    let broker = TestBroker::connect().await;
+    let url = amqp_url();
+    let quarantine_max = topology.quarantine_max_length.to_string();
+    let env = [
+        ("AMQP_URL", url.as_str()),
+        ("AMQP_EXCHANGE", topology.exchange.as_str()),
+        ("AMQP_QUEUE", topology.queue.as_str()),
+        ("AMQP_PARKED_QUEUE", topology.parked_queue.as_str()),
+        ("AMQP_QUARANTINE_QUEUE", topology.quarantine_queue.as_str()),
+        ("AMQP_QUARANTINE_MAX_LENGTH", quarantine_max.as_str()),
+        ("WORKER_EVENTS_EXCHANGE", events_exchange.as_str()),
+        ("WORKER_MAX_ATTEMPTS", "2"),
+        ("WORKER_ADDR", "127.0.0.1:0"),
+        ("LOG_FORMAT", "text"),
+    ];
+    // SIGTERM as soon as the worker consumes.
+    let logs = dlr_tests::binaries::run_until("worker", &env, "consuming", Duration::from_secs(10)).await;
+    let retry_queues = [topology.retry_queue(Duration::from_secs(1))];
+    broker.cleanup(&topology, &retry_queues, std::slice::from_ref(&events_exchange)).await;
+    assert!(logs.contains("consuming"), "{logs}");
+    assert!(logs.contains("worker stopped"), "{logs}");
+    assert!(!logs.contains("ERROR"), "{logs}");
+}
