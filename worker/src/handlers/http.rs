@@ -79,6 +79,15 @@ fn classify(status: StatusCode) -> Option<HandlerError> {
     }
 }
 
+/// reqwest's own message is only "error sending request for url (…)": the
+/// cause (connection refused, timeout, TLS) is in its source chain, and the
+/// URL may carry credentials or a token in its query. So: no URL, the chain.
+fn describe_request_error(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let chain = std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| e.source());
+    dlr_shared::telemetry::error_chain(chain)
+}
+
 #[async_trait]
 impl Handler for HttpHandler {
     fn kind(&self) -> HandlerKind {
@@ -102,7 +111,7 @@ impl Handler for HttpHandler {
             .send()
             .await
             // Connect errors, timeouts, resets: the receiver may be back soon.
-            .map_err(|e| HandlerError::Transient(format!("request failed: {e}")))?;
+            .map_err(|e| HandlerError::Transient(format!("request failed: {}", describe_request_error(e))))?;
         match classify(response.status()) {
             None => Ok(()),
             Some(error) => Err(error),
@@ -113,6 +122,16 @@ impl Handler for HttpHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn request_errors_show_the_cause_without_the_url() {
+        let client = reqwest::Client::new();
+        let error =
+            client.post("http://user:url-password@127.0.0.1:1/hook?token=query-token").send().await.err();
+        let text = error.map(describe_request_error).unwrap_or_default();
+        assert!(text.contains("refused"), "{text}");
+        assert!(!text.contains("url-password") && !text.contains("query-token"), "{text}");
+    }
 
     #[test]
     fn classifies_statuses() {
