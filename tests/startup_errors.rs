@@ -154,3 +154,47 @@ fn help_never_shows_a_secret() {
         }
     }
 }
+
+#[tokio::test]
+async fn run_sh_exits_with_the_failing_binarys_status_and_prefixes_its_lines() {
+    let topology = dlr_tests::unique_topology();
+    let bin_dir =
+        dlr_tests::binaries::binary("worker").parent().map(|d| d.display().to_string()).unwrap_or_default();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/run.sh");
+    let quarantine_max = topology.quarantine_max_length.to_string();
+    let events = format!("{}.events", topology.exchange);
+    let started = std::time::Instant::now();
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new("bash")
+            .arg(script)
+            .env("DLR_BIN_DIR", &bin_dir)
+            .env("AMQP_URL", dlr_tests::amqp_url())
+            .env("AMQP_EXCHANGE", &topology.exchange)
+            .env("AMQP_QUEUE", &topology.queue)
+            .env("AMQP_PARKED_QUEUE", &topology.parked_queue)
+            .env("AMQP_QUARANTINE_QUEUE", &topology.quarantine_queue)
+            .env("AMQP_QUARANTINE_MAX_LENGTH", &quarantine_max)
+            .env("WORKER_EVENTS_EXCHANGE", &events)
+            .env("INGEST_ADDR", "127.0.0.1:0")
+            .env("WORKER_ADDR", "127.0.0.1:0")
+            .env("WORKER_ROUTE_DELIVERED", "foo")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await;
+    let broker = dlr_tests::TestBroker::connect().await;
+    broker.cleanup(&topology, &[], &[]).await;
+
+    let output = output.expect("run.sh returned within 60 s").expect("bash runs");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("worker | worker: ") && l.contains("WORKER_ROUTE_DELIVERED")),
+        "{text}"
+    );
+    assert!(text.lines().any(|l| l.starts_with("ingest | ")), "{text}");
+    assert!(!text.contains("Ctrl-C to stop"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(30), "{text}");
+}
