@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Starts the whole service locally: RabbitMQ (the local one if it answers,
-# otherwise installed and started), then `ingest` on :8080 and `worker` with
-# probes on :9090, both built in release mode. Ctrl-C stops both (they drain
-# first). Configuration comes from the environment (see README).
+# otherwise installed and started; PostgreSQL too when a WORKER_ROUTE_* names
+# postgres), then `ingest` on :8080 and `worker` with probes on :9090, both
+# built in release mode (target/release/). Configuration comes from the
+# environment (see README).
+#
+# Every output line starts with the name of the binary that wrote it. The
+# script returns only once both answer /readyz (then runs until Ctrl-C,
+# which stops both after their drain) or as soon as one of them exits,
+# with that binary's status: a misconfiguration never looks like a start.
+#
+# DLR_BIN_DIR=target/debug runs already built binaries from there instead
+# (no release build). RUN_READY_TIMEOUT_SECONDS bounds the wait (default 60).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,15 +19,63 @@ services=(rabbitmq)
 if env | grep -q '^WORKER_ROUTE_.*postgres'; then services+=(postgres); fi
 bash deploy/services.sh "${services[@]}"
 
-cargo build --release --locked -p dlr-ingest -p dlr-worker
+bin_dir="${DLR_BIN_DIR:-}"
+if [[ -z "$bin_dir" ]]; then
+  cargo build --release --locked -p dlr-ingest -p dlr-worker
+  bin_dir=target/release
+fi
 
 export LOG_FORMAT="${LOG_FORMAT:-text}"
-target/release/ingest &
+ingest_addr="${INGEST_ADDR:-0.0.0.0:8080}"
+worker_addr="${WORKER_ADDR:-0.0.0.0:9090}"
+
+# `sed -u` so lines appear as they are written, not when a buffer fills.
+"$bin_dir/ingest" > >(sed -u 's/^/ingest | /') 2>&1 &
 ingest=$!
-target/release/worker &
+"$bin_dir/worker" > >(sed -u 's/^/worker | /') 2>&1 &
 worker=$!
-trap 'kill -TERM "$ingest" "$worker" 2>/dev/null; wait' INT TERM
-echo "ingest on ${INGEST_ADDR:-0.0.0.0:8080}, worker probes on ${WORKER_ADDR:-0.0.0.0:9090}; Ctrl-C to stop"
-wait -n "$ingest" "$worker" || true
-kill -TERM "$ingest" "$worker" 2>/dev/null || true
-wait
+
+stop_both() {
+  kill -TERM "$ingest" "$worker" 2>/dev/null || true
+  wait "$ingest" "$worker" 2>/dev/null || true
+}
+trap 'stop_both; exit 130' INT TERM
+
+# A wildcard listen address is probed on loopback.
+probe() {
+  local addr=$1
+  addr=${addr/#0.0.0.0:/127.0.0.1:}
+  addr=${addr/#\[::\]:/[::1]:}
+  curl -fsS -o /dev/null --max-time 1 "http://$addr/readyz" 2>/dev/null
+}
+
+# Exits with the status of a binary that stopped on its own.
+exit_if_gone() {
+  local name=$1 pid=$2 status=0
+  if ! kill -0 "$pid" 2>/dev/null; then
+    wait "$pid" || status=$?
+    sleep 0.2 # let the prefixing sed print the binary's last lines first
+    echo "run.sh: $name exited with status $status (its error is above); stopping" >&2
+    stop_both
+    exit $((status == 0 ? 1 : status))
+  fi
+}
+
+deadline=$((SECONDS + ${RUN_READY_TIMEOUT_SECONDS:-60}))
+until probe "$ingest_addr" && probe "$worker_addr"; do
+  exit_if_gone ingest "$ingest"
+  exit_if_gone worker "$worker"
+  if ((SECONDS >= deadline)); then
+    echo "run.sh: not ready after ${RUN_READY_TIMEOUT_SECONDS:-60} s (http://$ingest_addr/readyz, http://$worker_addr/readyz); stopping" >&2
+    stop_both
+    exit 1
+  fi
+  sleep 0.3
+done
+echo "run.sh: ready: ingest on $ingest_addr, worker probes on $worker_addr; Ctrl-C to stop"
+
+status=0
+wait -n "$ingest" "$worker" || status=$?
+echo "run.sh: a binary stopped (status $status); stopping the other" >&2
+stop_both
+exit "$status"

@@ -374,6 +374,8 @@ async fn abuse_ingest() -> (TestBroker, dlr_shared::amqp::Topology, TestIngest) 
     let topology = unique_topology();
     let mut config = ingest_config(&topology, &amqp_url());
     config.request_timeout = REQUEST_TIMEOUT;
+    // Start-up refuses a request deadline that does not exceed the confirm wait.
+    config.confirm_timeout = REQUEST_TIMEOUT / 2;
     config.body_limit_bytes = BODY_LIMIT;
     let ingest = spawn_ingest(config).await;
     assert!(ingest.wait_ready(READY).await, "ingest never became ready");

@@ -3,7 +3,9 @@
 //! `ingest --help` prints every variable with its default.
 
 use clap::{Args, Parser};
-use dlr_shared::config::{BrokerConfig, LogConfig, parse_millis, parse_seconds};
+use dlr_shared::config::{
+    BrokerConfig, LogConfig, parse_nonzero_millis, parse_nonzero_seconds, parse_seconds,
+};
 use dlr_shared::signature::vonage_sms::SigMethod;
 use dlr_shared::signature::{Freshness, SecretList, SignatureMode};
 use std::net::SocketAddr;
@@ -28,13 +30,16 @@ pub struct Config {
     #[arg(long = "body-limit-bytes", env = "INGEST_BODY_LIMIT_BYTES", default_value_t = 65_536)]
     pub body_limit_bytes: usize,
     /// How long to wait for the broker's publisher confirm before answering 503.
-    #[arg(long = "confirm-timeout-ms", env = "INGEST_CONFIRM_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis)]
+    #[arg(long = "confirm-timeout-ms", env = "INGEST_CONFIRM_TIMEOUT_MS", default_value = "5000", value_parser = parse_nonzero_millis)]
     pub confirm_timeout: Duration,
-    /// Upper bound for a whole request, body upload included (slow clients get 408).
-    #[arg(long = "request-timeout-ms", env = "INGEST_REQUEST_TIMEOUT_MS", default_value = "10000", value_parser = parse_millis)]
+    /// Upper bound for a whole request, body upload included (slow clients get
+    /// 408). Must exceed INGEST_CONFIRM_TIMEOUT_MS, so that a request whose
+    /// body has arrived always gets the confirm's answer (200 or 503), never
+    /// a 408 that hides an unconfirmed publish.
+    #[arg(long = "request-timeout-ms", env = "INGEST_REQUEST_TIMEOUT_MS", default_value = "10000", value_parser = parse_nonzero_millis)]
     pub request_timeout: Duration,
     /// After SIGTERM, how long in-flight requests may take before the process exits anyway.
-    #[arg(long = "drain-timeout-seconds", env = "INGEST_DRAIN_TIMEOUT_SECONDS", default_value = "20", value_parser = parse_seconds)]
+    #[arg(long = "drain-timeout-seconds", env = "INGEST_DRAIN_TIMEOUT_SECONDS", default_value = "20", value_parser = parse_nonzero_seconds)]
     pub drain_timeout: Duration,
     /// Requests handled at once; beyond this ingest answers 429 with Retry-After
     /// (providers retry 429) instead of queueing unbounded work.
@@ -78,7 +83,7 @@ pub struct SignatureConfig {
     /// for up to 72 h and does not document re-signing retries, so a tight
     /// window would turn retries into permanent 401s (replays of a genuine
     /// receipt are harmless: events are de-duplicated by id).
-    #[arg(long = "signature-max-age-seconds", env = "SIGNATURE_MAX_AGE_SECONDS", default_value = "259200", value_parser = parse_seconds)]
+    #[arg(long = "signature-max-age-seconds", env = "SIGNATURE_MAX_AGE_SECONDS", default_value = "259200", value_parser = parse_nonzero_seconds)]
     pub max_age: Duration,
     /// How far in the future a signature timestamp may be (clock skew).
     #[arg(long = "signature-max-future-seconds", env = "SIGNATURE_MAX_FUTURE_SECONDS", default_value = "300", value_parser = parse_seconds)]
@@ -135,6 +140,16 @@ impl Config {
                 "must be between 1 and 14999: providers give up on a webhook after 15 s",
             ));
         }
+        if self.request_timeout <= self.confirm_timeout {
+            return Err(invalid(
+                "INGEST_REQUEST_TIMEOUT_MS",
+                format!(
+                    "({} ms) must be greater than INGEST_CONFIRM_TIMEOUT_MS ({} ms): the confirm wait happens inside the request",
+                    self.request_timeout.as_millis(),
+                    self.confirm_timeout.as_millis()
+                ),
+            ));
+        }
         let s = &self.signatures;
         let vonage_secrets = secrets(s.vonage_mode, s.vonage_secret.as_deref(), "VONAGE_SIGNATURE_SECRET")?;
         let twilio_tokens = secrets(s.twilio_mode, s.twilio_token.as_deref(), "TWILIO_AUTH_TOKEN")?;
@@ -170,4 +185,36 @@ fn secrets(
 
 fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { variable, problem: problem.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(args: &[&str]) -> Config {
+        let mut all = vec!["ingest"];
+        all.extend_from_slice(args);
+        Config::parse_from(all)
+    }
+
+    #[test]
+    fn request_timeout_must_exceed_confirm_timeout() {
+        let error =
+            config(&["--request-timeout-ms", "5000", "--confirm-timeout-ms", "5000"]).validate().err();
+        assert!(error.is_some_and(|e| e.to_string().starts_with("INGEST_REQUEST_TIMEOUT_MS")));
+        assert!(config(&["--request-timeout-ms", "5001", "--confirm-timeout-ms", "5000"]).validate().is_ok());
+    }
+
+    #[test]
+    fn zero_durations_are_refused() {
+        for flag in [
+            "--drain-timeout-seconds",
+            "--request-timeout-ms",
+            "--confirm-timeout-ms",
+            "--signature-max-age-seconds",
+        ] {
+            assert!(Config::try_parse_from(["ingest", flag, "0"]).is_err(), "{flag}=0 accepted");
+        }
+    }
 }

@@ -277,8 +277,12 @@ async fn quarantine(state: &AppState, provider: Provider, request: &WebhookReque
 
 /// Counts and logs a rejected request: one line each, with the reason.
 /// Returns the error so callers can pass it on.
+///
+/// A 405 is not counted here: it is about the request line, not a receipt,
+/// and the router answers most 405s before any handler runs. One rule for
+/// every 405, HEAD included: `dlr_ingest_http_requests_total` only.
 pub fn reject(state: &AppState, provider: Provider, error: IngestError) -> IngestError {
-    if !matches!(error, IngestError::Unavailable(_)) {
+    if !matches!(error, IngestError::Unavailable(_) | IngestError::MethodNotAllowed) {
         state.metrics.rejected.with_label_values(&[provider.as_str(), error.reason()]).inc();
         tracing::warn!(provider = %provider, status = error.status().as_u16(), reason = error.reason(), error = %error, "receipt rejected");
     }

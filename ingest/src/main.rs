@@ -1,8 +1,12 @@
 //! `ingest` binary: parse config, start logging, run until SIGTERM.
+//!
+//! Every error that stops the process is printed as one line starting with
+//! `ingest:`, so that under `deploy/run.sh` (or any supervisor mixing the
+//! output of both binaries) it is clear which one failed.
 
 use anyhow::Context;
-use clap::Parser;
 use dlr_ingest::{Application, Config};
+use std::process::ExitCode;
 
 /// Every request allocates a few dozen small, short-lived objects (fields,
 /// the event, frames, futures) across threads; mimalloc's thread-local free
@@ -11,8 +15,18 @@ use dlr_ingest::{Application, Config};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
+async fn main() -> ExitCode {
+    let config: Config = dlr_shared::config::parse_or_exit("ingest", false);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ingest: {}", dlr_shared::telemetry::error_chain(error.chain()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
     dlr_shared::telemetry::init(&config.log).map_err(anyhow::Error::msg).context("setting up logging")?;
     let app = Application::build(config).await.context("starting ingest")?;
     tracing::info!(addr = %app.local_addr().context("reading the bound address")?, "ingest listening");

@@ -7,7 +7,7 @@ use dlr_shared::{Outcome, Provider};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
 /// Reasons a request is refused with a 4xx (`IngestError::reason`).
-const REJECT_REASONS: [&str; 9] = [
+const REJECT_REASONS: [&str; 8] = [
     "invalid_fields",
     "malformed_body",
     "not_a_receipt",
@@ -16,7 +16,6 @@ const REJECT_REASONS: [&str; 9] = [
     "payload_too_large",
     "empty",
     "unreadable_body",
-    "method_not_allowed",
 ];
 /// Reasons a signature check fails (`SignatureError::reason`).
 const SIGNATURE_REASONS: [&str; 8] =

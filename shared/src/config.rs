@@ -5,8 +5,10 @@
 //! runs, documented defaults in `--help`, and a start-up error that names the
 //! variable. The pieces both binaries need are defined here and flattened in.
 
-use clap::{Args, ValueEnum};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, Command, ValueEnum};
 use secrecy::SecretString;
+use std::error::Error as _;
 use std::time::Duration;
 
 use crate::amqp::Topology;
@@ -38,10 +40,12 @@ pub enum LogFormat {
 /// `EnvFilter` syntax), defaulting to `info`.
 #[derive(Debug, Clone, Args)]
 pub struct LogConfig {
-    /// Log format.
-    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, default_value = "json")]
+    /// Log format (case-insensitive).
+    #[arg(long = "log-format", env = "LOG_FORMAT", value_enum, ignore_case = true, default_value = "json")]
     pub format: LogFormat,
-    /// Log filter, e.g. `info` or `info,dlr_ingest=debug`.
+    /// Log filter, e.g. `info` or `info,dlr_worker=debug`. lapin's own lines
+    /// are off unless named here: every broker failure is reported by our
+    /// code with its cause, and lapin's would repeat it or print message bodies.
     #[arg(long = "log-level", env = "RUST_LOG", default_value = "info")]
     pub level: String,
 }
@@ -60,4 +64,163 @@ pub fn parse_seconds(value: &str) -> Result<Duration, String> {
         .parse::<u64>()
         .map(Duration::from_secs)
         .map_err(|_| format!("{value:?} is not a whole number of seconds"))
+}
+
+/// Parses a whole number of milliseconds, refusing 0, for timeouts and
+/// intervals where zero would mean "never works" rather than "off".
+pub fn parse_nonzero_millis(value: &str) -> Result<Duration, String> {
+    parse_millis(value).and_then(nonzero)
+}
+
+/// Parses a whole number of seconds, refusing 0 (see [`parse_nonzero_millis`]).
+pub fn parse_nonzero_seconds(value: &str) -> Result<Duration, String> {
+    parse_seconds(value).and_then(nonzero)
+}
+
+fn nonzero(duration: Duration) -> Result<Duration, String> {
+    if duration.is_zero() { Err("must be greater than 0".to_owned()) } else { Ok(duration) }
+}
+
+/// Environment variables whose values can hold a password or a token: never
+/// shown by `--help`. Matched by name so that an option added later is
+/// covered without anyone remembering `hide_env_values`.
+fn holds_secret(env: &str) -> bool {
+    ["URL", "SECRET", "TOKEN", "PASSWORD", "KEY"].iter().any(|word| env.contains(word))
+}
+
+/// Applies the command-line rules both binaries share to a clap command:
+/// environment values that can hold a secret are hidden from `--help`, and
+/// (with `global`) top-level options are accepted after a subcommand too.
+pub fn harden(mut command: Command, global: bool) -> Command {
+    command = command.mut_args(|arg| {
+        let secret = arg.get_env().and_then(|e| e.to_str()).is_some_and(holds_secret);
+        let arg = if secret { arg.hide_env_values(true) } else { arg };
+        if global && !arg.is_positional() { arg.global(true) } else { arg }
+    });
+    command.mut_subcommands(|sub| harden(sub, false))
+}
+
+/// Parses flags and environment into `T` like `T::parse()`, except that an
+/// error names the binary and the environment variable (what the README and
+/// the Kubernetes manifests set), never only the flag, and exits with 2.
+pub fn parse_or_exit<T: clap::Parser>(binary: &str, global: bool) -> T {
+    let command = harden(T::command(), global);
+    let parsed = command.try_get_matches().and_then(|mut matches| T::from_arg_matches_mut(&mut matches));
+    match parsed {
+        Ok(value) => value,
+        Err(error) => match error.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => error.exit(),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => error.exit(),
+            _ => {
+                eprintln!("{}", describe_error(binary, &harden(T::command(), global), &error));
+                std::process::exit(2);
+            }
+        },
+    }
+}
+
+/// The one-line message for a clap error: `<binary>: <VARIABLE> ...`.
+pub fn describe_error(binary: &str, command: &Command, error: &clap::Error) -> String {
+    let args: Vec<String> = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => vec![arg.clone()],
+        Some(ContextValue::Strings(args)) => args.clone(),
+        _ => Vec::new(),
+    };
+    let found: Vec<(String, &clap::Arg)> =
+        args.iter().filter_map(|a| find_arg(command, flag_of(a)).map(|arg| (a.clone(), arg))).collect();
+    let named = |(rendered, arg): &(String, &clap::Arg)| match arg.get_env().and_then(|e| e.to_str()) {
+        Some(env) => format!("{env} (flag {})", flag_of(rendered)),
+        None => flag_of(rendered).to_owned(),
+    };
+    match (error.kind(), found.first()) {
+        (ErrorKind::ValueValidation | ErrorKind::InvalidValue, Some(first)) => {
+            let value = match error.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(value)) => value.clone(),
+                _ => String::new(),
+            };
+            let shown = if first.1.is_hide_env_values_set() {
+                "(value hidden)".to_owned()
+            } else {
+                format!("{value:?}")
+            };
+            let why = match (error.source(), error.get(ContextKind::ValidValue)) {
+                (Some(source), _) => source.to_string(),
+                (None, Some(ContextValue::Strings(valid))) => format!("expected one of {}", valid.join(", ")),
+                _ => "invalid value".to_owned(),
+            };
+            format!("{binary}: {}: {shown} is invalid: {why}", named(first))
+        }
+        (ErrorKind::MissingRequiredArgument, Some(_)) => {
+            let names: Vec<String> = found.iter().map(named).collect();
+            format!("{binary}: {} must be set", names.join(", "))
+        }
+        _ => {
+            let rendered = error.render().to_string();
+            let first_line = rendered.lines().next().unwrap_or_default();
+            format!("{binary}: {}", first_line.trim_start_matches("error: "))
+        }
+    }
+}
+
+/// `--addr <ADDR>` -> `--addr`.
+fn flag_of(rendered: &str) -> &str {
+    rendered.split([' ', '=']).next().unwrap_or(rendered)
+}
+
+fn find_arg<'a>(command: &'a Command, flag: &str) -> Option<&'a clap::Arg> {
+    let long = flag.strip_prefix("--")?;
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .or_else(|| command.get_subcommands().find_map(|sub| find_arg(sub, flag)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Debug, Parser)]
+    #[command(name = "demo")]
+    struct Demo {
+        #[arg(long = "timeout-ms", env = "DEMO_TIMEOUT_MS", default_value = "5", value_parser = parse_nonzero_millis)]
+        timeout: Duration,
+        #[arg(long = "db-url", env = "DEMO_DB_URL")]
+        db_url: Option<String>,
+        #[command(flatten)]
+        log: LogConfig,
+    }
+
+    fn error_of(args: &[&str]) -> String {
+        let command = harden(Demo::command(), false);
+        match command.clone().try_get_matches_from(args) {
+            Ok(_) => "parsed".to_owned(),
+            Err(error) => describe_error("demo", &command, &error),
+        }
+    }
+
+    #[test]
+    fn value_errors_name_the_binary_and_the_variable() {
+        let message = error_of(&["demo", "--timeout-ms", "0"]);
+        assert!(message.starts_with("demo: DEMO_TIMEOUT_MS (flag --timeout-ms)"), "{message}");
+        assert!(message.contains("greater than 0"), "{message}");
+        let message = error_of(&["demo", "--log-format", "yaml"]);
+        assert!(message.contains("LOG_FORMAT") && message.contains("json, text"), "{message}");
+    }
+
+    #[test]
+    fn log_format_is_case_insensitive() {
+        let command = harden(Demo::command(), false);
+        let matches = command.try_get_matches_from(["demo", "--log-format", "JSON"]);
+        assert!(matches.is_ok());
+    }
+
+    #[test]
+    fn secret_env_values_are_hidden() {
+        let command = harden(Demo::command(), false);
+        let arg = command.get_arguments().find(|a| a.get_long() == Some("db-url"));
+        assert!(arg.is_some_and(clap::Arg::is_hide_env_values_set));
+        let arg = command.get_arguments().find(|a| a.get_long() == Some("timeout-ms"));
+        assert!(arg.is_some_and(|a| !a.is_hide_env_values_set()));
+    }
 }

@@ -1,23 +1,133 @@
 //! Log set-up, once per process.
+//!
+//! Besides the format, this decides which library lines may appear at all:
+//! lapin logs a returned message in full (the whole event, phone number
+//! included) and repeats, at ERROR, every connection failure our supervisor
+//! already reports with its cause, including on a clean shutdown. Its
+//! targets are therefore off unless `RUST_LOG` names them.
 
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
 
 use crate::config::{LogConfig, LogFormat};
 
+/// Directives added to `RUST_LOG` unless it names the target itself.
+/// `lapin::returned_messages` prints message bodies; the rest of lapin
+/// duplicates errors our code reports (and logs ERROR on clean shutdowns
+/// and on each reconnect attempt).
+const DEFAULT_DIRECTIVES: [(&str, &str); 2] =
+    [("lapin", "lapin=off"), ("lapin::returned_messages", "lapin::returned_messages=off")];
+
+/// `RUST_LOG` plus the default directives for targets it does not name.
+pub fn effective_filter(level: &str) -> String {
+    let mut filter = level.trim().to_owned();
+    for (target, directive) in DEFAULT_DIRECTIVES {
+        let named = filter.split(',').any(|d| d.trim().split(['=', '[']).next() == Some(target));
+        let covered = target != "lapin::returned_messages" && filter.contains(target);
+        if !named && !covered {
+            if !filter.is_empty() {
+                filter.push(',');
+            }
+            filter.push_str(directive);
+        }
+    }
+    filter
+}
+
 /// Installs the global tracing subscriber. Returns an error if the filter
 /// does not parse or a subscriber is already installed (tests call this
-/// through the binaries only, never twice).
+/// through the binaries only, never twice). Text lines carry ANSI colours
+/// only on a terminal, so redirected logs stay plain.
 pub fn init(config: &LogConfig) -> Result<(), String> {
-    let filter =
-        EnvFilter::try_new(&config.level).map_err(|e| format!("invalid RUST_LOG {:?}: {e}", config.level))?;
+    let filter = EnvFilter::try_new(effective_filter(&config.level))
+        .map_err(|e| format!("RUST_LOG {:?} is invalid: {e}", config.level))?;
     let registry = tracing_subscriber::registry().with(filter);
     let result = match config.format {
         LogFormat::Json => registry
             .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false))
             .try_init(),
-        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+        LogFormat::Text => registry.with(fmt::layer().with_ansi(std::io::stdout().is_terminal())).try_init(),
     };
     result.map_err(|e| e.to_string())
+}
+
+/// Lets one log line through per interval, for events that can repeat at
+/// message rate (a metric counts every one; the log only says it happens).
+#[derive(Debug)]
+pub struct LogEvery {
+    interval: Duration,
+    last_millis: AtomicU64,
+}
+
+impl LogEvery {
+    /// At most one `ready()` per `interval`.
+    pub const fn new(interval: Duration) -> Self {
+        Self { interval, last_millis: AtomicU64::new(0) }
+    }
+
+    /// True for the first call and then at most once per interval.
+    pub fn ready(&self) -> bool {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let now = u64::try_from(now).unwrap_or(u64::MAX).max(1);
+        let last = self.last_millis.load(Ordering::Relaxed);
+        let interval = u64::try_from(self.interval.as_millis()).unwrap_or(u64::MAX);
+        (last == 0 || now.saturating_sub(last) >= interval)
+            && self.last_millis.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
+}
+
+/// An error and its causes on one line, `outer: cause: root cause`, for
+/// the last words of a process and for log fields. A cause whose text the
+/// line already ends with is skipped: many error types print their source
+/// in their own message, and repeating it makes the line hard to read.
+pub fn error_chain<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
+    let mut line = String::new();
+    for cause in chain {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lapin_is_off_unless_named() {
+        assert_eq!(effective_filter("info"), "info,lapin=off,lapin::returned_messages=off");
+        assert_eq!(effective_filter("info,lapin=debug"), "info,lapin=debug,lapin::returned_messages=off");
+        assert_eq!(effective_filter("lapin::returned_messages=warn"), "lapin::returned_messages=warn");
+        assert!(EnvFilter::try_new(effective_filter("info,dlr_worker=debug")).is_ok());
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_does_not_repeat_causes_already_printed() {
+        let error = Outer(std::io::Error::other("refused"));
+        assert_eq!(
+            error_chain(std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())),
+            "outer: refused"
+        );
+    }
+
+    #[test]
+    fn log_every_lets_one_line_through_per_interval() {
+        let every = LogEvery::new(Duration::from_secs(60));
+        assert!(every.ready());
+        assert!(!every.ready());
+    }
 }

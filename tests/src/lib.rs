@@ -6,6 +6,7 @@
 //! database, named `test.<uuid>...`, and removes them at the end; `.ci/run`
 //! sweeps leftovers of crashed runs.
 
+pub mod binaries;
 pub mod broker;
 pub mod proxy;
 pub mod receiver;

@@ -3,13 +3,16 @@
 //! `worker --help` prints every variable with its default.
 
 use clap::{Args, Parser, Subcommand};
-use dlr_shared::Outcome;
-use dlr_shared::config::{BrokerConfig, LogConfig, parse_millis, parse_seconds};
+use dlr_shared::config::{
+    BrokerConfig, LogConfig, parse_millis, parse_nonzero_millis, parse_nonzero_seconds,
+};
+use dlr_shared::{Outcome, Provider};
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::time::Duration;
 use url::Url;
 
+use crate::dispatch::ParkReason;
 use crate::handlers::HandlerKind;
 
 /// The `worker` command line.
@@ -66,10 +69,32 @@ pub struct QuarantineArgs {
     pub limit: Option<u64>,
 }
 
+/// Values each replay filter key can match. An unknown value would match
+/// nothing and make a replay silently do nothing, so it is refused.
+fn filter_values(key: &str) -> Option<Vec<&'static str>> {
+    Some(match key {
+        "reason" => PARK_REASONS.iter().map(|r| r.as_str()).collect(),
+        "handler" => HandlerKind::ALL.iter().map(|h| h.as_str()).collect(),
+        "provider" => Provider::ALL.iter().map(|p| p.as_str()).collect(),
+        "outcome" => Outcome::ALL.iter().map(|o| o.as_str()).collect(),
+        _ => return None,
+    })
+}
+
+/// Every park reason; the match below stops compiling when one is added
+/// without being listed here.
+const PARK_REASONS: [ParkReason; 3] =
+    [ParkReason::PermanentFailure, ParkReason::RetriesExhausted, ParkReason::Unparseable];
+const _: fn(ParkReason) = |reason| match reason {
+    ParkReason::PermanentFailure | ParkReason::RetriesExhausted | ParkReason::Unparseable => {}
+};
+
 fn parse_filter(value: &str) -> Result<(String, String), String> {
     let (key, wanted) = value.split_once('=').ok_or_else(|| format!("{value:?}: expected key=value"))?;
-    if !["reason", "handler", "provider", "outcome"].contains(&key) {
-        return Err(format!("{key:?}: filter keys are reason, handler, provider, outcome"));
+    let allowed = filter_values(key)
+        .ok_or_else(|| format!("{key:?}: filter keys are reason, handler, provider, outcome"))?;
+    if !allowed.contains(&wanted) {
+        return Err(format!("{wanted:?} is not a {key}; one of {}", allowed.join(", ")));
     }
     Ok((key.to_owned(), wanted.to_owned()))
 }
@@ -114,7 +139,7 @@ pub struct Config {
     #[arg(long = "http-secret", env = "WORKER_HTTP_SECRET", hide_env_values = true)]
     pub http_secret: Option<SecretString>,
     /// Timeout of one forwarding request.
-    #[arg(long = "http-timeout-ms", env = "WORKER_HTTP_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis)]
+    #[arg(long = "http-timeout-ms", env = "WORKER_HTTP_TIMEOUT_MS", default_value = "5000", value_parser = parse_nonzero_millis)]
     pub http_timeout: Duration,
     /// PostgreSQL URL for the postgres handler (migrations run at start-up).
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
@@ -126,14 +151,14 @@ pub struct Config {
     #[arg(long = "max-attempts", env = "WORKER_MAX_ATTEMPTS", default_value_t = 8)]
     pub max_attempts: u32,
     /// Delay before the first retry.
-    #[arg(long = "retry-initial-delay-ms", env = "WORKER_RETRY_INITIAL_DELAY_MS", default_value = "1000", value_parser = parse_millis)]
+    #[arg(long = "retry-initial-delay-ms", env = "WORKER_RETRY_INITIAL_DELAY_MS", default_value = "1000", value_parser = parse_nonzero_millis)]
     pub retry_initial_delay: Duration,
     /// Delay before the last retry; the delays in between grow geometrically.
     #[arg(long = "retry-max-delay-ms", env = "WORKER_RETRY_MAX_DELAY_MS", default_value = "600000", value_parser = parse_millis)]
     pub retry_max_delay: Duration,
     /// After SIGTERM, how long in-flight events may take before the worker exits
     /// (unfinished ones are redelivered by the broker).
-    #[arg(long = "drain-timeout-seconds", env = "WORKER_DRAIN_TIMEOUT_SECONDS", default_value = "30", value_parser = parse_seconds)]
+    #[arg(long = "drain-timeout-seconds", env = "WORKER_DRAIN_TIMEOUT_SECONDS", default_value = "30", value_parser = parse_nonzero_seconds)]
     pub drain_timeout: Duration,
     /// Logging.
     #[command(flatten)]
@@ -261,5 +286,11 @@ mod tests {
         assert!(parse_filter("reason=permanent_failure").is_ok());
         assert!(parse_filter("colour=red").is_err());
         assert!(parse_filter("reason").is_err());
+        assert!(parse_filter("handler=http").is_ok());
+        assert!(parse_filter("provider=twilio").is_ok());
+        assert!(parse_filter("outcome=failed").is_ok());
+        let error = parse_filter("reason=bogus").err().unwrap_or_default();
+        assert!(error.contains("permanent_failure, retries_exhausted, unparseable"), "{error}");
+        assert!(parse_filter("outcome=Delivered").is_err());
     }
 }

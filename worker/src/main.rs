@@ -1,20 +1,36 @@
 //! `worker` binary: parse the command line, then consume or replay.
+//!
+//! Every error that stops the process is printed as one line starting with
+//! `worker:`, so that next to ingest's output it is clear which one failed.
 
 use anyhow::Context;
-use clap::Parser;
 use dlr_shared::amqp::Publisher;
 use dlr_worker::Application;
 use dlr_worker::config::{Cli, Command};
 use dlr_worker::metrics::WorkerMetrics;
 use dlr_worker::parking;
 use dlr_worker::retry::RetryPolicy;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> ExitCode {
+    // Shared options are global: `worker replay-parked --amqp-url ...` works
+    // as well as `worker --amqp-url ... replay-parked`.
+    let cli: Cli = dlr_shared::config::parse_or_exit("worker", true);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("worker: {}", dlr_shared::telemetry::error_chain(error.chain()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
     dlr_shared::telemetry::init(&config.log).map_err(anyhow::Error::msg).context("setting up logging")?;
     match cli.command.unwrap_or(Command::Run) {
@@ -24,49 +40,79 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped(dlr_shared::shutdown::on_signal()).await.context("running the worker")?;
         }
         Command::ReplayParked(args) => {
-            let (channel, publisher, stop) = connect(&config).await?;
-            let topology = &config.broker.topology;
-            let report = parking::replay_parked(&channel, &publisher, topology, args.limit, &args.filters)
-                .await
-                .context("replaying parked messages")?;
+            let broker = OneShotBroker::start(&config)?;
+            let result = async {
+                let (channel, publisher) = broker.connect().await?;
+                let topology = &config.broker.topology;
+                parking::replay_parked(&channel, &publisher, topology, args.limit, &args.filters)
+                    .await
+                    .context("replaying parked messages")
+            }
+            .await;
+            broker.stop().await;
+            let report = result?;
             println!("examined {}, replayed {}, kept {}", report.examined, report.replayed, report.kept);
-            stop.cancel();
         }
         Command::ReplayQuarantine(args) => {
-            let (channel, _publisher, stop) = connect(&config).await?;
-            let report =
+            let broker = OneShotBroker::start(&config)?;
+            let result = async {
+                let (channel, _publisher) = broker.connect().await?;
                 parking::replay_quarantine(&channel, &config.broker.topology, &args.ingest_url, args.limit)
                     .await
-                    .context("replaying quarantined requests")?;
+                    .context("replaying quarantined requests")
+            }
+            .await;
+            broker.stop().await;
+            let report = result?;
             println!(
                 "examined {}, accepted by ingest {}, kept {}",
                 report.examined, report.replayed, report.kept
             );
-            stop.cancel();
         }
     }
     Ok(())
 }
 
-/// A connection for the one-shot subcommands: fail after 10 s rather than
-/// wait forever for a broker that is not there.
-async fn connect(
-    config: &dlr_worker::Config,
-) -> anyhow::Result<(lapin::Channel, Arc<Publisher>, CancellationToken)> {
-    let metrics = WorkerMetrics::new().context("metrics")?;
-    let retry = RetryPolicy::new(config.max_attempts, config.retry_initial_delay, config.retry_max_delay);
-    let (broker, _task, stop) = dlr_worker::startup::start_broker(
-        config,
-        Arc::new(config.broker.topology.clone()),
-        retry.delays(),
-        metrics,
-    );
-    let conn =
-        tokio::time::timeout(Duration::from_secs(10), broker.wait_connected(&CancellationToken::new()))
-            .await
-            .ok()
-            .flatten()
-            .context("cannot reach the broker (AMQP_URL)")?;
-    let channel = conn.create_channel().await.context("opening a channel")?;
-    Ok((channel, Arc::new(Publisher::new(broker, Duration::from_secs(10))), stop))
+/// The broker connection of a one-shot subcommand. It must be stopped (and
+/// its supervisor awaited) before the runtime ends, on success and on error
+/// alike: a runtime dropped under a live lapin connection panics lapin's
+/// I/O thread ("task was cancelled") and skips the clean close.
+struct OneShotBroker {
+    broker: dlr_shared::amqp::BrokerConnection,
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl OneShotBroker {
+    fn start(config: &dlr_worker::Config) -> anyhow::Result<Self> {
+        let metrics = WorkerMetrics::new().context("metrics")?;
+        let retry = RetryPolicy::new(config.max_attempts, config.retry_initial_delay, config.retry_max_delay);
+        let (broker, task, stop) = dlr_worker::startup::start_broker(
+            config,
+            Arc::new(config.broker.topology.clone()),
+            retry.delays(),
+            metrics,
+        );
+        Ok(Self { broker, task, stop })
+    }
+
+    /// A channel and a publisher; fails after 10 s rather than wait forever
+    /// for a broker that is not there.
+    async fn connect(&self) -> anyhow::Result<(lapin::Channel, Arc<Publisher>)> {
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.broker.wait_connected(&CancellationToken::new()),
+        )
+        .await
+        .ok()
+        .flatten()
+        .context("cannot reach the broker within 10 s (AMQP_URL)")?;
+        let channel = conn.create_channel().await.context("opening a channel")?;
+        Ok((channel, Arc::new(Publisher::new(self.broker.clone(), Duration::from_secs(10)))))
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
 }

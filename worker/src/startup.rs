@@ -75,13 +75,25 @@ impl Application {
         let retry = RetryPolicy::new(config.max_attempts, config.retry_initial_delay, config.retry_max_delay);
         let topology = Arc::new(config.broker.topology.clone());
 
+        // Everything that can fail runs before the broker connection starts:
+        // returning an error with a live lapin connection lets the runtime
+        // end under lapin's I/O thread, which then panics over the real error.
+        let mut handlers: HashMap<HandlerKind, Arc<dyn Handler>> = HashMap::new();
+        handlers.insert(HandlerKind::Log, Arc::new(LogHandler));
+        if routes.uses(HandlerKind::Http) {
+            handlers.insert(HandlerKind::Http, Arc::new(http_handler(&config)?));
+        }
+        if let (true, Some(url)) = (routes.uses(HandlerKind::Postgres), config.database_url.as_ref()) {
+            check_database(url.expose_secret()).await?;
+            let store =
+                PostgresHandler::connect(url.expose_secret(), config.database_max_connections).await?;
+            handlers.insert(HandlerKind::Postgres, Arc::new(store));
+        }
+
         let (broker, broker_task, broker_shutdown) =
             start_broker(&config, topology.clone(), retry.delays(), metrics.clone());
         // Retries and parking: a return there means our own queue is missing.
         let publisher = Arc::new(Publisher::new(broker.clone(), PUBLISH_CONFIRM_TIMEOUT));
-
-        let mut handlers: HashMap<HandlerKind, Arc<dyn Handler>> = HashMap::new();
-        handlers.insert(HandlerKind::Log, Arc::new(LogHandler));
         if routes.uses(HandlerKind::Amqp) {
             // Events nobody is bound for come back as returns, which is
             // normal; their own channel keeps those returns away from the
@@ -93,14 +105,6 @@ impl Application {
                 metrics.unroutable.clone(),
             );
             handlers.insert(HandlerKind::Amqp, Arc::new(handler));
-        }
-        if routes.uses(HandlerKind::Http) {
-            handlers.insert(HandlerKind::Http, Arc::new(http_handler(&config)?));
-        }
-        if let (true, Some(url)) = (routes.uses(HandlerKind::Postgres), config.database_url.as_ref()) {
-            let store =
-                PostgresHandler::connect(url.expose_secret(), config.database_max_connections).await?;
-            handlers.insert(HandlerKind::Postgres, Arc::new(store));
         }
 
         let consuming = Arc::new(AtomicBool::new(false));
@@ -176,6 +180,26 @@ pub fn start_broker(
         shutdown.clone(),
     );
     (broker, task, shutdown)
+}
+
+/// One direct connection before the pool: a pool that cannot connect says
+/// only "pool timed out", while this reports the cause (connection refused,
+/// authentication, TLS, unknown database) that the operator has to fix.
+async fn check_database(url: &str) -> Result<(), StartupError> {
+    use sqlx::Connection;
+    let timeout = Duration::from_secs(5);
+    match tokio::time::timeout(timeout, sqlx::PgConnection::connect(url)).await {
+        Ok(Ok(connection)) => {
+            // Only a probe; the pool opens its own connections.
+            let _ = connection.close().await;
+            Ok(())
+        }
+        Ok(Err(error)) => Err(StartupError::Database(error)),
+        Err(_) => Err(StartupError::Database(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {timeout:?}"),
+        )))),
+    }
 }
 
 fn http_handler(config: &Config) -> Result<HttpHandler, StartupError> {

@@ -143,9 +143,9 @@ impl Supervisor {
                     failures += 1;
                     // Log the first failure loudly and then every 30th, not every 2 s.
                     if failures == 1 || failures.is_multiple_of(30) {
-                        tracing::warn!(%error, attempts = failures, "cannot reach the broker; retrying");
+                        tracing::warn!(%error, attempts = failures, "broker connection or topology set-up failed; retrying");
                     } else {
-                        tracing::debug!(%error, attempts = failures, "cannot reach the broker; retrying");
+                        tracing::debug!(%error, attempts = failures, "broker connection or topology set-up failed; retrying");
                     }
                     tokio::select! {
                         _ = self.shutdown.cancelled() => return,

@@ -77,6 +77,9 @@ impl PublishError {
     }
 }
 
+/// AMQP NOT_FOUND: publishing to an exchange that does not exist.
+const NOT_FOUND: u16 = 404;
+
 /// Publishes with confirms on a channel it re-opens whenever needed.
 pub struct Publisher {
     broker: BrokerConnection,
@@ -134,8 +137,8 @@ impl Publisher {
         let confirm = channel
             .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
             .await
-            .inspect_err(|_| self.discard(&channel))?;
-        match confirm.await.inspect_err(|_| self.discard(&channel))? {
+            .inspect_err(|e| self.discard(&channel, e))?;
+        match confirm.await.inspect_err(|e| self.discard(&channel, e))? {
             Confirmation::Ack(None) => Ok(()),
             // The caller decides whether a return means our own topology is
             // missing (then it asks for a re-declaration) or merely that
@@ -148,7 +151,7 @@ impl Publisher {
                     // Another publish's return: that one may now be counted as
                     // stored by mistake, and this channel's returns are out of
                     // step. Start over on a fresh channel.
-                    self.discard(&channel);
+                    self.forget(&channel);
                     Err(PublishError::ReturnMismatch { code, text })
                 } else {
                     Err(PublishError::Returned { code, text })
@@ -190,13 +193,24 @@ impl Publisher {
     }
 
     /// Forgets a channel after an error: lapin never reopens a channel closed
-    /// by a channel-level error, so the next publish opens a new one.
-    fn discard(&self, failed: &Channel) {
+    /// by a channel-level error, so the next publish opens a new one. A 404
+    /// means the exchange was deleted: declared again, as after a return.
+    fn discard(&self, failed: &Channel, error: &lapin::Error) {
+        self.forget(failed);
+        if super::topology::broker_reply_code(error) == Some(NOT_FOUND) {
+            self.broker.request_redeclare();
+        } else {
+            self.broker.report_failure();
+        }
+    }
+
+    /// Stops using `failed` for new publishes; the next one opens a fresh
+    /// channel. Publishes still in flight on it finish on it.
+    fn forget(&self, failed: &Channel) {
         if let Ok(mut slot) = self.channel.lock()
             && slot.as_ref().is_some_and(|c| c.id() == failed.id())
         {
             *slot = None;
         }
-        self.broker.report_failure();
     }
 }

@@ -20,6 +20,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 use std::time::Duration;
 
+use crate::telemetry::LogEvery;
+
 /// Routing key of receipts on the intake exchange.
 pub const RECEIPT_ROUTING_KEY: &str = "receipt";
 
@@ -91,7 +93,8 @@ impl Topology {
                 ExchangeDeclareOptions { durable: true, ..Default::default() },
                 FieldTable::default(),
             )
-            .await?;
+            .await
+            .inspect_err(|error| report_inequivalent("exchange", &self.exchange, error))?;
         self.declare_durable(channel, &self.parked_queue, quorum_args()).await?;
 
         let mut receipts = quorum_args();
@@ -144,7 +147,8 @@ impl Topology {
                 ExchangeDeclareOptions { durable: true, ..Default::default() },
                 FieldTable::default(),
             )
-            .await?;
+            .await
+            .inspect_err(|error| report_inequivalent("exchange", events_exchange, error))?;
         for delay in retry_delays {
             // Quorum with at-least-once dead-lettering: classic queues
             // dead-letter at most once, and after a broker restart they
@@ -180,5 +184,36 @@ impl Topology {
             )
             .await
             .map(|_| ())
+            .inspect_err(|error| report_inequivalent("queue", name, error))
+    }
+}
+
+/// The broker's reply code, if `error` is one the broker sent.
+pub fn broker_reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.get_id()),
+        _ => None,
+    }
+}
+
+/// PRECONDITION_FAILED: the object exists with other arguments.
+const PRECONDITION_FAILED: u16 = 406;
+
+/// A queue or exchange that exists with other arguments is a configuration
+/// problem no retry can fix, so it gets its own message: which object, the
+/// broker's text (it names the argument and both values) and what to do.
+/// Logged once a minute while the connection supervisor keeps retrying.
+fn report_inequivalent(object: &str, name: &str, error: &lapin::Error) {
+    static LOG: LogEvery = LogEvery::new(Duration::from_secs(60));
+    if broker_reply_code(error) == Some(PRECONDITION_FAILED) && LOG.ready() {
+        tracing::error!(
+            %object,
+            %name,
+            %error,
+            "{object} {name} exists with other arguments than this process declares (the broker's message names the \
+             argument and both values); this process stays unready until they agree. Set the same \
+             AMQP_DELIVERY_LIMIT / AMQP_QUARANTINE_MAX_LENGTH in ingest and worker, or migrate the {object} \
+             (README, \"Changing queue arguments\")"
+        );
     }
 }

@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 use dlr_shared::ReceiptEvent;
 use dlr_shared::amqp::{PublishError, Publisher, receipt_properties};
+use dlr_shared::telemetry::LogEvery;
 use prometheus::IntCounter;
 use std::sync::Arc;
 
@@ -57,7 +58,11 @@ impl Handler for AmqpHandler {
             // configuration matter, not a reason to retry or park the event.
             Err(PublishError::Returned { .. }) => {
                 self.unroutable.inc();
-                tracing::warn!(event_id = %event.event_id, routing_key = %routing_key(event), "no queue bound for event");
+                // At message rate this would flood the log; the counter has every one.
+                static LOG: LogEvery = LogEvery::new(std::time::Duration::from_secs(60));
+                if LOG.ready() {
+                    tracing::warn!(exchange = %self.exchange, routing_key = %routing_key(event), "no queue bound for events; dlr_worker_events_unroutable_total counts them (logged once a minute)");
+                }
                 Ok(())
             }
             Err(error) => Err(HandlerError::Transient(error.to_string())),

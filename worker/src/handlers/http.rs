@@ -89,6 +89,15 @@ fn classify(status: StatusCode) -> Option<HandlerError> {
     }
 }
 
+/// reqwest's own message is only "error sending request for url (…)": the
+/// cause (connection refused, timeout, TLS) is in its source chain, and the
+/// URL may carry credentials or a token in its query. So: no URL, the chain.
+fn describe_request_error(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let chain = std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| e.source());
+    dlr_shared::telemetry::error_chain(chain)
+}
+
 #[async_trait]
 impl Handler for HttpHandler {
     fn kind(&self) -> HandlerKind {
@@ -112,7 +121,7 @@ impl Handler for HttpHandler {
             .send()
             .await
             // Connect errors, timeouts, resets: the receiver may be back soon.
-            .map_err(|e| HandlerError::Transient(format!("request failed: {}", describe(e))))?;
+            .map_err(|e| HandlerError::Transient(format!("request failed: {}", describe_request_error(e))))?;
         match classify(response.status()) {
             None => Ok(()),
             Some(error) => Err(error),
@@ -120,24 +129,19 @@ impl Handler for HttpHandler {
     }
 }
 
-/// The error with its causes (connection refused, timeout, TLS) but without
-/// the URL: its user-info or query may hold credentials, and this text goes
-/// to logs and to the parked message's `x-dlr-last-error` header.
-fn describe(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(&error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn request_errors_show_the_cause_without_the_url() {
+        let client = reqwest::Client::new();
+        let error =
+            client.post("http://user:url-password@127.0.0.1:1/hook?token=query-token").send().await.err();
+        let text = error.map(describe_request_error).unwrap_or_default();
+        assert!(text.contains("refused"), "{text}");
+        assert!(!text.contains("url-password") && !text.contains("query-token"), "{text}");
+    }
 
     #[test]
     fn classifies_statuses() {

@@ -1,0 +1,194 @@
+//! What the worker prints under the realistic route must not leak: no
+//! unmasked phone number and no message body, from our code or a library's.
+//!
+//! The worker runs as a real process with its stdout captured, because the
+//! lines in question come from libraries (lapin logged every returned
+//! message in full, the recipient included) through the subscriber the
+//! binary installs; an in-process test would see a different subscriber.
+
+use dlr_tests::binaries::binary;
+use dlr_tests::{
+    TestBroker, amqp_url, ingest_config, metric_value, spawn_ingest, unique_topology, vonage_form,
+};
+use dlr_worker::retry::RetryPolicy;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+/// The recipient in `vonage_form`.
+const RECIPIENT: &str = "447700900123";
+
+/// How a byte string looks in a `Debug` dump (`[52, 52, 55, ...]`): lapin
+/// printed message bodies that way.
+fn debug_bytes(text: &str) -> String {
+    let rendered = format!("{:?}", text.as_bytes());
+    rendered.trim_start_matches('[').trim_end_matches(']').to_owned()
+}
+
+/// True when a line holds a long run of comma-separated numbers: some
+/// body, whatever it contained, printed as bytes.
+fn dumps_bytes(line: &str) -> bool {
+    line.split(|c: char| !(c.is_ascii_digit() || c == ',' || c == ' '))
+        .any(|run| run.split(',').filter(|n| !n.trim().is_empty()).count() >= 16)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn worker_logs_carry_no_phone_number_and_no_body_when_events_are_unroutable() {
+    let topology = unique_topology();
+    let events_exchange = format!("{}.events", topology.exchange);
+    let broker = TestBroker::connect().await;
+    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    assert!(ingest.wait_ready(Duration::from_secs(10)).await, "ingest never became ready");
+
+    let probe = format!("127.0.0.1:{}", free_port());
+    let quarantine_max = topology.quarantine_max_length.to_string();
+    let delivery_limit = topology.delivery_limit.to_string();
+    let env = [
+        ("AMQP_URL", amqp_url()),
+        ("AMQP_EXCHANGE", topology.exchange.clone()),
+        ("AMQP_QUEUE", topology.queue.clone()),
+        ("AMQP_PARKED_QUEUE", topology.parked_queue.clone()),
+        ("AMQP_QUARANTINE_QUEUE", topology.quarantine_queue.clone()),
+        ("AMQP_QUARANTINE_MAX_LENGTH", quarantine_max),
+        ("AMQP_DELIVERY_LIMIT", delivery_limit),
+        ("WORKER_EVENTS_EXCHANGE", events_exchange.clone()),
+        // The realistic route, with nothing bound to the events exchange.
+        ("WORKER_ROUTE_DELIVERED", "amqp,log".to_owned()),
+        ("WORKER_ADDR", probe.clone()),
+        ("WORKER_RETRY_INITIAL_DELAY_MS", "50".to_owned()),
+        ("WORKER_RETRY_MAX_DELAY_MS", "200".to_owned()),
+        ("WORKER_MAX_ATTEMPTS", "4".to_owned()),
+        ("LOG_FORMAT", "text".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ];
+    let retry_queues: Vec<String> =
+        RetryPolicy::new(4, Duration::from_millis(50), Duration::from_millis(200))
+            .delays()
+            .into_iter()
+            .map(|d| topology.retry_queue(d))
+            .collect();
+
+    let mut worker = tokio::process::Command::new(binary("worker"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("worker starts");
+    let mut stdout = worker.stdout.take().expect("stdout piped");
+    let mut stderr = worker.stderr.take().expect("stderr piped");
+    let reader = tokio::spawn(async move {
+        let mut out = String::new();
+        let mut err = String::new();
+        let _ = tokio::join!(stdout.read_to_string(&mut out), stderr.read_to_string(&mut err));
+        out + &err
+    });
+
+    let client = reqwest::Client::new();
+    let metrics_url = format!("http://{probe}/metrics");
+    let mut ready = false;
+    for _ in 0..200 {
+        if client.get(format!("http://{probe}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let sent = 3;
+    let mut unroutable = 0.0;
+    if ready {
+        for i in 0..sent {
+            let response =
+                ingest.post_vonage_form(&vonage_form(&format!("0B00000{i}AAAA{i}"), "delivered")).await;
+            assert_eq!(response.status(), 200);
+        }
+        for _ in 0..200 {
+            if let Ok(response) = client.get(&metrics_url).send().await
+                && let Ok(text) = response.text().await
+            {
+                unroutable = metric_value(&text, "dlr_worker_events_unroutable_total", &[]);
+                if unroutable >= f64::from(sent) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    if let Some(pid) = worker.id() {
+        let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+    }
+    let exited = tokio::time::timeout(Duration::from_secs(15), worker.wait()).await;
+    let _ = worker.kill().await;
+    let logs = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    ingest.stop().await;
+    broker.cleanup(&topology, &retry_queues, std::slice::from_ref(&events_exchange)).await;
+
+    assert!(ready, "worker never became ready: {logs}");
+    assert!(exited.is_ok(), "worker did not exit after SIGTERM: {logs}");
+    assert_eq!(unroutable, f64::from(sent), "every unroutable event is counted: {logs}");
+    // The logs were captured: the log handler's lines are there, masked.
+    let receipts = logs.lines().filter(|l| l.contains("receipt") && l.contains("********0123")).count();
+    assert_eq!(receipts, sent as usize, "one masked log line per event expected: {logs}");
+    assert!(!logs.contains(RECIPIENT), "unmasked recipient in the logs: {logs}");
+    assert!(!logs.contains(&debug_bytes(RECIPIENT)), "recipient as bytes in the logs: {logs}");
+    assert!(!logs.lines().any(dumps_bytes), "a message body dumped as bytes: {logs}");
+    assert!(!logs.contains('\u{1b}'), "ANSI colours in logs that go to a pipe: {logs}");
+    assert!(!logs.contains("lapin::"), "a lapin line got through: {logs}");
+    let warnings = logs.lines().filter(|l| l.contains("no queue bound")).count();
+    assert!(
+        warnings <= 1,
+        "unroutable events are logged once per interval, not per event ({warnings}): {logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_broker_password_is_one_warning_with_the_cause_not_errors() {
+    let env = [
+        ("AMQP_URL", "amqp://guest:wrong-password@127.0.0.1:5672/%2f"),
+        ("INGEST_ADDR", "127.0.0.1:0"),
+        ("LOG_FORMAT", "text"),
+    ];
+    // Several reconnect attempts happen within the 4 s.
+    let logs = dlr_tests::binaries::run_until("ingest", &env, "never printed", Duration::from_secs(4)).await;
+    assert_eq!(logs.matches("ACCESS_REFUSED - Login was refused").count(), 1, "{logs}");
+    assert!(!logs.contains("ERROR"), "an ERROR for a condition that is retried: {logs}");
+}
+
+#[tokio::test]
+async fn a_clean_shutdown_logs_no_error() {
+    let topology = unique_topology();
+    let events_exchange = format!("{}.events", topology.exchange);
+    let broker = TestBroker::connect().await;
+    let url = amqp_url();
+    let quarantine_max = topology.quarantine_max_length.to_string();
+    let env = [
+        ("AMQP_URL", url.as_str()),
+        ("AMQP_EXCHANGE", topology.exchange.as_str()),
+        ("AMQP_QUEUE", topology.queue.as_str()),
+        ("AMQP_PARKED_QUEUE", topology.parked_queue.as_str()),
+        ("AMQP_QUARANTINE_QUEUE", topology.quarantine_queue.as_str()),
+        ("AMQP_QUARANTINE_MAX_LENGTH", quarantine_max.as_str()),
+        ("WORKER_EVENTS_EXCHANGE", events_exchange.as_str()),
+        ("WORKER_MAX_ATTEMPTS", "2"),
+        ("WORKER_ADDR", "127.0.0.1:0"),
+        ("LOG_FORMAT", "text"),
+    ];
+    // SIGTERM as soon as the worker consumes.
+    let logs = dlr_tests::binaries::run_until("worker", &env, "consuming", Duration::from_secs(10)).await;
+    let retry_queues = [topology.retry_queue(Duration::from_secs(1))];
+    broker.cleanup(&topology, &retry_queues, std::slice::from_ref(&events_exchange)).await;
+    assert!(logs.contains("consuming"), "{logs}");
+    assert!(logs.contains("worker stopped"), "{logs}");
+    assert!(!logs.contains("ERROR"), "{logs}");
+}
