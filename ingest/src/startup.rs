@@ -161,7 +161,10 @@ impl Application {
             }
         }
         self.broker_shutdown.cancel();
-        let _ = self.broker_task.await;
+        // The supervisor bounds its close; this bounds the rest of it.
+        if tokio::time::timeout(Duration::from_secs(10), self.broker_task).await.is_err() {
+            tracing::warn!("the broker connection did not close in time");
+        }
         tracing::info!("ingest stopped");
         Ok(())
     }

@@ -80,8 +80,20 @@ pub fn ingest_config(topology: &Topology, amqp_url: &str) -> dlr_ingest::Config 
     config
 }
 
+/// With `TEST_LOG` set, the apps' logs go to the test output (filtered by
+/// `RUST_LOG`), as zero-to-production's tests do; silent otherwise.
+fn init_test_log() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Starts ingest with `config`.
 pub async fn spawn_ingest(config: dlr_ingest::Config) -> TestIngest {
+    init_test_log();
     let app = dlr_ingest::Application::build(config).await.expect("ingest builds");
     let addr = app.local_addr().expect("bound");
     let shutdown = CancellationToken::new();
@@ -213,6 +225,7 @@ pub fn worker_config(topology: &Topology, amqp_url: &str) -> dlr_worker::Config 
 
 /// Starts a worker with `config`.
 pub async fn spawn_worker(config: dlr_worker::Config) -> TestWorker {
+    init_test_log();
     let app = dlr_worker::Application::build(config).await.expect("worker builds");
     let addr = app.local_addr().expect("bound");
     let shutdown = CancellationToken::new();

@@ -24,6 +24,9 @@ use crate::metrics::WorkerMetrics;
 use crate::retry::RetryPolicy;
 use crate::routes::{ProbeState, router};
 
+/// Upper bound of each shutdown step after the drain.
+const SHUTDOWN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Confirm timeout for the worker's own publishes (retries, parking, events).
 const PUBLISH_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -143,9 +146,17 @@ impl Application {
         );
         consumer::run(self.context, shutdown, self.drain_timeout).await;
         self.broker_shutdown.cancel();
-        let _ = self.broker_task.await;
+        // Both bounded: the process must exit after SIGTERM even if the
+        // broker never confirms the close or a probe client keeps its
+        // connection open.
+        if tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, self.broker_task).await.is_err() {
+            tracing::warn!("the broker connection did not close in time");
+        }
         probe_shutdown.cancel();
-        let result = probes.await.unwrap_or(Ok(()));
+        let result = match tokio::time::timeout(SHUTDOWN_STEP_TIMEOUT, probes).await {
+            Ok(joined) => joined.unwrap_or(Ok(())),
+            Err(_) => Ok(()),
+        };
         tracing::info!("worker stopped");
         result
     }

@@ -29,6 +29,8 @@ const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// Retry delays while the broker is unreachable: fast first, then every 2 s.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How long a connection close may wait for the broker's close-ok.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A TCP connect that hangs (black-holed address) must not stall recovery.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -134,7 +136,9 @@ impl Supervisor {
                     self.gauge.set(0);
                     if self.shutdown.is_cancelled() {
                         // Best effort: the broker requeues anything unacked anyway.
-                        let _ = conn.close(200, "shutdown".into()).await;
+                        // Bounded: a blocked or half-dead connection may never
+                        // answer close-ok, and shutdown must end.
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "shutdown".into())).await;
                         return;
                     }
                     tracing::warn!("broker connection lost; reconnecting");
@@ -168,7 +172,7 @@ impl Supervisor {
         let conn = Arc::new(conn);
         self.redeclare.store(false, std::sync::atomic::Ordering::SeqCst);
         if let Err(e) = (self.setup)(conn.clone()).await {
-            let _ = conn.close(320, "setup failed".into()).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(320, "setup failed".into())).await;
             return Err(format!("declaring topology failed: {e}"));
         }
         Ok(conn)
