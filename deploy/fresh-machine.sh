@@ -86,6 +86,7 @@ tarball=$cache/debian-$suite-minbase.tar
 if [ ! -s "$tarball" ]; then
   say "debootstrap $suite (minbase) from $mirror"
   rootfs=$(mktemp -d "$cache/rootfs.XXXXXX")
+  chmod 755 "$rootfs" # it becomes the image's /: mktemp's 700 locks out every user but root
   debootstrap --variant=minbase "$suite" "$rootfs" "$mirror" >"$cache/debootstrap.log" 2>&1 || {
     tail -n 20 "$cache/debootstrap.log" >&2
     rm -rf "$rootfs"
