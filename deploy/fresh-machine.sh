@@ -80,6 +80,12 @@ nproc=$(ulimit -Hu)
 if [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; then nproc=32768; fi
 ulimits=(--ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit "nproc=$nproc:$nproc")
 mkdir -p "$cache"
+# The container's release and debug builds take about 10 GB under $cache.
+free_gb=$(df --output=avail -BG "$cache" | tail -n 1 | tr -dc 0-9)
+if [ "$free_gb" -lt 12 ]; then
+  echo "fresh-machine: only ${free_gb} GB free under $cache; the check needs about 12 GB" >&2
+  exit 1
+fi
 
 # 1. The root filesystem: debootstrap once, kept as a tarball.
 tarball=$cache/debian-$suite-minbase.tar
