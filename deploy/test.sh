@@ -9,6 +9,25 @@ cd "$(dirname "$0")/.."
 
 bash deploy/services.sh rabbitmq postgres
 
+# Tests remove what they create; this sweeps what a crashed or failed run left
+# behind. It runs on every way out (the suite failing included) and keeps the
+# suite's exit status.
+sweep() {
+  command -v rabbitmqctl >/dev/null 2>&1 || return 0
+  rabbitmqctl --silent list_queues name 2>/dev/null | grep '^test\.' | xargs -r -n1 rabbitmqctl --silent delete_queue >/dev/null 2>&1 || true
+  # rabbitmqctl has no delete_exchange; the broker's own function does it.
+  # Test names are [a-z0-9.] only (unique_topology), so they quote safely.
+  rabbitmqctl --silent list_exchanges name 2>/dev/null | grep -E '^test\.[a-z0-9.]+$' | while read -r exchange; do
+    rabbitmqctl --silent eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange\">>), false, <<\"deploy/test.sh\">>)." </dev/null >/dev/null 2>&1 || true
+  done || true
+}
+on_exit() {
+  local status=$?
+  sweep || true
+  exit "$status"
+}
+trap on_exit EXIT
+
 echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -23,13 +42,3 @@ bash deploy/check-manifests.sh
 
 echo "== reliability harness (short; restarts the broker, so it runs last and alone)"
 DLR_BUILD_PROFILE=debug bash deploy/reliability.sh --short
-
-# Tests remove what they create; this sweeps what a crashed run left behind.
-if command -v rabbitmqctl >/dev/null 2>&1; then
-  rabbitmqctl --silent list_queues name 2>/dev/null | grep '^test\.' | xargs -r -n1 rabbitmqctl --silent delete_queue >/dev/null 2>&1 || true
-  # rabbitmqctl has no delete_exchange; the broker's own function does it.
-  # Test names are [a-z0-9.] only (unique_topology), so they quote safely.
-  rabbitmqctl --silent list_exchanges name 2>/dev/null | grep -E '^test\.[a-z0-9.]+$' | while read -r exchange; do
-    rabbitmqctl --silent eval "rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, <<\"$exchange\">>), false, <<\"deploy/test.sh\">>)." </dev/null >/dev/null 2>&1 || true
-  done || true
-fi

@@ -940,6 +940,25 @@ mod rabbit {
             .is_ok()
     }
 
+    /// Whether process `pid` is still running. A zombie (state `Z`: exited,
+    /// not yet reaped) is not: in a container without an init process nobody
+    /// reaps the stopped broker's VM, and its /proc entry stays until the
+    /// container ends. Scripts that ask the same question read the same field.
+    fn process_running(pid: u64) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // Unreadable but present (should not happen): not known to be gone.
+            Ok(stat) => stat_state(&stat).is_none_or(|state| !matches!(state, 'Z' | 'X')),
+            Err(_) => false,
+        }
+    }
+
+    /// The state letter of a /proc/<pid>/stat line (`pid (comm) state ...`).
+    /// The command name may hold spaces and parentheses, so the state is the
+    /// first field after the *last* `)`.
+    fn stat_state(stat: &str) -> Option<char> {
+        stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+    }
+
     impl Rabbit {
         /// Reads the current limits (to restore them later). A watermark or
         /// limit left behind by a crashed run is not taken for the original:
@@ -1067,8 +1086,7 @@ mod rabbit {
                 .ok_or_else(|| anyhow!("rabbitmqctl status shows no pid"))?;
             self.mark(|d| d.stopped = true);
             self.ctl(&["stop"], Duration::from_secs(120)).await?;
-            let proc = PathBuf::from(format!("/proc/{pid}"));
-            if !wait_until(Duration::from_secs(60), || !broker_port_open() && !proc.exists()).await {
+            if !wait_until(Duration::from_secs(60), || !broker_port_open() && !process_running(pid)).await {
                 bail!("RabbitMQ (pid {pid}) still running 60 s after rabbitmqctl stop");
             }
             Ok(())
@@ -1204,6 +1222,58 @@ mod rabbit {
             if dirty.stopped || dirty.memory || dirty.disk {
                 self.restore_blocking();
             }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn stat_state_reads_the_field_after_the_command_name() {
+            assert_eq!(stat_state("1234 (beam.smp) S 1 1234 1234 0 -1"), Some('S'));
+            assert_eq!(stat_state("1234 (beam.smp) Z 1 1234 1234 0 -1"), Some('Z'));
+            // A command name with spaces and parentheses does not shift the fields.
+            assert_eq!(stat_state("77 (a) R (b) Z 1 77 77 0 -1"), Some('Z'));
+            assert_eq!(stat_state("77 (x y) D 1"), Some('D'));
+            assert_eq!(stat_state("77 (truncated"), None);
+            assert_eq!(stat_state("77 (nothing after)"), None);
+        }
+
+        /// Waits (5 s at most) until `pid`'s /proc/<pid>/stat shows state `state`.
+        fn wait_for_state(pid: u32, state: char) -> bool {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                if stat_state(&stat) == Some(state) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        }
+
+        #[test]
+        fn a_zombie_is_not_running() {
+            // A child that exits and is not waited for stays a zombie, as the
+            // stopped broker does in a container with nobody to reap it.
+            let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+            assert!(wait_for_state(child.id(), 'Z'), "the child did not become a zombie");
+            let running = process_running(u64::from(child.id()));
+            child.wait().expect("reap the child");
+            assert!(!running, "a zombie counted as running");
+        }
+
+        #[test]
+        fn a_live_process_is_running_and_a_reaped_one_is_not() {
+            let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+            let pid = u64::from(child.id());
+            let running = process_running(pid);
+            child.kill().expect("kill sleep");
+            child.wait().expect("reap sleep");
+            assert!(running, "a sleeping process counted as stopped");
+            assert!(!process_running(pid), "a reaped process counted as running");
+            assert!(process_running(u64::from(std::process::id())), "this process counted as stopped");
         }
     }
 }
