@@ -268,8 +268,9 @@ async fn replay_parked(
     let retry = RetryPolicy::new(config.max_attempts, config.retry_initial_delay, config.retry_max_delay);
     let topology = Arc::new(config.broker.topology.clone());
     let metrics = WorkerMetrics::new().expect("metrics");
+    let addresses = config.broker.addresses().expect("AMQP_URL parses");
     let (broker, task, stop) =
-        dlr_worker::startup::start_broker(config, topology.clone(), retry.delays(), metrics);
+        dlr_worker::startup::start_broker(config, addresses, topology.clone(), retry.delays(), metrics);
     let connection = tokio::time::timeout(WITHIN, broker.wait_connected(&CancellationToken::new()))
         .await
         .ok()

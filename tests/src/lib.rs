@@ -53,6 +53,7 @@ pub fn unique_topology() -> Topology {
         quarantine_queue: format!("{base}.quarantine"),
         quarantine_max_length: 100,
         delivery_limit: 20,
+        ..Topology::default()
     }
 }
 

@@ -33,6 +33,9 @@ pub enum StartupError {
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
+    /// `AMQP_URL` does not parse (an unreachable broker is retried instead).
+    #[error("invalid configuration: {0}")]
+    BrokerAddress(#[from] dlr_shared::config::AmqpUrlError),
     /// The probe address is taken.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -68,6 +71,7 @@ impl Application {
     /// and starts the broker connection in the background.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let routes = config.validate()?;
+        let broker_addresses = config.broker.addresses()?;
         let metrics = WorkerMetrics::new()?;
         let listener = TcpListener::bind(config.addr)
             .await
@@ -76,7 +80,7 @@ impl Application {
         let topology = Arc::new(config.broker.topology.clone());
 
         let (broker, broker_task, broker_shutdown) =
-            start_broker(&config, topology.clone(), retry.delays(), metrics.clone());
+            start_broker(&config, broker_addresses, topology.clone(), retry.delays(), metrics.clone());
         let publisher = Arc::new(Publisher::new(broker.clone(), PUBLISH_CONFIRM_TIMEOUT));
 
         let mut handlers: HashMap<HandlerKind, Arc<dyn Handler>> = HashMap::new();
@@ -146,6 +150,7 @@ impl Application {
 /// every (re)connect.
 pub fn start_broker(
     config: &Config,
+    addresses: dlr_shared::config::AmqpUrls,
     topology: Arc<Topology>,
     retry_delays: Vec<Duration>,
     metrics: WorkerMetrics,
@@ -164,7 +169,7 @@ pub fn start_broker(
     let shutdown = CancellationToken::new();
     let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
     let (broker, task) = BrokerConnection::start(
-        config.broker.url.clone(),
+        addresses,
         format!("worker@{hostname}"),
         setup,
         metrics.broker_connected,

@@ -46,7 +46,16 @@ pub struct Topology {
     /// safety net for messages that crash the worker before it can decide).
     #[arg(long = "amqp-delivery-limit", env = "AMQP_DELIVERY_LIMIT", default_value_t = 20)]
     pub delivery_limit: u32,
+    /// Replicas of each quorum queue, placed on that many cluster nodes when
+    /// the queue is first declared (`x-quorum-initial-group-size`). 3 follows
+    /// RabbitMQ's guidance: an odd count, survives one node down; 5 survives
+    /// two. A single-node broker simply keeps one replica.
+    #[arg(long = "amqp-quorum-group-size", env = "AMQP_QUORUM_INITIAL_GROUP_SIZE", default_value_t = DEFAULT_QUORUM_GROUP_SIZE, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+    pub quorum_group_size: u32,
 }
+
+/// Default quorum queue replica count (see [`Topology::quorum_group_size`]).
+pub const DEFAULT_QUORUM_GROUP_SIZE: u32 = 3;
 
 impl Default for Topology {
     fn default() -> Self {
@@ -57,14 +66,9 @@ impl Default for Topology {
             quarantine_queue: "dlr.quarantine".to_owned(),
             quarantine_max_length: 10_000,
             delivery_limit: 20,
+            quorum_group_size: DEFAULT_QUORUM_GROUP_SIZE,
         }
     }
-}
-
-fn quorum_args() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    args
 }
 
 fn long_string(value: &str) -> AMQPValue {
@@ -72,6 +76,18 @@ fn long_string(value: &str) -> AMQPValue {
 }
 
 impl Topology {
+    /// Arguments every quorum queue of ours starts from: the type and how
+    /// many nodes hold a replica.
+    fn quorum_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-quorum-initial-group-size".into(),
+            AMQPValue::LongInt(i32::try_from(self.quorum_group_size).unwrap_or(i32::MAX)),
+        );
+        args
+    }
+
     /// Name of the delay queue that holds retries for `delay`.
     ///
     /// The delay is part of the name because a queue's TTL can never change:
@@ -92,9 +108,9 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-        self.declare_durable(channel, &self.parked_queue, quorum_args()).await?;
+        self.declare_durable(channel, &self.parked_queue, self.quorum_args()).await?;
 
-        let mut receipts = quorum_args();
+        let mut receipts = self.quorum_args();
         // Poison messages (that crash every worker) end in the parking lot
         // instead of looping forever; RabbitMQ 4 would otherwise drop them
         // after 20 deliveries. at-least-once dead-lettering needs reject-publish.
@@ -117,7 +133,7 @@ impl Topology {
             )
             .await?;
 
-        let mut quarantine = quorum_args();
+        let mut quarantine = self.quorum_args();
         quarantine.insert(
             "x-max-length".into(),
             AMQPValue::LongInt(i32::try_from(self.quarantine_max_length).unwrap_or(i32::MAX)),
@@ -152,7 +168,7 @@ impl Topology {
             // leader, which drops the messages (found by the reliability
             // harness). The name changed with the type (`.delay.` instead
             // of `.retry.`) because a queue's type cannot change in place.
-            let mut args = quorum_args();
+            let mut args = self.quorum_args();
             args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
             args.insert("x-overflow".into(), long_string("reject-publish"));
             args.insert(
