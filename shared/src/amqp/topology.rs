@@ -47,15 +47,15 @@ pub struct Topology {
     #[arg(long = "amqp-delivery-limit", env = "AMQP_DELIVERY_LIMIT", default_value_t = 20)]
     pub delivery_limit: u32,
     /// Replicas of each quorum queue, placed on that many cluster nodes when
-    /// the queue is first declared (`x-quorum-initial-group-size`). 3 follows
-    /// RabbitMQ's guidance: an odd count, survives one node down; 5 survives
-    /// two. A single-node broker simply keeps one replica.
-    #[arg(long = "amqp-quorum-group-size", env = "AMQP_QUORUM_INITIAL_GROUP_SIZE", default_value_t = DEFAULT_QUORUM_GROUP_SIZE, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
-    pub quorum_group_size: u32,
+    /// the queue is first declared (`x-quorum-initial-group-size`). Unset,
+    /// the broker decides: 3 (RabbitMQ's guidance: an odd count that
+    /// survives one node down; 5 survives two) since RabbitMQ 3.12, every
+    /// node before, so 3 either way on a 3-node cluster. Unset by default
+    /// because RabbitMQ compares it on every re-declaration: queues created
+    /// without it would refuse to start a release that sends it.
+    #[arg(long = "amqp-quorum-group-size", env = "AMQP_QUORUM_INITIAL_GROUP_SIZE", value_parser = clap::value_parser!(u32).range(1..=i64::from(i32::MAX)))]
+    pub quorum_group_size: Option<u32>,
 }
-
-/// Default quorum queue replica count (see [`Topology::quorum_group_size`]).
-pub const DEFAULT_QUORUM_GROUP_SIZE: u32 = 3;
 
 impl Default for Topology {
     fn default() -> Self {
@@ -66,7 +66,7 @@ impl Default for Topology {
             quarantine_queue: "dlr.quarantine".to_owned(),
             quarantine_max_length: 10_000,
             delivery_limit: 20,
-            quorum_group_size: DEFAULT_QUORUM_GROUP_SIZE,
+            quorum_group_size: None,
         }
     }
 }
@@ -76,15 +76,17 @@ fn long_string(value: &str) -> AMQPValue {
 }
 
 impl Topology {
-    /// Arguments every quorum queue of ours starts from: the type and how
-    /// many nodes hold a replica.
+    /// Arguments every quorum queue of ours starts from: the type and, if
+    /// configured, how many nodes hold a replica.
     fn quorum_args(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-        args.insert(
-            "x-quorum-initial-group-size".into(),
-            AMQPValue::LongInt(i32::try_from(self.quorum_group_size).unwrap_or(i32::MAX)),
-        );
+        if let Some(size) = self.quorum_group_size {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongInt(i32::try_from(size).unwrap_or(i32::MAX)),
+            );
+        }
         args
     }
 
