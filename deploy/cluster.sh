@@ -12,6 +12,7 @@
 #   deploy/cluster.sh kill-node N    # kill -9 node N (1-3): a crash
 #   deploy/cluster.sh stop-node N    # clean stop of node N
 #   deploy/cluster.sh start-node N   # start node N and wait until it runs again
+#   deploy/cluster.sh ctl N|any ARGS # rabbitmqctl ARGS against node N (any: the first running)
 #
 # Node N is dlrN@localhost with AMQP on 127.0.0.1:570N and Erlang distribution
 # on 2570N; management is off. Partition handling is pause_minority, as the
@@ -183,8 +184,21 @@ case "$cmd" in
     start_node "$n"
     await_node "$n"
     ;;
+  ctl)
+    target=${2:-}
+    shift 2 || true
+    if [ "$target" = any ]; then
+      target=""
+      for n in "${nodes[@]}"; do
+        if running "$n"; then target=$n; break; fi
+      done
+      [ -n "$target" ] || { echo "cluster: no node is running" >&2; exit 1; }
+    fi
+    n=$(node_arg "$target")
+    ctl "$n" "$@"
+    ;;
   *)
-    echo "usage: deploy/cluster.sh start|status|stop|reset|urls|kill-node N|stop-node N|start-node N" >&2
+    echo "usage: deploy/cluster.sh start|status|stop|reset|urls|kill-node N|stop-node N|start-node N|ctl N|any ARGS" >&2
     exit 2
     ;;
 esac
