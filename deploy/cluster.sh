@@ -88,7 +88,10 @@ start_node() {
     echo "cluster: port $(amqp_port "$n") or $(dist_port "$n") is taken by something that is not $(node_name "$n")" >&2
     return 1
   fi
-  as_rabbitmq "$n" sh -c "cd '$base/dlr$n' && exec '$rabbit_bin/rabbitmq-server' >>'$base/dlr$n/log/startup.log' 2>&1" &
+  # No inherited descriptors: a caller reading this script's output would
+  # otherwise wait for the node to exit.
+  as_rabbitmq "$n" sh -c "cd '$base/dlr$n' && exec '$rabbit_bin/rabbitmq-server'" \
+    </dev/null >>"$base/dlr$n/log/startup.log" 2>&1 &
   disown || true
 }
 
@@ -188,11 +191,16 @@ case "$cmd" in
     target=${2:-}
     shift 2 || true
     if [ "$target" = any ]; then
-      target=""
+      # Each CLI call boots an Erlang VM: try the command itself on each
+      # node rather than pinging first (a stopped node fails fast).
       for n in "${nodes[@]}"; do
-        if running "$n"; then target=$n; break; fi
+        if output=$(ctl "$n" "$@" 2>/dev/null); then
+          printf '%s\n' "$output"
+          exit 0
+        fi
       done
-      [ -n "$target" ] || { echo "cluster: no node is running" >&2; exit 1; }
+      echo "cluster: no node could run: rabbitmqctl $*" >&2
+      exit 1
     fi
     n=$(node_arg "$target")
     ctl "$n" "$@"

@@ -25,7 +25,7 @@
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use dlr_shared::amqp::Topology;
-use dlr_tests::{TestDatabase, amqp_url, unique_topology};
+use dlr_tests::{TestDatabase, unique_topology};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -435,7 +435,7 @@ async fn broker_channel(run_id: &str) -> Result<(lapin::Connection, lapin::Chann
         lapin::ConnectionProperties::default().with_connection_name(format!("harness-{run_id}").into());
     // AMQP_URL may list a cluster's nodes: the first that answers will do.
     let mut failure = None;
-    for url in amqp_url().split(',') {
+    for url in dlr_tests::amqp_urls().split(',') {
         match lapin::Connection::connect(url.trim(), properties.clone()).await {
             Ok(connection) => {
                 let channel = connection.create_channel().await.context("opening a channel")?;
@@ -701,7 +701,7 @@ mod cluster {
             let s = &self.settings;
             let t = &self.topology;
             let mut env: Vec<(&str, String)> = vec![
-                ("AMQP_URL", amqp_url()),
+                ("AMQP_URL", dlr_tests::amqp_urls()),
                 ("AMQP_EXCHANGE", t.exchange.clone()),
                 ("AMQP_QUEUE", t.queue.clone()),
                 ("AMQP_PARKED_QUEUE", t.parked_queue.clone()),
