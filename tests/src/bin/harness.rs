@@ -2194,6 +2194,8 @@ mod replicated {
     /// How long a majority loss may take to make every ingest unready
     /// (RabbitMQ's pause_minority stops the last node's listener).
     const UNREADY_WITHIN: Duration = Duration::from_secs(30);
+    /// Bound of one rabbitmqctl query through deploy/cluster.sh.
+    const QUERY_TIMEOUT: Duration = Duration::from_secs(180);
 
     pub fn is_cluster_scenario(kind: ScenarioKind) -> bool {
         matches!(
@@ -2268,6 +2270,19 @@ mod replicated {
         }
     }
 
+    /// Runs a rabbitmqctl query through `deploy/cluster.sh`. Each call boots
+    /// an Erlang VM, which takes tens of seconds on a loaded two-core
+    /// machine: queries get a generous bound and one retry.
+    async fn query(context: &RunContext<'_>, args: &[&str]) -> Result<String> {
+        match script(context, args, QUERY_TIMEOUT).await {
+            Ok(output) => Ok(output),
+            Err(error) => {
+                context.clock.say(format!("{error:#}; trying again"));
+                script(context, args, QUERY_TIMEOUT).await
+            }
+        }
+    }
+
     /// Runs `deploy/cluster.sh ARGS` and returns its standard output.
     async fn script(context: &RunContext<'_>, args: &[&str], within: Duration) -> Result<String> {
         let output = tokio::time::timeout(
@@ -2320,7 +2335,7 @@ mod replicated {
 
     /// The run's quorum queues as any running node sees them.
     async fn placements(context: &RunContext<'_>) -> Result<Vec<Placement>> {
-        let listing = script(
+        let listing = query(
             context,
             &[
                 "ctl",
@@ -2335,7 +2350,6 @@ mod replicated {
                 "json",
                 "-q",
             ],
-            Duration::from_secs(60),
         )
         .await?;
         let rows: Vec<serde_json::Value> =
@@ -2382,10 +2396,9 @@ mod replicated {
 
     /// The nodes (with repetitions) that hold the run's ingest or worker connections.
     async fn client_nodes(context: &RunContext<'_>, role: &str) -> Result<Vec<usize>> {
-        let listing = script(
+        let listing = query(
             context,
             &["ctl", "any", "list_connections", "port", "client_properties", "--formatter", "json", "-q"],
-            Duration::from_secs(60),
         )
         .await?;
         let rows: Vec<serde_json::Value> =
