@@ -2419,6 +2419,29 @@ mod replicated {
             .max_by_key(|n| nodes.iter().filter(|m| *m == n).count())
     }
 
+    /// Transfers `queue`'s leadership from node `from` to another node and
+    /// waits until the cluster reports the new leader; returns it.
+    async fn move_leader(context: &RunContext<'_>, queue: &str, from: usize) -> Result<usize> {
+        let to = NODES.into_iter().find(|n| *n != from).unwrap_or(1);
+        // A quorum queue's Raft cluster is named after vhost and queue.
+        let server = |n: usize| format!("{{'%2F_{queue}', 'dlr{n}@localhost'}}");
+        let call = format!("ra:transfer_leadership({}, {}).", server(from), server(to));
+        query(context, &["ctl", &from.to_string(), "eval", &call]).await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(placement) = receipts_placement(context, queue).await
+                && placement.leader == Some(to)
+            {
+                context.clock.say(format!("moved the leader of {queue} from dlr{from} to dlr{to}"));
+                return Ok(to);
+            }
+            if Instant::now() >= deadline {
+                bail!("the leader of {queue} did not move from dlr{from} to dlr{to}");
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     async fn any_ingest_ready(cluster: &cluster::Cluster) -> bool {
         for n in 0..2 {
             if cluster.wait_ready(Role::Ingest, n, Duration::from_millis(300)).await.is_ok() {
@@ -2456,6 +2479,13 @@ mod replicated {
         match kind {
             ScenarioKind::LeaderKill | ScenarioKind::ConnectedNodeKill => {
                 let victim = if kind == ScenarioKind::LeaderKill { leader } else { ingest_node };
+                // The ingests' node is a different fault from the leader's
+                // only when it holds no leader: move the receipts queue's away.
+                let leader = if kind == ScenarioKind::ConnectedNodeKill && leader == ingest_node {
+                    move_leader(context, &queue, leader).await?
+                } else {
+                    leader
+                };
                 let role = match (victim == leader, ingests.contains(&victim)) {
                     (true, true) => "the leader, with ingest connections",
                     (true, false) => "the leader, no ingest connection",
