@@ -59,7 +59,8 @@ ctl() {
 }
 
 prepare() {
-  local n=$1 dir="$base/dlr$n"
+  local n=$1
+  local dir="$base/dlr$n"
   as_root mkdir -p "$dir/mnesia" "$dir/log"
   # The Debian package's config pins the listener to 5672: each node gets its own.
   as_root tee "$dir/rabbitmq.conf" >/dev/null <<EOF
@@ -157,7 +158,7 @@ case "$cmd" in
     ;;
   stop)
     for n in "${nodes[@]}"; do
-      running "$n" && ctl "$n" stop >/dev/null 2>&1 || true
+      if running "$n"; then ctl "$n" stop >/dev/null 2>&1 || true; fi
     done
     echo "cluster: stopped"
     ;;
@@ -166,7 +167,7 @@ case "$cmd" in
     # A node that did not answer `stop` is killed by its own pid file.
     for n in "${nodes[@]}"; do
       pid=$(as_root cat "$base/dlr$n/rabbitmq.pid" 2>/dev/null || true)
-      [ -n "$pid" ] && as_root kill -9 "$pid" 2>/dev/null || true
+      if [ -n "$pid" ]; then as_root kill -9 "$pid" 2>/dev/null || true; fi
     done
     as_root rm -rf "$base"
     echo "cluster: data removed"
@@ -175,7 +176,7 @@ case "$cmd" in
   kill-node)
     n=$(node_arg "${2:-}")
     pid=$(as_root cat "$base/dlr$n/rabbitmq.pid" 2>/dev/null || true)
-    [ -n "$pid" ] && as_root kill -9 "$pid" 2>/dev/null || true
+    if [ -n "$pid" ]; then as_root kill -9 "$pid" 2>/dev/null || true; fi
     echo "cluster: killed $(node_name "$n")"
     ;;
   stop-node)
