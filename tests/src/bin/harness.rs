@@ -2504,7 +2504,7 @@ mod replicated {
                     caught_up.as_secs_f64()
                 ));
                 Ok(format!(
-                    "kill -9 dlr{victim} ({role}), start it after {:.0} s; new leader {}; replicas complete {:.1} s after the start",
+                    "kill -9 dlr{victim} ({role}), start it after {:.0} s; leader then {}; replicas complete {:.1} s after the start",
                     down.as_secs_f64(),
                     new_leader.map_or("?".to_owned(), |n| format!("dlr{n}")),
                     caught_up.as_secs_f64()
