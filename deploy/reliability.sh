@@ -5,6 +5,9 @@
 #
 #   deploy/reliability.sh            # long run (~8 min): the table in RELIABILITY.md
 #   deploy/reliability.sh --short    # CI: small counts, short faults (< 3 min)
+#   deploy/reliability.sh --cluster [--short]
+#                                    # node losses on the local 3-node cluster
+#                                    # (deploy/cluster.sh; 5672 is not touched)
 #   DLR_BUILD_PROFILE=debug deploy/reliability.sh --short
 #                                    # the same with the debug binaries that
 #                                    # `cargo test` already built (CI saves a
@@ -21,7 +24,19 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-bash deploy/services.sh rabbitmq postgres
+cluster=false
+for arg in "$@"; do
+  [ "$arg" = --cluster ] && cluster=true
+done
+if $cluster; then
+  # Its own nodes on 5701-5703; the machine's broker is left alone.
+  bash deploy/services.sh postgres
+  bash deploy/cluster.sh start
+  AMQP_URL=$(bash deploy/cluster.sh urls)
+  export AMQP_URL
+else
+  bash deploy/services.sh rabbitmq postgres
+fi
 
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   echo "reliability: installing nginx from Debian's packages" >&2

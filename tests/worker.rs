@@ -268,8 +268,9 @@ async fn replay_parked(
     let retry = RetryPolicy::new(config.max_attempts, config.retry_initial_delay, config.retry_max_delay);
     let topology = Arc::new(config.broker.topology.clone());
     let metrics = WorkerMetrics::new().expect("metrics");
+    let addresses = config.broker.addresses().expect("AMQP_URL parses");
     let (broker, task, stop) =
-        dlr_worker::startup::start_broker(config, topology.clone(), retry.delays(), metrics);
+        dlr_worker::startup::start_broker(config, addresses, topology.clone(), retry.delays(), metrics);
     let connection = tokio::time::timeout(WITHIN, broker.wait_connected(&CancellationToken::new()))
         .await
         .ok()
@@ -983,8 +984,13 @@ async fn returns_are_attributed_to_their_own_publish() {
     let metrics = WorkerMetrics::new().expect("metrics");
     let retry = RetryPolicy::new(2, Duration::from_millis(50), Duration::from_millis(50));
     let config = worker_config(&topology, &amqp_url());
-    let (connection, _task, stop) =
-        dlr_worker::startup::start_broker(&config, Arc::new(topology.clone()), retry.delays(), metrics);
+    let (connection, _task, stop) = dlr_worker::startup::start_broker(
+        &config,
+        config.broker.addresses().expect("AMQP_URL parses"),
+        Arc::new(topology.clone()),
+        retry.delays(),
+        metrics,
+    );
     assert!(connection.wait_connected(&CancellationToken::new()).await.is_some(), "connects");
     let publisher = Arc::new(Publisher::new(connection, Duration::from_secs(10)));
 

@@ -24,6 +24,9 @@ pub enum StartupError {
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
+    /// `AMQP_URL` does not parse (an unreachable broker is retried instead).
+    #[error("invalid configuration: {0}")]
+    BrokerAddress(#[from] dlr_shared::config::AmqpUrlError),
     /// The listen address is taken or not ours.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -57,6 +60,7 @@ impl Application {
     /// for the broker: ingest must start (unready) while the broker is down.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let signatures = config.validate()?;
+        let broker_addresses = config.broker.addresses()?;
         let metrics = IngestMetrics::new()?;
         let listener = TcpListener::bind(config.addr)
             .await
@@ -74,7 +78,7 @@ impl Application {
         });
         let broker_shutdown = CancellationToken::new();
         let (broker, broker_task) = BrokerConnection::start(
-            config.broker.url.clone(),
+            broker_addresses,
             format!("ingest@{}", hostname()),
             setup,
             metrics.broker_connected.clone(),

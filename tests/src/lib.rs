@@ -20,9 +20,29 @@ use tokio_util::sync::CancellationToken;
 
 pub use broker::TestBroker;
 
-/// The broker tests use: `AMQP_URL` or the local default.
+/// Set by a tool's `--amqp-url`: it wins over `AMQP_URL`.
+static AMQP_URLS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes [`amqp_urls`] return `urls` instead of `AMQP_URL` (a tool's
+/// `--amqp-url`; the environment cannot be changed safely at run time).
+pub fn set_amqp_urls(urls: &str) {
+    let _ = AMQP_URLS.set(urls.to_owned());
+}
+
+/// Every broker address given: `AMQP_URL` (a single URI, or a
+/// comma-separated list of a cluster's nodes) or the local default. What
+/// ingest and worker processes are given.
+pub fn amqp_urls() -> String {
+    AMQP_URLS
+        .get()
+        .cloned()
+        .or_else(|| std::env::var("AMQP_URL").ok())
+        .unwrap_or_else(|| dlr_shared::config::DEFAULT_AMQP_URL.to_owned())
+}
+
+/// The broker the tests' own connections use: the first of [`amqp_urls`].
 pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| dlr_shared::config::DEFAULT_AMQP_URL.to_owned())
+    amqp_urls().split(',').next().unwrap_or_default().trim().to_owned()
 }
 
 /// The PostgreSQL server tests use (a database is created per test).
@@ -54,6 +74,7 @@ pub fn unique_topology() -> Topology {
         quarantine_queue: format!("{base}.quarantine"),
         quarantine_max_length: 100,
         delivery_limit: 20,
+        ..Topology::default()
     }
 }
 

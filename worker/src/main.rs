@@ -87,8 +87,10 @@ impl OneShotBroker {
     fn start(config: &dlr_worker::Config) -> anyhow::Result<Self> {
         let metrics = WorkerMetrics::new().context("metrics")?;
         let retry = RetryPolicy::new(config.max_attempts, config.retry_initial_delay, config.retry_max_delay);
+        let addresses = config.broker.addresses().context("invalid configuration")?;
         let (broker, task, stop) = dlr_worker::startup::start_broker(
             config,
+            addresses,
             Arc::new(config.broker.topology.clone()),
             retry.delays(),
             metrics,

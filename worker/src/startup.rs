@@ -36,6 +36,9 @@ pub enum StartupError {
     /// Invalid configuration.
     #[error("invalid configuration: {0}")]
     Config(#[from] ConfigError),
+    /// `AMQP_URL` does not parse (an unreachable broker is retried instead).
+    #[error("invalid configuration: {0}")]
+    BrokerAddress(#[from] dlr_shared::config::AmqpUrlError),
     /// The probe address is taken.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -71,6 +74,7 @@ impl Application {
     /// and starts the broker connection in the background.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let routes = config.validate()?;
+        let broker_addresses = config.broker.addresses()?;
         let metrics = WorkerMetrics::new()?;
         let listener = TcpListener::bind(config.addr)
             .await
@@ -94,7 +98,7 @@ impl Application {
         }
 
         let (broker, broker_task, broker_shutdown) =
-            start_broker(&config, topology.clone(), retry.delays(), metrics.clone());
+            start_broker(&config, broker_addresses, topology.clone(), retry.delays(), metrics.clone());
         // Retries and parking: a return there means our own queue is missing.
         let publisher = Arc::new(Publisher::new(broker.clone(), PUBLISH_CONFIRM_TIMEOUT));
         if routes.uses(HandlerKind::Amqp) {
@@ -166,6 +170,7 @@ impl Application {
 /// every (re)connect.
 pub fn start_broker(
     config: &Config,
+    addresses: dlr_shared::config::AmqpUrls,
     topology: Arc<Topology>,
     retry_delays: Vec<Duration>,
     metrics: WorkerMetrics,
@@ -184,7 +189,7 @@ pub fn start_broker(
     let shutdown = CancellationToken::new();
     let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
     let (broker, task) = BrokerConnection::start(
-        config.broker.url.clone(),
+        addresses,
         format!("worker@{hostname}"),
         setup,
         metrics.broker_connected,

@@ -9,16 +9,23 @@
 //! channel and starts over as soon as the connection stops being usable.
 //! Users hold no connection of their own, so none of them can keep a dead
 //! one alive, and a process can start while the broker is still down.
+//!
+//! With several addresses (the nodes of a cluster) the supervisor tries them
+//! in order and, after losing a connection, starts with the node after the
+//! one it lost: a node that just went away is the least likely to answer, so
+//! losing it costs a reconnect to a sibling rather than an outage. Only after
+//! every address failed does it back off.
 
 use futures_util::future::BoxFuture;
 use lapin::{Connection, ConnectionProperties};
 use prometheus::IntGauge;
-use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use crate::config::{AmqpAddress, AmqpUrls};
 
 /// Runs on every new connection before it is handed out (declare topology).
 pub type SetupHook =
@@ -31,7 +38,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a connection close may wait for the broker's close-ok.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A TCP connect that hangs (black-holed address) must not stall recovery.
+/// A TCP connect that hangs (black-holed address) must not stall recovery;
+/// with several addresses it bounds the time spent on each dead node.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Handle to the supervised connection; cheap to clone.
@@ -46,7 +54,7 @@ impl BrokerConnection {
     /// Starts the supervisor. It runs until `shutdown` is cancelled, then
     /// closes the connection; await the returned handle to know it is closed.
     pub fn start(
-        uri: SecretString,
+        addresses: AmqpUrls,
         connection_name: String,
         setup: SetupHook,
         connected_gauge: IntGauge,
@@ -56,7 +64,7 @@ impl BrokerConnection {
         let wake = Arc::new(Notify::new());
         let redeclare = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let supervisor = Supervisor {
-            uri,
+            addresses,
             connection_name,
             setup,
             gauge: connected_gauge,
@@ -105,7 +113,7 @@ impl BrokerConnection {
 }
 
 struct Supervisor {
-    uri: SecretString,
+    addresses: AmqpUrls,
     connection_name: String,
     setup: SetupHook,
     gauge: IntGauge,
@@ -119,14 +127,18 @@ impl Supervisor {
     async fn run(self) {
         let mut backoff = MIN_BACKOFF;
         let mut failures: u64 = 0;
+        let mut first = 0;
         while !self.shutdown.is_cancelled() {
-            match self.connect().await {
-                Ok(conn) => {
+            match self.connect_any(first).await {
+                Ok((conn, index)) => {
+                    let address = &self.addresses.addresses()[index];
                     if failures > 0 {
-                        tracing::info!(failed_attempts = failures, "broker connection restored");
+                        tracing::info!(%address, failed_attempts = failures, "broker connection restored");
                     } else {
-                        tracing::info!("broker connection established");
+                        tracing::info!(%address, "broker connection established");
                     }
+                    // After a loss, the node we were on is tried last.
+                    first = index + 1;
                     failures = 0;
                     backoff = MIN_BACKOFF;
                     self.gauge.set(1);
@@ -141,7 +153,7 @@ impl Supervisor {
                         let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "shutdown".into())).await;
                         return;
                     }
-                    tracing::warn!("broker connection lost; reconnecting");
+                    tracing::warn!(%address, "broker connection lost; reconnecting");
                 }
                 Err(error) => {
                     failures += 1;
@@ -161,11 +173,30 @@ impl Supervisor {
         }
     }
 
-    async fn connect(&self) -> Result<Arc<Connection>, String> {
+    /// Tries every address once, starting at `first` (wrapping around);
+    /// returns the connection and the index of the address that answered.
+    async fn connect_any(&self, first: usize) -> Result<(Arc<Connection>, usize), String> {
+        let addresses = self.addresses.addresses();
+        let mut errors = Vec::with_capacity(addresses.len());
+        for offset in 0..addresses.len() {
+            let index = (first + offset) % addresses.len();
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            match self.connect(&addresses[index]).await {
+                Ok(conn) => return Ok((conn, index)),
+                Err(error) if addresses.len() == 1 => errors.push(error),
+                Err(error) => errors.push(format!("{}: {error}", addresses[index])),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    async fn connect(&self, address: &AmqpAddress) -> Result<Arc<Connection>, String> {
         let props =
             ConnectionProperties::default().with_connection_name(self.connection_name.as_str().into());
         let conn =
-            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(self.uri.expose_secret(), props))
+            tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(address.uri().clone(), props))
                 .await
                 .map_err(|_| "connect timed out".to_owned())?
                 .map_err(|e| e.to_string())?;

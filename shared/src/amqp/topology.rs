@@ -48,6 +48,15 @@ pub struct Topology {
     /// safety net for messages that crash the worker before it can decide).
     #[arg(long = "amqp-delivery-limit", env = "AMQP_DELIVERY_LIMIT", default_value_t = 20)]
     pub delivery_limit: u32,
+    /// Replicas of each quorum queue, placed on that many cluster nodes when
+    /// the queue is first declared (`x-quorum-initial-group-size`). Unset,
+    /// the broker decides: 3 (RabbitMQ's guidance: an odd count that
+    /// survives one node down; 5 survives two) since RabbitMQ 3.12, every
+    /// node before, so 3 either way on a 3-node cluster. Unset by default
+    /// because RabbitMQ compares it on every re-declaration: queues created
+    /// without it would refuse to start a release that sends it.
+    #[arg(long = "amqp-quorum-group-size", env = "AMQP_QUORUM_INITIAL_GROUP_SIZE", value_parser = clap::value_parser!(u32).range(1..=i64::from(i32::MAX)))]
+    pub quorum_group_size: Option<u32>,
 }
 
 impl Default for Topology {
@@ -59,14 +68,9 @@ impl Default for Topology {
             quarantine_queue: "dlr.quarantine".to_owned(),
             quarantine_max_length: 10_000,
             delivery_limit: 20,
+            quorum_group_size: None,
         }
     }
-}
-
-fn quorum_args() -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    args
 }
 
 fn long_string(value: &str) -> AMQPValue {
@@ -74,6 +78,20 @@ fn long_string(value: &str) -> AMQPValue {
 }
 
 impl Topology {
+    /// Arguments every quorum queue of ours starts from: the type and, if
+    /// configured, how many nodes hold a replica.
+    fn quorum_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        if let Some(size) = self.quorum_group_size {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongInt(i32::try_from(size).unwrap_or(i32::MAX)),
+            );
+        }
+        args
+    }
+
     /// Name of the delay queue that holds retries for `delay`.
     ///
     /// The delay is part of the name because a queue's TTL can never change:
@@ -95,9 +113,9 @@ impl Topology {
             )
             .await
             .inspect_err(|error| report_inequivalent("exchange", &self.exchange, error))?;
-        self.declare_durable(channel, &self.parked_queue, quorum_args()).await?;
+        self.declare_durable(channel, &self.parked_queue, self.quorum_args()).await?;
 
-        let mut receipts = quorum_args();
+        let mut receipts = self.quorum_args();
         // Poison messages (that crash every worker) end in the parking lot
         // instead of looping forever; RabbitMQ 4 would otherwise drop them
         // after 20 deliveries. at-least-once dead-lettering needs reject-publish.
@@ -120,7 +138,7 @@ impl Topology {
             )
             .await?;
 
-        let mut quarantine = quorum_args();
+        let mut quarantine = self.quorum_args();
         quarantine.insert(
             "x-max-length".into(),
             AMQPValue::LongInt(i32::try_from(self.quarantine_max_length).unwrap_or(i32::MAX)),
@@ -156,7 +174,7 @@ impl Topology {
             // leader, which drops the messages (found by the reliability
             // harness). The name changed with the type (`.delay.` instead
             // of `.retry.`) because a queue's type cannot change in place.
-            let mut args = quorum_args();
+            let mut args = self.quorum_args();
             args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
             args.insert("x-overflow".into(), long_string("reject-publish"));
             args.insert(

@@ -55,11 +55,19 @@ struct Args {
     /// Skip the ingest part (broker consume ceiling and worker runs only).
     #[arg(long, conflicts_with = "ingest_only")]
     worker_only: bool,
+    /// Broker address(es) instead of AMQP_URL: a comma-separated list of a
+    /// cluster's nodes is given to ingest and worker whole; the ceilings are
+    /// measured through the first, where ingest connects too.
+    #[arg(long)]
+    amqp_url: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(urls) = &args.amqp_url {
+        dlr_tests::set_amqp_urls(urls);
+    }
     if !args.worker_only {
         ingest_part(&args).await?;
     }
@@ -296,7 +304,7 @@ impl Drop for ChildGuard {
 
 fn spawn(bin: PathBuf, envs: &[(&str, String)]) -> Result<ChildGuard> {
     let mut command = Command::new(&bin);
-    command.stdout(Stdio::null()).stderr(Stdio::null()).env("AMQP_URL", amqp_url());
+    command.stdout(Stdio::null()).stderr(Stdio::null()).env("AMQP_URL", dlr_tests::amqp_urls());
     for (k, v) in envs {
         command.env(k, v);
     }
