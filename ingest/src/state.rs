@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::SignaturePolicy;
 use crate::metrics::IngestMetrics;
+use crate::readiness::BrokerReadiness;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -20,11 +21,23 @@ pub struct AppState {
     pub metrics: Arc<IngestMetrics>,
     /// Set on SIGTERM so readiness fails while in-flight requests drain.
     pub draining: Arc<AtomicBool>,
+    /// Broker side of readiness: connected once, not lost for longer than the grace.
+    pub broker_readiness: Arc<BrokerReadiness>,
 }
 
 impl AppState {
-    /// Ready to take receipts: broker usable and not shutting down.
+    /// Should this pod be in the Service: not draining, and no pod-local
+    /// broker trouble. A blocked connection (a cluster-wide resource alarm)
+    /// keeps it ready; the receipt routes answer 503 + Retry-After meanwhile.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err("draining");
+        }
+        self.broker_readiness.check(std::time::Instant::now()).map_err(|reason| reason.as_str())
+    }
+
+    /// [`AppState::readiness`] as a yes/no.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::SeqCst) && self.publisher.is_ready()
+        self.readiness().is_ok()
     }
 }

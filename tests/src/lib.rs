@@ -165,6 +165,20 @@ impl TestIngest {
     }
 }
 
+/// Polls `check` until it holds or `within` passes; returns whether it held.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sum of a metric's samples whose label set contains all `labels`
 /// (`name{a="b"}` lines of the Prometheus text format).
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
