@@ -61,12 +61,7 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
     let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
     let worker_config = worker_config(&topology, &amqp_url());
     let events_exchange = worker_config.events_exchange.clone();
-    let retry_queues: Vec<String> =
-        dlr_worker::retry::RetryPolicy::new(4, Duration::from_millis(50), Duration::from_millis(200))
-            .delays()
-            .into_iter()
-            .map(|d| topology.retry_queue(d))
-            .collect();
+    let retry_queues = dlr_tests::worker_retry_queues(&topology);
     let worker = spawn_worker(worker_config).await;
     assert!(ingest.wait_ready(Duration::from_secs(10)).await);
     assert!(worker.wait_ready(Duration::from_secs(10)).await);

@@ -123,12 +123,7 @@ async fn a_receipt_reaches_the_status_table_over_tls() {
     config.route_delivered = "postgres".to_owned();
     config.database_url = Some(url.clone().into());
     let events_exchange = config.events_exchange.clone();
-    let retry_queues: Vec<String> =
-        dlr_worker::retry::RetryPolicy::new(4, Duration::from_millis(50), Duration::from_millis(200))
-            .delays()
-            .into_iter()
-            .map(|d| topology.retry_queue(d))
-            .collect();
+    let retry_queues = dlr_tests::worker_retry_queues(&topology);
     let worker = spawn_worker(config).await;
     assert!(ingest.wait_ready(Duration::from_secs(10)).await);
     assert!(worker.wait_ready(Duration::from_secs(10)).await, "the worker started with a TLS database");

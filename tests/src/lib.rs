@@ -224,6 +224,16 @@ pub fn worker_config(topology: &Topology, amqp_url: &str) -> dlr_worker::Config 
     config
 }
 
+/// The delay queues a worker with [`worker_config`]'s retry settings declares
+/// for `topology`, so a test can remove them.
+pub fn worker_retry_queues(topology: &Topology) -> Vec<String> {
+    dlr_worker::retry::RetryPolicy::new(4, Duration::from_millis(50), Duration::from_millis(200))
+        .delays()
+        .into_iter()
+        .map(|d| topology.retry_queue(d))
+        .collect()
+}
+
 /// Starts a worker with `config`.
 pub async fn spawn_worker(config: dlr_worker::Config) -> TestWorker {
     let app = dlr_worker::Application::build(config).await.expect("worker builds");
