@@ -118,33 +118,38 @@ async fn a_receipt_reaches_the_status_table_over_tls() {
     let database = server.create_database().await;
     let url = server.url(&database, &server.ca);
     let topology = unique_topology();
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
-    let mut config = worker_config(&topology, &amqp_url());
-    config.route_delivered = "postgres".to_owned();
-    config.database_url = Some(url.clone().into());
-    let events_exchange = config.events_exchange.clone();
     let retry_queues = dlr_tests::worker_retry_queues(&topology);
-    let worker = spawn_worker(config).await;
-    assert!(ingest.wait_ready(Duration::from_secs(10)).await);
-    assert!(worker.wait_ready(Duration::from_secs(10)).await, "the worker started with a TLS database");
+    let events_exchange = format!("{}.events", topology.exchange);
+    // Bounded: a hang anywhere (broker, database, shutdown) fails the test and still cleans up.
+    let outcome = tokio::time::timeout(Duration::from_secs(90), async {
+        let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+        let mut config = worker_config(&topology, &amqp_url());
+        config.route_delivered = "postgres".to_owned();
+        config.database_url = Some(url.clone().into());
+        let worker = spawn_worker(config).await;
+        assert!(ingest.wait_ready(Duration::from_secs(10)).await);
+        assert!(worker.wait_ready(Duration::from_secs(10)).await, "the worker started with a TLS database");
 
-    let status = ingest.post_vonage_form(&vonage_form("0D00000000000001", "delivered")).await.status();
-    let pool = sqlx::PgPool::connect(&url).await.expect("verify-full pool");
-    let stored = eventually(Duration::from_secs(10), async || {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM message_status WHERE message_id = '0D00000000000001'",
-        )
-        .fetch_one(&pool)
-        .await
-        .is_ok_and(|n| n == 1)
+        let status = ingest.post_vonage_form(&vonage_form("0D00000000000001", "delivered")).await.status();
+        let pool = sqlx::PgPool::connect(&url).await.expect("verify-full pool");
+        let stored = eventually(Duration::from_secs(10), async || {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM message_status WHERE message_id = '0D00000000000001'",
+            )
+            .fetch_one(&pool)
+            .await
+            .is_ok_and(|n| n == 1)
+        })
+        .await;
+        pool.close().await;
+        worker.stop().await;
+        ingest.stop().await;
+        (status, stored)
     })
     .await;
-    pool.close().await;
-
-    worker.stop().await;
-    ingest.stop().await;
     TestBroker::connect().await.cleanup(&topology, &retry_queues, &[events_exchange]).await;
     server.drop_database(&database).await;
+    let (status, stored) = outcome.expect("the end-to-end run finishes within 90 s");
     assert_eq!(status, 200);
     assert!(stored, "the worker wrote the receipt to PostgreSQL over TLS");
 }
