@@ -61,12 +61,7 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
     let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
     let worker_config = worker_config(&topology, &amqp_url());
     let events_exchange = worker_config.events_exchange.clone();
-    let retry_queues: Vec<String> =
-        dlr_worker::retry::RetryPolicy::new(4, Duration::from_millis(50), Duration::from_millis(200))
-            .delays()
-            .into_iter()
-            .map(|d| topology.retry_queue(d))
-            .collect();
+    let retry_queues = dlr_tests::worker_retry_queues(&topology);
     let worker = spawn_worker(worker_config).await;
     assert!(ingest.wait_ready(Duration::from_secs(10)).await);
     assert!(worker.wait_ready(Duration::from_secs(10)).await);
@@ -90,4 +85,45 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
     worker.stop().await;
     ingest.stop().await;
     TestBroker::connect().await.cleanup(&topology, &retry_queues, &[events_exchange]).await;
+}
+
+/// Every `env` name clap knows for `command`, subcommands included.
+fn env_names(command: &clap::Command, names: &mut BTreeSet<String>) {
+    for arg in command.get_arguments() {
+        if let Some(env) = arg.get_env() {
+            names.insert(env.to_string_lossy().into_owned());
+        }
+    }
+    for sub in command.get_subcommands() {
+        env_names(sub, names);
+    }
+}
+
+/// Keys of a `KEY=value` env file (kustomize `envs:`), comments skipped.
+fn env_file_keys(path: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_once('=').map_or(l, |(k, _)| k).to_owned())
+        .collect()
+}
+
+#[test]
+fn every_setting_in_the_manifests_configmaps_is_read_by_its_binary() {
+    use clap::CommandFactory;
+    // Read by the runtime or the environment, not by clap.
+    const OUTSIDE_CLAP: &[&str] = &["TOKIO_WORKER_THREADS"];
+    let k8s = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/k8s/base");
+    for (file, command) in
+        [("ingest.env", dlr_ingest::Config::command()), ("worker.env", dlr_worker::config::Cli::command())]
+    {
+        let mut known = BTreeSet::new();
+        env_names(&command, &mut known);
+        let keys = env_file_keys(&k8s.join(file));
+        assert!(keys.len() >= 5, "{file}: found only {keys:?}");
+        let unknown: Vec<&String> =
+            keys.iter().filter(|k| !known.contains(*k) && !OUTSIDE_CLAP.contains(&k.as_str())).collect();
+        assert!(unknown.is_empty(), "{file} sets variables its binary ignores: {unknown:?}");
+    }
 }

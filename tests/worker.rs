@@ -16,8 +16,8 @@ use dlr_shared::amqp::{Publisher, header_str, header_u64};
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
 use dlr_tests::receiver::{Received, Receiver, Script};
 use dlr_tests::{
-    TestBroker, TestDatabase, TestIngest, TestWorker, amqp_url, ingest_config, metric_value, spawn_ingest,
-    spawn_worker, unique_topology, vonage_form, worker_config,
+    TestBroker, TestDatabase, TestIngest, TestWorker, amqp_url, eventually, ingest_config, metric_value,
+    spawn_ingest, spawn_worker, unique_topology, vonage_form, worker_config,
 };
 use dlr_worker::metrics::WorkerMetrics;
 use dlr_worker::parking::{self, ReplayReport};
@@ -42,20 +42,6 @@ const WITHIN: Duration = Duration::from_secs(20);
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
-
-/// Polls `check` until it holds or `within` passes; returns whether it held.
-async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// What ingest answered for one receipt.
 struct Accepted {

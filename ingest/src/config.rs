@@ -45,6 +45,10 @@ pub struct Config {
     /// (providers retry 429) instead of queueing unbounded work.
     #[arg(long = "max-concurrency", env = "INGEST_MAX_CONCURRENCY", default_value_t = 1024)]
     pub max_concurrency: usize,
+    /// How long this pod stays ready after losing its broker connection. A
+    /// blocked connection (broker-wide alarm) never makes it unready.
+    #[arg(long = "readiness-broker-grace-seconds", env = "INGEST_READINESS_BROKER_GRACE_SECONDS", default_value = "30", value_parser = parse_seconds)]
+    pub readiness_broker_grace: Duration,
     /// Open client connections at most; further clients wait in the kernel's
     /// accept queue. Bounds memory held by idle or slow connections.
     #[arg(long = "max-connections", env = "INGEST_MAX_CONNECTIONS", default_value_t = 4096)]
@@ -133,6 +137,9 @@ impl Config {
         }
         if self.max_concurrency == 0 {
             return Err(invalid("INGEST_MAX_CONCURRENCY", "must be greater than 0"));
+        }
+        if self.readiness_broker_grace.is_zero() {
+            return Err(invalid("INGEST_READINESS_BROKER_GRACE_SECONDS", "must be greater than 0"));
         }
         if self.confirm_timeout.is_zero() || self.confirm_timeout >= Duration::from_secs(15) {
             return Err(invalid(

@@ -9,11 +9,13 @@
 //! - [`routes`]: the webhook routes, probes and `/metrics`.
 //! - [`intake`]: decode, verify, parse, publish: one receipt's way through.
 //! - [`error`]: every way a request can fail, and the status it gets.
+//! - [`readiness`]: `/readyz` follows pod-local trouble only, never a broker-wide alarm.
 
 pub mod config;
 pub mod error;
 pub mod intake;
 pub mod metrics;
+pub mod readiness;
 pub mod routes;
 pub mod startup;
 pub mod state;

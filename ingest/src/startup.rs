@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::IngestMetrics;
+use crate::readiness::{self, BrokerReadiness};
 use crate::routes::{RouterLimits, router};
 use crate::state::AppState;
 
@@ -84,6 +85,8 @@ impl Application {
             metrics.broker_connected.clone(),
             broker_shutdown.clone(),
         );
+        let broker_readiness = Arc::new(BrokerReadiness::new(config.readiness_broker_grace));
+        tokio::spawn(readiness::watch(broker_readiness.clone(), broker.clone(), broker_shutdown.clone()));
         let state = AppState {
             publisher: Arc::new(Publisher::new(broker, config.confirm_timeout)),
             topology,
@@ -91,6 +94,7 @@ impl Application {
             metrics: Arc::new(metrics),
             draining: Arc::new(AtomicBool::new(false)),
             body_timeout: config.request_timeout,
+            broker_readiness,
         };
         let limits = RouterLimits {
             body_limit_bytes: config.body_limit_bytes,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::config::SignaturePolicy;
 use crate::metrics::IngestMetrics;
+use crate::readiness::BrokerReadiness;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -23,11 +24,23 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// How long a client may take to send its body (INGEST_REQUEST_TIMEOUT_MS).
     pub body_timeout: Duration,
+    /// Broker side of readiness: connected once, not lost for longer than the grace.
+    pub broker_readiness: Arc<BrokerReadiness>,
 }
 
 impl AppState {
-    /// Ready to take receipts: broker usable and not shutting down.
+    /// Should this pod be in the Service: not draining, and no pod-local
+    /// broker trouble. A blocked connection (a cluster-wide resource alarm)
+    /// keeps it ready; the receipt routes answer 503 + Retry-After meanwhile.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err("draining");
+        }
+        self.broker_readiness.check(std::time::Instant::now()).map_err(|reason| reason.as_str())
+    }
+
+    /// [`AppState::readiness`] as a yes/no.
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::SeqCst) && self.publisher.is_ready()
+        self.readiness().is_ok()
     }
 }

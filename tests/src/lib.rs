@@ -199,6 +199,20 @@ impl TestIngest {
     }
 }
 
+/// Polls `check` until it holds or `within` passes; returns whether it held.
+pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sum of a metric's samples whose label set contains all `labels`
 /// (`name{a="b"}` lines of the Prometheus text format).
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -242,6 +256,16 @@ pub fn worker_config(topology: &Topology, amqp_url: &str) -> dlr_worker::Config 
     config.events_exchange = format!("{}.events", topology.exchange);
     config.drain_timeout = Duration::from_secs(10);
     config
+}
+
+/// The delay queues a worker with [`worker_config`]'s retry settings declares
+/// for `topology`, so a test can remove them.
+pub fn worker_retry_queues(topology: &Topology) -> Vec<String> {
+    dlr_worker::retry::RetryPolicy::new(4, Duration::from_millis(50), Duration::from_millis(200))
+        .delays()
+        .into_iter()
+        .map(|d| topology.retry_queue(d))
+        .collect()
 }
 
 /// Starts a worker with `config`.

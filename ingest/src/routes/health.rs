@@ -2,7 +2,8 @@
 //!
 //! `/healthz` only says the process serves HTTP: tying liveness to the broker
 //! would make Kubernetes restart every pod during a broker outage. `/readyz`
-//! is what takes a pod out of the load balancer (broker down, draining).
+//! is what takes a pod out of the load balancer: draining, or this pod's
+//! broker connection lost for longer than the grace (see [`crate::readiness`]).
 
 use axum::Router;
 use axum::extract::State;
@@ -25,12 +26,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.is_ready() {
-        (StatusCode::OK, "ready")
-    } else if state.draining.load(std::sync::atomic::Ordering::SeqCst) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "broker unavailable")
+    match state.readiness() {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
     }
 }
 
