@@ -1,15 +1,19 @@
 //! The postgres handler against the real database: group commit gives the
 //! same tables as one event at a time, the precedence rule ranks pending
 //! statuses, data errors are permanent and a stuck database fails a write
-//! as transient within the statement timeout.
+//! as transient within the statement timeout; and ingest refuses at the
+//! edge what the store could never hold.
 //!
-//! These tests call the handler directly (no broker): what they check is the
-//! SQL, and driving batches by hand makes their composition deterministic.
+//! The handler tests call the handler directly (no broker): what they check
+//! is the SQL, and driving batches by hand makes their composition
+//! deterministic.
 
 use chrono::{DateTime, Duration as TimeDelta, TimeZone, Utc};
 use dlr_shared::providers::{decode_urlencoded, vonage_sms};
 use dlr_shared::{EventId, MessageId, Outcome, Provider, ReceiptEvent};
-use dlr_tests::{TestDatabase, vonage_form};
+use dlr_tests::{
+    TestBroker, TestDatabase, amqp_url, ingest_config, spawn_ingest, unique_topology, vonage_form,
+};
 use dlr_worker::handlers::postgres::{PostgresHandler, PostgresSettings};
 use dlr_worker::handlers::{Handler, HandlerError};
 use proptest::prelude::*;
@@ -348,4 +352,55 @@ async fn a_write_blocked_by_a_lock_times_out_as_transient() {
     let result = result.expect("the write must not wait for the lock beyond the statement timeout");
     assert!(matches!(result, Err(HandlerError::Transient(_))), "got {result:?}");
     assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+}
+
+/// `status=delivered%00` used to be accepted and then retried by the
+/// postgres handler for the whole retry schedule. Ingest now answers 400
+/// naming the field, for every decoder, and publishes nothing; so does a
+/// status word longer than 64 bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_and_overlong_status_words_get_400_at_ingest() {
+    const FORM: &str = "application/x-www-form-urlencoded";
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    assert!(ingest.wait_ready(Duration::from_secs(10)).await, "ingest ready");
+
+    let nul_form = vonage_form("0A00000000000001", "delivered%00");
+    let long_status = vonage_form("0A00000000000002", &"x".repeat(65));
+    let twilio = "MessageSid=SM0123456789abcdef0123456789abcdef&MessageStatus=sent%00&AccountSid=AC1";
+    let json = r#"{"messageId":"0A00000000000003","status":"delivered\u0000","msisdn":"447700900123"}"#;
+    let messages = r#"{"message_uuid":"aaaaaaaa-bbbb-cccc-dddd-0123456789ab","status":"rejected","error":{"title":"x\u0000"}}"#;
+    let mut answers = Vec::new();
+    for (name, response) in [
+        ("vonage form", ingest.post_vonage_form(&nul_form).await),
+        ("vonage query", ingest.get_vonage(&nul_form).await),
+        ("vonage 65-byte status", ingest.post_vonage_form(&long_status).await),
+        ("vonage json", ingest.post("/dlr/vonage", "application/json", json).await),
+        ("twilio form", ingest.post("/dlr/twilio", FORM, twilio).await),
+        ("messages json", ingest.post("/dlr/vonage-messages", "application/json", messages).await),
+    ] {
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap_or_default();
+        let field = body["fields"][0]["field"].as_str().unwrap_or_default().to_owned();
+        answers.push((name, status, field));
+    }
+    let good = ingest.post_vonage_form(&vonage_form("0A00000000000004", "delivered")).await.status().as_u16();
+    let published = broker.drain(&topology.queue, Duration::from_millis(300)).await.len();
+    ingest.stop().await;
+    broker.cleanup(&topology, &[], &[]).await;
+
+    assert_eq!(
+        answers,
+        [
+            ("vonage form", 400, "status".to_owned()),
+            ("vonage query", 400, "status".to_owned()),
+            ("vonage 65-byte status", 400, "status".to_owned()),
+            ("vonage json", 400, "status".to_owned()),
+            ("twilio form", 400, "MessageStatus".to_owned()),
+            ("messages json", 400, "error.title".to_owned()),
+        ]
+    );
+    assert_eq!(good, 200, "a clean receipt is still accepted");
+    assert_eq!(published, 1, "only the clean receipt reaches the queue");
 }
