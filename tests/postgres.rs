@@ -341,9 +341,19 @@ async fn a_write_blocked_by_a_lock_times_out_as_transient() {
         .expect("lock");
 
     let started = Instant::now();
-    let event = event(Provider::VonageSms, "LOCKED-1", "delivered", Outcome::Delivered, None, at(0));
-    let result = tokio::time::timeout(Duration::from_secs(10), handler.handle(&event)).await;
+    let one = event(Provider::VonageSms, "LOCKED-1", "delivered", Outcome::Delivered, None, at(0));
+    let result = tokio::time::timeout(Duration::from_secs(10), handler.handle(&one)).await;
     let elapsed = started.elapsed();
+    // A batch that times out fails as a whole, at once: writing its events
+    // one at a time would wait out one timeout per event.
+    let batch: Vec<ReceiptEvent> = (0..20)
+        .map(|i| {
+            event(Provider::VonageSms, &format!("LOCKED-B{i}"), "delivered", Outcome::Delivered, None, at(i))
+        })
+        .collect();
+    let started = Instant::now();
+    let batch_results = tokio::time::timeout(Duration::from_secs(30), handler.record_batch(&batch)).await;
+    let batch_elapsed = started.elapsed();
 
     let _ = sqlx::query("ROLLBACK").execute(&mut locker).await;
     let _ = locker.close().await;
@@ -352,6 +362,9 @@ async fn a_write_blocked_by_a_lock_times_out_as_transient() {
     let result = result.expect("the write must not wait for the lock beyond the statement timeout");
     assert!(matches!(result, Err(HandlerError::Transient(_))), "got {result:?}");
     assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    let batch_results = batch_results.expect("the batch must not wait for the lock either");
+    assert!(batch_results.iter().all(|r| matches!(r, Err(HandlerError::Transient(_)))), "{batch_results:?}");
+    assert!(batch_elapsed < Duration::from_secs(3), "the batch took {batch_elapsed:?}");
 }
 
 /// `status=delivered%00` used to be accepted and then retried by the

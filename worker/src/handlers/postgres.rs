@@ -339,9 +339,11 @@ impl Store {
     }
 
     /// Writes the batch in one transaction, each event applied as if alone
-    /// and in batch order. If the database refuses the batch, the events
-    /// are written one at a time, so one bad event fails alone; if the
-    /// database cannot be reached, every event gets the transient error.
+    /// and in batch order. If the database refuses the batch for its data
+    /// (or a deadlock with another worker), the events are written one at a
+    /// time, so one bad event fails alone; if the database is unreachable,
+    /// stuck or timing out, every event gets the transient error at once
+    /// rather than one timeout after another.
     async fn record_batch(&self, rows: &[EventRow]) -> Vec<Result<(), HandlerError>> {
         match rows {
             [] => return Vec::new(),
@@ -350,7 +352,7 @@ impl Store {
         }
         match self.write_batch(rows).await {
             Ok(()) => rows.iter().map(|_| Ok(())).collect(),
-            Err(error @ sqlx::Error::Database(_)) => {
+            Err(error) if refused_for_its_data(&error) => {
                 tracing::debug!(%error, events = rows.len(), "batch refused; writing its events one at a time");
                 let mut results = Vec::with_capacity(rows.len());
                 for row in rows {
@@ -457,6 +459,19 @@ fn classify(error: sqlx::Error) -> HandlerError {
             HandlerError::Permanent(error.to_string())
         }
         _ => HandlerError::Transient(error.to_string()),
+    }
+}
+
+/// Errors after which writing the events one at a time can help: data
+/// exceptions and integrity violations (SQLSTATE classes 22 and 23: one of
+/// the events is bad) and transaction rollbacks (class 40: a deadlock or
+/// serialisation failure with another worker's batch).
+fn refused_for_its_data(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23") || code.starts_with("40")),
+        _ => false,
     }
 }
 
