@@ -73,7 +73,7 @@ async fn verify_full_with_the_servers_ca_connects_over_tls_and_runs_the_migratio
     let database = server.create_database().await;
     let url = server.url(&database, &server.ca);
 
-    let handler = PostgresHandler::connect(&url, 2).await;
+    let handler = PostgresHandler::connect(&url, &tls_settings(2)).await;
     let mut session = sqlx::PgConnection::connect(&url).await.expect("verify-full session");
     let tls: (bool, String) =
         sqlx::query_as("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
@@ -96,10 +96,11 @@ async fn verify_full_with_the_servers_ca_connects_over_tls_and_runs_the_migratio
 #[tokio::test]
 async fn a_server_certificate_from_another_ca_is_refused() {
     let server = TlsServer::start();
-    let error = match PostgresHandler::connect(&server.url("postgres", &server.wrong_ca), 1).await {
-        Ok(_) => panic!("verify-full must refuse a certificate the given CA did not sign"),
-        Err(error) => error.to_string(),
-    };
+    let error =
+        match PostgresHandler::connect(&server.url("postgres", &server.wrong_ca), &tls_settings(1)).await {
+            Ok(_) => panic!("verify-full must refuse a certificate the given CA did not sign"),
+            Err(error) => error.to_string(),
+        };
     assert!(error.to_lowercase().contains("certificate"), "the error names the certificate: {error}");
 }
 
@@ -152,4 +153,15 @@ async fn a_receipt_reaches_the_status_table_over_tls() {
     let (status, stored) = outcome.expect("the end-to-end run finishes within 90 s");
     assert_eq!(status, 200);
     assert!(stored, "the worker wrote the receipt to PostgreSQL over TLS");
+}
+
+/// The handler's settings with `connections` in the pool and the defaults'
+/// batching (the TLS tests are about the connection, not the batching).
+fn tls_settings(connections: u32) -> dlr_worker::handlers::postgres::PostgresSettings {
+    dlr_worker::handlers::postgres::PostgresSettings {
+        max_connections: connections,
+        batch_size: 100,
+        linger: std::time::Duration::from_millis(2),
+        statement_timeout: std::time::Duration::from_secs(5),
+    }
 }

@@ -147,6 +147,17 @@ pub struct Config {
     /// Connections in the PostgreSQL pool.
     #[arg(long = "database-max-connections", env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
+    /// Most events the postgres handler writes in one transaction (group commit).
+    #[arg(long = "postgres-batch-size", env = "WORKER_POSTGRES_BATCH_SIZE", default_value_t = 100)]
+    pub postgres_batch_size: u16,
+    /// How long a postgres batch waits for more events after its first one;
+    /// 0 writes each event in its own transaction.
+    #[arg(long = "postgres-linger-ms", env = "WORKER_POSTGRES_LINGER_MS", default_value_t = 2)]
+    pub postgres_linger_ms: u64,
+    /// PostgreSQL `statement_timeout` of the handler's connections: a write
+    /// that takes longer fails as transient and is retried.
+    #[arg(long = "postgres-statement-timeout-ms", env = "WORKER_POSTGRES_STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis)]
+    pub postgres_statement_timeout: Duration,
     /// Attempts per handler before an event is parked (first try included).
     #[arg(long = "max-attempts", env = "WORKER_MAX_ATTEMPTS", default_value_t = 8)]
     pub max_attempts: u32,
@@ -232,6 +243,15 @@ impl Config {
         }
         if routes.uses(HandlerKind::Postgres) && self.database_url.is_none() {
             return Err(invalid("DATABASE_URL", "is required when the postgres handler is used"));
+        }
+        if self.postgres_batch_size == 0 {
+            return Err(invalid("WORKER_POSTGRES_BATCH_SIZE", "must be at least 1"));
+        }
+        if self.postgres_statement_timeout.is_zero() {
+            return Err(invalid(
+                "WORKER_POSTGRES_STATEMENT_TIMEOUT_MS",
+                "must be above 0 (0 would mean no limit)",
+            ));
         }
         Ok(routes)
     }

@@ -18,7 +18,7 @@ use crate::dispatch::Dispatcher;
 use crate::handlers::amqp::AmqpHandler;
 use crate::handlers::http::{HttpHandler, SigningKey};
 use crate::handlers::log::LogHandler;
-use crate::handlers::postgres::PostgresHandler;
+use crate::handlers::postgres::{PostgresHandler, PostgresSettings};
 use crate::handlers::{Handler, HandlerKind};
 use crate::metrics::WorkerMetrics;
 use crate::retry::RetryPolicy;
@@ -93,7 +93,7 @@ impl Application {
         if let (true, Some(url)) = (routes.uses(HandlerKind::Postgres), config.database_url.as_ref()) {
             check_database(url.expose_secret()).await?;
             let store =
-                PostgresHandler::connect(url.expose_secret(), config.database_max_connections).await?;
+                PostgresHandler::connect(url.expose_secret(), &PostgresSettings::from(&config)).await?;
             handlers.insert(HandlerKind::Postgres, Arc::new(store));
         }
 

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use super::ReceiptError;
+use super::{FieldProblem, ReceiptError};
 
 /// Ordered `(name, value)` pairs as received. Names may repeat.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,6 +93,68 @@ impl Fields {
 /// work one request can cause.
 pub const MAX_FIELDS: usize = 1000;
 
+/// Longest status word accepted. Real ones are under 20 bytes; a longer
+/// one is not a status, and it would be stored, logged and published on
+/// every request.
+pub const MAX_STATUS_BYTES: usize = 64;
+
+/// Longest value of any other field. Receipts carry ids, codes, numbers and
+/// short texts; the cap keeps one request from filling the status store's
+/// and the logs' text columns (the body limit alone allows 64 KiB).
+pub const MAX_VALUE_BYTES: usize = 8 * 1024;
+
+/// Field names that carry a provider's status word.
+const STATUS_FIELDS: [&str; 3] = ["status", "MessageStatus", "SmsStatus"];
+
+/// What makes `name=value` unacceptable, if anything: control characters
+/// (NUL, which PostgreSQL refuses in text and JSONB, and the other C0 codes
+/// and DEL, which no provider sends; tab and line breaks stay allowed) and
+/// over-long values. Deciding here gives the provider a 400 naming the field
+/// instead of an event that the status store refuses later.
+fn text_problem(name: &str, value: &str) -> Option<FieldProblem> {
+    let is_control = |c: char| c.is_ascii_control() && !matches!(c, '\t' | '\n' | '\r');
+    let label = || name.escape_debug().to_string();
+    if name.contains(is_control) {
+        return Some(FieldProblem::new(&label(), "has a control character in its name"));
+    }
+    if value.contains(is_control) {
+        return Some(FieldProblem::new(&label(), "must not contain control characters (NUL etc.)"));
+    }
+    let limit = if STATUS_FIELDS.contains(&name) { MAX_STATUS_BYTES } else { MAX_VALUE_BYTES };
+    (value.len() > limit).then(|| FieldProblem::new(&label(), format!("is longer than {limit} bytes")))
+}
+
+fn check_pairs(pairs: Vec<(String, String)>) -> Result<Fields, ReceiptError> {
+    let problems: Vec<FieldProblem> = pairs.iter().filter_map(|(n, v)| text_problem(n, v)).collect();
+    if problems.is_empty() { Ok(Fields(pairs)) } else { Err(ReceiptError::InvalidFields(problems)) }
+}
+
+/// The [`text_problem`]s of every string (member names and values, at any
+/// depth) of a JSON body that is not decoded into [`Fields`], such as a
+/// Messages API webhook; nested names are reported as `outer.inner`.
+pub fn json_text_problems(object: &Map<String, Value>) -> Vec<FieldProblem> {
+    fn walk(path: &str, value: &Value, problems: &mut Vec<FieldProblem>) {
+        match value {
+            Value::String(text) => problems.extend(text_problem(path, text)),
+            Value::Array(items) => items.iter().for_each(|item| walk(path, item, problems)),
+            Value::Object(members) => {
+                for (name, member) in members {
+                    let inner = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+                    problems.extend(text_problem(&inner, ""));
+                    walk(&inner, member, problems);
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    let mut problems = Vec::new();
+    for (name, value) in object {
+        problems.extend(text_problem(name, ""));
+        walk(name, value, &mut problems);
+    }
+    problems
+}
+
 fn too_many_fields(format: &'static str) -> ReceiptError {
     ReceiptError::Malformed { format, detail: format!("more than {MAX_FIELDS} fields") }
 }
@@ -114,7 +176,7 @@ pub fn decode_urlencoded(input: &[u8], format: &'static str) -> Result<Fields, R
         let value = decode_component(value, format)?;
         pairs.push((name, value));
     }
-    Ok(Fields(pairs))
+    check_pairs(pairs)
 }
 
 fn decode_component(raw: &[u8], format: &'static str) -> Result<String, ReceiptError> {
@@ -167,7 +229,7 @@ pub fn fields_from_json_object(object: Map<String, Value>) -> Result<Fields, Rec
             }
         }
     }
-    if problems.is_empty() { Ok(Fields(pairs)) } else { Err(ReceiptError::InvalidFields(problems)) }
+    if problems.is_empty() { check_pairs(pairs) } else { Err(ReceiptError::InvalidFields(problems)) }
 }
 
 #[cfg(test)]
@@ -214,6 +276,31 @@ mod tests {
         assert!(decode_json_object(br#"{"a":{"b":1}}"#).is_err());
         assert!(decode_json_object(b"[1]").is_err());
         assert!(decode_json_object(b"{").is_err());
+    }
+
+    #[test]
+    fn control_characters_and_overlong_words_are_refused_by_name() {
+        let problem_fields = |r: Result<Fields, ReceiptError>| -> Vec<String> {
+            r.err().map(|e| e.problems().iter().map(|p| p.field.clone()).collect()).unwrap_or_default()
+        };
+        assert_eq!(
+            problem_fields(decode_urlencoded(b"messageId=A1&status=delivered%00", "form")),
+            ["status"]
+        );
+        assert_eq!(problem_fields(decode_urlencoded(b"x=%1B%5B31m", "query")), ["x"]);
+        assert_eq!(problem_fields(decode_urlencoded(b"a%00b=1", "form")), ["a\\0b"]);
+        let long_status = format!("MessageStatus={}", "s".repeat(MAX_STATUS_BYTES + 1));
+        assert_eq!(problem_fields(decode_urlencoded(long_status.as_bytes(), "form")), ["MessageStatus"]);
+        assert_eq!(
+            problem_fields(decode_json_object(br#"{"status":"delivered\u0000","err-code":"0"}"#)),
+            ["status"]
+        );
+        let ok = format!("status={}&text=line%0Anext%09tab", "s".repeat(MAX_STATUS_BYTES));
+        assert!(decode_urlencoded(ok.as_bytes(), "form").is_ok(), "64 bytes, tabs and line breaks are fine");
+        let nested: Map<String, Value> =
+            serde_json::from_str(r#"{"status":"rejected","error":{"title":"a\u0000"}}"#).expect("json");
+        let fields: Vec<String> = json_text_problems(&nested).into_iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["error.title"]);
     }
 
     #[test]

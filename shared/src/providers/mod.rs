@@ -12,7 +12,9 @@ pub mod twilio;
 pub mod vonage_messages;
 pub mod vonage_sms;
 
-pub use fields::{Fields, decode_json_object, decode_urlencoded, fields_from_json_object};
+pub use fields::{
+    Fields, MAX_STATUS_BYTES, MAX_VALUE_BYTES, decode_json_object, decode_urlencoded, fields_from_json_object,
+};
 
 use serde::Serialize;
 

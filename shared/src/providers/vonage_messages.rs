@@ -110,7 +110,7 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<ReceiptEvent, Re
         ));
     }
 
-    let mut problems = Vec::new();
+    let mut problems = super::fields::json_text_problems(&object);
     let message_id = required(&object, "message_uuid", &mut problems).and_then(|v| {
         MessageId::parse(&v).map_err(|e| problems.push(FieldProblem::new("message_uuid", e))).ok()
     });

@@ -10,10 +10,17 @@
 //! - ingest: form POSTs of the sample receipt at fixed concurrency against
 //!   the release binary (a child process, so its peak RSS can be read);
 //! - broker consume ceiling: manual acks at the worker's prefetch;
-//! - worker: the release binary draining a pre-filled queue with the log
-//!   handler, then with the postgres handler.
+//! - worker: the release binary draining a pre-filled queue on each route
+//!   (`log`, `postgres`, `amqp`, `http` to a local receiver, and the
+//!   README's `postgres,amqp,http`), in rounds, with the CPU each process
+//!   spent and PostgreSQL's commits per event;
+//! - end to end: ingest under an open-loop load at half its measured
+//!   maximum, the worker on `postgres,amqp,http`; latency from ingest's
+//!   receipt (`received_at`) to the receiver's clock, and the queue depth.
 
 use anyhow::{Context, Result, bail};
+use axum::extract::State;
+use base64::Engine as _;
 use clap::Parser;
 use dlr_shared::ReceiptEvent;
 use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
@@ -28,6 +35,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -60,6 +69,33 @@ struct Args {
     /// measured through the first, where ingest connects too.
     #[arg(long)]
     amqp_url: Option<String>,
+    /// Events in the pre-filled queue of each worker drain.
+    #[arg(long, default_value_t = 20_000)]
+    drain_messages: usize,
+    /// Rounds of worker drains (every route once per round); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    drain_rounds: usize,
+    /// Routes to drain, comma-separated lists joined by `;`.
+    #[arg(long, default_value = "log;postgres;amqp;http;postgres,amqp,http")]
+    routes: String,
+    /// Extra worker environment, KEY=VALUE (repeatable), e.g.
+    /// WORKER_POSTGRES_LINGER_MS=0 to compare without group commit.
+    #[arg(long = "worker-env", value_parser = parse_env)]
+    worker_env: Vec<(String, String)>,
+    /// Ingest's maximum rate to take half of for the end-to-end run, when
+    /// the ingest part is skipped (measured when 0).
+    #[arg(long, default_value_t = 0.0)]
+    ingest_max: f64,
+    /// Skip the end-to-end run.
+    #[arg(long)]
+    no_end_to_end: bool,
+}
+
+fn parse_env(value: &str) -> Result<(String, String), String> {
+    value
+        .split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{value:?}: expected KEY=VALUE"))
 }
 
 #[tokio::main]
@@ -68,8 +104,9 @@ async fn main() -> Result<()> {
     if let Some(urls) = &args.amqp_url {
         dlr_tests::set_amqp_urls(urls);
     }
+    let mut ingest_max = args.ingest_max;
     if !args.worker_only {
-        ingest_part(&args).await?;
+        ingest_max = ingest_part(&args).await?;
     }
     if args.ingest_only {
         return Ok(());
@@ -77,16 +114,43 @@ async fn main() -> Result<()> {
 
     let consume = consume_ceiling(args.messages).await?;
     println!("broker consume ceiling (prefetch 100, manual ack): {consume:.0} msg/s");
-    let (log_rate, log_rss) = worker_drain(&args, args.messages, "log", None).await?;
-    println!(
-        "worker (log handler): {log_rate:.0} events/s, {:.0}% of the consume ceiling, peak RSS {log_rss:.1} MB",
-        100.0 * log_rate / consume
-    );
-    let database = TestDatabase::create().await;
-    let pg = worker_drain(&args, args.messages / 2, "postgres", Some(&database.url)).await;
-    database.drop_database().await;
-    let (pg_rate, pg_rss) = pg?;
-    println!("worker (postgres handler): {pg_rate:.0} events/s, peak RSS {pg_rss:.1} MB");
+    let receiver = BenchReceiver::start().await?;
+    let routes: Vec<&str> = args.routes.split(';').map(str::trim).filter(|r| !r.is_empty()).collect();
+    let mut results: Vec<Vec<Drain>> = routes.iter().map(|_| Vec::new()).collect();
+    for round in 1..=args.drain_rounds.max(1) {
+        for (route, results) in routes.iter().zip(&mut results) {
+            let drain = drain_route(&args, route, &receiver).await?;
+            println!("round {round}: worker on {route}: {}", drain.describe());
+            results.push(drain);
+        }
+    }
+    let mut medians = Vec::new();
+    for (route, results) in routes.iter().zip(&results) {
+        let rate = median(&mut results.iter().map(|d| d.rate).collect::<Vec<_>>());
+        let rss = results.iter().map(|d| d.rss_mb).fold(0.0, f64::max);
+        println!("worker on {route}, median: {rate:.0} events/s, peak RSS {rss:.1} MB");
+        medians.push((*route, rate));
+    }
+    let rate_of = |name: &str| medians.iter().find(|(r, _)| *r == name).map(|(_, rate)| *rate);
+    if let (Some(log), Some(pg)) = (rate_of("log"), rate_of("postgres")) {
+        println!(
+            "postgres vs log: {pg:.0} / {log:.0} events/s = {:.2} (targets: >= 15000 events/s, >= 0.4), \
+             {:.0}% of the consume ceiling",
+            pg / log,
+            100.0 * pg / consume
+        );
+    }
+    if let Some(all) = rate_of("postgres,amqp,http") {
+        println!("postgres,amqp,http: {all:.0} events/s with one worker (target >= 8000)");
+    }
+
+    if !args.no_end_to_end {
+        if ingest_max <= 0.0 {
+            ingest_max = ingest_load(&args).await?.rate;
+            println!("ingest maximum (one run): {ingest_max:.0} receipts/s");
+        }
+        end_to_end(&args, ingest_max / 2.0, &receiver).await?;
+    }
     Ok(())
 }
 
@@ -105,8 +169,9 @@ async fn declare_bench_queue(channel: &lapin::Channel) -> Result<String> {
     Ok(queue)
 }
 
-/// Broker publish ceilings and ingest under load, in rounds.
-async fn ingest_part(args: &Args) -> Result<()> {
+/// Broker publish ceilings and ingest under load, in rounds; returns
+/// ingest's median rate.
+async fn ingest_part(args: &Args) -> Result<f64> {
     // 16 publishers on one channel show what the broker does when the
     // client side is not the limit; one at a time shows why confirms must
     // be shared between requests.
@@ -165,7 +230,7 @@ async fn ingest_part(args: &Args) -> Result<()> {
         100.0 * rate / in_flight,
         100.0 * rate / parallel
     );
-    Ok(())
+    Ok(rate)
 }
 
 /// What a ceiling run publishes.
@@ -300,6 +365,11 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+fn spawn_owned(bin: PathBuf, envs: &[(String, String)]) -> Result<ChildGuard> {
+    let pairs: Vec<(&str, String)> = envs.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    spawn(bin, &pairs)
 }
 
 fn spawn(bin: PathBuf, envs: &[(&str, String)]) -> Result<ChildGuard> {
@@ -476,71 +546,439 @@ async fn consume_ceiling(count: usize) -> Result<f64> {
     Ok(rate)
 }
 
-/// Pre-fills the receipts queue, starts the worker and times the drain.
-async fn worker_drain(
+/// One drain of a pre-filled queue.
+struct Drain {
+    rate: f64,
+    rss_mb: f64,
+    cpu: String,
+    /// PostgreSQL transactions committed per event (postgres routes).
+    commits_per_event: Option<f64>,
+}
+
+impl Drain {
+    fn describe(&self) -> String {
+        let commits = self.commits_per_event.map(|c| format!(", {c:.3} commits/event")).unwrap_or_default();
+        format!("{:.0} events/s, peak RSS {:.1} MB, {}{commits}", self.rate, self.rss_mb, self.cpu)
+    }
+}
+
+/// A downstream webhook receiver for the http handler: answers 200 at once,
+/// counts calls and, while recording, the latency from ingest's receipt
+/// (`received_at` in the event) to now, on the same machine's clock.
+#[derive(Clone)]
+struct BenchReceiver {
+    url: String,
+    calls: Arc<AtomicU64>,
+    recording: Arc<AtomicBool>,
+    latencies_ms: Arc<Mutex<Vec<f64>>>,
+}
+
+impl BenchReceiver {
+    async fn start() -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let receiver = Self {
+            url: format!("http://{}/hook", listener.local_addr()?),
+            calls: Arc::new(AtomicU64::new(0)),
+            recording: Arc::new(AtomicBool::new(false)),
+            latencies_ms: Arc::new(Mutex::new(Vec::new())),
+        };
+        let app =
+            axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(receiver.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(receiver)
+    }
+
+    /// Starts recording latencies afresh, or stops (keeping what was recorded).
+    fn record(&self, on: bool) {
+        if on && let Ok(mut latencies) = self.latencies_ms.lock() {
+            latencies.clear();
+        }
+        self.recording.store(on, Ordering::SeqCst);
+    }
+}
+
+async fn receive(State(receiver): State<BenchReceiver>, body: bytes::Bytes) -> axum::http::StatusCode {
+    if receiver.recording.load(Ordering::Relaxed)
+        && let Ok(event) = serde_json::from_slice::<ReceiptEvent>(&body)
+    {
+        let ms = (chrono::Utc::now() - event.received_at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        if let Ok(mut latencies) = receiver.latencies_ms.lock() {
+            latencies.push(ms);
+        }
+    }
+    receiver.calls.fetch_add(1, Ordering::SeqCst);
+    axum::http::StatusCode::OK
+}
+
+/// CPU clock ticks (utime + stime) of a process; Linux counts them in
+/// 1/100 s (USER_HZ). A process that is gone reads as 0.
+fn process_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    // The command name may contain spaces: fields are counted after its ')'.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return 0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+    field(11) + field(12)
+}
+
+/// Summed ticks of every process whose name is `name` (`beam.smp` for
+/// RabbitMQ, `postgres` for PostgreSQL's backends). The machine's broker and
+/// database are shared, so other users' work is counted too.
+fn ticks_named(name: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name))
+        .map(process_ticks)
+        .sum()
+}
+
+/// CPU of the processes in a run, for "where does the time go".
+#[derive(Clone, Copy)]
+struct CpuSample {
+    worker: u64,
+    ingest: u64,
+    broker: u64,
+    postgres: u64,
+}
+
+impl CpuSample {
+    fn now(worker: Option<u32>, ingest: Option<u32>) -> Self {
+        Self {
+            worker: worker.map(process_ticks).unwrap_or(0),
+            ingest: ingest.map(process_ticks).unwrap_or(0),
+            broker: ticks_named("beam.smp"),
+            postgres: ticks_named("postgres"),
+        }
+    }
+
+    /// Percent of one core each used between `self` and `later`.
+    fn describe(&self, later: &Self, seconds: f64, with_ingest: bool) -> String {
+        let pct = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds.max(1e-3);
+        let ingest = if with_ingest {
+            format!("ingest {:.0}%, ", pct(self.ingest, later.ingest))
+        } else {
+            String::new()
+        };
+        format!(
+            "CPU: {ingest}worker {:.0}%, broker {:.0}%, postgres {:.0}% (of one core)",
+            pct(self.worker, later.worker),
+            pct(self.broker, later.broker),
+            pct(self.postgres, later.postgres)
+        )
+    }
+}
+
+/// Transactions committed in the database of `url` so far.
+async fn commits(url: Option<&str>) -> Option<i64> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url?).await.ok()?;
+    let commits =
+        sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+            .fetch_one(&mut conn)
+            .await
+            .ok();
+    let _ = conn.close().await;
+    commits
+}
+
+/// The worker's environment for `route`.
+fn worker_envs(
     args: &Args,
-    count: usize,
-    handler: &str,
+    topology: &Topology,
+    port: u16,
+    route: &str,
     database_url: Option<&str>,
-) -> Result<(f64, f64)> {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
-    // Let the worker's own declaration create the queue with its arguments:
-    // start it once, stop it, then fill.
-    let port = free_port()?;
-    let mut envs = topology_env(&topology);
-    envs.push(("WORKER_ADDR", format!("127.0.0.1:{port}")));
-    let events_exchange = format!("{}.events", topology.exchange);
-    envs.push(("WORKER_EVENTS_EXCHANGE", events_exchange.clone()));
+    receiver: &BenchReceiver,
+) -> Vec<(String, String)> {
+    let mut envs: Vec<(String, String)> =
+        topology_env(topology).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    envs.push(("WORKER_ADDR".into(), format!("127.0.0.1:{port}")));
+    envs.push(("WORKER_EVENTS_EXCHANGE".into(), format!("{}.events", topology.exchange)));
+    envs.push(("RUST_LOG".into(), "warn".into()));
     for outcome in ["DELIVERED", "FAILED", "PENDING"] {
-        envs.push((leak(format!("WORKER_ROUTE_{outcome}")), handler.to_owned()));
+        envs.push((format!("WORKER_ROUTE_{outcome}"), route.to_owned()));
     }
     if let Some(url) = database_url {
-        envs.push(("DATABASE_URL", url.to_owned()));
+        envs.push(("DATABASE_URL".into(), url.to_owned()));
     }
+    if route.contains("http") {
+        envs.push(("WORKER_HTTP_URL".into(), receiver.url.clone()));
+        let secret = base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes());
+        envs.push(("WORKER_HTTP_SECRET".into(), format!("whsec_{secret}")));
+    }
+    envs.extend(args.worker_env.iter().cloned());
+    envs
+}
+
+/// Binds a queue to the events exchange so that the amqp handler's
+/// publishes are routed (as in a deployment with consumers), bounded so
+/// that it does not grow. Returns the connection that keeps it and its name.
+async fn bind_capture(events_exchange: &str) -> Result<(Connection, String)> {
+    let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    let queue = format!("{events_exchange}.capture");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(1000));
+    channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), arguments).await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            events_exchange.into(),
+            "#".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((conn, queue))
+}
+
+/// The worker's retry queues, for clean-up.
+fn retry_queues(topology: &Topology) -> Vec<String> {
+    dlr_worker::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(600))
+        .delays()
+        .into_iter()
+        .map(|d| topology.retry_queue(d))
+        .collect()
+}
+
+/// Events the worker's last handler of `route` finished (ok).
+async fn handled(client: &reqwest::Client, metrics_url: &str, route: &str) -> f64 {
+    let last = route.rsplit(',').next().unwrap_or(route).trim();
+    match client.get(metrics_url).send().await {
+        Ok(r) => dlr_tests::metric_value(
+            &r.text().await.unwrap_or_default(),
+            "dlr_worker_handler_results_total",
+            &[("handler", last), ("result", "ok")],
+        ),
+        Err(_) => 0.0,
+    }
+}
+
+/// Drains a pre-filled queue on `route`, with a fresh database when the
+/// route writes to PostgreSQL.
+async fn drain_route(args: &Args, route: &str, receiver: &BenchReceiver) -> Result<Drain> {
+    let database = if route.contains("postgres") { Some(TestDatabase::create().await) } else { None };
+    let result = worker_drain(args, route, database.as_ref().map(|d| d.url.as_str()), receiver).await;
+    if let Some(database) = database {
+        database.drop_database().await;
+    }
+    result
+}
+
+/// Pre-fills the receipts queue, starts the worker and times the drain from
+/// the first handled event to the last (start-up and migrations excluded).
+async fn worker_drain(
+    args: &Args,
+    route: &str,
+    database_url: Option<&str>,
+    receiver: &BenchReceiver,
+) -> Result<Drain> {
+    let count = args.drain_messages;
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let port = free_port()?;
+    let envs = worker_envs(args, &topology, port, route, database_url, receiver);
+    let events_exchange = format!("{}.events", topology.exchange);
     let client = reqwest::Client::new();
+    // Let the worker's own declaration create the queues and the events
+    // exchange with their arguments: start it once, stop it, then fill.
     {
-        let declare = spawn(args.bin_dir.join("worker"), &envs)?;
+        let declare = spawn_owned(args.bin_dir.join("worker"), &envs)?;
         wait_ready(&client, &format!("http://127.0.0.1:{port}/readyz")).await?;
         drop(declare);
     }
-    fill(&topology.queue, count).await?;
-    let worker = spawn(args.bin_dir.join("worker"), &envs)?;
-    let started = Instant::now();
-    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        if Instant::now() > deadline {
-            bail!("worker did not drain {count} events in 300 s");
+    let (capture_conn, capture) = bind_capture(&events_exchange).await?;
+    let outcome = async {
+        fill(&topology.queue, count).await?;
+        let commits_before = commits(database_url).await;
+        let worker = spawn_owned(args.bin_dir.join("worker"), &envs)?;
+        let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let mut first: Option<(Instant, f64, CpuSample)> = None;
+        loop {
+            if Instant::now() > deadline {
+                bail!("worker on {route} did not drain {count} events in 300 s");
+            }
+            let done = handled(&client, &metrics_url, route).await;
+            if first.is_none() && done > 0.0 {
+                first = Some((Instant::now(), done, CpuSample::now(Some(worker.0.id()), None)));
+            }
+            if done as usize >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let handled = match client.get(&metrics_url).send().await {
-            Ok(r) => dlr_tests::metric_value(
-                &r.text().await.unwrap_or_default(),
-                "dlr_worker_handler_results_total",
-                &[("handler", handler), ("result", "ok")],
-            ),
-            Err(_) => 0.0,
+        let ended = Instant::now();
+        let cpu_after = CpuSample::now(Some(worker.0.id()), None);
+        let rss_mb = peak_rss_mb(worker.0.id());
+        drop(worker);
+        let (started, done_at_start, cpu_before) = first.unwrap_or((ended, 0.0, cpu_after));
+        let seconds = ended.duration_since(started).as_secs_f64().max(1e-3);
+        let rate = (count as f64 - done_at_start) / seconds;
+        // Backends flush their statistics when they exit.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let commits_per_event = match (commits_before, commits(database_url).await) {
+            (Some(before), Some(after)) => Some((after - before) as f64 / count as f64),
+            _ => None,
         };
-        if handled as usize >= count {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let cpu = cpu_before.describe(&cpu_after, seconds, false);
+        Ok(Drain { rate, rss_mb, cpu, commits_per_event })
     }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    let rss = peak_rss_mb(worker.0.id());
-    drop(worker);
-    let retry_queues: Vec<String> =
-        dlr_worker::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(600))
-            .delays()
-            .into_iter()
-            .map(|d| topology.retry_queue(d))
-            .collect();
-    broker.cleanup(&topology, &retry_queues, &[events_exchange]).await;
-    Ok((rate, rss))
+    .await;
+    let mut extra_queues = retry_queues(&topology);
+    extra_queues.push(capture);
+    broker.cleanup(&topology, &extra_queues, &[events_exchange]).await;
+    let _ = capture_conn.close(200, "bench done".into()).await;
+    outcome
 }
 
-fn leak(s: String) -> &'static str {
-    Box::leak(s.into_boxed_str())
+/// Ingest and worker (`postgres,amqp,http`) under an open-loop load of
+/// `rate` receipts/s: requests leave on schedule whether or not earlier
+/// ones were answered, as providers send them.
+async fn end_to_end(args: &Args, rate: f64, receiver: &BenchReceiver) -> Result<()> {
+    let database = TestDatabase::create().await;
+    let result = end_to_end_run(args, rate, receiver, &database.url).await;
+    database.drop_database().await;
+    result
+}
+
+async fn end_to_end_run(args: &Args, rate: f64, receiver: &BenchReceiver, database_url: &str) -> Result<()> {
+    const ROUTE: &str = "postgres,amqp,http";
+    let topology = unique_topology();
+    let broker = TestBroker::connect().await;
+    let client = reqwest::Client::new();
+    let worker_port = free_port()?;
+    let envs = worker_envs(args, &topology, worker_port, ROUTE, Some(database_url), receiver);
+    let events_exchange = format!("{}.events", topology.exchange);
+    let worker = spawn_owned(args.bin_dir.join("worker"), &envs)?;
+    wait_ready(&client, &format!("http://127.0.0.1:{worker_port}/readyz")).await?;
+    let (capture_conn, capture) = bind_capture(&events_exchange).await?;
+    let ingest_port = free_port()?;
+    let mut ingest_envs = topology_env(&topology);
+    ingest_envs.push(("INGEST_ADDR", format!("127.0.0.1:{ingest_port}")));
+    ingest_envs.push(("RUST_LOG", "warn".to_owned()));
+    let outcome = async {
+        let ingest = spawn(args.bin_dir.join("ingest"), &ingest_envs)?;
+        wait_ready(&client, &format!("http://127.0.0.1:{ingest_port}/readyz")).await?;
+        receiver.record(true);
+        let calls_before = receiver.calls.load(Ordering::SeqCst);
+
+        // Ready messages in the receipts queue (unacked ones are the
+        // worker's prefetch window, not backlog), sampled every 250 ms.
+        let sampling = Arc::new(AtomicBool::new(true));
+        let depth_conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
+        let depth_channel = depth_conn.create_channel().await?;
+        let (queue, flag) = (topology.queue.clone(), sampling.clone());
+        let sampler = tokio::spawn(async move {
+            let mut depths = Vec::new();
+            while flag.load(Ordering::SeqCst) {
+                let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+                if let Ok(q) = depth_channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await {
+                    depths.push(q.message_count());
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            depths
+        });
+
+        let cpu_before = CpuSample::now(Some(worker.0.id()), Some(ingest.0.id()));
+        let total = (rate * args.seconds as f64) as usize;
+        let lanes = args.concurrency.max(1);
+        let start = tokio::time::Instant::now() + Duration::from_millis(100);
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in 0..lanes {
+            let addr = format!("127.0.0.1:{ingest_port}");
+            tasks.spawn(async move {
+                let (mut accepted, mut errors, mut late) = (0usize, 0usize, 0usize);
+                let stream = tokio::net::TcpStream::connect(&addr).await?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                for index in (lane..total).step_by(lanes) {
+                    let due = start + Duration::from_secs_f64(index as f64 / rate);
+                    if tokio::time::Instant::now() > due + Duration::from_millis(10) {
+                        late += 1;
+                    }
+                    tokio::time::sleep_until(due).await;
+                    let body = vonage_form(&format!("E{index:015X}"), "delivered");
+                    let request = hyper::Request::post("/dlr/vonage")
+                        .header("host", &addr)
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))?;
+                    match sender.send_request(request).await {
+                        Ok(response) => {
+                            if response.status().is_success() {
+                                accepted += 1;
+                            } else {
+                                errors += 1;
+                            }
+                            let _ = http_body_util::BodyExt::collect(response.into_body()).await;
+                        }
+                        Err(_) => {
+                            errors += 1;
+                            break;
+                        }
+                    }
+                }
+                Ok::<_, anyhow::Error>((accepted, errors, late))
+            });
+        }
+        let (mut accepted, mut errors, mut late) = (0, 0, 0);
+        while let Some(joined) = tasks.join_next().await {
+            let (a, e, l) = joined??;
+            accepted += a;
+            errors += e;
+            late += l;
+        }
+        let load_seconds = start.elapsed().as_secs_f64();
+        let cpu_after = CpuSample::now(Some(worker.0.id()), Some(ingest.0.id()));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while receiver.calls.load(Ordering::SeqCst) - calls_before < accepted as u64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let delivered = receiver.calls.load(Ordering::SeqCst) - calls_before;
+        sampling.store(false, Ordering::SeqCst);
+        let depths = sampler.await.unwrap_or_default();
+        let _ = depth_conn.close(200, "bench done".into()).await;
+        receiver.record(false);
+        drop(ingest);
+        let mut latencies = receiver.latencies_ms.lock().map(|l| l.clone()).unwrap_or_default();
+        latencies.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            latencies
+                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        let max_depth = depths.iter().copied().max().unwrap_or(0);
+        let tail = &depths[depths.len() * 3 / 4..];
+        let tail_max = tail.iter().copied().max().unwrap_or(0);
+        println!(
+            "end to end at {rate:.0} receipts/s (half of ingest's {:.0}), open loop for {:.1} s, worker on {ROUTE}: \
+             {accepted} accepted, {errors} errors, {late} sent >10 ms late, {delivered} reached the receiver; \
+             receipt-to-last-handler p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 50 ms); \
+             ready messages in the queue: max {max_depth}, max in the last quarter {tail_max} ({}); {}",
+            rate * 2.0,
+            load_seconds,
+            pick(0.50),
+            pick(0.99),
+            latencies.last().copied().unwrap_or(0.0),
+            if tail_max <= 100 { "flat: under one prefetch window" } else { "growing" },
+            cpu_before.describe(&cpu_after, load_seconds, true),
+        );
+        Ok(())
+    }
+    .await;
+    drop(worker);
+    let mut extra_queues = retry_queues(&topology);
+    extra_queues.push(capture);
+    broker.cleanup(&topology, &extra_queues, &[events_exchange]).await;
+    let _ = capture_conn.close(200, "bench done".into()).await;
+    outcome
 }
 
 fn free_port() -> Result<u16> {

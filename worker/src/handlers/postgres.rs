@@ -4,18 +4,60 @@
 //! workers racing on the same message are serialised by the row lock, and
 //! whichever commits second is checked against what the first wrote, so a
 //! late intermediate status can never regress a final one.
+//!
+//! Group commit: one statement and one commit per event costs a round trip
+//! and a WAL flush each, which capped the handler at a few thousand events
+//! per second. Events in flight at the same time (up to the prefetch) are
+//! therefore handed to a batcher task that writes them together with
+//! set-based statements (`UNNEST` arrays) in one transaction and answers
+//! each delivery only after that transaction committed.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use dlr_shared::ReceiptEvent;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Handler, HandlerError, HandlerKind};
 
+/// How the handler talks to PostgreSQL; see the worker configuration table
+/// in the README for what each setting costs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresSettings {
+    /// Connections in the pool; also how many batches may be written at once.
+    pub max_connections: u32,
+    /// Most events per transaction.
+    pub batch_size: usize,
+    /// How long a batch waits for more events after its first one. Zero
+    /// writes every event on its own, as before group commit.
+    pub linger: Duration,
+    /// Server-side limit per statement (`statement_timeout`), so that a
+    /// stuck lock or a black-holed database fails a write as transient
+    /// instead of holding the delivery until the broker's consumer timeout.
+    pub statement_timeout: Duration,
+}
+
+impl From<&crate::Config> for PostgresSettings {
+    fn from(config: &crate::Config) -> Self {
+        Self {
+            max_connections: config.database_max_connections,
+            batch_size: usize::from(config.postgres_batch_size),
+            linger: Duration::from_millis(config.postgres_linger_ms),
+            statement_timeout: config.postgres_statement_timeout,
+        }
+    }
+}
+
 /// Writes events to PostgreSQL.
 pub struct PostgresHandler {
-    pool: PgPool,
+    store: Arc<Store>,
+    /// Present when group commit is on (batch size above 1 and a linger).
+    batcher: Option<mpsc::Sender<Pending>>,
 }
 
 /// Embedded migrations under `worker/migrations`, applied at start-up.
@@ -24,37 +66,178 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 impl PostgresHandler {
     /// Connects and applies the migrations. Called at start-up, so a wrong
     /// `DATABASE_URL` or a failing migration stops the worker with a clear
-    /// error instead of parking every event.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, sqlx::Error> {
+    /// error instead of parking every event. Starts the batcher task when
+    /// group commit is on, so it must be called inside a Tokio runtime.
+    pub async fn connect(url: &str, settings: &PostgresSettings) -> Result<Self, sqlx::Error> {
+        let statement_timeout_ms = settings.statement_timeout.as_millis().max(1).to_string();
+        let options =
+            PgConnectOptions::from_str(url)?.options([("statement_timeout", statement_timeout_ms.as_str())]);
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
+            .max_connections(settings.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5))
-            .connect(url)
+            .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        let store = Arc::new(Store { pool, statement_timeout: settings.statement_timeout });
+        let batcher = (settings.batch_size > 1 && !settings.linger.is_zero()).then(|| {
+            // Room for a whole prefetch window of every batch in flight; a
+            // full channel only delays senders, it never drops an event.
+            let (sender, receiver) = mpsc::channel(settings.batch_size * 4);
+            let flushes = Arc::new(Semaphore::new(settings.max_connections.max(1) as usize));
+            tokio::spawn(run_batcher(store.clone(), receiver, settings.batch_size, settings.linger, flushes));
+            sender
+        });
+        Ok(Self { store, batcher })
+    }
+
+    /// Writes `events` as one batch, in this order, exactly as the batcher
+    /// writes what it collected, and returns each event's result. Public so
+    /// that tests and benchmarks can drive batches deterministically.
+    pub async fn record_batch(&self, events: &[ReceiptEvent]) -> Vec<Result<(), HandlerError>> {
+        let rows: Result<Vec<EventRow>, HandlerError> = events.iter().map(EventRow::new).collect();
+        match rows {
+            Ok(rows) => self.store.record_batch(&rows).await,
+            // Only serialisation can fail here, which is never expected:
+            // write them one at a time so each gets its own answer.
+            Err(_) => {
+                let mut results = Vec::with_capacity(events.len());
+                for event in events {
+                    results.push(match EventRow::new(event) {
+                        Ok(row) => self.store.record_one(&row).await,
+                        Err(error) => Err(error),
+                    });
+                }
+                results
+            }
+        }
     }
 }
 
-/// History insert and current-status upsert in one statement (one round
-/// trip, one implicit transaction). The history insert is a no-op for a
-/// replayed event (same id). The new event becomes the current status when:
+#[async_trait]
+impl Handler for PostgresHandler {
+    fn kind(&self) -> HandlerKind {
+        HandlerKind::Postgres
+    }
+
+    async fn handle(&self, event: &ReceiptEvent) -> Result<(), HandlerError> {
+        // Serialising here runs on the delivery's task, in parallel, and
+        // keeps the batcher's single task for the database work.
+        let row = EventRow::new(event)?;
+        let Some(batcher) = &self.batcher else {
+            return self.store.record_one(&row).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        if batcher.send(Pending { row, reply }).await.is_err() {
+            return Err(HandlerError::Transient("the postgres batcher has stopped".to_owned()));
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(HandlerError::Transient("the postgres batch was abandoned before it committed".to_owned()))
+        })
+    }
+}
+
+/// One event's columns, serialised once.
+struct EventRow {
+    event_id: String,
+    provider: &'static str,
+    message_id: String,
+    outcome: &'static str,
+    status: String,
+    error_code: Option<String>,
+    client_ref: Option<String>,
+    provider_timestamp: Option<DateTime<Utc>>,
+    received_at: DateTime<Utc>,
+    event_json: String,
+}
+
+impl EventRow {
+    fn new(event: &ReceiptEvent) -> Result<Self, HandlerError> {
+        Ok(Self {
+            event_id: event.event_id.as_str().to_owned(),
+            provider: event.provider.as_str(),
+            message_id: event.message_id.as_str().to_owned(),
+            outcome: event.outcome.as_str(),
+            status: event.status.clone(),
+            error_code: event.error.as_ref().map(|e| e.code.clone()),
+            client_ref: event.client_ref.clone(),
+            provider_timestamp: event.provider_timestamp,
+            received_at: event.received_at,
+            event_json: serde_json::to_string(event).map_err(|e| HandlerError::Permanent(e.to_string()))?,
+        })
+    }
+}
+
+/// An event waiting in the batcher, with the way to answer its delivery.
+struct Pending {
+    row: EventRow,
+    reply: oneshot::Sender<Result<(), HandlerError>>,
+}
+
+/// Collects events into batches and writes each batch on its own task, up
+/// to one batch per pool connection at a time. While every connection is
+/// busy, events pile up in the channel, so the next batch is larger: the
+/// batch size follows the load without a long linger.
+///
+/// Ends when every handler (sender) is gone, after flushing what the
+/// channel still holds; the flush tasks it started run to completion.
+async fn run_batcher(
+    store: Arc<Store>,
+    mut receiver: mpsc::Receiver<Pending>,
+    batch_size: usize,
+    linger: Duration,
+    flushes: Arc<Semaphore>,
+) {
+    loop {
+        let Ok(permit) = flushes.clone().acquire_owned().await else { return };
+        let Some(first) = receiver.recv().await else { return };
+        let mut batch = Vec::with_capacity(batch_size);
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < batch_size {
+            match receiver.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                        Ok(Some(pending)) => batch.push(pending),
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        }
+        let store = store.clone();
+        tokio::spawn(async move {
+            let (rows, replies): (Vec<EventRow>, Vec<_>) =
+                batch.into_iter().map(|p| (p.row, p.reply)).unzip();
+            let results = store.record_batch(&rows).await;
+            drop(permit);
+            for (reply, result) in replies.into_iter().zip(results) {
+                // A dropped receiver is a delivery future that was
+                // cancelled; the write stands and is idempotent.
+                let _ = reply.send(result);
+            }
+        });
+    }
+}
+
+/// The precedence rule, written once and used by the single-event and the
+/// batch statements alike. The new event becomes the current status when:
 /// - the stored status is pending and the new one is final (progress), or
-/// - both are pending and the new one is not older (a later intermediate step), or
+/// - both are pending and the new one is further along: a higher rank in
+///   its provider's lifecycle (`dlr_pending_rank`, see the migration), then
+///   a later time, then the larger event id, so that the result does not
+///   depend on the order in which events of the same rank and time arrive;
 /// - the stored status is Vonage's ambiguous `unknown` (mapped to failed) and
 ///   the new one is delivered (reference J1).
 ///
 /// Otherwise the first final status stays (J6); the history keeps the rest.
-const RECORD_EVENT: &str = "
-WITH history AS (
-    INSERT INTO receipt_events
-        (event_id, provider, message_id, outcome, status, error_code, client_ref, provider_timestamp, received_at, event)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-    ON CONFLICT (event_id) DO NOTHING
-)
-INSERT INTO message_status AS current
-    (provider, message_id, outcome, status, error_code, client_ref, event_id, provider_timestamp, received_at)
-VALUES ($2, $3, $4, $5, $6, $7, $1, $8, $9)
+macro_rules! status_upsert {
+    ($source:literal) => {
+        concat!(
+            "INSERT INTO message_status AS current
+    (provider, message_id, outcome, status, error_code, client_ref, event_id, provider_timestamp, received_at) ",
+            $source,
+            "
 ON CONFLICT (provider, message_id) DO UPDATE SET
     outcome = EXCLUDED.outcome,
     status = EXCLUDED.status,
@@ -67,16 +250,209 @@ ON CONFLICT (provider, message_id) DO UPDATE SET
 WHERE current.event_id <> EXCLUDED.event_id AND (
        (current.outcome = 'pending' AND EXCLUDED.outcome <> 'pending')
     OR (current.outcome = 'pending' AND EXCLUDED.outcome = 'pending'
-        AND COALESCE(EXCLUDED.provider_timestamp, EXCLUDED.received_at)
-            >= COALESCE(current.provider_timestamp, current.received_at))
+        AND (dlr_pending_rank(EXCLUDED.provider, EXCLUDED.status),
+             COALESCE(EXCLUDED.provider_timestamp, EXCLUDED.received_at),
+             EXCLUDED.event_id)
+          > (dlr_pending_rank(current.provider, current.status),
+             COALESCE(current.provider_timestamp, current.received_at),
+             current.event_id))
     OR (current.outcome = 'failed' AND lower(current.status) = 'unknown' AND EXCLUDED.outcome = 'delivered')
-)";
+)"
+        )
+    };
+}
 
-/// Connection problems and timeouts may pass; anything the database
-/// refuses about the data itself will not.
+/// History insert and current-status upsert of one event in one statement
+/// (one round trip, one implicit transaction). The history insert is a
+/// no-op for a replayed event (same id).
+const RECORD_EVENT: &str = concat!(
+    "WITH history AS (
+    INSERT INTO receipt_events
+        (event_id, provider, message_id, outcome, status, error_code, client_ref, provider_timestamp, received_at, event)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
+    ON CONFLICT (event_id) DO NOTHING
+)
+",
+    status_upsert!("VALUES ($2, $3, $4, $5, $6, $7, $1, $8, $9)")
+);
+
+/// The history of a whole batch ($1..$10, one array per column, distinct
+/// event ids) and the first status round ($11..$19) in one statement.
+const RECORD_BATCH: &str = concat!(
+    "WITH history AS (
+    INSERT INTO receipt_events
+        (event_id, provider, message_id, outcome, status, error_code, client_ref, provider_timestamp, received_at, event)
+    SELECT e, p, m, o, s, ec, cr, pt, ra, ev::jsonb
+    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                $8::timestamptz[], $9::timestamptz[], $10::text[]) AS h(e, p, m, o, s, ec, cr, pt, ra, ev)
+    ON CONFLICT (event_id) DO NOTHING
+)
+",
+    status_upsert!(
+        "SELECT * FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                     $17::text[], $18::timestamptz[], $19::timestamptz[])"
+    )
+);
+
+/// A later status round of a batch ($1..$9).
+const UPSERT_ROUND: &str = status_upsert!(
+    "SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                 $7::text[], $8::timestamptz[], $9::timestamptz[])"
+);
+
+/// The pool and the statements.
+struct Store {
+    pool: PgPool,
+    statement_timeout: Duration,
+}
+
+impl Store {
+    /// A client-side bound on top of the server's `statement_timeout`: a
+    /// database that stopped answering (network black hole) cannot cancel
+    /// anything itself.
+    async fn bounded<T>(
+        &self,
+        operation: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        let limit = self.statement_timeout + Duration::from_secs(1);
+        tokio::time::timeout(limit, operation).await.unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer from PostgreSQL within {} ms", limit.as_millis()),
+            )))
+        })
+    }
+
+    async fn record_one(&self, row: &EventRow) -> Result<(), HandlerError> {
+        let query = sqlx::query(RECORD_EVENT)
+            .bind(&row.event_id)
+            .bind(row.provider)
+            .bind(&row.message_id)
+            .bind(row.outcome)
+            .bind(&row.status)
+            .bind(row.error_code.as_deref())
+            .bind(row.client_ref.as_deref())
+            .bind(row.provider_timestamp)
+            .bind(row.received_at)
+            .bind(&row.event_json);
+        self.bounded(query.execute(&self.pool)).await.map(|_| ()).map_err(classify)
+    }
+
+    /// Writes the batch in one transaction, each event applied as if alone
+    /// and in batch order. If the database refuses the batch for its data
+    /// (or a deadlock with another worker), the events are written one at a
+    /// time, so one bad event fails alone; if the database is unreachable,
+    /// stuck or timing out, every event gets the transient error at once
+    /// rather than one timeout after another.
+    async fn record_batch(&self, rows: &[EventRow]) -> Vec<Result<(), HandlerError>> {
+        match rows {
+            [] => return Vec::new(),
+            [row] => return vec![self.record_one(row).await],
+            _ => {}
+        }
+        match self.write_batch(rows).await {
+            Ok(()) => rows.iter().map(|_| Ok(())).collect(),
+            Err(error) if refused_for_its_data(&error) => {
+                tracing::debug!(%error, events = rows.len(), "batch refused; writing its events one at a time");
+                let mut results = Vec::with_capacity(rows.len());
+                for row in rows {
+                    results.push(self.record_one(row).await);
+                }
+                results
+            }
+            Err(error) => {
+                let error = classify(error);
+                rows.iter().map(|_| Err(clone_error(&error))).collect()
+            }
+        }
+    }
+
+    async fn write_batch(&self, rows: &[EventRow]) -> Result<(), sqlx::Error> {
+        let history = history_rows(rows);
+        let rounds = status_rounds(rows);
+        let first = sqlx::query(RECORD_BATCH)
+            .bind(history.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
+            .bind(history.iter().map(|r| r.provider).collect::<Vec<_>>())
+            .bind(history.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>())
+            .bind(history.iter().map(|r| r.outcome).collect::<Vec<_>>())
+            .bind(history.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+            .bind(history.iter().map(|r| r.error_code.as_deref()).collect::<Vec<_>>())
+            .bind(history.iter().map(|r| r.client_ref.as_deref()).collect::<Vec<_>>())
+            .bind(history.iter().map(|r| r.provider_timestamp).collect::<Vec<_>>())
+            .bind(history.iter().map(|r| r.received_at).collect::<Vec<_>>())
+            .bind(history.iter().map(|r| r.event_json.as_str()).collect::<Vec<_>>());
+        let first = bind_status(first, &rounds[0]);
+        if rounds.len() == 1 {
+            // One statement is its own transaction: no BEGIN/COMMIT round trips.
+            return self.bounded(first.execute(&self.pool)).await.map(|_| ());
+        }
+        let mut transaction = self.bounded(self.pool.begin()).await?;
+        self.bounded(first.execute(&mut *transaction)).await?;
+        for round in &rounds[1..] {
+            self.bounded(bind_status(sqlx::query(UPSERT_ROUND), round).execute(&mut *transaction)).await?;
+        }
+        self.bounded(transaction.commit()).await
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds one status round's nine arrays, in the upsert's column order.
+fn bind_status<'q>(query: PgQuery<'q>, round: &[&'q EventRow]) -> PgQuery<'q> {
+    query
+        .bind(round.iter().map(|r| r.provider).collect::<Vec<_>>())
+        .bind(round.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>())
+        .bind(round.iter().map(|r| r.outcome).collect::<Vec<_>>())
+        .bind(round.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+        .bind(round.iter().map(|r| r.error_code.as_deref()).collect::<Vec<_>>())
+        .bind(round.iter().map(|r| r.client_ref.as_deref()).collect::<Vec<_>>())
+        .bind(round.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
+        .bind(round.iter().map(|r| r.provider_timestamp).collect::<Vec<_>>())
+        .bind(round.iter().map(|r| r.received_at).collect::<Vec<_>>())
+}
+
+/// The history rows of a batch: the first of each event id (what inserting
+/// them one at a time with `DO NOTHING` keeps), sorted by event id so that
+/// concurrent batches take the unique-index locks in the same order.
+fn history_rows(rows: &[EventRow]) -> Vec<&EventRow> {
+    let mut seen = HashMap::with_capacity(rows.len());
+    let mut history: Vec<&EventRow> =
+        rows.iter().filter(|r| seen.insert(r.event_id.as_str(), ()).is_none()).collect();
+    history.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+    history
+}
+
+/// Splits a batch into status rounds: round k holds the k-th event of each
+/// message, so no round touches a row twice (which `ON CONFLICT DO UPDATE`
+/// refuses) and applying the rounds in order applies each message's events
+/// in batch order, exactly as one at a time would. Each round is sorted by
+/// row key so that concurrent batches lock rows in the same order.
+fn status_rounds(rows: &[EventRow]) -> Vec<Vec<&EventRow>> {
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::with_capacity(rows.len());
+    let mut rounds: Vec<Vec<&EventRow>> = Vec::new();
+    for row in rows {
+        let k = seen.entry((row.provider, row.message_id.as_str())).or_insert(0);
+        if rounds.len() == *k {
+            rounds.push(Vec::new());
+        }
+        rounds[*k].push(row);
+        *k += 1;
+    }
+    for round in &mut rounds {
+        round.sort_by(|a, b| (a.provider, &a.message_id).cmp(&(b.provider, &b.message_id)));
+    }
+    rounds
+}
+
+/// Connection problems, timeouts, lock and serialisation conflicts may
+/// pass. Whatever the database refuses about the data itself will not:
+/// SQLSTATE class 22 (data exception: NUL in text, out-of-range values,
+/// invalid JSON) and class 23 (integrity constraint violation).
 fn classify(error: sqlx::Error) -> HandlerError {
     match &error {
-        sqlx::Error::Database(db) if db.is_check_violation() || db.is_foreign_key_violation() => {
+        sqlx::Error::Database(db)
+            if db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")) =>
+        {
             HandlerError::Permanent(error.to_string())
         }
         sqlx::Error::Encode(_) | sqlx::Error::TypeNotFound { .. } | sqlx::Error::ColumnNotFound(_) => {
@@ -86,29 +462,68 @@ fn classify(error: sqlx::Error) -> HandlerError {
     }
 }
 
-#[async_trait]
-impl Handler for PostgresHandler {
-    fn kind(&self) -> HandlerKind {
-        HandlerKind::Postgres
+/// Errors after which writing the events one at a time can help: data
+/// exceptions and integrity violations (SQLSTATE classes 22 and 23: one of
+/// the events is bad) and transaction rollbacks (class 40: a deadlock or
+/// serialisation failure with another worker's batch).
+fn refused_for_its_data(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23") || code.starts_with("40")),
+        _ => false,
+    }
+}
+
+fn clone_error(error: &HandlerError) -> HandlerError {
+    match error {
+        HandlerError::Transient(text) => HandlerError::Transient(text.clone()),
+        HandlerError::Permanent(text) => HandlerError::Permanent(text.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(event_id: &str, provider: &'static str, message_id: &str) -> EventRow {
+        EventRow {
+            event_id: event_id.to_owned(),
+            provider,
+            message_id: message_id.to_owned(),
+            outcome: "pending",
+            status: "sent".to_owned(),
+            error_code: None,
+            client_ref: None,
+            provider_timestamp: None,
+            received_at: DateTime::<Utc>::UNIX_EPOCH,
+            event_json: "{}".to_owned(),
+        }
     }
 
-    async fn handle(&self, event: &ReceiptEvent) -> Result<(), HandlerError> {
-        let error_code = event.error.as_ref().map(|e| e.code.as_str());
-        let event_json = serde_json::to_value(event).map_err(|e| HandlerError::Permanent(e.to_string()))?;
-        sqlx::query(RECORD_EVENT)
-            .bind(event.event_id.as_str())
-            .bind(event.provider.as_str())
-            .bind(event.message_id.as_str())
-            .bind(event.outcome.as_str())
-            .bind(&event.status)
-            .bind(error_code)
-            .bind(event.client_ref.as_deref())
-            .bind(event.provider_timestamp)
-            .bind(event.received_at)
-            .bind(&event_json)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(classify)
+    #[test]
+    fn rounds_hold_each_message_once_in_batch_order() {
+        let rows = [
+            row("e1", "twilio", "B"),
+            row("e2", "twilio", "A"),
+            row("e3", "twilio", "B"),
+            row("e4", "vonage-sms", "B"),
+            row("e1", "twilio", "B"),
+        ];
+        let rounds = status_rounds(&rows);
+        let ids: Vec<Vec<&str>> =
+            rounds.iter().map(|r| r.iter().map(|row| row.event_id.as_str()).collect()).collect();
+        assert_eq!(ids, vec![vec!["e2", "e1", "e4"], vec!["e3"], vec!["e1"]]);
+    }
+
+    #[test]
+    fn history_keeps_the_first_of_each_event_id() {
+        let mut later = row("e1", "twilio", "B");
+        later.status = "queued".to_owned();
+        let rows = [row("e2", "twilio", "A"), row("e1", "twilio", "B"), later];
+        let history = history_rows(&rows);
+        let kept: Vec<(&str, &str)> =
+            history.iter().map(|r| (r.event_id.as_str(), r.status.as_str())).collect();
+        assert_eq!(kept, vec![("e1", "sent"), ("e2", "sent")]);
     }
 }
