@@ -1,18 +1,23 @@
 //! Provider wire formats and their translation into [`ReceiptEvent`]s.
 //!
 //! Each provider module turns already-decoded request fields into one
-//! [`ReceiptEvent`] or a [`ReceiptError`] that names every bad field, so the
+//! [`ReceiptEvent`] (or, for providers that report several receipts per
+//! request, a [`Batch`]) or a [`ReceiptError`] that names every bad field, so the
 //! HTTP layer can answer 400 with a useful body and nothing half-parsed ever
 //! reaches the broker.
 //!
 //! [`ReceiptEvent`]: crate::event::ReceiptEvent
 
 mod fields;
+pub mod infobip;
+mod json;
+pub mod telnyx;
 pub mod twilio;
 pub mod vonage_messages;
 pub mod vonage_sms;
 
 pub use fields::{Fields, decode_json_object, decode_urlencoded, fields_from_json_object};
+pub use json::{Batch, ElementProblem, MAX_BATCH_ELEMENTS};
 
 use serde::Serialize;
 
