@@ -11,6 +11,8 @@
 mod fields;
 pub mod infobip;
 mod json;
+pub mod plivo;
+pub mod sinch;
 pub mod telnyx;
 pub mod twilio;
 pub mod vonage_messages;
