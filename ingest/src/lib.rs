@@ -8,12 +8,16 @@
 //! - [`startup`]: builds the app (tests use the same code on port 0).
 //! - [`routes`]: the webhook routes, probes and `/metrics`.
 //! - [`intake`]: decode, verify, parse, publish: one receipt's way through.
+//! - [`providers`]: the same for Telnyx, Plivo, Sinch and Infobip, whose
+//!   requests may carry several receipts ([`provider_config`]: their settings).
 //! - [`error`]: every way a request can fail, and the status it gets.
 
 pub mod config;
 pub mod error;
 pub mod intake;
 pub mod metrics;
+pub mod provider_config;
+pub mod providers;
 pub mod routes;
 pub mod startup;
 pub mod state;
