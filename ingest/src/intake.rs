@@ -160,13 +160,7 @@ async fn finish(
 ) -> Result<ReceiptEvent, IngestError> {
     let event = match parsed {
         Ok(event) => event,
-        Err(error) => {
-            let error = IngestError::Receipt(error);
-            if authenticity == Authenticity::Verified {
-                quarantine(state, provider, request, &error).await;
-            }
-            return Err(reject(state, provider, error));
-        }
+        Err(error) => return Err(refuse(state, provider, request, authenticity, error).await),
     };
     if !event.status_recognised {
         tracing::warn!(provider = %provider, status = %event.status, "unrecognised status word; accepted as pending");
@@ -174,6 +168,22 @@ async fn finish(
     publish(state, &event).await?;
     state.metrics.accepted.with_label_values(&[provider.as_str(), event.outcome.as_str()]).inc();
     Ok(event)
+}
+
+/// Rejects a receipt that cannot be parsed, quarantining it when the
+/// request was authentic (then the fault is probably ours).
+pub(crate) async fn refuse(
+    state: &AppState,
+    provider: Provider,
+    request: &WebhookRequest,
+    authenticity: Authenticity,
+    error: ReceiptError,
+) -> IngestError {
+    let error = IngestError::Receipt(error);
+    if authenticity == Authenticity::Verified {
+        quarantine(state, provider, request, &error).await;
+    }
+    reject(state, provider, error)
 }
 
 /// Publishes the event and waits for the broker's confirm.

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::error::IngestError;
 use crate::intake::{
-    Authenticity, WebhookRequest, check, public_url, publish, quarantine, reject, require_body,
+    Authenticity, WebhookRequest, check, public_url, publish, quarantine, refuse, reject, require_body,
 };
 use crate::state::AppState;
 
@@ -306,22 +306,6 @@ async fn store(
         quarantined: batch.rejected.len(),
         ignored: batch.ignored,
     })
-}
-
-/// Rejects a request none of whose content can be stored, quarantining it
-/// when it was authentic (then the fault is probably ours).
-async fn refuse(
-    state: &AppState,
-    provider: Provider,
-    request: &WebhookRequest,
-    authenticity: Authenticity,
-    error: ReceiptError,
-) -> IngestError {
-    let error = IngestError::Receipt(error);
-    if authenticity == Authenticity::Verified {
-        quarantine(state, provider, request, &error).await;
-    }
-    reject(state, provider, error)
 }
 
 /// Every bad element's problems in one error, each field named by where

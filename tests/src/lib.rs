@@ -9,6 +9,7 @@
 pub mod broker;
 pub mod proxy;
 pub mod receiver;
+pub mod samples;
 
 use clap::Parser;
 use dlr_shared::amqp::Topology;

@@ -27,15 +27,7 @@ struct Args {
 }
 
 fn report(i: usize) -> Value {
-    json!({
-        "bulkId": "BULK-1", "messageId": format!("bench-{i:08}"), "to": "41793026727", "from": "InfoSMS",
-        "sentAt": "2019-04-09T16:00:00.000-0300", "doneAt": "2019-04-09T16:00:01.123-0300", "smsCount": 1,
-        "mccMnc": "22801", "callbackData": format!("order-{i}"),
-        "price": {"pricePerMessage": 0.01, "currency": "EUR"},
-        "status": {"groupId": 3, "groupName": "DELIVERED", "id": 5, "name": "DELIVERED_TO_HANDSET",
-            "description": "Message delivered to handset"},
-        "error": {"groupId": 0, "groupName": "OK", "id": 0, "name": "NO_ERROR", "description": "No Error", "permanent": false},
-    })
+    dlr_tests::samples::infobip_report(&format!("bench-{i:08}"), 0)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
