@@ -175,6 +175,30 @@ mod tests {
         );
     }
 
+    /// Made with the official SDK (plivo 4.x, `get_signature_v3(token,
+    /// construct_post_url(url, params), nonce)` and `construct_get_url`) over
+    /// the corpus samples; the SDK's `validate_v3_signature` accepts both.
+    #[test]
+    fn sdk_produced_v3_signatures() {
+        let token = tokens("example_plivo_token");
+        let url = "https://dlr.example.com/dlr/plivo";
+        let form =
+            decode_urlencoded(include_bytes!("../../../tests/corpus/plivo-delivered.form"), "form").unwrap();
+        let post = Headers {
+            v3: Some("dh9uCCbHw0Q5KFuJnz0FNOtyO9qLAEUunRRKPhoZwew="),
+            v3_nonce: Some("2f4c0a1e"),
+            ..Headers::default()
+        };
+        assert_eq!(verify(Method::Post, url, &form, post, &token), Ok(()));
+        let query = include_str!("../../../tests/corpus/plivo-undelivered.query");
+        let get = Headers {
+            v3: Some("M17MXr2Dy8h5Gk7ushV4JBOwc9aE3Iw2KqBMZOlqVYk="),
+            v3_nonce: Some("77a1"),
+            ..Headers::default()
+        };
+        assert_eq!(verify(Method::Get, &format!("{url}?{query}"), &Fields::default(), get, &token), Ok(()));
+    }
+
     #[test]
     fn v3_base_strings_follow_the_sdk_construction() {
         let form = decode_urlencoded(b"To=14155551234&From=AcmeShop&Status=delivered", "form").unwrap();

@@ -139,6 +139,22 @@ mod tests {
         );
     }
 
+    /// Made with PyNaCl (`SigningKey(bytes([1] * 32)).sign(b"1700000000|" + body)`),
+    /// the library the official SDK verifies with, over the corpus sample.
+    #[test]
+    fn pynacl_produced_signature() {
+        let body = include_bytes!("../../../tests/corpus/telnyx-message-finalized-delivered.json");
+        let keys = PublicKeys::parse("iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w=").unwrap();
+        assert_eq!(
+            STANDARD.encode(key(1).verifying_key().to_bytes()),
+            "iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w="
+        );
+        let signature =
+            "MHk3LVKdZTJETeIJYriID7Gyxwi11r8DFg/V/IC0FtJkw2cUNZbPGaU6R/T2datuvwrlObV0aecI+IoBCFXEDA==";
+        assert_eq!(sign(&key(1), "1700000000", body), signature);
+        assert_eq!(verify(body, Some(signature), Some("1700000000"), &keys, SKEW, NOW), Ok(()));
+    }
+
     #[test]
     fn rotation_list_and_window() {
         let body = b"{}";
