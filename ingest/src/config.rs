@@ -17,7 +17,7 @@ use url::Url;
 #[command(
     name = "ingest",
     version,
-    about = "HTTP intake for SMS delivery receipts (Vonage SMS, Vonage Messages, Twilio)"
+    about = "HTTP intake for SMS delivery receipts (Vonage SMS, Vonage Messages, Twilio, Telnyx, Plivo, Sinch, Infobip)"
 )]
 pub struct Config {
     /// Address to listen on for webhooks, probes and /metrics.
@@ -56,6 +56,9 @@ pub struct Config {
     /// Signature verification.
     #[command(flatten)]
     pub signatures: SignatureConfig,
+    /// Telnyx, Plivo, Sinch and Infobip authenticity (see `provider_config`).
+    #[command(flatten)]
+    pub providers: crate::provider_config::ProviderSettings,
     /// Logging.
     #[command(flatten)]
     pub log: LogConfig,
@@ -124,6 +127,8 @@ pub struct SignaturePolicy {
     pub public_base_url: Option<Url>,
     /// Timestamp window.
     pub freshness: Freshness,
+    /// Telnyx, Plivo, Sinch and Infobip checks.
+    pub providers: crate::provider_config::ProviderPolicy,
 }
 
 impl Config {
@@ -174,6 +179,7 @@ impl Config {
             twilio_tokens,
             public_base_url: s.public_base_url.clone(),
             freshness: Freshness { max_age: s.max_age, max_future: s.max_future },
+            providers: self.providers.validate(s.public_base_url.as_ref())?,
         })
     }
 }

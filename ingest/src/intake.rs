@@ -40,7 +40,7 @@ pub struct WebhookRequest {
 
 /// Result of a signature check that did not reject the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Authenticity {
+pub(crate) enum Authenticity {
     /// Checked and valid: a parse failure afterwards is probably our bug.
     Verified,
     /// Not checked (mode off) or failed in log-only mode.
@@ -112,8 +112,8 @@ pub async fn twilio(state: &AppState, request: WebhookRequest) -> Result<Receipt
     finish(state, provider, &request, authenticity, parsed).await
 }
 
-/// The URL Twilio called: the configured public base plus our path and query.
-fn public_url(state: &AppState, request: &WebhookRequest) -> String {
+/// The URL the provider called (Twilio, Plivo): the configured public base plus our path and query.
+pub(crate) fn public_url(state: &AppState, request: &WebhookRequest) -> String {
     let base =
         state.signatures.public_base_url.as_ref().map(|u| u.as_str().trim_end_matches('/')).unwrap_or("");
     match &request.query {
@@ -124,7 +124,7 @@ fn public_url(state: &AppState, request: &WebhookRequest) -> String {
 
 /// Runs a signature check according to `mode`. In enforce mode a failure
 /// is quarantined and rejected; in log-only mode it is counted and logged.
-async fn check(
+pub(crate) async fn check(
     state: &AppState,
     provider: Provider,
     request: &WebhookRequest,
@@ -160,13 +160,7 @@ async fn finish(
 ) -> Result<ReceiptEvent, IngestError> {
     let event = match parsed {
         Ok(event) => event,
-        Err(error) => {
-            let error = IngestError::Receipt(error);
-            if authenticity == Authenticity::Verified {
-                quarantine(state, provider, request, &error).await;
-            }
-            return Err(reject(state, provider, error));
-        }
+        Err(error) => return Err(refuse(state, provider, request, authenticity, error).await),
     };
     if !event.status_recognised {
         tracing::warn!(provider = %provider, status = %event.status, "unrecognised status word; accepted as pending");
@@ -176,8 +170,24 @@ async fn finish(
     Ok(event)
 }
 
+/// Rejects a receipt that cannot be parsed, quarantining it when the
+/// request was authentic (then the fault is probably ours).
+pub(crate) async fn refuse(
+    state: &AppState,
+    provider: Provider,
+    request: &WebhookRequest,
+    authenticity: Authenticity,
+    error: ReceiptError,
+) -> IngestError {
+    let error = IngestError::Receipt(error);
+    if authenticity == Authenticity::Verified {
+        quarantine(state, provider, request, &error).await;
+    }
+    reject(state, provider, error)
+}
+
 /// Publishes the event and waits for the broker's confirm.
-async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<(), IngestError> {
+pub(crate) async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<(), IngestError> {
     let properties = receipt_properties(event);
     let metrics = &state.metrics;
     let in_flight = InFlight::start(&metrics.publishes_in_flight);
@@ -231,14 +241,19 @@ pub const REPLAY_HEADER: &str = "x-dlr-replay";
 /// Copies a rejected request to the bounded quarantine queue so an operator
 /// can re-verify and replay it (`worker replay-quarantine`). Best effort: the
 /// answer is a 4xx either way, and a broker problem must not turn it into a 5xx.
-async fn quarantine(state: &AppState, provider: Provider, request: &WebhookRequest, error: &IngestError) {
+pub(crate) async fn quarantine(
+    state: &AppState,
+    provider: Provider,
+    request: &WebhookRequest,
+    error: &IngestError,
+) {
     if request.headers.contains_key(REPLAY_HEADER) {
         // `worker replay-quarantine` keeps its copy when we refuse it again;
         // a second copy would double the entry on every replay run.
         return;
     }
     let header = |name: header::HeaderName| request.headers.get(name).and_then(|v| v.to_str().ok());
-    let copy = json!({
+    let mut copy = json!({
         "quarantined_at": Utc::now(),
         "provider": provider,
         "reason": error.reason(),
@@ -249,13 +264,18 @@ async fn quarantine(state: &AppState, provider: Provider, request: &WebhookReque
             "query": request.query,
             "headers": {
                 "content-type": header(header::CONTENT_TYPE),
-                "authorization": header(header::AUTHORIZATION),
+                // A Basic password (Infobip) is a secret, unlike a JWT's signature.
+                "authorization": header(header::AUTHORIZATION)
+                    .map(|a| if a.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic ")) { "Basic [redacted]" } else { a }),
                 "x-twilio-signature": request.headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()),
                 "x-twilio-webhooks-signature-settings": request.headers.get("x-twilio-webhooks-signature-settings").and_then(|v| v.to_str().ok()),
             },
             "body_base64": base64::engine::general_purpose::STANDARD.encode(&request.body),
         },
     });
+    if let Some(headers) = copy["request"]["headers"].as_object_mut() {
+        headers.extend(crate::providers::signature_headers(&request.headers));
+    }
     let mut headers = FieldTable::default();
     insert_str(&mut headers, "x-provider", provider.as_str());
     insert_str(&mut headers, "x-quarantine-reason", error.reason());
@@ -333,7 +353,7 @@ fn decode_fields(request: &WebhookRequest) -> Result<Decoded, IngestError> {
 }
 
 /// Checks that a POST has a body of one of the `allowed` media types.
-fn require_body(request: &WebhookRequest, allowed: &[&str]) -> Result<(), IngestError> {
+pub(crate) fn require_body(request: &WebhookRequest, allowed: &[&str]) -> Result<(), IngestError> {
     let essence = media_type(&request.headers);
     let accepted = allowed.iter().any(|a| {
         essence == *a

@@ -8,6 +8,8 @@
 //! - [`startup`]: builds the app (tests use the same code on port 0).
 //! - [`routes`]: the webhook routes, probes and `/metrics`.
 //! - [`intake`]: decode, verify, parse, publish: one receipt's way through.
+//! - [`providers`]: the same for Telnyx, Plivo, Sinch and Infobip, whose
+//!   requests may carry several receipts ([`provider_config`]: their settings).
 //! - [`error`]: every way a request can fail, and the status it gets.
 //! - [`readiness`]: `/readyz` follows pod-local trouble only, never a broker-wide alarm.
 
@@ -15,6 +17,8 @@ pub mod config;
 pub mod error;
 pub mod intake;
 pub mod metrics;
+pub mod provider_config;
+pub mod providers;
 pub mod readiness;
 pub mod routes;
 pub mod startup;

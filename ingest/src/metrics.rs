@@ -50,6 +50,8 @@ pub struct IngestMetrics {
     pub quarantined: IntCounterVec,
     /// Requests refused with 429 because the concurrency limit was reached.
     pub load_shed: IntCounter,
+    /// Reports that name no receipt (Sinch summaries), answered 200.
+    pub reports_ignored: IntCounterVec,
 }
 
 impl IngestMetrics {
@@ -108,6 +110,11 @@ impl IngestMetrics {
                 "dlr_ingest_load_shed_total",
                 "Requests answered 429 because the concurrency limit was reached.",
             )?,
+            reports_ignored: b.counter_vec(
+                "dlr_ingest_reports_ignored_total",
+                "Reports answered 200 that carry no receipt (Sinch summary reports), by provider.",
+                &["provider"],
+            )?,
             registry,
         };
         for provider in Provider::ALL {
@@ -125,7 +132,16 @@ impl IngestMetrics {
                 metrics.quarantined.with_label_values(&[p, reason]);
             }
         }
-        for route in ["/dlr/vonage", "/dlr/vonage-messages", "/dlr/twilio"] {
+        metrics.reports_ignored.with_label_values(&[Provider::Sinch.as_str()]);
+        for route in [
+            "/dlr/vonage",
+            "/dlr/vonage-messages",
+            "/dlr/twilio",
+            "/dlr/telnyx",
+            "/dlr/plivo",
+            "/dlr/sinch",
+            "/dlr/infobip",
+        ] {
             metrics.http_duration.with_label_values(&[route]);
         }
         for reason in ["unavailable", "blocked", "nacked", "returned", "timeout", "channel_error"] {

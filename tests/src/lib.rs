@@ -10,6 +10,7 @@ pub mod binaries;
 pub mod broker;
 pub mod proxy;
 pub mod receiver;
+pub mod samples;
 
 use clap::Parser;
 use dlr_shared::amqp::Topology;

@@ -50,8 +50,15 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
     // RequestBodyLimitLayer refuses an oversize Content-Length before any
     // byte is read; DefaultBodyLimit covers chunked bodies as they arrive.
     let webhooks = receipts::router()
+        .merge(crate::providers::router())
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(RequestBodyLimitLayer::new(limits.body_limit_bytes))
+        .layer(load_shedding.clone());
+    // Infobip and Sinch `full` batch up to 100 reports per request.
+    let batch_limit = limits.body_limit_bytes.max(crate::providers::BATCH_BODY_LIMIT_BYTES);
+    let batch_webhooks = crate::providers::batch_router()
+        .layer(DefaultBodyLimit::max(batch_limit))
+        .layer(RequestBodyLimitLayer::new(batch_limit))
         .layer(load_shedding);
 
     // No whole-request timeout layer: it would also cut the confirm wait and
@@ -61,6 +68,7 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
     // the confirm timeout, which start-up checks is the shorter one.
     Router::new()
         .merge(webhooks)
+        .merge(batch_webhooks)
         .merge(health::router())
         .layer(HttpMetricsLayer::new(state.metrics.clone()))
         .with_state(state)

@@ -16,11 +16,31 @@ pub enum Provider {
     /// Twilio Programmable Messaging status callbacks.
     #[serde(rename = "twilio")]
     Twilio,
+    /// Telnyx messaging webhooks v2 (`message.sent`, `message.finalized`).
+    #[serde(rename = "telnyx")]
+    Telnyx,
+    /// Plivo message status callbacks.
+    #[serde(rename = "plivo")]
+    Plivo,
+    /// Sinch SMS REST API delivery reports.
+    #[serde(rename = "sinch")]
+    Sinch,
+    /// Infobip SMS delivery reports (`{"results":[...]}` batches).
+    #[serde(rename = "infobip")]
+    Infobip,
 }
 
 impl Provider {
     /// Every provider, for pre-creating metric series.
-    pub const ALL: [Provider; 3] = [Provider::VonageSms, Provider::VonageMessages, Provider::Twilio];
+    pub const ALL: [Provider; 7] = [
+        Provider::VonageSms,
+        Provider::VonageMessages,
+        Provider::Twilio,
+        Provider::Telnyx,
+        Provider::Plivo,
+        Provider::Sinch,
+        Provider::Infobip,
+    ];
 
     /// Stable lower-case name used in metrics labels, headers and routing keys.
     pub fn as_str(self) -> &'static str {
@@ -28,6 +48,10 @@ impl Provider {
             Provider::VonageSms => "vonage-sms",
             Provider::VonageMessages => "vonage-messages",
             Provider::Twilio => "twilio",
+            Provider::Telnyx => "telnyx",
+            Provider::Plivo => "plivo",
+            Provider::Sinch => "sinch",
+            Provider::Infobip => "infobip",
         }
     }
 }

@@ -1,13 +1,19 @@
 //! Provider wire formats and their translation into [`ReceiptEvent`]s.
 //!
 //! Each provider module turns already-decoded request fields into one
-//! [`ReceiptEvent`] or a [`ReceiptError`] that names every bad field, so the
+//! [`ReceiptEvent`] (or, for providers that report several receipts per
+//! request, a [`Batch`]) or a [`ReceiptError`] that names every bad field, so the
 //! HTTP layer can answer 400 with a useful body and nothing half-parsed ever
 //! reaches the broker.
 //!
 //! [`ReceiptEvent`]: crate::event::ReceiptEvent
 
 mod fields;
+pub mod infobip;
+mod json;
+pub mod plivo;
+pub mod sinch;
+pub mod telnyx;
 pub mod twilio;
 pub mod vonage_messages;
 pub mod vonage_sms;
@@ -15,6 +21,7 @@ pub mod vonage_sms;
 pub use fields::{
     Fields, MAX_STATUS_BYTES, MAX_VALUE_BYTES, decode_json_object, decode_urlencoded, fields_from_json_object,
 };
+pub use json::{Batch, ElementProblem, MAX_BATCH_ELEMENTS};
 
 use serde::Serialize;
 

@@ -16,6 +16,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use super::json::{member_text, text};
 use super::vonage_sms::is_decimal;
 use super::{FieldProblem, ReceiptError};
 use crate::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
@@ -179,27 +180,6 @@ fn required(object: &Map<String, Value>, name: &str, problems: &mut Vec<FieldPro
     };
     problems.push(FieldProblem::new(name, problem));
     None
-}
-
-/// A scalar member as text. Vonage documents strings but has been seen
-/// sending numbers (`title`, `count_total`); those carry no ambiguity, so
-/// they are read as their JSON text. Blank strings and `null` mean absent,
-/// nested values are not text.
-fn text(value: Option<&Value>) -> Option<String> {
-    match value? {
-        Value::String(s) => Some(s.trim()).filter(|s| !s.is_empty()).map(str::to_owned),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Null | Value::Array(_) | Value::Object(_) => None,
-    }
-}
-
-/// A scalar member of a nested object (`destination.network_code`, ...).
-fn member_text(value: Option<&Value>, name: &str) -> Option<String> {
-    match value? {
-        Value::Object(object) => text(object.get(name)),
-        _ => None,
-    }
 }
 
 /// `to`/`from`: a string in v1, `{type, number|id}` in v0.1. Phone numbers

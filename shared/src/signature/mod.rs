@@ -2,13 +2,19 @@
 //!
 //! Anyone who learns a webhook URL can post fake receipts, so each provider signs its callbacks:
 //! Vonage SMS with a `sig` parameter ([`vonage_sms`]), the Vonage Messages API with a JWT
-//! ([`vonage_jwt`]) and Twilio with `X-Twilio-Signature` ([`twilio`]). This module holds what the three
+//! ([`vonage_jwt`]), Twilio with `X-Twilio-Signature` ([`twilio`]), Telnyx with Ed25519 ([`telnyx`]),
+//! Plivo with `X-Plivo-Signature-V3`/`-V2` ([`plivo`]), Sinch with `x-sinch-webhook-signature`
+//! ([`sinch`]); Infobip report URLs use HTTP Basic ([`basic`]). This module holds what they all
 //! share: the rollout mode, the rotating secret list, the freshness window and one error type whose
 //! [`SignatureError::reason`] feeds a metrics label.
 //!
 //! Everything here is pure (no I/O, no clock): the HTTP layer passes in decoded parameters, header
 //! values and the current time, which keeps the checks deterministic and testable.
 
+pub mod basic;
+pub mod plivo;
+pub mod sinch;
+pub mod telnyx;
 pub mod twilio;
 pub mod vonage_jwt;
 pub mod vonage_sms;
@@ -93,6 +99,14 @@ pub enum ConfigError {
     EmptySecret {
         /// 1-based position of the empty item; the secrets themselves are never echoed.
         position: usize,
+    },
+    /// One item of a key list is not a usable key (Telnyx public keys).
+    #[error("key list item {position} (1-based) is not {expected}")]
+    BadKey {
+        /// 1-based position of the bad item.
+        position: usize,
+        /// What a key must be.
+        expected: &'static str,
     },
 }
 

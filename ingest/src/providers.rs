@@ -1,0 +1,326 @@
+//! Telnyx, Plivo, Sinch and Infobip: the same way through ingest as the
+//! other providers (decode, verify, parse, publish), for requests that may
+//! carry several receipts.
+//!
+//! The rule does not change with the count: 200 only when the broker has
+//! confirmed every receipt of the request. All of them are published at
+//! once and every confirm is awaited; if any is missing the answer is 503
+//! and the provider retries the whole request, whose receipts keep their
+//! event ids, so the ones already stored are de-duplicated downstream. An
+//! authenticated request whose elements are partly malformed is answered
+//! 200 with the valid ones stored and a copy in the quarantine: a 4xx
+//! would make the provider drop the valid siblings too (Sinch never retries
+//! a 4xx).
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use dlr_shared::providers::{self, Batch, FieldProblem, Fields, ReceiptError};
+use dlr_shared::signature::{self, SignatureError};
+use dlr_shared::{EventId, Outcome, Provider};
+use futures_util::future::join_all;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::error::IngestError;
+use crate::intake::{
+    Authenticity, WebhookRequest, check, public_url, publish, quarantine, refuse, reject, require_body,
+};
+use crate::state::AppState;
+
+/// Smallest body limit of the batch routes (`/dlr/infobip`, `/dlr/sinch`):
+/// a default Infobip request holds 100 reports of up to a few KiB each,
+/// more than the 64 KiB default of `INGEST_BODY_LIMIT_BYTES`.
+pub const BATCH_BODY_LIMIT_BYTES: usize = 1 << 20;
+
+/// The signature headers of these providers, copied with a quarantined
+/// request so that `worker replay-quarantine` can send them again.
+const SIGNATURE_HEADERS: [&str; 12] = [
+    "telnyx-signature-ed25519",
+    "telnyx-timestamp",
+    "x-plivo-signature-v3",
+    "x-plivo-signature-ma-v3",
+    "x-plivo-signature-v3-nonce",
+    "x-plivo-signature-v2",
+    "x-plivo-signature-ma-v2",
+    "x-plivo-signature-v2-nonce",
+    signature::sinch::SIGNATURE_HEADER,
+    signature::sinch::NONCE_HEADER,
+    signature::sinch::TIMESTAMP_HEADER,
+    "x-sinch-webhook-signature-algorithm",
+];
+
+/// Seconds between two log lines about ignored Sinch summary reports: a
+/// batch configured for summaries sends one per batch, which must not
+/// flood the log; the counter has every one.
+const IGNORED_LOG_INTERVAL_SECS: i64 = 60;
+static LAST_IGNORED_LOG: AtomicI64 = AtomicI64::new(i64::MIN);
+
+/// The present ones among [`SIGNATURE_HEADERS`], for the quarantine copy.
+pub(crate) fn signature_headers(headers: &HeaderMap) -> Map<String, Value> {
+    SIGNATURE_HEADERS
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?.to_str().ok()?;
+            Some(((*name).to_owned(), Value::String(value.to_owned())))
+        })
+        .collect()
+}
+
+/// `/dlr/telnyx`, `/dlr/plivo` (GET and POST), `/dlr/sinch`, `/dlr/infobip`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/dlr/telnyx", post(telnyx_route))
+        .route("/dlr/plivo", get(plivo_route).post(plivo_route))
+}
+
+/// The routes whose requests carry up to a hundred receipts and need
+/// [`BATCH_BODY_LIMIT_BYTES`].
+pub fn batch_router() -> Router<AppState> {
+    Router::new().route("/dlr/sinch", post(sinch_route)).route("/dlr/infobip", post(infobip_route))
+}
+
+async fn telnyx_route(
+    State(state): State<AppState>,
+    request: Result<WebhookRequest, IngestError>,
+) -> Response {
+    answer(&state, Provider::Telnyx, request, telnyx).await
+}
+
+async fn plivo_route(
+    State(state): State<AppState>,
+    request: Result<WebhookRequest, IngestError>,
+) -> Response {
+    answer(&state, Provider::Plivo, request, plivo).await
+}
+
+async fn sinch_route(
+    State(state): State<AppState>,
+    request: Result<WebhookRequest, IngestError>,
+) -> Response {
+    answer(&state, Provider::Sinch, request, sinch).await
+}
+
+async fn infobip_route(
+    State(state): State<AppState>,
+    request: Result<WebhookRequest, IngestError>,
+) -> Response {
+    answer(&state, Provider::Infobip, request, infobip).await
+}
+
+async fn answer<'a, F, Fut>(
+    state: &'a AppState,
+    provider: Provider,
+    request: Result<WebhookRequest, IngestError>,
+    intake: F,
+) -> Response
+where
+    F: FnOnce(&'a AppState, WebhookRequest) -> Fut,
+    Fut: Future<Output = Result<Stored, IngestError>>,
+{
+    let result = match request {
+        Ok(request) => intake(state, request).await,
+        Err(error) => Err(reject(state, provider, error)),
+    };
+    match result {
+        Ok(stored) => (StatusCode::OK, Json(stored)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The 200 body: the event each receipt became, and what was set aside.
+#[derive(Debug, Serialize)]
+pub struct Stored {
+    status: &'static str,
+    receipts: Vec<StoredReceipt>,
+    quarantined: usize,
+    ignored: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct StoredReceipt {
+    event_id: EventId,
+    outcome: Outcome,
+}
+
+fn header<'r>(request: &'r WebhookRequest, name: &str) -> Option<&'r str> {
+    request.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Accepts a Telnyx messaging webhook (POST JSON, Ed25519-signed).
+pub async fn telnyx(state: &AppState, request: WebhookRequest) -> Result<Stored, IngestError> {
+    let provider = Provider::Telnyx;
+    require_body(&request, &["application/json"]).map_err(|e| reject(state, provider, e))?;
+    let policy = &state.signatures.providers.telnyx;
+    let authenticity = check(state, provider, &request, policy.mode, || {
+        let keys = policy.secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
+        signature::telnyx::verify(
+            &request.body,
+            header(&request, "telnyx-signature-ed25519"),
+            header(&request, "telnyx-timestamp"),
+            keys,
+            state.signatures.freshness.max_future,
+            Utc::now().timestamp(),
+        )
+    })
+    .await?;
+    let parsed = providers::telnyx::parse(&request.body, Utc::now());
+    store(state, provider, &request, authenticity, parsed).await
+}
+
+/// Accepts a Plivo status callback (GET query or POST form).
+pub async fn plivo(state: &AppState, request: WebhookRequest) -> Result<Stored, IngestError> {
+    let provider = Provider::Plivo;
+    let (method, fields) = plivo_fields(&request).map_err(|e| reject(state, provider, e))?;
+    let policy = &state.signatures.providers.plivo;
+    let authenticity = check(state, provider, &request, policy.mode, || {
+        let tokens = policy.secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
+        let headers = signature::plivo::Headers {
+            v3: header(&request, "x-plivo-signature-v3"),
+            ma_v3: header(&request, "x-plivo-signature-ma-v3"),
+            v3_nonce: header(&request, "x-plivo-signature-v3-nonce"),
+            v2: header(&request, "x-plivo-signature-v2"),
+            ma_v2: header(&request, "x-plivo-signature-ma-v2"),
+            v2_nonce: header(&request, "x-plivo-signature-v2-nonce"),
+        };
+        // A GET's parameters are in the URL, which is signed as such.
+        let form = if method == signature::plivo::Method::Post { fields.clone() } else { Fields::default() };
+        signature::plivo::verify(method, &public_url(state, &request), &form, headers, tokens)
+    })
+    .await?;
+    let parsed = providers::plivo::parse(&fields, Utc::now()).map(Batch::one);
+    store(state, provider, &request, authenticity, parsed).await
+}
+
+fn plivo_fields(request: &WebhookRequest) -> Result<(signature::plivo::Method, Fields), IngestError> {
+    if request.method == Method::GET {
+        let query = request.query.as_deref().unwrap_or("");
+        if query.is_empty() {
+            return Err(IngestError::Empty("query string"));
+        }
+        return Ok((signature::plivo::Method::Get, providers::decode_urlencoded(query.as_bytes(), "query")?));
+    }
+    if request.method != Method::POST {
+        // HEAD is routed with GET by axum; it must not have side effects.
+        return Err(IngestError::MethodNotAllowed);
+    }
+    require_body(request, &["application/x-www-form-urlencoded"])?;
+    Ok((signature::plivo::Method::Post, providers::decode_urlencoded(&request.body, "form")?))
+}
+
+/// Accepts a Sinch delivery report (POST JSON, optionally HMAC-signed).
+pub async fn sinch(state: &AppState, request: WebhookRequest) -> Result<Stored, IngestError> {
+    let provider = Provider::Sinch;
+    require_body(&request, &["application/json"]).map_err(|e| reject(state, provider, e))?;
+    let policy = &state.signatures.providers.sinch;
+    let authenticity = check(state, provider, &request, policy.mode, || {
+        let secrets = policy.secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
+        signature::sinch::verify(
+            &request.body,
+            header(&request, signature::sinch::SIGNATURE_HEADER),
+            header(&request, signature::sinch::NONCE_HEADER),
+            header(&request, signature::sinch::TIMESTAMP_HEADER),
+            secrets,
+            state.signatures.freshness,
+            Utc::now().timestamp(),
+        )
+    })
+    .await?;
+    let parsed = providers::sinch::parse(&request.body, Utc::now());
+    store(state, provider, &request, authenticity, parsed).await
+}
+
+/// Accepts an Infobip report batch (POST JSON, HTTP Basic).
+pub async fn infobip(state: &AppState, request: WebhookRequest) -> Result<Stored, IngestError> {
+    let provider = Provider::Infobip;
+    require_body(&request, &["application/json"]).map_err(|e| reject(state, provider, e))?;
+    let policy = &state.signatures.providers.infobip;
+    let authenticity = check(state, provider, &request, policy.mode, || {
+        let credentials = policy.secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
+        signature::basic::verify(header(&request, header::AUTHORIZATION.as_str()), credentials)
+    })
+    .await?;
+    let parsed = providers::infobip::parse(&request.body, Utc::now());
+    store(state, provider, &request, authenticity, parsed).await
+}
+
+/// Publishes a parsed request's receipts and quarantines its bad elements.
+async fn store(
+    state: &AppState,
+    provider: Provider,
+    request: &WebhookRequest,
+    authenticity: Authenticity,
+    parsed: Result<Batch, ReceiptError>,
+) -> Result<Stored, IngestError> {
+    let batch = match parsed {
+        Ok(batch) if !(batch.events.is_empty() && batch.ignored == 0 && !batch.rejected.is_empty()) => batch,
+        // Nothing usable at all: the same answer as one bad receipt.
+        Ok(batch) => return Err(refuse(state, provider, request, authenticity, combined(&batch)).await),
+        Err(error) => return Err(refuse(state, provider, request, authenticity, error).await),
+    };
+    if !batch.rejected.is_empty() {
+        // The request is answered 200, so the provider will not send these
+        // elements again: the quarantine copy is all that is left of them,
+        // whatever the signature mode.
+        for problem in &batch.rejected {
+            state.metrics.rejected.with_label_values(&[provider.as_str(), problem.error.reason()]).inc();
+        }
+        let error = IngestError::Receipt(combined(&batch));
+        tracing::warn!(provider = %provider, bad = batch.rejected.len(), good = batch.events.len(), %error, "malformed reports quarantined; their siblings are stored");
+        quarantine(state, provider, request, &error).await;
+    }
+    if batch.ignored > 0 {
+        state.metrics.reports_ignored.with_label_values(&[provider.as_str()]).inc_by(batch.ignored as u64);
+        let now = Utc::now().timestamp();
+        let last = LAST_IGNORED_LOG.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= IGNORED_LOG_INTERVAL_SECS
+            && LAST_IGNORED_LOG.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::info!(provider = %provider, "summary delivery report ignored: it names no recipient (configure per_recipient or full reports); logged once a minute, counted in dlr_ingest_reports_ignored_total");
+        }
+    }
+    for event in batch.events.iter().filter(|e| !e.status_recognised) {
+        tracing::warn!(provider = %provider, status = %event.status, "unrecognised status word; accepted as pending");
+    }
+    // Every receipt at once: the confirms arrive together, so a batch costs
+    // about one round trip, not one per receipt.
+    let results = join_all(batch.events.iter().map(|event| publish(state, event))).await;
+    if let Some(error) = results.into_iter().find_map(Result::err) {
+        return Err(error);
+    }
+    for event in &batch.events {
+        state.metrics.accepted.with_label_values(&[provider.as_str(), event.outcome.as_str()]).inc();
+    }
+    Ok(Stored {
+        status: "accepted",
+        receipts: batch
+            .events
+            .into_iter()
+            .map(|e| StoredReceipt { event_id: e.event_id, outcome: e.outcome })
+            .collect(),
+        quarantined: batch.rejected.len(),
+        ignored: batch.ignored,
+    })
+}
+
+/// Every bad element's problems in one error, each field named by where
+/// its element is (`results[3].messageId`).
+fn combined(batch: &Batch) -> ReceiptError {
+    let problems = batch
+        .rejected
+        .iter()
+        .flat_map(|element| match element.error.problems() {
+            [] => vec![FieldProblem::new(&element.location, element.error.to_string())],
+            problems => problems
+                .iter()
+                .map(|p| FieldProblem::new(&format!("{}.{}", element.location, p.field), p.problem.clone()))
+                .collect(),
+        })
+        .collect();
+    ReceiptError::InvalidFields(problems)
+}
