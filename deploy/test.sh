@@ -42,3 +42,6 @@ bash deploy/check-manifests.sh
 
 echo "== reliability harness (short; restarts the broker, so it runs last and alone)"
 DLR_BUILD_PROFILE=debug bash deploy/reliability.sh --short
+
+echo "== reliability harness on a local 3-node cluster (short: leader kill, follower restart)"
+DLR_BUILD_PROFILE=debug bash deploy/reliability.sh --cluster --short
