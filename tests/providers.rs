@@ -485,7 +485,7 @@ async fn broker_gone_mid_batch_answers_503_and_the_retry_stores_every_receipt() 
     // While the broker is away, every attempt is 503.
     assert_eq!(h.send(infobip(&h, body.clone(), "u:p")).await.0, 503);
     proxy.start().await;
-    assert!(h.ingest.wait_ready(Duration::from_secs(30)).await, "ingest reconnects");
+    assert!(h.ingest.wait_connected(Duration::from_secs(30)).await, "ingest reconnects");
     let (status, answer) = h.send(infobip(&h, body, "u:p")).await;
     assert_eq!(status, 200, "the provider's retry is stored: {answer}");
     // Every receipt is in the queue; the ones confirmed before the cut are

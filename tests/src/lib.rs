@@ -181,6 +181,21 @@ impl TestIngest {
         false
     }
 
+    /// Waits until ingest's broker connection is up (`dlr_ingest_broker_connected`).
+    /// Not the same as ready: `/readyz` stays 200 for a grace period after
+    /// the connection is lost, so after an outage only this says that
+    /// receipts can be stored again.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if metric_value(&self.metrics().await, "dlr_ingest_broker_connected", &[]) == 1.0 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         self.client
