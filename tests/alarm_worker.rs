@@ -15,7 +15,7 @@ use dlr_tests::{
     MemoryAlarm, TestBroker, amqp_url, ingest_config, metric_value, spawn_ingest, spawn_worker,
     unique_topology, vonage_form, worker_config,
 };
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use std::time::Duration;
 
@@ -53,23 +53,7 @@ async fn a_blocked_broker_pauses_the_worker_instead_of_spinning() {
         // The alarm is lifted here.
     };
 
-    let capture = format!("{}.capture", topology.exchange);
-    broker
-        .channel
-        .queue_declare(capture.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
-        .await
-        .expect("declare capture");
-    broker
-        .channel
-        .queue_bind(
-            capture.as_str().into(),
-            config.events_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind capture");
+    let capture = broker.capture(&topology.exchange, &config.events_exchange).await;
     let delivered = broker.take(&capture, EVENTS, Duration::from_secs(90)).await.len();
     let parked_after = queue_depth(&broker, &topology.parked_queue).await;
 

@@ -3,8 +3,10 @@
 use dlr_shared::amqp::Topology;
 use lapin::message::BasicGetMessage;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::time::Duration;
 
@@ -74,6 +76,28 @@ impl TestBroker {
             .expect("publish")
             .await
             .expect("confirm");
+    }
+
+    /// Declares `<base>.capture` bound with `#` to the topic exchange
+    /// `events_exchange` (which must exist), so a test sees every event
+    /// the worker republishes; returns the queue's name.
+    pub async fn capture(&self, base: &str, events_exchange: &str) -> String {
+        let queue = format!("{base}.capture");
+        self.channel
+            .queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default())
+            .await
+            .expect("declare capture queue");
+        self.channel
+            .queue_bind(
+                queue.as_str().into(),
+                events_exchange.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind capture queue");
+        queue
     }
 
     /// Deletes a queue (the "behind the service's back" case, and clean-up).
