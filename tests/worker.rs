@@ -902,8 +902,7 @@ async fn sigterm_drains_in_flight_events_without_redelivery() {
     assert_eq!(
         calls.len(),
         EVENTS,
-        "each event is posted exactly once, none redelivered ({} at SIGTERM)",
-        at_sigterm
+        "each event is posted exactly once, none redelivered ({at_sigterm} at SIGTERM)"
     );
 
     second.stop().await;
