@@ -35,11 +35,19 @@ ingest=$!
 "$bin_dir/worker" > >(sed -u 's/^/worker | /') 2>&1 &
 worker=$!
 
+# Asked to stop (Ctrl-C, SIGTERM): both binaries drain and exit; so does
+# this script, with 0 when both drained cleanly, else the first failure.
 stop_both() {
+  local status=0 code
   kill -TERM "$ingest" "$worker" 2>/dev/null || true
-  wait "$ingest" "$worker" 2>/dev/null || true
+  for pid in "$ingest" "$worker"; do
+    code=0
+    wait "$pid" 2>/dev/null || code=$?
+    [ "$status" -ne 0 ] || status=$code
+  done
+  return "$status"
 }
-trap 'stop_both; exit 130' INT TERM
+trap 'stop_both; exit $?' INT TERM
 
 # A wildcard listen address is probed on loopback.
 probe() {
@@ -56,7 +64,7 @@ exit_if_gone() {
     wait "$pid" || status=$?
     sleep 0.2 # let the prefixing sed print the binary's last lines first
     echo "run.sh: $name exited with status $status (its error is above); stopping" >&2
-    stop_both
+    stop_both || true
     exit $((status == 0 ? 1 : status))
   fi
 }
@@ -67,7 +75,7 @@ until probe "$ingest_addr" && probe "$worker_addr"; do
   exit_if_gone worker "$worker"
   if ((SECONDS >= deadline)); then
     echo "run.sh: not ready after ${RUN_READY_TIMEOUT_SECONDS:-60} s (http://$ingest_addr/readyz, http://$worker_addr/readyz); stopping" >&2
-    stop_both
+    stop_both || true
     exit 1
   fi
   sleep 0.3
@@ -77,5 +85,5 @@ echo "run.sh: ready: ingest on $ingest_addr, worker probes on $worker_addr; Ctrl
 status=0
 wait -n "$ingest" "$worker" || status=$?
 echo "run.sh: a binary stopped (status $status); stopping the other" >&2
-stop_both
+stop_both || true
 exit "$status"
