@@ -34,12 +34,16 @@ dist_port() { echo $((25700 + $1)); }
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Runs a command as the rabbitmq user with node N's environment. HOME is the
-# rabbitmq user's so all nodes and the CLI share one Erlang cookie.
+# rabbitmq user's so all nodes and the CLI share one Erlang cookie. It runs
+# from / : the Erlang VM looks up modules in its working directory too, and
+# a caller's directory the rabbitmq user cannot read (a checkout under
+# /root, as on a fresh machine) turns every rabbitmqctl call into eacces
+# errors mixed into its output.
 as_rabbitmq() {
   local n=$1
   shift
   local dir="$base/dlr$n"
-  as_root env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin HOME=/var/lib/rabbitmq LANG=C.UTF-8 \
+  (cd / && as_root env -i PATH=/usr/bin:/bin:/usr/sbin:/sbin HOME=/var/lib/rabbitmq LANG=C.UTF-8 \
     RABBITMQ_NODENAME="$(node_name "$n")" \
     RABBITMQ_DIST_PORT="$(dist_port "$n")" \
     RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" \
@@ -49,7 +53,7 @@ as_rabbitmq() {
     RABBITMQ_MNESIA_BASE="$dir/mnesia" \
     RABBITMQ_LOG_BASE="$dir/log" \
     RABBITMQ_PID_FILE="$dir/rabbitmq.pid" \
-    setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups "$@"
+    setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups "$@")
 }
 
 ctl() {
