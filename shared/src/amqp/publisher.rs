@@ -99,11 +99,6 @@ impl Publisher {
         &self.broker
     }
 
-    /// True when a publish would be attempted right now (connected, not blocked).
-    pub fn is_ready(&self) -> bool {
-        self.broker.current().is_some_and(|c| !c.status().blocked())
-    }
-
     /// Publishes `body` with `mandatory` set and waits for the broker's
     /// confirm. `Ok` means the broker has routed and stored the message.
     pub async fn publish(
