@@ -15,8 +15,6 @@ use dlr_tests::{
     MemoryAlarm, TestBroker, amqp_url, ingest_config, metric_value, spawn_ingest, spawn_worker,
     unique_topology, vonage_form, worker_config,
 };
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -48,14 +46,14 @@ async fn a_blocked_broker_pauses_the_worker_instead_of_spinning() {
             "dlr_worker_handler_results_total",
             &[("handler", "amqp"), ("result", "transient")],
         );
-        let parked = queue_depth(&broker, &topology.parked_queue).await;
+        let parked = broker.queue_depth(&topology.parked_queue).await;
         (worker, parked, transient)
         // The alarm is lifted here.
     };
 
     let capture = broker.capture(&topology.exchange, &config.events_exchange).await;
     let delivered = broker.take(&capture, EVENTS, Duration::from_secs(90)).await.len();
-    let parked_after = queue_depth(&broker, &topology.parked_queue).await;
+    let parked_after = broker.queue_depth(&topology.parked_queue).await;
 
     worker.stop().await;
     ingest.stop().await;
@@ -79,17 +77,4 @@ async fn a_blocked_broker_pauses_the_worker_instead_of_spinning() {
     );
     assert_eq!(parked_after, 0, "nothing is parked after the alarm");
     assert!(delivered >= EVENTS, "every event is republished after the alarm ({delivered} of {EVENTS})");
-}
-
-async fn queue_depth(broker: &TestBroker, queue: &str) -> u32 {
-    broker
-        .channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .map(|q| q.message_count())
-        .unwrap_or(0)
 }

@@ -124,16 +124,7 @@ async fn cleanup(broker: &TestBroker, config: &dlr_worker::Config, extra_queues:
 
 /// Ready messages in `queue` (which must exist).
 async fn queue_depth(broker: &TestBroker, queue: &str) -> u32 {
-    broker
-        .channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await
-        .expect("the queue exists")
-        .message_count()
+    broker.queue_depth(queue).await
 }
 
 /// True when nothing is left for the worker to do: the receipts queue and

@@ -100,6 +100,19 @@ impl TestBroker {
         queue
     }
 
+    /// Ready messages in `queue` (which must exist).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the queue exists")
+            .message_count()
+    }
+
     /// Deletes a queue (the "behind the service's back" case, and clean-up).
     pub async fn delete_queue(&self, queue: &str) {
         let _ = self.channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await;

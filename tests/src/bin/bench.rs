@@ -463,12 +463,7 @@ async fn ingest_load(args: &Args) -> Result<IngestResult> {
     let peak_rss_mb = peak_rss_mb(child.0.id());
     drop(child);
     latencies.sort_by(f64::total_cmp);
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let pick = |q: f64| percentile(&latencies, q);
     let result = IngestResult {
         rate: latencies.len() as f64 / elapsed,
         p50_ms: pick(0.50),
@@ -948,12 +943,7 @@ async fn end_to_end_run(args: &Args, rate: f64, receiver: &BenchReceiver, databa
         drop(ingest);
         let mut latencies = receiver.latencies_ms.lock().map(|l| l.clone()).unwrap_or_default();
         latencies.sort_by(f64::total_cmp);
-        let pick = |q: f64| {
-            latencies
-                .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0.0)
-        };
+        let pick = |q: f64| percentile(&latencies, q);
         let max_depth = depths.iter().copied().max().unwrap_or(0);
         let tail = &depths[depths.len() * 3 / 4..];
         let tail_max = tail.iter().copied().max().unwrap_or(0);
@@ -994,4 +984,12 @@ async fn wait_ready(client: &reqwest::Client, url: &str) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("{url} never became ready")
+}
+
+/// The `q` quantile (0..=1) of ascending `sorted` values; 0 when empty.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0)
 }
