@@ -33,16 +33,16 @@
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use dlr_shared::ReceiptEvent;
-use dlr_shared::providers::{
+use dlr_ingest::providers::{
     self, Batch, Fields, ReceiptError, infobip, plivo, sinch, telnyx, twilio as twilio_dlr, vonage_messages,
     vonage_sms as vonage_dlr,
 };
-use dlr_shared::signature::twilio::{self as twilio_sig, Algorithm};
-use dlr_shared::signature::vonage_jwt;
-use dlr_shared::signature::vonage_sms::{self as vonage_sig, SigMethod};
-use dlr_shared::signature::{Freshness, SecretList, SignatureError};
-use dlr_shared::signature::{basic, plivo as plivo_sig, sinch as sinch_sig, telnyx as telnyx_sig};
+use dlr_ingest::signature::twilio::{self as twilio_sig, Algorithm};
+use dlr_ingest::signature::vonage_jwt;
+use dlr_ingest::signature::vonage_sms::{self as vonage_sig, SigMethod};
+use dlr_ingest::signature::{Freshness, SecretList, SignatureError};
+use dlr_ingest::signature::{basic, plivo as plivo_sig, sinch as sinch_sig, telnyx as telnyx_sig};
+use dlr_shared::ReceiptEvent;
 use hmac::{Hmac, Mac};
 use proptest::collection::vec;
 use proptest::prelude::*;

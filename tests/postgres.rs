@@ -9,7 +9,7 @@
 //! deterministic.
 
 use chrono::{DateTime, Duration as TimeDelta, TimeZone, Utc};
-use dlr_shared::providers::{decode_urlencoded, vonage_sms};
+use dlr_ingest::providers::{decode_urlencoded, vonage_sms};
 use dlr_shared::{EventId, MessageId, Outcome, Provider, ReceiptEvent};
 use dlr_tests::{
     TestBroker, TestDatabase, amqp_url, ingest_config, spawn_ingest, unique_topology, vonage_form,

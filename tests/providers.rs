@@ -9,10 +9,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use dlr_shared::amqp::Topology;
-use dlr_shared::signature::{
+use dlr_ingest::signature::{
     SignatureMode, basic, plivo as plivo_sig, sinch as sinch_sig, telnyx as telnyx_sig,
 };
+use dlr_shared::amqp::Topology;
 use dlr_shared::{Outcome, Provider, ReceiptEvent};
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
 use dlr_tests::{
@@ -238,7 +238,7 @@ async fn enforce_without_a_key_does_not_start() {
 // Plivo
 
 fn plivo_pairs(form: &str) -> Vec<(String, String)> {
-    dlr_shared::providers::decode_urlencoded(form.as_bytes(), "form").expect("form").pairs().to_vec()
+    dlr_ingest::providers::decode_urlencoded(form.as_bytes(), "form").expect("form").pairs().to_vec()
 }
 
 #[tokio::test]

@@ -5,18 +5,18 @@
 //! requests the way Vonage and Twilio do, and checks the HTTP answer, the
 //! receipts queue, the quarantine queue and `/metrics`.
 //!
-//! Signatures are produced with the `sign()` helpers of `dlr_shared::signature`
+//! Signatures are produced with the `sign()` helpers of `dlr_ingest::signature`
 //! over exactly the (name, value) pairs that are sent, and encoded as the
 //! provider would (GET query, form body, JSON). The reference samples S1..S8
 //! (receipts.md section 6) are sent byte for byte.
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use dlr_ingest::signature::SignatureMode;
+use dlr_ingest::signature::twilio::{self as twilio_sig, Algorithm};
+use dlr_ingest::signature::vonage_jwt;
+use dlr_ingest::signature::vonage_sms::{self as vonage_sig, SigMethod};
 use dlr_shared::amqp::Topology;
-use dlr_shared::signature::SignatureMode;
-use dlr_shared::signature::twilio::{self as twilio_sig, Algorithm};
-use dlr_shared::signature::vonage_jwt;
-use dlr_shared::signature::vonage_sms::{self as vonage_sig, SigMethod};
 use dlr_shared::{Outcome, Provider, ReceiptEvent};
 use dlr_tests::{
     TestBroker, TestIngest, amqp_url, ingest_config, metric_value, spawn_ingest, unique_topology,
@@ -89,7 +89,7 @@ fn vonage(mode: SignatureMode, method: SigMethod, secrets: &str) -> impl FnOnce(
     move |config| {
         config.signatures.vonage_mode = mode;
         config.signatures.vonage_method = method;
-        config.signatures.vonage_secret = Some(secrets);
+        config.signatures.vonage_secret = Some(secrets.into());
     }
 }
 
@@ -98,7 +98,7 @@ fn twilio(mode: SignatureMode, tokens: &str) -> impl FnOnce(&mut dlr_ingest::Con
     let tokens = tokens.to_owned();
     move |config| {
         config.signatures.twilio_mode = mode;
-        config.signatures.twilio_token = Some(tokens);
+        config.signatures.twilio_token = Some(tokens.into());
         config.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("public base URL"));
     }
 }
@@ -1475,7 +1475,7 @@ async fn quarantined_requests_are_replayed_after_the_secret_is_fixed() {
     let fixed = spawn_ingest(fixed_config).await;
     assert!(fixed.wait_ready(WAIT).await);
     let ingest_url = url::Url::parse(&fixed.base_url).expect("url");
-    let report = dlr_worker::parking::replay_quarantine(&h.broker.channel, &h.topology, &ingest_url, None)
+    let report = dlr_worker::replay::replay_quarantine(&h.broker.channel, &h.topology, &ingest_url, None)
         .await
         .expect("replay runs");
     assert_eq!((report.examined, report.replayed, report.kept), (2, 1, 1), "{report:?}");
@@ -1492,7 +1492,7 @@ async fn quarantined_requests_are_replayed_after_the_secret_is_fixed() {
     // exactly one copy of it stays (ingest does not quarantine a replay
     // again, the tool keeps the original).
     for _ in 0..3 {
-        let again = dlr_worker::parking::replay_quarantine(&h.broker.channel, &h.topology, &ingest_url, None)
+        let again = dlr_worker::replay::replay_quarantine(&h.broker.channel, &h.topology, &ingest_url, None)
             .await
             .expect("replay runs");
         assert_eq!((again.examined, again.replayed, again.kept), (1, 0, 1), "{again:?}");

@@ -20,7 +20,7 @@ use dlr_tests::{
     spawn_ingest, spawn_worker, unique_topology, vonage_form, worker_config,
 };
 use dlr_worker::metrics::WorkerMetrics;
-use dlr_worker::parking::{self, ReplayReport};
+use dlr_worker::replay::{self, ReplayReport};
 use dlr_worker::retry::RetryPolicy;
 use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
@@ -240,13 +240,11 @@ async fn replay_parked(
     let publisher = Publisher::new(broker, Duration::from_secs(10));
     let filters: Vec<(String, String)> =
         filters.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    let report = tokio::time::timeout(
-        within,
-        parking::replay_parked(&channel, &publisher, &topology, limit, &filters),
-    )
-    .await
-    .ok()
-    .map(|result| result.expect("replay-parked succeeds"));
+    let report =
+        tokio::time::timeout(within, replay::replay_parked(&channel, &publisher, &topology, limit, &filters))
+            .await
+            .ok()
+            .map(|result| result.expect("replay-parked succeeds"));
     stop.cancel();
     let _ = task.await;
     report

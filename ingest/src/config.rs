@@ -2,12 +2,13 @@
 //!
 //! `ingest --help` prints every variable with its default.
 
+use crate::signature::vonage_sms::SigMethod;
+use crate::signature::{Freshness, SecretList, SignatureMode};
 use clap::{Args, Parser};
 use dlr_shared::config::{
     BrokerConfig, LogConfig, parse_nonzero_millis, parse_nonzero_seconds, parse_seconds,
 };
-use dlr_shared::signature::vonage_sms::SigMethod;
-use dlr_shared::signature::{Freshness, SecretList, SignatureMode};
+use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
 use std::time::Duration;
 use url::Url;
@@ -75,13 +76,13 @@ pub struct SignatureConfig {
     pub vonage_method: SigMethod,
     /// Vonage signature secret(s), comma-separated: current first, previous during rotation.
     #[arg(long = "vonage-signature-secret", env = "VONAGE_SIGNATURE_SECRET", hide_env_values = true)]
-    pub vonage_secret: Option<String>,
+    pub vonage_secret: Option<SecretString>,
     /// Twilio X-Twilio-Signature check: off, log-only or enforce.
     #[arg(long = "twilio-signature-mode", env = "TWILIO_SIGNATURE_MODE", default_value = "off")]
     pub twilio_mode: SignatureMode,
     /// Twilio Auth Token(s), comma-separated: current first, previous during rotation.
     #[arg(long = "twilio-auth-token", env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
-    pub twilio_token: Option<String>,
+    pub twilio_token: Option<SecretString>,
     /// Scheme and host the providers call (e.g. https://dlr.example.com). Twilio
     /// signs the public URL, which differs from ours behind a load balancer.
     #[arg(long = "public-base-url", env = "PUBLIC_BASE_URL")]
@@ -163,8 +164,8 @@ impl Config {
             ));
         }
         let s = &self.signatures;
-        let vonage_secrets = secrets(s.vonage_mode, s.vonage_secret.as_deref(), "VONAGE_SIGNATURE_SECRET")?;
-        let twilio_tokens = secrets(s.twilio_mode, s.twilio_token.as_deref(), "TWILIO_AUTH_TOKEN")?;
+        let vonage_secrets = secrets(s.vonage_mode, exposed(&s.vonage_secret), "VONAGE_SIGNATURE_SECRET")?;
+        let twilio_tokens = secrets(s.twilio_mode, exposed(&s.twilio_token), "TWILIO_AUTH_TOKEN")?;
         if s.twilio_mode != SignatureMode::Off && s.public_base_url.is_none() {
             return Err(invalid(
                 "PUBLIC_BASE_URL",
@@ -194,6 +195,12 @@ fn secrets(
         (_, None) => Err(invalid(variable, "is required when the signature mode is not off")),
         (_, Some(raw)) => SecretList::parse(raw).map(Some).map_err(|e| invalid(variable, e.to_string())),
     }
+}
+
+/// The text of a secret setting, for parsing into the checks' own types
+/// (which keep it secret in turn).
+pub(crate) fn exposed(secret: &Option<SecretString>) -> Option<&str> {
+    secret.as_ref().map(|s| s.expose_secret())
 }
 
 fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {

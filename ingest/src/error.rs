@@ -5,12 +5,12 @@
 //! later" (so for anything that is our problem). Internal details are
 //! logged, not sent.
 
+use crate::providers::{FieldProblem, ReceiptError};
+use crate::signature::SignatureError;
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use dlr_shared::amqp::PublishError;
-use dlr_shared::providers::{FieldProblem, ReceiptError};
-use dlr_shared::signature::SignatureError;
 use serde_json::json;
 
 /// Seconds a provider is asked to wait after a 503/429.

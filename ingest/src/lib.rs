@@ -7,9 +7,11 @@
 //! - [`config`]: settings from the environment, validated at start-up.
 //! - [`startup`]: builds the app (tests use the same code on port 0).
 //! - [`routes`]: the webhook routes, probes and `/metrics`.
-//! - [`intake`]: decode, verify, parse, publish: one receipt's way through.
-//! - [`providers`]: the same for Telnyx, Plivo, Sinch and Infobip, whose
-//!   requests may carry several receipts ([`provider_config`]: their settings).
+//! - [`intake`]: decode, verify, parse, publish: one receipt's way through
+//!   ([`intake::batch`] for requests that carry several receipts).
+//! - [`providers`]: each provider's wire format, parsed into a `ReceiptEvent`.
+//! - [`signature`]: each provider's authenticity check
+//!   ([`provider_config`]: the settings of the four newer providers).
 //! - [`error`]: every way a request can fail, and the status it gets.
 //! - [`readiness`]: `/readyz` follows pod-local trouble only, never a broker-wide alarm.
 
@@ -21,6 +23,7 @@ pub mod provider_config;
 pub mod providers;
 pub mod readiness;
 pub mod routes;
+pub mod signature;
 pub mod startup;
 pub mod state;
 

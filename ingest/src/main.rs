@@ -27,7 +27,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    dlr_shared::telemetry::init(&config.log).map_err(anyhow::Error::msg).context("setting up logging")?;
+    dlr_shared::telemetry::init(&config.log).context("setting up logging")?;
     let app = Application::build(config).await.context("starting ingest")?;
     tracing::info!(addr = %app.local_addr().context("reading the bound address")?, "ingest listening");
     let shutdown = dlr_shared::shutdown::on_signal();

@@ -6,12 +6,13 @@
 //! and then accepting forgeries by default would be a trap. `enforce` or
 //! `log-only` without a secret is a start-up error, as for the others.
 
+use crate::signature::telnyx::PublicKeys;
+use crate::signature::{SecretList, SignatureMode, basic};
 use clap::Args;
-use dlr_shared::signature::telnyx::PublicKeys;
-use dlr_shared::signature::{SecretList, SignatureMode, basic};
+use secrecy::SecretString;
 use url::Url;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, exposed};
 
 /// The four providers' flags and variables.
 #[derive(Debug, Clone, Default, Args)]
@@ -27,19 +28,19 @@ pub struct ProviderSettings {
     pub plivo_mode: Option<SignatureMode>,
     /// Plivo Auth Token(s), comma-separated (sub-account and main account, rotation).
     #[arg(long = "plivo-auth-token", env = "PLIVO_AUTH_TOKEN", hide_env_values = true)]
-    pub plivo_auth_token: Option<String>,
+    pub plivo_auth_token: Option<SecretString>,
     /// Sinch x-sinch-webhook-signature check: off, log-only or enforce (default: enforce when a secret is set).
     #[arg(long = "sinch-signature-mode", env = "SINCH_SIGNATURE_MODE")]
     pub sinch_mode: Option<SignatureMode>,
     /// Sinch webhook secret(s), comma-separated: current first.
     #[arg(long = "sinch-webhook-secret", env = "SINCH_WEBHOOK_SECRET", hide_env_values = true)]
-    pub sinch_webhook_secret: Option<String>,
+    pub sinch_webhook_secret: Option<SecretString>,
     /// Infobip HTTP Basic check: off, log-only or enforce (default: enforce when credentials are set).
     #[arg(long = "infobip-auth-mode", env = "INFOBIP_AUTH_MODE")]
     pub infobip_mode: Option<SignatureMode>,
     /// Infobip report URL credentials `user:password`, comma-separated.
     #[arg(long = "infobip-basic-auth", env = "INFOBIP_BASIC_AUTH", hide_env_values = true)]
-    pub infobip_basic_auth: Option<String>,
+    pub infobip_basic_auth: Option<SecretString>,
 }
 
 /// The validated policy: a secret wherever a check is on.
@@ -75,7 +76,7 @@ impl ProviderSettings {
     /// Plivo, which signs the URL it called.
     pub fn validate(&self, public_base_url: Option<&Url>) -> Result<ProviderPolicy, ConfigError> {
         let plivo =
-            check(self.plivo_mode, self.plivo_auth_token.as_deref(), "PLIVO_AUTH_TOKEN", SecretList::parse)?;
+            check(self.plivo_mode, exposed(&self.plivo_auth_token), "PLIVO_AUTH_TOKEN", SecretList::parse)?;
         if plivo.mode != SignatureMode::Off && public_base_url.is_none() {
             return Err(ConfigError::Invalid {
                 variable: "PUBLIC_BASE_URL",
@@ -84,7 +85,7 @@ impl ProviderSettings {
             });
         }
         let infobip =
-            check(self.infobip_mode, self.infobip_basic_auth.as_deref(), "INFOBIP_BASIC_AUTH", |s| {
+            check(self.infobip_mode, exposed(&self.infobip_basic_auth), "INFOBIP_BASIC_AUTH", |s| {
                 let list = SecretList::parse(s)?;
                 basic::validate_credentials(&list)?;
                 Ok(list)
@@ -99,7 +100,7 @@ impl ProviderSettings {
             plivo,
             sinch: check(
                 self.sinch_mode,
-                self.sinch_webhook_secret.as_deref(),
+                exposed(&self.sinch_webhook_secret),
                 "SINCH_WEBHOOK_SECRET",
                 SecretList::parse,
             )?,
@@ -112,7 +113,7 @@ fn check<T>(
     mode: Option<SignatureMode>,
     raw: Option<&str>,
     variable: &'static str,
-    parse: impl FnOnce(&str) -> Result<T, dlr_shared::signature::ConfigError>,
+    parse: impl FnOnce(&str) -> Result<T, crate::signature::ConfigError>,
 ) -> Result<Check<T>, ConfigError> {
     let raw = raw.map(str::trim).filter(|s| !s.is_empty());
     let mode = mode.unwrap_or(if raw.is_some() { SignatureMode::Enforce } else { SignatureMode::Off });

@@ -80,7 +80,7 @@ impl Application {
         let broker_shutdown = CancellationToken::new();
         let (broker, broker_task) = BrokerConnection::start(
             broker_addresses,
-            format!("ingest@{}", hostname()),
+            format!("ingest@{}", config.broker.instance_name),
             setup,
             metrics.broker_connected.clone(),
             broker_shutdown.clone(),
@@ -176,8 +176,4 @@ impl Application {
         tracing::info!("ingest stopped");
         Ok(())
     }
-}
-
-fn hostname() -> String {
-    std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned())
 }

@@ -26,6 +26,11 @@ pub struct BrokerConfig {
     /// next one after a connection loss. Holds the password: never logged.
     #[arg(long = "amqp-url", env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_default_value = false)]
     pub url: SecretString,
+    /// Names this process's broker connection (`ingest@<name>`,
+    /// `worker@<name>`) in RabbitMQ's management UI and logs. Kubernetes
+    /// sets HOSTNAME to the pod name.
+    #[arg(long = "instance-name", env = "HOSTNAME", default_value = "local")]
+    pub instance_name: String,
     /// Exchange and queue names.
     #[command(flatten)]
     pub topology: Topology,

@@ -13,6 +13,11 @@ use crate::domain::{EventId, MessageId, Outcome, Provider};
 /// Version of the event schema written into every event.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// The published JSON Schema of [`ReceiptEvent`] (draft 2020-12), the
+/// contract other teams code against. Ingest's tests validate every
+/// parser's output against it.
+pub const SCHEMA: &str = include_str!("../schema/receipt-event.v1.json");
+
 /// One status change of one sent message, normalised.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReceiptEvent {

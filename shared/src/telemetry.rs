@@ -42,9 +42,9 @@ pub fn effective_filter(level: &str) -> String {
 /// does not parse or a subscriber is already installed (tests call this
 /// through the binaries only, never twice). Text lines carry ANSI colours
 /// only on a terminal, so redirected logs stay plain.
-pub fn init(config: &LogConfig) -> Result<(), String> {
+pub fn init(config: &LogConfig) -> Result<(), TelemetryError> {
     let filter = EnvFilter::try_new(effective_filter(&config.level))
-        .map_err(|e| format!("RUST_LOG {:?} is invalid: {e}", config.level))?;
+        .map_err(|source| TelemetryError::InvalidFilter { filter: config.level.clone(), source })?;
     let registry = tracing_subscriber::registry().with(filter);
     let result = match config.format {
         LogFormat::Json => registry
@@ -52,7 +52,24 @@ pub fn init(config: &LogConfig) -> Result<(), String> {
             .try_init(),
         LogFormat::Text => registry.with(fmt::layer().with_ansi(std::io::stdout().is_terminal())).try_init(),
     };
-    result.map_err(|e| e.to_string())
+    result.map_err(TelemetryError::AlreadyInstalled)
+}
+
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// `RUST_LOG` is not a valid filter.
+    #[error("RUST_LOG {filter:?} is invalid")]
+    InvalidFilter {
+        /// The filter as given.
+        filter: String,
+        /// The parser's complaint.
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    /// Called twice in one process.
+    #[error("a log subscriber is already installed")]
+    AlreadyInstalled(#[source] tracing_subscriber::util::TryInitError),
 }
 
 /// Lets one log line through per interval, for events that can repeat at
@@ -99,6 +116,11 @@ pub fn error_chain<'a>(chain: impl IntoIterator<Item = &'a (dyn std::error::Erro
     line
 }
 
+/// [`error_chain`] of `error` and its sources.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    error_chain(std::iter::successors(Some(error), |e| e.source()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,10 +140,7 @@ mod tests {
     #[test]
     fn error_chain_does_not_repeat_causes_already_printed() {
         let error = Outer(std::io::Error::other("refused"));
-        assert_eq!(
-            error_chain(std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())),
-            "outer: refused"
-        );
+        assert_eq!(describe(&error), "outer: refused");
     }
 
     #[test]

@@ -6,14 +6,14 @@ use clap::{Args, Parser, Subcommand};
 use dlr_shared::config::{
     BrokerConfig, LogConfig, parse_millis, parse_nonzero_millis, parse_nonzero_seconds,
 };
-use dlr_shared::{Outcome, Provider};
+use dlr_shared::{Outcome, Provider, words};
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::time::Duration;
 use url::Url;
 
-use crate::dispatch::ParkReason;
 use crate::handlers::HandlerKind;
+use crate::parking::ParkReason;
 
 /// The `worker` command line.
 #[derive(Debug, Clone, Parser)]
@@ -73,21 +73,13 @@ pub struct QuarantineArgs {
 /// nothing and make a replay silently do nothing, so it is refused.
 fn filter_values(key: &str) -> Option<Vec<&'static str>> {
     Some(match key {
-        "reason" => PARK_REASONS.iter().map(|r| r.as_str()).collect(),
-        "handler" => HandlerKind::ALL.iter().map(|h| h.as_str()).collect(),
-        "provider" => Provider::ALL.iter().map(|p| p.as_str()).collect(),
-        "outcome" => Outcome::ALL.iter().map(|o| o.as_str()).collect(),
+        "reason" => words::names::<ParkReason>().collect(),
+        "handler" => words::names::<HandlerKind>().collect(),
+        "provider" => words::names::<Provider>().collect(),
+        "outcome" => words::names::<Outcome>().collect(),
         _ => return None,
     })
 }
-
-/// Every park reason; the match below stops compiling when one is added
-/// without being listed here.
-const PARK_REASONS: [ParkReason; 3] =
-    [ParkReason::PermanentFailure, ParkReason::RetriesExhausted, ParkReason::Unparseable];
-const _: fn(ParkReason) = |reason| match reason {
-    ParkReason::PermanentFailure | ParkReason::RetriesExhausted | ParkReason::Unparseable => {}
-};
 
 fn parse_filter(value: &str) -> Result<(String, String), String> {
     let (key, wanted) = value.split_once('=').ok_or_else(|| format!("{value:?}: expected key=value"))?;
@@ -206,7 +198,7 @@ impl RouteTable {
 
     /// True when any outcome uses `kind`.
     pub fn uses(&self, kind: HandlerKind) -> bool {
-        Outcome::ALL.into_iter().any(|o| self.handlers(o).contains(&kind))
+        Outcome::ALL.iter().any(|&o| self.handlers(o).contains(&kind))
     }
 }
 
@@ -230,7 +222,7 @@ impl Config {
                 "must be at least WORKER_RETRY_INITIAL_DELAY_MS, which must be above 0",
             ));
         }
-        for outcome in Outcome::ALL {
+        for &outcome in Outcome::ALL {
             if routes.handlers(outcome).contains(&HandlerKind::Http) && self.http_url_for(outcome).is_none() {
                 return Err(invalid(
                     "WORKER_HTTP_URL",

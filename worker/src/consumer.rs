@@ -19,9 +19,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::dispatch::{Decision, Dispatcher, ParkReason};
+use crate::dispatch::{Decision, Dispatcher};
+use crate::envelope::Progress;
 use crate::metrics::WorkerMetrics;
-use crate::parking::{self, ParkNote, RetryPlan};
+use crate::parking::{self, Park, ParkReason};
+use crate::retry;
 
 /// Everything a delivery's task needs.
 pub struct ConsumerContext {
@@ -245,20 +247,19 @@ async fn handle_delivery(ctx: &ConsumerContext, delivery: Delivery) {
 
 /// Returns true when the message may be acked.
 async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> bool {
-    let (attempt, done) = parking::progress(&delivery.properties);
+    let Progress { attempt, done } = Progress::of(&delivery.properties);
     let event = match ReceiptEvent::from_json(&delivery.data) {
         Ok(event) => event,
         Err(error) => {
             tracing::warn!(%error, "unparseable message; parking it");
-            let error = error.to_string();
-            let note = ParkNote {
+            let park_note = Park {
                 reason: ParkReason::Unparseable,
                 handler: None,
                 attempts: attempt,
-                done: &[],
-                error: &error,
+                done: Vec::new(),
+                error: error.to_string(),
             };
-            return park(ctx, delivery, note).await;
+            return park(ctx, delivery, &park_note).await;
         }
     };
     if attempt == 1 && done.is_empty() {
@@ -274,16 +275,21 @@ async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> bool {
             ctx.metrics.end_to_end.observe(seconds.max(0.0));
             true
         }
-        Decision::Retry { next_attempt, delay, done, handler, error } => {
-            let plan = RetryPlan { next_attempt, delay, done: &done, handler, error: &error };
+        Decision::Retry(retry) => {
             let scheduled = patiently(ctx, "scheduling a retry", || {
-                parking::schedule_retry(&ctx.publisher, &ctx.topology, delivery, plan)
+                retry::schedule(&ctx.publisher, &ctx.topology, delivery, &retry)
             })
             .await;
             match scheduled {
                 Ok(()) => {
-                    ctx.metrics.retries.with_label_values(&[handler.as_str()]).inc();
-                    tracing::info!(event_id = %event.event_id, %handler, next_attempt, ?delay, "retry scheduled");
+                    ctx.metrics.retries.with_label_values(&[retry.handler.as_str()]).inc();
+                    tracing::info!(
+                        event_id = %event.event_id,
+                        handler = %retry.handler,
+                        next_attempt = retry.next_attempt,
+                        delay = ?retry.delay,
+                        "retry scheduled"
+                    );
                     true
                 }
                 Err(publish_error) => {
@@ -292,10 +298,7 @@ async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> bool {
                 }
             }
         }
-        Decision::Park { reason, handler, done, error } => {
-            park(ctx, delivery, ParkNote { reason, handler, attempts: attempt, done: &done, error: &error })
-                .await
-        }
+        Decision::Park(park_note) => park(ctx, delivery, &park_note).await,
     }
 }
 
@@ -345,7 +348,7 @@ where
     }
 }
 
-async fn park(ctx: &ConsumerContext, delivery: &Delivery, note: ParkNote<'_>) -> bool {
+async fn park(ctx: &ConsumerContext, delivery: &Delivery, note: &Park) -> bool {
     match patiently(ctx, "parking", || parking::park(&ctx.publisher, &ctx.topology, delivery, note)).await {
         Ok(()) => {
             ctx.metrics.parked.with_label_values(&[note.reason.as_str()]).inc();

@@ -9,64 +9,27 @@
 use dlr_shared::ReceiptEvent;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::config::RouteTable;
-use crate::handlers::{Handler, HandlerError, HandlerKind};
+use crate::handlers::{CallResult, Handler, HandlerError, HandlerKind};
 use crate::metrics::WorkerMetrics;
-use crate::retry::RetryPolicy;
+use crate::parking::{Park, ParkReason};
+use crate::retry::{Retry, RetryPolicy};
 
-/// Why a message went to the parking lot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParkReason {
-    /// A handler said retrying cannot help.
-    PermanentFailure,
-    /// Transient failures outlasted the retry schedule.
-    RetriesExhausted,
-    /// The message is not a receipt event we can read.
-    Unparseable,
-}
-
-impl ParkReason {
-    /// Header and metrics value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ParkReason::PermanentFailure => "permanent_failure",
-            ParkReason::RetriesExhausted => "retries_exhausted",
-            ParkReason::Unparseable => "unparseable",
-        }
-    }
-}
-
-/// What to do with the message after dispatching.
+/// What to do with the message after dispatching. The consumer acts on it
+/// as it is: [`retry::schedule`] and [`parking::park`] take these payloads.
+///
+/// [`retry::schedule`]: crate::retry::schedule
+/// [`parking::park`]: crate::parking::park
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Every handler succeeded: ack.
     Done,
-    /// Schedule attempt `next_attempt` after `delay`, then ack.
-    Retry {
-        /// The attempt number the retried message will carry.
-        next_attempt: u32,
-        /// Delay queue to use.
-        delay: Duration,
-        /// Handlers that need not run again.
-        done: Vec<HandlerKind>,
-        /// The handler that failed.
-        handler: HandlerKind,
-        /// Its error.
-        error: String,
-    },
+    /// Put into a delay queue, then ack.
+    Retry(Retry),
     /// Move to the parking lot, then ack.
-    Park {
-        /// Why.
-        reason: ParkReason,
-        /// The handler that failed, if any.
-        handler: Option<HandlerKind>,
-        /// Handlers that need not run again after a replay.
-        done: Vec<HandlerKind>,
-        /// The last error.
-        error: String,
-    },
+    Park(Park),
 }
 
 /// Runs handlers according to the routing table.
@@ -97,12 +60,13 @@ impl Dispatcher {
             }
             let Some(handler) = self.handlers.get(kind) else {
                 // Validated at start-up; kept as a park, not a panic.
-                return Decision::Park {
+                return Decision::Park(Park {
                     reason: ParkReason::PermanentFailure,
                     handler: Some(*kind),
+                    attempts: attempt,
                     done,
                     error: format!("handler {kind} is not configured"),
-                };
+                });
             };
             let started = Instant::now();
             let result = handler.handle(event).await;
@@ -112,13 +76,16 @@ impl Dispatcher {
                 .observe(started.elapsed().as_secs_f64());
             match result {
                 Ok(()) => {
-                    self.metrics.handler_results.with_label_values(&[kind.as_str(), "ok"]).inc();
+                    self.metrics
+                        .handler_results
+                        .with_label_values(&[kind.as_str(), CallResult::Ok.into()])
+                        .inc();
                     done.push(*kind);
                 }
                 Err(error) => {
                     self.metrics
                         .handler_results
-                        .with_label_values(&[kind.as_str(), error.result_label()])
+                        .with_label_values(&[kind.as_str(), error.result().into()])
                         .inc();
                     tracing::warn!(event_id = %event.event_id, handler = %kind, attempt, %error, "handler failed");
                     return self.after_failure(*kind, error, attempt, done);
@@ -135,19 +102,16 @@ impl Dispatcher {
         attempt: u32,
         done: Vec<HandlerKind>,
     ) -> Decision {
-        match error {
-            HandlerError::Permanent(error) => {
-                Decision::Park { reason: ParkReason::PermanentFailure, handler: Some(handler), done, error }
-            }
-            HandlerError::Transient(error) => match self.retry.delay_after(attempt) {
-                Some(delay) => Decision::Retry { next_attempt: attempt + 1, delay, done, handler, error },
-                None => Decision::Park {
-                    reason: ParkReason::RetriesExhausted,
-                    handler: Some(handler),
-                    done,
-                    error,
-                },
+        let (reason, error) = match error {
+            HandlerError::Transient(failure) => match self.retry.delay_after(attempt) {
+                Some(delay) => {
+                    let error = failure.to_string();
+                    return Decision::Retry(Retry { next_attempt: attempt + 1, delay, done, handler, error });
+                }
+                None => (ParkReason::RetriesExhausted, failure.to_string()),
             },
-        }
+            HandlerError::Permanent(failure) => (ParkReason::PermanentFailure, failure.to_string()),
+        };
+        Decision::Park(Park { reason, handler: Some(handler), attempts: attempt, done, error })
     }
 }

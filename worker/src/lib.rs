@@ -10,17 +10,22 @@
 //! - [`consumer`]: the consume loop, bounded concurrency, reconnects, drain.
 //! - [`dispatch`]: one event through its handlers, deciding ack/retry/park.
 //! - [`handlers`]: the downstream handlers behind one trait.
-//! - [`retry`]: the backoff schedule.
-//! - [`parking`]: the parking lot and the replay subcommands.
+//! - [`envelope`]: the bookkeeping headers a message carries between queues.
+//! - [`retry`]: the backoff schedule and the publish into a delay queue.
+//! - [`parking`]: the parking lot, for events retrying cannot help.
+//! - [`replay`]: the operator's `replay-parked` and `replay-quarantine`.
+//! - [`probes`]: `/healthz`, `/readyz` and `/metrics`.
 
 pub mod config;
 pub mod consumer;
 pub mod dispatch;
+pub mod envelope;
 pub mod handlers;
 pub mod metrics;
 pub mod parking;
+pub mod probes;
+pub mod replay;
 pub mod retry;
-pub mod routes;
 pub mod startup;
 
 pub use config::Config;

@@ -8,7 +8,7 @@ use dlr_shared::amqp::Publisher;
 use dlr_worker::Application;
 use dlr_worker::config::{Cli, Command};
 use dlr_worker::metrics::WorkerMetrics;
-use dlr_worker::parking;
+use dlr_worker::replay;
 use dlr_worker::retry::RetryPolicy;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
-    dlr_shared::telemetry::init(&config.log).map_err(anyhow::Error::msg).context("setting up logging")?;
+    dlr_shared::telemetry::init(&config.log).context("setting up logging")?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let app = Application::build(config).await.context("starting the worker")?;
@@ -44,7 +44,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let result = async {
                 let (channel, publisher) = broker.connect().await?;
                 let topology = &config.broker.topology;
-                parking::replay_parked(&channel, &publisher, topology, args.limit, &args.filters)
+                replay::replay_parked(&channel, &publisher, topology, args.limit, &args.filters)
                     .await
                     .context("replaying parked messages")
             }
@@ -57,7 +57,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let broker = OneShotBroker::start(&config)?;
             let result = async {
                 let (channel, _publisher) = broker.connect().await?;
-                parking::replay_quarantine(&channel, &config.broker.topology, &args.ingest_url, args.limit)
+                replay::replay_quarantine(&channel, &config.broker.topology, &args.ingest_url, args.limit)
                     .await
                     .context("replaying quarantined requests")
             }

@@ -2,10 +2,11 @@
 //! handler, result, reason).
 
 use dlr_shared::metrics::{LATENCY_BUCKETS, LONG_LATENCY_BUCKETS, MetricsBuilder, new_registry};
-use dlr_shared::{Outcome, Provider};
+use dlr_shared::{Outcome, Provider, words};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
-use crate::handlers::HandlerKind;
+use crate::handlers::{CallResult, HandlerKind};
+use crate::parking::ParkReason;
 
 /// Every metric the worker exports.
 #[derive(Clone)]
@@ -36,9 +37,6 @@ pub struct WorkerMetrics {
     /// wait (broker blocked or unreachable) instead of nacking the delivery.
     pub settle_waits: IntCounter,
 }
-
-/// Park reasons, for pre-created series.
-pub const PARK_REASONS: [&str; 3] = ["permanent_failure", "retries_exhausted", "unparseable"];
 
 impl WorkerMetrics {
     /// Registers everything and pre-creates the expected series.
@@ -104,12 +102,12 @@ impl WorkerMetrics {
         }
         for kind in HandlerKind::ALL {
             metrics.handler_duration.with_label_values(&[kind.as_str()]);
-            for result in ["ok", "transient", "permanent"] {
+            for result in words::names::<CallResult>() {
                 metrics.handler_results.with_label_values(&[kind.as_str(), result]);
             }
             metrics.retries.with_label_values(&[kind.as_str()]);
         }
-        for reason in PARK_REASONS {
+        for reason in words::names::<ParkReason>() {
             metrics.parked.with_label_values(&[reason]);
         }
         Ok(metrics)

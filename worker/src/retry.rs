@@ -1,4 +1,5 @@
-//! The retry schedule: how long to wait before attempt `n`.
+//! Retries: the schedule (how long to wait before attempt `n`) and the
+//! publish that puts a message into its delay queue.
 //!
 //! Delays grow geometrically from the initial to the maximum delay over the
 //! configured attempts (defaults: 8 attempts, 1 s ... 10 min). Waiting is
@@ -12,8 +13,14 @@
 //! the head of a queue, so a message can wait behind one with more jitter;
 //! that error is bounded by the same 20 %.
 
+use dlr_shared::amqp::{PublishError, Publisher, Topology, insert_str};
+use lapin::message::Delivery;
+use lapin::types::{AMQPValue, ShortString};
 use rand::Rng;
 use std::time::Duration;
+
+use crate::envelope::{self, HEADER_ATTEMPT, HEADER_DONE, HEADER_HANDLER, HEADER_LAST_ERROR};
+use crate::handlers::HandlerKind;
 
 /// Share of a delay removed at random.
 const JITTER: f64 = 0.2;
@@ -67,6 +74,41 @@ impl RetryPolicy {
         let factor = 1.0 - rand::rng().random_range(0.0..JITTER);
         Duration::from_millis((delay.as_millis() as f64 * factor).round() as u64)
     }
+}
+
+/// A retry the dispatcher decided on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// The attempt number the retried message will carry.
+    pub next_attempt: u32,
+    /// Delay queue to use.
+    pub delay: Duration,
+    /// Handlers that need not run again.
+    pub done: Vec<HandlerKind>,
+    /// The handler that failed.
+    pub handler: HandlerKind,
+    /// Its error.
+    pub error: String,
+}
+
+/// Puts the message into the delay queue for `retry.delay`; it comes back
+/// to the receipts queue when its (jittered) expiration passes. The caller
+/// acks the original only after this returned `Ok`.
+pub async fn schedule(
+    publisher: &Publisher,
+    topology: &Topology,
+    message: &Delivery,
+    retry: &Retry,
+) -> Result<(), PublishError> {
+    let properties = envelope::rebuilt(&message.properties, |h| {
+        h.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(retry.next_attempt)));
+        insert_str(h, HEADER_DONE, &envelope::done_list(&retry.done));
+        insert_str(h, HEADER_HANDLER, retry.handler.as_str());
+        insert_str(h, HEADER_LAST_ERROR, envelope::truncated(&retry.error));
+    })
+    .with_expiration(ShortString::from(RetryPolicy::jittered(retry.delay).as_millis().to_string()));
+    envelope::publish_to_own_queue(publisher, &topology.retry_queue(retry.delay), &message.data, properties)
+        .await
 }
 
 #[cfg(test)]

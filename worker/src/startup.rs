@@ -21,8 +21,8 @@ use crate::handlers::log::LogHandler;
 use crate::handlers::postgres::{PostgresHandler, PostgresSettings};
 use crate::handlers::{Handler, HandlerKind};
 use crate::metrics::WorkerMetrics;
+use crate::probes::{ProbeState, router};
 use crate::retry::RetryPolicy;
-use crate::routes::{ProbeState, router};
 
 /// Upper bound of each shutdown step after the drain.
 const SHUTDOWN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -187,10 +187,9 @@ pub fn start_broker(
         })
     });
     let shutdown = CancellationToken::new();
-    let hostname = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
     let (broker, task) = BrokerConnection::start(
         addresses,
-        format!("worker@{hostname}"),
+        format!("worker@{}", config.broker.instance_name),
         setup,
         metrics.broker_connected,
         shutdown.clone(),
@@ -225,13 +224,13 @@ fn http_handler(config: &Config) -> Result<HttpHandler, StartupError> {
         .timeout(config.http_timeout)
         .connect_timeout(config.http_timeout.min(Duration::from_secs(3)))
         .user_agent(concat!("dlr-worker/", env!("CARGO_PKG_VERSION")))
-        // A 3xx is an answer to judge (handlers::http::classify), not a hop to take.
+        // A 3xx is an answer to judge (handlers::http::failure_for_status), not a hop to take.
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| StartupError::Http(e.to_string()))?;
     let urls = Outcome::ALL
-        .into_iter()
-        .filter_map(|outcome| config.http_url_for(outcome).map(|url| (outcome, url.clone())))
+        .iter()
+        .filter_map(|&outcome| config.http_url_for(outcome).map(|url| (outcome, url.clone())))
         .collect();
     Ok(HttpHandler::new(client, urls, key))
 }

@@ -1,6 +1,7 @@
 //! HTTP routes. Each module owns its routes; [`router`] merges them and
 //! applies the layers once.
 
+mod batches;
 mod health;
 mod http_metrics;
 mod receipts;
@@ -50,13 +51,13 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
     // RequestBodyLimitLayer refuses an oversize Content-Length before any
     // byte is read; DefaultBodyLimit covers chunked bodies as they arrive.
     let webhooks = receipts::router()
-        .merge(crate::providers::router())
+        .merge(batches::router())
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(RequestBodyLimitLayer::new(limits.body_limit_bytes))
         .layer(load_shedding.clone());
     // Infobip and Sinch `full` batch up to 100 reports per request.
-    let batch_limit = limits.body_limit_bytes.max(crate::providers::BATCH_BODY_LIMIT_BYTES);
-    let batch_webhooks = crate::providers::batch_router()
+    let batch_limit = limits.body_limit_bytes.max(batches::BATCH_BODY_LIMIT_BYTES);
+    let batch_webhooks = batches::batch_router()
         .layer(DefaultBodyLimit::max(batch_limit))
         .layer(RequestBodyLimitLayer::new(batch_limit))
         .layer(load_shedding);

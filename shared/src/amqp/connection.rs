@@ -31,6 +31,39 @@ use crate::config::{AmqpAddress, AmqpUrls};
 pub type SetupHook =
     Arc<dyn Fn(Arc<Connection>) -> BoxFuture<'static, Result<(), lapin::Error>> + Send + Sync>;
 
+/// Why one broker address could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No AMQP handshake within [`CONNECT_TIMEOUT`].
+    #[error("connect timed out")]
+    TimedOut,
+    /// Refused, unreachable, bad credentials, TLS failure, ...
+    #[error(transparent)]
+    Connect(lapin::Error),
+    /// Connected, but the topology could not be declared.
+    #[error("declaring topology failed")]
+    Setup(#[source] lapin::Error),
+}
+
+/// No address answered: each one's failure, for one log line.
+#[derive(Debug)]
+pub struct NoBroker {
+    failures: Vec<(String, ConnectError)>,
+}
+
+impl std::fmt::Display for NoBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let single = self.failures.len() == 1;
+        let described = self.failures.iter().map(|(address, error)| {
+            let chain = crate::telemetry::describe(error);
+            if single { chain } else { format!("{address}: {chain}") }
+        });
+        f.write_str(&described.collect::<Vec<_>>().join("; "))
+    }
+}
+
+impl std::error::Error for NoBroker {}
+
 /// How often the supervisor re-checks a connection that nobody reported.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// Retry delays while the broker is unreachable: fast first, then every 2 s.
@@ -175,9 +208,9 @@ impl Supervisor {
 
     /// Tries every address once, starting at `first` (wrapping around);
     /// returns the connection and the index of the address that answered.
-    async fn connect_any(&self, first: usize) -> Result<(Arc<Connection>, usize), String> {
+    async fn connect_any(&self, first: usize) -> Result<(Arc<Connection>, usize), NoBroker> {
         let addresses = self.addresses.addresses();
-        let mut errors = Vec::with_capacity(addresses.len());
+        let mut failures = Vec::with_capacity(addresses.len());
         for offset in 0..addresses.len() {
             let index = (first + offset) % addresses.len();
             if self.shutdown.is_cancelled() {
@@ -185,26 +218,25 @@ impl Supervisor {
             }
             match self.connect(&addresses[index]).await {
                 Ok(conn) => return Ok((conn, index)),
-                Err(error) if addresses.len() == 1 => errors.push(error),
-                Err(error) => errors.push(format!("{}: {error}", addresses[index])),
+                Err(error) => failures.push((addresses[index].to_string(), error)),
             }
         }
-        Err(errors.join("; "))
+        Err(NoBroker { failures })
     }
 
-    async fn connect(&self, address: &AmqpAddress) -> Result<Arc<Connection>, String> {
+    async fn connect(&self, address: &AmqpAddress) -> Result<Arc<Connection>, ConnectError> {
         let props =
             ConnectionProperties::default().with_connection_name(self.connection_name.as_str().into());
         let conn =
             tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect_uri(address.uri().clone(), props))
                 .await
-                .map_err(|_| "connect timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| ConnectError::TimedOut)?
+                .map_err(ConnectError::Connect)?;
         let conn = Arc::new(conn);
         self.redeclare.store(false, std::sync::atomic::Ordering::SeqCst);
-        if let Err(e) = (self.setup)(conn.clone()).await {
+        if let Err(error) = (self.setup)(conn.clone()).await {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(320, "setup failed".into())).await;
-            return Err(format!("declaring topology failed: {e}"));
+            return Err(ConnectError::Setup(error));
         }
         Ok(conn)
     }

@@ -71,16 +71,15 @@ pub fn insert_str(table: &mut FieldTable, name: &str, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::{decode_urlencoded, vonage_sms};
 
     #[test]
     fn receipt_properties_carry_id_persistence_and_routing_headers() {
-        let fields = decode_urlencoded(
-            b"msisdn=14155551234&messageId=02000000FEA5EE9B&status=expired&err-code=1",
-            "form",
+        let event = ReceiptEvent::from_json(
+            br#"{"schema_version":1,"event_id":"0b9f6e0c3a3f4e1d8c2b7a6f5e4d3c2b","provider":"vonage-sms",
+                "message_id":"02000000FEA5EE9B","outcome":"failed","status":"expired","status_recognised":true,
+                "received_at":"2026-11-30T10:00:00Z","raw":{}}"#,
         )
-        .expect("decodes");
-        let event = vonage_sms::parse(&fields, chrono::Utc::now()).expect("parses");
+        .expect("a valid event");
         let properties = receipt_properties(&event);
         assert_eq!(properties.delivery_mode(), &Some(2));
         assert_eq!(properties.content_type().as_ref().map(|c| c.as_str()), Some("application/json"));

@@ -1,15 +1,28 @@
 //! The provider-independent outcome of a receipt.
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::str::FromStr;
+use strum::VariantArray;
 
 /// What a receipt means for the business, whatever the provider's words.
 ///
 /// Three values only, because that is what routing needs; the provider's own
 /// status word travels beside it in the event for anyone who needs detail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::IntoStaticStr,
+    VariantArray,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Outcome {
     /// Reached the handset (or was read).
     Delivered,
@@ -22,30 +35,19 @@ pub enum Outcome {
 
 impl Outcome {
     /// Every outcome, for configuration and pre-created metric series.
-    pub const ALL: [Outcome; 3] = [Outcome::Delivered, Outcome::Failed, Outcome::Pending];
+    pub const ALL: &[Outcome] = Self::VARIANTS;
 
     /// Lower-case name used in metrics, headers and routing keys.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Delivered => "delivered",
-            Outcome::Failed => "failed",
-            Outcome::Pending => "pending",
-        }
-    }
-}
-
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
 impl FromStr for Outcome {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|o| o.as_str() == s)
-            .ok_or_else(|| format!("unknown outcome {s:?} (expected delivered, failed or pending)"))
+        crate::words::parse(s).ok_or_else(|| {
+            format!("unknown outcome {s:?} (expected one of {})", crate::words::list::<Self>())
+        })
     }
 }

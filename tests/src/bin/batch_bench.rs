@@ -10,7 +10,7 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use dlr_shared::signature::basic;
+use dlr_ingest::signature::basic;
 use dlr_tests::{TestBroker, amqp_url, ingest_config, spawn_ingest, unique_topology};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};

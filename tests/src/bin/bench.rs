@@ -329,8 +329,8 @@ fn expect_stored(confirmation: Confirmation) -> Result<()> {
 /// The event ingest would publish for the sample receipt with this id.
 fn sample_event(message_id: &str) -> Result<ReceiptEvent> {
     let fields =
-        dlr_shared::providers::decode_urlencoded(vonage_form(message_id, "delivered").as_bytes(), "form")?;
-    Ok(dlr_shared::providers::vonage_sms::parse(&fields, chrono::Utc::now())?)
+        dlr_ingest::providers::decode_urlencoded(vonage_form(message_id, "delivered").as_bytes(), "form")?;
+    Ok(dlr_ingest::providers::vonage_sms::parse(&fields, chrono::Utc::now())?)
 }
 
 /// Median of a non-empty sample (0 for an empty one).

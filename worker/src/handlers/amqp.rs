@@ -65,7 +65,7 @@ impl Handler for AmqpHandler {
                 }
                 Ok(())
             }
-            Err(error) => Err(HandlerError::Transient(error.to_string())),
+            Err(error) => Err(HandlerError::transient("publishing the event failed", error)),
         }
     }
 }

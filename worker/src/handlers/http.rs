@@ -16,7 +16,7 @@ use sha2::Sha256;
 use std::collections::HashMap;
 use url::Url;
 
-use super::{Handler, HandlerError, HandlerKind};
+use super::{Failure, Handler, HandlerError, HandlerKind};
 
 /// Signing key decoded from a `whsec_<base64>` secret.
 #[derive(Clone)]
@@ -73,29 +73,28 @@ impl HttpHandler {
 /// temporary redirect (302, 303, 307) is retried like an outage, since
 /// maintenance pages redirect; a permanent one (301, 308) parks the event:
 /// the configured URL is wrong, and after fixing it an operator replays.
-fn classify(status: StatusCode) -> Option<HandlerError> {
+fn failure_for_status(status: StatusCode) -> Option<HandlerError> {
     if status.is_success() {
         None
     } else if status == StatusCode::MOVED_PERMANENTLY || status == StatusCode::PERMANENT_REDIRECT {
-        Some(HandlerError::Permanent(format!("receiver answered {status} (moved for good: fix the URL)")))
+        Some(HandlerError::Permanent(Failure::new(format!(
+            "receiver answered {status} (moved for good: fix the URL)"
+        ))))
     } else if status.is_redirection()
         || status == StatusCode::REQUEST_TIMEOUT
         || status == StatusCode::TOO_MANY_REQUESTS
         || status.is_server_error()
     {
-        Some(HandlerError::Transient(format!("receiver answered {status}")))
+        Some(HandlerError::Transient(Failure::new(format!("receiver answered {status}"))))
     } else {
-        Some(HandlerError::Permanent(format!("receiver answered {status}")))
+        Some(HandlerError::Permanent(Failure::new(format!("receiver answered {status}"))))
     }
 }
 
-/// reqwest's own message is only "error sending request for url (…)": the
-/// cause (connection refused, timeout, TLS) is in its source chain, and the
-/// URL may carry credentials or a token in its query. So: no URL, the chain.
-fn describe_request_error(error: reqwest::Error) -> String {
-    let error = error.without_url();
-    let chain = std::iter::successors(Some(&error as &(dyn std::error::Error + 'static)), |e| e.source());
-    dlr_shared::telemetry::error_chain(chain)
+/// A request that got no answer: worth retrying. The URL is left out of
+/// the text (it can carry credentials or a token); the cause chain is kept.
+fn request_failure(error: reqwest::Error) -> HandlerError {
+    HandlerError::transient("request failed", error.without_url())
 }
 
 #[async_trait]
@@ -106,7 +105,7 @@ impl Handler for HttpHandler {
 
     async fn handle(&self, event: &ReceiptEvent) -> Result<(), HandlerError> {
         let url = self.urls.get(&event.outcome).ok_or_else(|| {
-            HandlerError::Permanent(format!("no URL configured for {} events", event.outcome))
+            HandlerError::Permanent(Failure::new(format!("no URL configured for {} events", event.outcome)))
         })?;
         let body = event.to_json();
         let timestamp = chrono::Utc::now().timestamp();
@@ -121,8 +120,8 @@ impl Handler for HttpHandler {
             .send()
             .await
             // Connect errors, timeouts, resets: the receiver may be back soon.
-            .map_err(|e| HandlerError::Transient(format!("request failed: {}", describe_request_error(e))))?;
-        match classify(response.status()) {
+            .map_err(request_failure)?;
+        match failure_for_status(response.status()) {
             None => Ok(()),
             Some(error) => Err(error),
         }
@@ -138,25 +137,25 @@ mod tests {
         let client = reqwest::Client::new();
         let error =
             client.post("http://user:url-password@127.0.0.1:1/hook?token=query-token").send().await.err();
-        let text = error.map(describe_request_error).unwrap_or_default();
+        let text = error.map(|e| request_failure(e).to_string()).unwrap_or_default();
         assert!(text.contains("refused"), "{text}");
         assert!(!text.contains("url-password") && !text.contains("query-token"), "{text}");
     }
 
     #[test]
     fn classifies_statuses() {
-        assert!(classify(StatusCode::NO_CONTENT).is_none());
+        assert!(failure_for_status(StatusCode::NO_CONTENT).is_none());
         for s in [408, 429, 500, 502, 503] {
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::OK);
-            assert!(matches!(classify(status), Some(HandlerError::Transient(_))), "{s}");
+            assert!(matches!(failure_for_status(status), Some(HandlerError::Transient(_))), "{s}");
         }
         for s in [302, 303, 307] {
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::OK);
-            assert!(matches!(classify(status), Some(HandlerError::Transient(_))), "{s}");
+            assert!(matches!(failure_for_status(status), Some(HandlerError::Transient(_))), "{s}");
         }
         for s in [301, 308, 400, 401, 404, 410, 422] {
             let status = StatusCode::from_u16(s).unwrap_or(StatusCode::OK);
-            assert!(matches!(classify(status), Some(HandlerError::Permanent(_))), "{s}");
+            assert!(matches!(failure_for_status(status), Some(HandlerError::Permanent(_))), "{s}");
         }
     }
 

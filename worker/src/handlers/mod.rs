@@ -15,11 +15,17 @@ pub mod postgres;
 
 use async_trait::async_trait;
 use dlr_shared::ReceiptEvent;
+use dlr_shared::words;
+use std::error::Error;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The handlers that exist, as named in `WORKER_ROUTE_*`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::Display, strum::IntoStaticStr, strum::VariantArray,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum HandlerKind {
     /// Republish to the events topic exchange.
     Amqp,
@@ -32,56 +38,105 @@ pub enum HandlerKind {
 }
 
 impl HandlerKind {
+    /// Every kind, for metrics pre-creation.
+    pub const ALL: &[HandlerKind] = <Self as strum::VariantArray>::VARIANTS;
+
     /// The configuration and metrics name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            HandlerKind::Amqp => "amqp",
-            HandlerKind::Http => "http",
-            HandlerKind::Postgres => "postgres",
-            HandlerKind::Log => "log",
-        }
-    }
-
-    /// Every kind, for metrics pre-creation.
-    pub const ALL: [HandlerKind; 4] =
-        [HandlerKind::Amqp, HandlerKind::Http, HandlerKind::Postgres, HandlerKind::Log];
-}
-
-impl fmt::Display for HandlerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
 impl FromStr for HandlerKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown handler {s:?} (expected amqp, http, postgres or log)"))
+        words::parse(s)
+            .ok_or_else(|| format!("unknown handler {s:?} (expected one of {})", words::list::<Self>()))
     }
 }
 
 /// Why a handler did not succeed, which decides retry vs parking.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum HandlerError {
     /// May succeed later (timeouts, 5xx, 429, connection errors).
     #[error("transient: {0}")]
-    Transient(String),
+    Transient(Failure),
     /// Will not succeed by retrying (4xx, constraint violations).
     #[error("permanent: {0}")]
-    Permanent(String),
+    Permanent(Failure),
 }
 
 impl HandlerError {
-    /// Metrics label.
-    pub fn result_label(&self) -> &'static str {
+    /// A failure a retry may cure, caused by `cause`.
+    pub fn transient(what: impl Into<String>, cause: impl Error + Send + Sync + 'static) -> Self {
+        Self::Transient(Failure::because(what, cause))
+    }
+
+    /// A failure no retry can cure, caused by `cause`.
+    pub fn permanent(what: impl Into<String>, cause: impl Error + Send + Sync + 'static) -> Self {
+        Self::Permanent(Failure::because(what, cause))
+    }
+
+    /// What this failure counts as.
+    pub fn result(&self) -> CallResult {
         match self {
-            HandlerError::Transient(_) => "transient",
-            HandlerError::Permanent(_) => "permanent",
+            HandlerError::Transient(_) => CallResult::Transient,
+            HandlerError::Permanent(_) => CallResult::Permanent,
         }
     }
+}
+
+/// What went wrong in a handler: our words, and the error that caused it
+/// when there is one. Shared (`Arc`) because one failed database batch is
+/// the answer of every event in it. Its text, the whole cause chain, is
+/// what the message's `x-dlr-last-error` header and the logs carry.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    what: String,
+    cause: Option<Arc<dyn Error + Send + Sync>>,
+}
+
+impl Failure {
+    /// A failure with no underlying error (a receiver's status code).
+    pub fn new(what: impl Into<String>) -> Self {
+        Self { what: what.into(), cause: None }
+    }
+
+    /// A failure caused by `cause`.
+    pub fn because(what: impl Into<String>, cause: impl Error + Send + Sync + 'static) -> Self {
+        Self { what: what.into(), cause: Some(Arc::new(cause)) }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.cause {
+            None => f.write_str(&self.what),
+            Some(cause) => {
+                let cause: &(dyn Error + 'static) = cause.as_ref();
+                write!(f, "{}: {}", self.what, dlr_shared::telemetry::describe(cause))
+            }
+        }
+    }
+}
+
+impl Error for Failure {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.cause.as_deref().map(|cause| cause as &(dyn Error + 'static))
+    }
+}
+
+/// A handler call's result, the `result` label of
+/// `dlr_worker_handler_results_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "lowercase")]
+pub enum CallResult {
+    /// The handler succeeded.
+    Ok,
+    /// It failed and a retry may help.
+    Transient,
+    /// It failed and retrying cannot help.
+    Permanent,
 }
 
 /// One downstream destination for events.

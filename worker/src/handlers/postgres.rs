@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{Handler, HandlerError, HandlerKind};
+use super::{Failure, Handler, HandlerError, HandlerKind};
 
 /// How the handler talks to PostgreSQL; see the worker configuration table
 /// in the README for what each setting costs.
@@ -128,10 +128,10 @@ impl Handler for PostgresHandler {
         };
         let (reply, answer) = oneshot::channel();
         if batcher.send(Pending { row, reply }).await.is_err() {
-            return Err(HandlerError::Transient("the postgres batcher has stopped".to_owned()));
+            return Err(HandlerError::Transient(Failure::new("the postgres batcher has stopped")));
         }
         answer.await.unwrap_or_else(|_| {
-            Err(HandlerError::Transient("the postgres batch was abandoned before it committed".to_owned()))
+            Err(HandlerError::Transient(Failure::new("the postgres batch was abandoned before it committed")))
         })
     }
 }
@@ -162,7 +162,8 @@ impl EventRow {
             client_ref: event.client_ref.clone(),
             provider_timestamp: event.provider_timestamp,
             received_at: event.received_at,
-            event_json: serde_json::to_string(event).map_err(|e| HandlerError::Permanent(e.to_string()))?,
+            event_json: serde_json::to_string(event)
+                .map_err(|e| HandlerError::permanent("serialising the event", e))?,
         })
     }
 }
@@ -335,7 +336,7 @@ impl Store {
             .bind(row.provider_timestamp)
             .bind(row.received_at)
             .bind(&row.event_json);
-        self.bounded(query.execute(&self.pool)).await.map(|_| ()).map_err(classify)
+        self.bounded(query.execute(&self.pool)).await.map(|_| ()).map_err(failure_for_error)
     }
 
     /// Writes the batch in one transaction, each event applied as if alone
@@ -361,8 +362,8 @@ impl Store {
                 results
             }
             Err(error) => {
-                let error = classify(error);
-                rows.iter().map(|_| Err(clone_error(&error))).collect()
+                let error = failure_for_error(error);
+                rows.iter().map(|_| Err(error.clone())).collect()
             }
         }
     }
@@ -448,17 +449,17 @@ fn status_rounds(rows: &[EventRow]) -> Vec<Vec<&EventRow>> {
 /// pass. Whatever the database refuses about the data itself will not:
 /// SQLSTATE class 22 (data exception: NUL in text, out-of-range values,
 /// invalid JSON) and class 23 (integrity constraint violation).
-fn classify(error: sqlx::Error) -> HandlerError {
+fn failure_for_error(error: sqlx::Error) -> HandlerError {
     match &error {
         sqlx::Error::Database(db)
             if db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")) =>
         {
-            HandlerError::Permanent(error.to_string())
+            HandlerError::permanent("the database refused the event", error)
         }
         sqlx::Error::Encode(_) | sqlx::Error::TypeNotFound { .. } | sqlx::Error::ColumnNotFound(_) => {
-            HandlerError::Permanent(error.to_string())
+            HandlerError::permanent("the event does not fit the status table", error)
         }
-        _ => HandlerError::Transient(error.to_string()),
+        _ => HandlerError::transient("writing to the database failed", error),
     }
 }
 
@@ -472,13 +473,6 @@ fn refused_for_its_data(error: &sqlx::Error) -> bool {
             .code()
             .is_some_and(|code| code.starts_with("22") || code.starts_with("23") || code.starts_with("40")),
         _ => false,
-    }
-}
-
-fn clone_error(error: &HandlerError) -> HandlerError {
-    match error {
-        HandlerError::Transient(text) => HandlerError::Transient(text.clone()),
-        HandlerError::Permanent(text) => HandlerError::Permanent(text.clone()),
     }
 }
 

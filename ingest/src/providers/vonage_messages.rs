@@ -19,8 +19,8 @@ use serde_json::{Map, Value};
 use super::json::{member_text, text};
 use super::vonage_sms::is_decimal;
 use super::{FieldProblem, ReceiptError};
-use crate::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
-use crate::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
+use dlr_shared::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
+use dlr_shared::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
 /// Messages API `status` words (§3.2), plus any word we have never seen.
 #[derive(Debug, Clone, PartialEq, Eq)]

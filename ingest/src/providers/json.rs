@@ -9,8 +9,8 @@
 use serde_json::{Map, Value};
 
 use super::ReceiptError;
-use crate::domain::Msisdn;
-use crate::event::ReceiptEvent;
+use dlr_shared::domain::Msisdn;
+use dlr_shared::event::ReceiptEvent;
 
 /// Most reports one request may carry. Infobip sends up to 100 per request
 /// by default (its `maxBucketSize`); ten times that leaves room for a raised

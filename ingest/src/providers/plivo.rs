@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use super::json::address;
 use super::vonage_sms::is_decimal;
 use super::{FieldProblem, Fields, ReceiptError};
-use crate::domain::{EventId, MessageId, Outcome, Provider};
-use crate::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
+use dlr_shared::domain::{EventId, MessageId, Outcome, Provider};
+use dlr_shared::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
 /// The outcome of a Plivo `Status` word; `None` for a word not documented.
 pub fn outcome(status: &str) -> Option<Outcome> {

@@ -8,8 +8,8 @@
 use chrono::{DateTime, Utc};
 
 use super::{FieldProblem, Fields, ReceiptError};
-use crate::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
-use crate::event::{ProviderError, ReceiptEvent, SCHEMA_VERSION};
+use dlr_shared::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
+use dlr_shared::event::{ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
 /// Twilio's `MessageStatus` words (§4.2), plus any word we have never seen.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 //! HTTP layer can answer 400 with a useful body and nothing half-parsed ever
 //! reaches the broker.
 //!
-//! [`ReceiptEvent`]: crate::event::ReceiptEvent
+//! [`ReceiptEvent`]: dlr_shared::event::ReceiptEvent
 
 mod fields;
 pub mod infobip;

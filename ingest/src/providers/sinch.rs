@@ -16,8 +16,8 @@ use serde_json::{Map, Value};
 
 use super::json::{self, address, text};
 use super::{Batch, ElementProblem, FieldProblem, MAX_BATCH_ELEMENTS, ReceiptError};
-use crate::domain::{EventId, MessageId, Outcome, Provider};
-use crate::event::{ProviderError, ReceiptEvent, SCHEMA_VERSION};
+use dlr_shared::domain::{EventId, MessageId, Outcome, Provider};
+use dlr_shared::event::{ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
 /// The outcome of a Sinch status word (compared case-insensitively: the
 /// documentation writes `Delivered`, the Python SDK `DELIVERED`); `None`

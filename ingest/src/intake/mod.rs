@@ -5,23 +5,24 @@
 //! request never reaches the parser's error messages; publishing is last,
 //! and its confirm is what allows the 200.
 
+use crate::providers::{self, Fields, ReceiptError};
+use crate::signature::{self, SignatureError, SignatureMode};
 use axum::http::{HeaderMap, Method, header};
-use base64::Engine;
 use bytes::Bytes;
 use chrono::Utc;
 use dlr_shared::Provider;
 use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
-use dlr_shared::amqp::{PublishError, insert_str, receipt_properties};
+use dlr_shared::amqp::{PublishError, receipt_properties};
 use dlr_shared::event::ReceiptEvent;
-use dlr_shared::providers::{self, Fields, ReceiptError};
-use dlr_shared::signature::{self, SignatureError, SignatureMode};
-use lapin::BasicProperties;
-use lapin::types::FieldTable;
-use serde_json::json;
 use std::time::Instant;
 
 use crate::error::IngestError;
 use crate::state::AppState;
+
+pub mod batch;
+mod quarantine;
+
+pub(crate) use quarantine::quarantine;
 
 /// A webhook request as received, before any interpretation.
 #[derive(Debug)]
@@ -231,67 +232,6 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.dec();
-    }
-}
-
-/// Set by `worker replay-quarantine` on the requests it re-sends. Anyone can
-/// set it; all it does is skip the quarantine copy of a refused request.
-pub const REPLAY_HEADER: &str = "x-dlr-replay";
-
-/// Copies a rejected request to the bounded quarantine queue so an operator
-/// can re-verify and replay it (`worker replay-quarantine`). Best effort: the
-/// answer is a 4xx either way, and a broker problem must not turn it into a 5xx.
-pub(crate) async fn quarantine(
-    state: &AppState,
-    provider: Provider,
-    request: &WebhookRequest,
-    error: &IngestError,
-) {
-    if request.headers.contains_key(REPLAY_HEADER) {
-        // `worker replay-quarantine` keeps its copy when we refuse it again;
-        // a second copy would double the entry on every replay run.
-        return;
-    }
-    let header = |name: header::HeaderName| request.headers.get(name).and_then(|v| v.to_str().ok());
-    let mut copy = json!({
-        "quarantined_at": Utc::now(),
-        "provider": provider,
-        "reason": error.reason(),
-        "detail": error.to_string(),
-        "request": {
-            "method": request.method.as_str(),
-            "path": request.path,
-            "query": request.query,
-            "headers": {
-                "content-type": header(header::CONTENT_TYPE),
-                // A Basic password (Infobip) is a secret, unlike a JWT's signature.
-                "authorization": header(header::AUTHORIZATION)
-                    .map(|a| if a.get(..6).is_some_and(|s| s.eq_ignore_ascii_case("basic ")) { "Basic [redacted]" } else { a }),
-                "x-twilio-signature": request.headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()),
-                "x-twilio-webhooks-signature-settings": request.headers.get("x-twilio-webhooks-signature-settings").and_then(|v| v.to_str().ok()),
-            },
-            "body_base64": base64::engine::general_purpose::STANDARD.encode(&request.body),
-        },
-    });
-    if let Some(headers) = copy["request"]["headers"].as_object_mut() {
-        headers.extend(crate::providers::signature_headers(&request.headers));
-    }
-    let mut headers = FieldTable::default();
-    insert_str(&mut headers, "x-provider", provider.as_str());
-    insert_str(&mut headers, "x-quarantine-reason", error.reason());
-    let properties = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/json".into())
-        .with_type("quarantine.v1".into())
-        .with_headers(headers);
-    let body = serde_json::to_vec(&copy).unwrap_or_default();
-    match state.publisher.publish("", &state.topology.quarantine_queue, &body, properties).await {
-        Ok(()) => {
-            state.metrics.quarantined.with_label_values(&[provider.as_str(), error.reason()]).inc();
-        }
-        Err(publish_error) => {
-            tracing::warn!(provider = %provider, %publish_error, "could not copy a rejected request to quarantine");
-        }
     }
 }
 

@@ -12,8 +12,8 @@ use serde_json::{Map, Value};
 use super::json::{self, address, member_text, text};
 use super::vonage_sms::is_decimal;
 use super::{Batch, ElementProblem, FieldProblem, MAX_BATCH_ELEMENTS, ReceiptError};
-use crate::domain::{EventId, MessageId, Outcome, Provider};
-use crate::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
+use dlr_shared::domain::{EventId, MessageId, Outcome, Provider};
+use dlr_shared::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
 /// Infobip's status groups (message-status-codes page): the outcome comes
 /// from the group, with one exception (see [`outcome`]).

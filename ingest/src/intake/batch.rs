@@ -12,19 +12,13 @@
 //! would make the provider drop the valid siblings too (Sinch never retries
 //! a 4xx).
 
-use axum::Json;
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use crate::providers::{self, Batch, FieldProblem, Fields, ReceiptError};
+use crate::signature::{self, SignatureError};
+use axum::http::{Method, header};
 use chrono::Utc;
-use dlr_shared::providers::{self, Batch, FieldProblem, Fields, ReceiptError};
-use dlr_shared::signature::{self, SignatureError};
 use dlr_shared::{EventId, Outcome, Provider};
 use futures_util::future::join_all;
 use serde::Serialize;
-use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::error::IngestError;
@@ -33,105 +27,11 @@ use crate::intake::{
 };
 use crate::state::AppState;
 
-/// Smallest body limit of the batch routes (`/dlr/infobip`, `/dlr/sinch`):
-/// a default Infobip request holds 100 reports of up to a few KiB each,
-/// more than the 64 KiB default of `INGEST_BODY_LIMIT_BYTES`.
-pub const BATCH_BODY_LIMIT_BYTES: usize = 1 << 20;
-
-/// The signature headers of these providers, copied with a quarantined
-/// request so that `worker replay-quarantine` can send them again.
-const SIGNATURE_HEADERS: [&str; 12] = [
-    "telnyx-signature-ed25519",
-    "telnyx-timestamp",
-    "x-plivo-signature-v3",
-    "x-plivo-signature-ma-v3",
-    "x-plivo-signature-v3-nonce",
-    "x-plivo-signature-v2",
-    "x-plivo-signature-ma-v2",
-    "x-plivo-signature-v2-nonce",
-    signature::sinch::SIGNATURE_HEADER,
-    signature::sinch::NONCE_HEADER,
-    signature::sinch::TIMESTAMP_HEADER,
-    "x-sinch-webhook-signature-algorithm",
-];
-
 /// Seconds between two log lines about ignored Sinch summary reports: a
 /// batch configured for summaries sends one per batch, which must not
 /// flood the log; the counter has every one.
 const IGNORED_LOG_INTERVAL_SECS: i64 = 60;
 static LAST_IGNORED_LOG: AtomicI64 = AtomicI64::new(i64::MIN);
-
-/// The present ones among [`SIGNATURE_HEADERS`], for the quarantine copy.
-pub(crate) fn signature_headers(headers: &HeaderMap) -> Map<String, Value> {
-    SIGNATURE_HEADERS
-        .iter()
-        .filter_map(|name| {
-            let value = headers.get(*name)?.to_str().ok()?;
-            Some(((*name).to_owned(), Value::String(value.to_owned())))
-        })
-        .collect()
-}
-
-/// `/dlr/telnyx`, `/dlr/plivo` (GET and POST), `/dlr/sinch`, `/dlr/infobip`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/dlr/telnyx", post(telnyx_route))
-        .route("/dlr/plivo", get(plivo_route).post(plivo_route))
-}
-
-/// The routes whose requests carry up to a hundred receipts and need
-/// [`BATCH_BODY_LIMIT_BYTES`].
-pub fn batch_router() -> Router<AppState> {
-    Router::new().route("/dlr/sinch", post(sinch_route)).route("/dlr/infobip", post(infobip_route))
-}
-
-async fn telnyx_route(
-    State(state): State<AppState>,
-    request: Result<WebhookRequest, IngestError>,
-) -> Response {
-    answer(&state, Provider::Telnyx, request, telnyx).await
-}
-
-async fn plivo_route(
-    State(state): State<AppState>,
-    request: Result<WebhookRequest, IngestError>,
-) -> Response {
-    answer(&state, Provider::Plivo, request, plivo).await
-}
-
-async fn sinch_route(
-    State(state): State<AppState>,
-    request: Result<WebhookRequest, IngestError>,
-) -> Response {
-    answer(&state, Provider::Sinch, request, sinch).await
-}
-
-async fn infobip_route(
-    State(state): State<AppState>,
-    request: Result<WebhookRequest, IngestError>,
-) -> Response {
-    answer(&state, Provider::Infobip, request, infobip).await
-}
-
-async fn answer<'a, F, Fut>(
-    state: &'a AppState,
-    provider: Provider,
-    request: Result<WebhookRequest, IngestError>,
-    intake: F,
-) -> Response
-where
-    F: FnOnce(&'a AppState, WebhookRequest) -> Fut,
-    Fut: Future<Output = Result<Stored, IngestError>>,
-{
-    let result = match request {
-        Ok(request) => intake(state, request).await,
-        Err(error) => Err(reject(state, provider, error)),
-    };
-    match result {
-        Ok(stored) => (StatusCode::OK, Json(stored)).into_response(),
-        Err(error) => error.into_response(),
-    }
-}
 
 /// The 200 body: the event each receipt became, and what was set aside.
 #[derive(Debug, Serialize)]

@@ -4,7 +4,7 @@
 //! is the only proof that a receipt came from Vonage. The method (MD5 hash or one of four HMACs) is
 //! not announced in the request, so it comes from configuration.
 
-use std::fmt;
+use dlr_shared::words;
 use std::str::FromStr;
 
 use hmac::Hmac;
@@ -16,35 +16,28 @@ use subtle::ConstantTimeEq;
 
 use super::{ConfigError, Freshness, SecretList, SignatureError, hmac};
 
-/// The signature method chosen in the Vonage dashboard for the API key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The signature method chosen in the Vonage dashboard for the API key;
+/// the names are the configuration words, as used by the PHP SDK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::IntoStaticStr, strum::VariantArray)]
 pub enum SigMethod {
     /// `md5hash`: MD5 of the signing string with the secret appended (the legacy dashboard default).
+    #[strum(serialize = "md5hash")]
     Md5Hash,
     /// `md5`: HMAC-MD5.
+    #[strum(serialize = "md5")]
     Md5Hmac,
     /// `sha1`: HMAC-SHA1.
+    #[strum(serialize = "sha1")]
     Sha1Hmac,
     /// `sha256`: HMAC-SHA256.
+    #[strum(serialize = "sha256")]
     Sha256Hmac,
     /// `sha512`: HMAC-SHA512.
+    #[strum(serialize = "sha512")]
     Sha512Hmac,
 }
 
 impl SigMethod {
-    const ALL: [Self; 5] = [Self::Md5Hash, Self::Md5Hmac, Self::Sha1Hmac, Self::Sha256Hmac, Self::Sha512Hmac];
-
-    /// The configuration word, as used by the PHP SDK.
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Md5Hash => "md5hash",
-            Self::Md5Hmac => "md5",
-            Self::Sha1Hmac => "sha1",
-            Self::Sha256Hmac => "sha256",
-            Self::Sha512Hmac => "sha512",
-        }
-    }
-
     /// Length of the hex digest; a `sig` of another length was made with another method.
     fn hex_len(self) -> usize {
         match self {
@@ -60,19 +53,11 @@ impl FromStr for SigMethod {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|m| m.as_str().eq_ignore_ascii_case(s.trim())).ok_or_else(|| {
-            ConfigError::UnknownWord {
-                what: "Vonage signature method",
-                value: s.to_owned(),
-                allowed: "md5hash, md5, sha1, sha256, sha512",
-            }
+        words::parse(s).ok_or_else(|| ConfigError::UnknownWord {
+            what: "Vonage signature method",
+            value: s.to_owned(),
+            allowed: words::list::<Self>(),
         })
-    }
-}
-
-impl fmt::Display for SigMethod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -300,7 +285,7 @@ mod tests {
 
     #[test]
     fn round_trip_every_method() {
-        for method in SigMethod::ALL {
+        for &method in <SigMethod as strum::VariantArray>::VARIANTS {
             assert_eq!(check(&signed(method, "1000000"), "current", method), Ok(()));
             let upper = signed(method, "1000000")
                 .into_iter()
@@ -355,7 +340,7 @@ mod tests {
 
     #[test]
     fn method_words() {
-        for m in SigMethod::ALL {
+        for &m in <SigMethod as strum::VariantArray>::VARIANTS {
             assert_eq!(m.to_string().to_uppercase().parse::<SigMethod>(), Ok(m));
         }
         assert!("sha384".parse::<SigMethod>().is_err());
@@ -370,7 +355,7 @@ mod tests {
     proptest! {
         #[test]
         fn verify_never_panics(params in any_params(), now in any::<i64>(), m in 0usize..5) {
-            let _ = verify(&params, &secrets("a,b"), SigMethod::ALL[m], window(), now);
+            let _ = verify(&params, &secrets("a,b"), <SigMethod as strum::VariantArray>::VARIANTS[m], window(), now);
         }
 
         #[test]
@@ -380,10 +365,10 @@ mod tests {
         ) {
             params.retain(|(n, _)| n != "sig" && n != "timestamp");
             params.push(("timestamp".to_owned(), "1000000".to_owned()));
-            let sig = sign(&params, "current", SigMethod::ALL[m]);
+            let sig = sign(&params, "current", <SigMethod as strum::VariantArray>::VARIANTS[m]);
             params.reverse();
             let params = with_sig(params, &sig);
-            prop_assert_eq!(check(&params, "current", SigMethod::ALL[m]), Ok(()));
+            prop_assert_eq!(check(&params, "current", <SigMethod as strum::VariantArray>::VARIANTS[m]), Ok(()));
         }
     }
 }

@@ -7,8 +7,8 @@
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use super::{FieldProblem, Fields, ReceiptError};
-use crate::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
-use crate::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
+use dlr_shared::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
+use dlr_shared::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
 /// Vonage's DLR `status` words (§1.3), plus spellings seen in older docs and
 /// SMPP-style help pages, plus any word we have never seen.

@@ -7,16 +7,14 @@
 //! change (or the other way round) fails here rather than in a consumer.
 
 use chrono::{DateTime, Utc};
-use dlr_shared::event::ReceiptEvent;
-use dlr_shared::providers::{
+use dlr_ingest::providers::{
     Fields, ReceiptError, decode_json_object, decode_urlencoded, infobip, plivo, sinch, telnyx, twilio,
     vonage_messages, vonage_sms,
 };
+use dlr_shared::event::{ReceiptEvent, SCHEMA};
 use jsonschema::Validator;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-
-const SCHEMA: &str = include_str!("../schema/receipt-event.v1.json");
 
 fn schema() -> Value {
     serde_json::from_str(SCHEMA).expect("schema file is JSON")

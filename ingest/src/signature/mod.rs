@@ -19,6 +19,7 @@ pub mod twilio;
 pub mod vonage_jwt;
 pub mod vonage_sms;
 
+use dlr_shared::words;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -32,7 +33,8 @@ use secrecy::SecretString;
 /// Signing is an account-side switch at Vonage and a per-account secret at Twilio, so turning it on is
 /// a rollout: run `log-only` first, watch the failure metrics, then `enforce`. `off` is for providers
 /// or accounts that do not sign at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "kebab-case")]
 pub enum SignatureMode {
     /// Do not check signatures.
     Off,
@@ -42,36 +44,15 @@ pub enum SignatureMode {
     Enforce,
 }
 
-impl SignatureMode {
-    const ALLOWED: &'static str = "off, log-only, enforce";
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Off => "off",
-            Self::LogOnly => "log-only",
-            Self::Enforce => "enforce",
-        }
-    }
-}
-
 impl FromStr for SignatureMode {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Self::Off, Self::LogOnly, Self::Enforce]
-            .into_iter()
-            .find(|mode| mode.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| ConfigError::UnknownWord {
-                what: "signature mode",
-                value: s.to_owned(),
-                allowed: Self::ALLOWED,
-            })
-    }
-}
-
-impl fmt::Display for SignatureMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        words::parse(s).ok_or_else(|| ConfigError::UnknownWord {
+            what: "signature mode",
+            value: s.to_owned(),
+            allowed: words::list::<Self>(),
+        })
     }
 }
 
@@ -89,7 +70,7 @@ pub enum ConfigError {
         /// The rejected input (never a secret).
         value: String,
         /// The accepted words, comma-separated.
-        allowed: &'static str,
+        allowed: String,
     },
     /// The secret list was empty or only whitespace.
     #[error("secret list is empty")]
