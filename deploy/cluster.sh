@@ -77,7 +77,16 @@ EOF
 SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 EOF
   echo '[].' | as_root tee "$dir/enabled_plugins" >/dev/null
-  echo '[].' | as_root tee "$dir/advanced.config" >/dev/null
+  # Retries come back from their delay queues by at-least-once dead-lettering
+  # into the receipts queue. A hop the target does not confirm (its leader is
+  # being elected after a node loss) is re-sent only after this timeout:
+  # 180 s by default, so retries stalled for three minutes after every node
+  # loss. The same value as deploy/k8s/base/rabbitmq.yaml; RabbitMQ 4 reads
+  # the _ms name, 3.x the other.
+  as_root tee "$dir/advanced.config" >/dev/null <<EOF
+[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 10000},
+           {dead_letter_worker_publisher_confirm_timeout_ms, 10000}]}].
+EOF
   as_root chown -R rabbitmq:rabbitmq "$base"
 }
 

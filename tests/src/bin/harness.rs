@@ -174,7 +174,8 @@ struct Profile {
     alarm: Duration,
     /// How long the provider keeps retrying after the load stops.
     retry_window: Duration,
-    /// Bound for the sinks to catch up after the load.
+    /// How long the sinks may go without progress while catching up after
+    /// the load (the catch-up itself may take longer while it progresses).
     settle: Duration,
     /// Every Nth receipt is malformed.
     bad_every: u64,
@@ -1874,7 +1875,7 @@ mod scenario {
             acknowledged.len(),
             match caught_up_ms {
                 Some(ms) => format!("complete {:.1} s after the load", (ms - settled_ms) as f64 / 1000.0),
-                None => format!("still incomplete after {:?}", profile.settle),
+                None => format!("still incomplete ({:?} without progress)", profile.settle),
             }
         ));
         let findings = context.findings.lock().map(|mut f| std::mem::take(&mut *f)).unwrap_or_default();
@@ -2043,24 +2044,51 @@ mod scenario {
 
     /// Polls both sinks until they hold every acknowledged receipt (true)
     /// or `within` passes (false).
+    /// Upper bound of a catch-up that keeps making progress: longer than
+    /// RabbitMQ's default re-send interval of an unconfirmed dead-letter hop
+    /// (180 s), which is how long a retry can legitimately be held up.
+    const MAX_SETTLE: Duration = Duration::from_secs(300);
+
+    /// Waits until every acknowledged receipt is in both sinks. Gives up
+    /// when nothing new has arrived for `quiet` (a stall, not a slow drain:
+    /// retries after a fault come back over several delay steps) or after
+    /// [`MAX_SETTLE`]; then says what is missing where, so that a late
+    /// receipt can be told from a lost one.
     async fn wait_for_sinks(
         pool: &sqlx::PgPool,
         sink: &sink::Sink,
         prefix: &str,
         acknowledged: &HashSet<String>,
-        within: Duration,
+        quiet: Duration,
     ) -> Result<bool> {
-        let deadline = Instant::now() + within;
+        let started = Instant::now();
+        let mut last_progress = started;
+        let mut best = usize::MAX;
         loop {
             let stored = stored_ids(pool, prefix).await?;
             let received = sink.calls(prefix);
-            let complete = acknowledged
-                .iter()
-                .all(|id| stored.contains(id) && received.get(id).is_some_and(|c| c.ok > 0));
-            if complete {
+            let not_stored = acknowledged.iter().filter(|id| !stored.contains(*id)).count();
+            let not_received =
+                acknowledged.iter().filter(|id| !received.get(*id).is_some_and(|c| c.ok > 0)).count();
+            let missing = not_stored + not_received;
+            if missing == 0 {
                 return Ok(true);
             }
-            if Instant::now() >= deadline {
+            if missing < best {
+                best = missing;
+                last_progress = Instant::now();
+            }
+            if last_progress.elapsed() >= quiet || started.elapsed() >= MAX_SETTLE {
+                let example = acknowledged
+                    .iter()
+                    .find(|id| !stored.contains(*id) || !received.get(*id).is_some_and(|c| c.ok > 0));
+                println!(
+                    "sinks incomplete after {:.0} s ({:.0} s without progress): {not_stored} acknowledged receipts \
+                     not in PostgreSQL, {not_received} not received over HTTP (e.g. {})",
+                    started.elapsed().as_secs_f64(),
+                    last_progress.elapsed().as_secs_f64(),
+                    example.map(String::as_str).unwrap_or("-"),
+                );
                 return Ok(false);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
