@@ -2067,9 +2067,9 @@ mod scenario {
         loop {
             let stored = stored_ids(pool, prefix).await?;
             let received = sink.calls(prefix);
+            let delivered = |id: &String| received.get(id).is_some_and(|c| c.ok > 0);
             let not_stored = acknowledged.iter().filter(|id| !stored.contains(*id)).count();
-            let not_received =
-                acknowledged.iter().filter(|id| !received.get(*id).is_some_and(|c| c.ok > 0)).count();
+            let not_received = acknowledged.iter().filter(|id| !delivered(id)).count();
             let missing = not_stored + not_received;
             if missing == 0 {
                 return Ok(true);
@@ -2079,9 +2079,7 @@ mod scenario {
                 last_progress = Instant::now();
             }
             if last_progress.elapsed() >= quiet || started.elapsed() >= MAX_SETTLE {
-                let example = acknowledged
-                    .iter()
-                    .find(|id| !stored.contains(*id) || !received.get(*id).is_some_and(|c| c.ok > 0));
+                let example = acknowledged.iter().find(|id| !stored.contains(*id) || !delivered(id));
                 println!(
                     "sinks incomplete after {:.0} s ({:.0} s without progress): {not_stored} acknowledged receipts \
                      not in PostgreSQL, {not_received} not received over HTTP (e.g. {})",
