@@ -16,11 +16,8 @@ use dlr_ingest::signature::SignatureMode;
 use dlr_ingest::signature::twilio::{self as twilio_sig, Algorithm};
 use dlr_ingest::signature::vonage_jwt;
 use dlr_ingest::signature::vonage_sms::{self as vonage_sig, SigMethod};
-use dlr_shared::amqp::Topology;
 use dlr_shared::{Outcome, Provider, ReceiptEvent};
-use dlr_tests::{
-    TestBroker, TestIngest, amqp_url, ingest_config, metric_value, spawn_ingest, unique_topology,
-};
+use dlr_tests::{TestApp, TestIngest, amqp_url, ingest_config, metric_value};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -65,22 +62,26 @@ const TWILIO_PUBLIC_URL: &str = "https://dlr.example.com/dlr/twilio";
 // ---------------------------------------------------------------------------
 // Harness.
 
-/// One ingest on its own topology, plus a broker connection for assertions.
+/// One ingest on its own topology ([`TestApp`], reached through `Deref`).
 struct Harness {
-    topology: Topology,
+    app: TestApp,
     ingest: TestIngest,
-    broker: TestBroker,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
 }
 
 /// Starts ingest with the test config, adjusted by `configure`.
 async fn start(configure: impl FnOnce(&mut dlr_ingest::Config)) -> Harness {
-    let topology = unique_topology();
-    let mut config = ingest_config(&topology, &amqp_url());
+    let app = TestApp::new().await;
+    let mut config = app.ingest_config();
     configure(&mut config);
-    let ingest = spawn_ingest(config).await;
-    assert!(ingest.wait_ready(WAIT).await, "ingest did not become ready (is RabbitMQ running?)");
-    let broker = TestBroker::connect().await;
-    Harness { topology, ingest, broker }
+    let ingest = app.start_ingest(config, WAIT).await;
+    Harness { app, ingest }
 }
 
 /// Vonage (SMS `sig` and Messages JWT) in `mode` with `secrets` (comma-separated).
@@ -113,38 +114,17 @@ impl Harness {
 
     /// Takes `count` published events (and asserts no more follow).
     async fn events(&self, count: usize) -> Vec<ReceiptEvent> {
-        let messages = self.broker.take(&self.topology.queue, count, WAIT).await;
-        assert_eq!(messages.len(), count, "receipts published");
-        let events: Vec<ReceiptEvent> = messages
-            .iter()
-            .map(|m| ReceiptEvent::from_json(&m.delivery.data).expect("published body is a ReceiptEvent"))
-            .collect();
-        self.assert_no_receipts().await;
-        events
+        self.app.receipts(count, WAIT, SETTLE).await
     }
 
     /// Asserts the receipts queue stays empty.
     async fn assert_no_receipts(&self) {
-        let extra = self.broker.drain(&self.topology.queue, SETTLE).await;
-        let ids: Vec<String> = extra
-            .iter()
-            .map(|m| {
-                ReceiptEvent::from_json(&m.delivery.data)
-                    .map(|e| e.message_id.to_string())
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&m.delivery.data).into_owned())
-            })
-            .collect();
-        assert!(ids.is_empty(), "nothing else may be published to the receipts queue, found {ids:?}");
+        self.app.assert_no_receipts(SETTLE).await;
     }
 
     /// Takes every quarantined copy, parsed as JSON.
     async fn quarantined(&self) -> Vec<Value> {
-        self.broker
-            .drain(&self.topology.quarantine_queue, SETTLE)
-            .await
-            .iter()
-            .map(|m| serde_json::from_slice(&m.delivery.data).expect("quarantine copy is JSON"))
-            .collect()
+        self.app.quarantined(SETTLE).await
     }
 
     /// A metric sample sum from `/metrics`.
@@ -152,10 +132,10 @@ impl Harness {
         metric_value(&self.ingest.metrics().await, name, labels)
     }
 
-    /// Removes the topology and stops ingest.
+    /// Stops ingest and removes the topology.
     async fn finish(self) {
-        self.broker.cleanup(&self.topology, &[], &[]).await;
         self.ingest.stop().await;
+        self.app.cleanup().await;
     }
 }
 
@@ -1472,8 +1452,7 @@ async fn quarantined_requests_are_replayed_after_the_secret_is_fixed() {
     // The operator adds the old secret (rotation) and replays.
     let mut fixed_config = ingest_config(&h.topology, &amqp_url());
     vonage(SignatureMode::Enforce, SigMethod::Sha256Hmac, "new-secret,old-secret")(&mut fixed_config);
-    let fixed = spawn_ingest(fixed_config).await;
-    assert!(fixed.wait_ready(WAIT).await);
+    let fixed = h.start_ingest(fixed_config, WAIT).await;
     let ingest_url = url::Url::parse(&fixed.base_url).expect("url");
     let report = dlr_worker::replay::replay_quarantine(&h.broker.channel, &h.topology, &ingest_url, None)
         .await
@@ -1501,6 +1480,5 @@ async fn quarantined_requests_are_replayed_after_the_secret_is_fixed() {
     assert_eq!(left.len(), 1, "one copy of the refused request remains");
 
     fixed.stop().await;
-    h.ingest.stop().await;
-    h.broker.cleanup(&h.topology, &[], &[]).await;
+    h.finish().await;
 }
