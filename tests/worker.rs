@@ -7,7 +7,7 @@
 //! always "poll until a condition holds or a deadline passes"; no test
 //! asserts anything about how long something took.
 //!
-//! Run with `cargo test -p dlr-tests --test worker -- --test-threads=4`.
+//! Run with `cargo test -p dlr-tests --test integration worker:: -- --test-threads=4`.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
