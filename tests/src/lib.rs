@@ -9,6 +9,7 @@
 pub mod app;
 pub mod binaries;
 pub mod broker;
+pub mod corpus;
 pub mod proxy;
 pub mod receiver;
 pub mod samples;
