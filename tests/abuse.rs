@@ -14,9 +14,7 @@
 
 use dlr_shared::ReceiptEvent;
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
-use dlr_tests::{
-    TestBroker, TestIngest, amqp_url, ingest_config, metric_value, spawn_ingest, unique_topology, vonage_form,
-};
+use dlr_tests::{TestApp, TestIngest, ingest_config, metric_value, vonage_form};
 use std::collections::HashSet;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -369,17 +367,15 @@ fn note(line: String) {
     let _ = writeln!(std::io::stderr(), "abuse: {line}");
 }
 
-async fn abuse_ingest() -> (TestBroker, dlr_shared::amqp::Topology, TestIngest) {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
-    let mut config = ingest_config(&topology, &amqp_url());
+async fn abuse_ingest() -> (TestApp, TestIngest) {
+    let app = TestApp::new().await;
+    let mut config = app.ingest_config();
     config.request_timeout = REQUEST_TIMEOUT;
     // Start-up refuses a request deadline that does not exceed the confirm wait.
     config.confirm_timeout = REQUEST_TIMEOUT / 2;
     config.body_limit_bytes = BODY_LIMIT;
-    let ingest = spawn_ingest(config).await;
-    assert!(ingest.wait_ready(READY).await, "ingest never became ready");
-    (broker, topology, ingest)
+    let ingest = app.start_ingest(config, READY).await;
+    (app, ingest)
 }
 
 // ---------------------------------------------------------------------------
@@ -388,7 +384,8 @@ async fn abuse_ingest() -> (TestBroker, dlr_shared::amqp::Topology, TestIngest) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_get_4xx_while_good_receipts_keep_flowing() {
     let _serial = SERIAL.lock().await;
-    let (broker, topology, ingest) = abuse_ingest().await;
+    let (app, ingest) = abuse_ingest().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let addr = ingest.addr;
 
     // Warm up (connections, broker channel), then the baseline.
@@ -554,7 +551,7 @@ async fn hostile_requests_get_4xx_while_good_receipts_keep_flowing() {
     assert_eq!(metric_value(&metrics, "dlr_ingest_load_shed_total", &[]), 0.0);
 
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }
 
 /// A client that never finishes its request head (slowloris) or never sends
@@ -564,7 +561,8 @@ async fn hostile_requests_get_4xx_while_good_receipts_keep_flowing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_or_idle_request_heads_are_cut_off() {
     let _serial = SERIAL.lock().await;
-    let (broker, topology, ingest) = abuse_ingest().await;
+    let (app, ingest) = abuse_ingest().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let addr = ingest.addr;
     let (rss_before, _) = memory_kib();
 
@@ -618,7 +616,7 @@ async fn slow_or_idle_request_heads_are_cut_off() {
     assert_eq!(healthz(&ingest).await, 200, "ingest is still live");
     assert!(broker.drain(&topology.queue, Duration::from_millis(200)).await.is_empty());
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
     assert!(
         failures.is_empty(),
         "connections that never complete a request head are never closed (no header read timeout):\n{}",
@@ -645,15 +643,13 @@ fn vonage_head(body: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_confirm_after_a_slow_body_is_503_not_408() {
     let _serial = SERIAL.lock().await;
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
-    let mut config = ingest_config(&topology, &proxy.amqp_url());
+    let mut config = ingest_config(&app.topology, &proxy.amqp_url());
     config.request_timeout = REQUEST_TIMEOUT;
     config.confirm_timeout = Duration::from_millis(1500);
-    let ingest = spawn_ingest(config).await;
-    assert!(ingest.wait_ready(READY).await, "ingest never became ready");
+    let ingest = app.start_ingest(config, READY).await;
 
     proxy.stall(true);
     let body = vonage_form("SLOWCONFIRM1", "delivered");
@@ -675,14 +671,14 @@ async fn a_slow_confirm_after_a_slow_body_is_503_not_408() {
         1.0
     );
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }
 
 /// A body that does not arrive in time gets 408, and the HTTP metrics count it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_timeout_is_counted_in_the_http_metrics() {
     let _serial = SERIAL.lock().await;
-    let (broker, topology, ingest) = abuse_ingest().await;
+    let (app, ingest) = abuse_ingest().await;
     let body = vonage_form("SLOWBODY1", "delivered");
     let (answer, _) =
         slow_drip(ingest.addr, vonage_head(&body), body.into_bytes(), Duration::from_millis(100)).await;
@@ -698,7 +694,7 @@ async fn a_body_timeout_is_counted_in_the_http_metrics() {
         "the 408 is counted"
     );
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }
 
 /// INGEST_MAX_CONCURRENCY is one limit for the whole process: requests held
@@ -706,13 +702,11 @@ async fn a_body_timeout_is_counted_in_the_http_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_concurrency_limit_is_shared_by_every_route() {
     let _serial = SERIAL.lock().await;
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
-    let mut config = ingest_config(&topology, &amqp_url());
+    let app = TestApp::new().await;
+    let mut config = app.ingest_config();
     config.max_concurrency = 2;
     config.request_timeout = Duration::from_secs(10);
-    let ingest = spawn_ingest(config).await;
-    assert!(ingest.wait_ready(READY).await, "ingest never became ready");
+    let ingest = app.start_ingest(config, READY).await;
 
     let body = vonage_form("HOLDER1", "delivered");
     let holders: Vec<_> = (0..2)
@@ -733,5 +727,5 @@ async fn the_concurrency_limit_is_shared_by_every_route() {
         assert_eq!(answer, Answer::Status(200), "the held requests complete");
     }
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }

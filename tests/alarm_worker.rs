@@ -11,10 +11,7 @@
 //! (`cargo test -- --ignored --test-threads=1`). The alarm is always lifted,
 //! also when an assertion fails.
 
-use dlr_tests::{
-    MemoryAlarm, TestBroker, amqp_url, ingest_config, metric_value, spawn_ingest, spawn_worker,
-    unique_topology, vonage_form, worker_config,
-};
+use dlr_tests::{MemoryAlarm, TestApp, metric_value, vonage_form};
 use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -23,21 +20,20 @@ const WITHIN: Duration = Duration::from_secs(30);
 #[ignore = "alters the machine's broker: deploy/test.sh runs it alone"]
 async fn a_blocked_broker_pauses_the_worker_instead_of_spinning() {
     const EVENTS: usize = 10;
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
-    assert!(ingest.wait_ready(WITHIN).await, "ingest connects");
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
     for n in 0..EVENTS {
         let response = ingest.post_vonage_form(&vonage_form(&format!("ALARM-{n}"), "delivered")).await;
         assert_eq!(response.status().as_u16(), 200);
     }
-    let mut config = worker_config(&topology, &amqp_url());
+    let mut config = app.worker_config();
     config.route_delivered = "amqp".to_owned();
     config.max_attempts = 8;
 
     let (worker, parked_during_alarm, transient_during_alarm) = {
         let _alarm = MemoryAlarm::raise();
-        let worker = spawn_worker(config.clone()).await;
+        let worker = app.spawn_worker(config.clone()).await;
         assert!(worker.wait_ready(WITHIN).await, "the worker consumes during the alarm");
         tokio::time::sleep(Duration::from_secs(12)).await;
         let metrics = worker.metrics().await;
@@ -51,24 +47,13 @@ async fn a_blocked_broker_pauses_the_worker_instead_of_spinning() {
         // The alarm is lifted here.
     };
 
-    let capture = broker.capture(&topology.exchange, &config.events_exchange).await;
+    let capture = app.capture().await;
     let delivered = broker.take(&capture, EVENTS, Duration::from_secs(90)).await.len();
     let parked_after = broker.queue_depth(&topology.parked_queue).await;
 
     worker.stop().await;
     ingest.stop().await;
-    let mut queues = vec![capture];
-    queues.extend(
-        dlr_worker::retry::RetryPolicy::new(
-            config.max_attempts,
-            config.retry_initial_delay,
-            config.retry_max_delay,
-        )
-        .delays()
-        .into_iter()
-        .map(|delay| topology.retry_queue(delay)),
-    );
-    broker.cleanup(&topology, &queues, std::slice::from_ref(&config.events_exchange)).await;
+    app.cleanup().await;
 
     assert_eq!(parked_during_alarm, 0, "nothing is parked during the alarm");
     assert!(

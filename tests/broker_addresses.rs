@@ -6,10 +6,9 @@
 //! wrong, without printing the password it holds.
 
 use dlr_shared::config::AmqpUrls;
-use dlr_tests::{SEED_FORM, TestBroker, amqp_url, ingest_config, spawn_ingest, unique_topology};
+use dlr_tests::{SEED_FORM, TestApp, amqp_url, ingest_config, unique_topology};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,15 +24,14 @@ fn closed_port_url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_skips_an_address_that_does_not_answer_and_serves_through_the_next() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
+    let app = TestApp::new().await;
     let urls = format!("{},{}", closed_port_url(), amqp_url());
-    let ingest = spawn_ingest(ingest_config(&topology, &urls)).await;
+    let ingest = app.spawn_ingest(ingest_config(&app.topology, &urls)).await;
     let ready = ingest.wait_ready(READY).await;
     let status = if ready { ingest.post_vonage_form(SEED_FORM).await.status().as_u16() } else { 0 };
-    let stored = broker.drain(&topology.queue, Duration::from_millis(300)).await.len();
+    let stored = app.broker.drain(&app.topology.queue, Duration::from_millis(300)).await.len();
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
     assert!(ready, "ingest never became ready with a dead first address");
     assert_eq!(status, 200);
     assert_eq!(stored, 1, "the receipt reached the queue through the second address");
@@ -41,52 +39,38 @@ async fn ingest_skips_an_address_that_does_not_answer_and_serves_through_the_nex
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quorum_queues_are_declared_with_the_configured_group_size() {
-    let broker = TestBroker::connect().await;
-    let topology = dlr_shared::amqp::Topology { quorum_group_size: Some(3), ..unique_topology() };
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    let app = TestApp::with_topology(dlr_shared::amqp::Topology {
+        quorum_group_size: Some(3),
+        ..unique_topology()
+    })
+    .await;
+    let ingest = app.spawn_ingest(app.ingest_config()).await;
     let ready = ingest.wait_ready(READY).await;
     // A passive declare cannot check arguments; an active one with a
     // different group size is refused if ours was set.
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
     args.insert("x-quorum-initial-group-size".into(), AMQPValue::LongInt(5));
-    let channel = broker.channel.clone();
+    let channel = app.broker.channel.clone();
     let other_size = channel
         .queue_declare(
-            topology.parked_queue.as_str().into(),
+            app.topology.parked_queue.as_str().into(),
             QueueDeclareOptions { durable: true, ..Default::default() },
             args,
         )
         .await;
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
     assert!(ready, "ingest never became ready");
     let error = other_size.expect_err("a different x-quorum-initial-group-size must be refused").to_string();
     assert!(error.contains("x-quorum-initial-group-size"), "{error}");
-}
-
-/// The workspace's binary `name`, rebuilt if stale: `cargo test -p
-/// dlr-tests` builds only this package's targets, and an old binary would
-/// test old code. Cargo puts it next to this test's `deps` directory.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = Command::new(cargo);
-    build.args(["build", "--locked", "-p", &format!("dlr-{name}"), "--bin", name]);
-    if dir.file_name().is_some_and(|profile| profile == "release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("running cargo build");
-    assert!(status.success(), "building {name}");
-    dir.join(name)
 }
 
 #[test]
 fn malformed_amqp_url_stops_both_binaries_at_start_up_without_echoing_the_password() {
     for (name, args) in [("ingest", vec!["--addr", "127.0.0.1:0"]), ("worker", vec!["--addr", "127.0.0.1:0"])]
     {
-        let path = binary(name);
+        let path = dlr_tests::binaries::binary(name);
         for bad in ["http://user:s3cretpw@localhost:5672/", "rabbit on localhost", "amqp://u:s3cretpw@h:1/,"]
         {
             let started = Instant::now();
@@ -135,23 +119,22 @@ fn the_default_address_is_a_valid_list_of_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queues_declared_before_the_group_size_setting_still_work() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
+    let app = TestApp::new().await;
     // The parking lot as an earlier release declared it: type only.
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    broker
+    app.broker
         .channel
         .queue_declare(
-            topology.parked_queue.as_str().into(),
+            app.topology.parked_queue.as_str().into(),
             QueueDeclareOptions { durable: true, ..Default::default() },
             args,
         )
         .await
         .expect("declaring the old-style queue");
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    let ingest = app.spawn_ingest(app.ingest_config()).await;
     let ready = ingest.wait_ready(Duration::from_secs(5)).await;
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
     assert!(ready, "an existing queue without x-quorum-initial-group-size blocks start-up");
 }

@@ -4,10 +4,7 @@
 //! this test scrapes both running binaries and checks every `dlr_*` name
 //! that `deploy/` refers to.
 
-use dlr_tests::{
-    SEED_FORM, TestBroker, amqp_url, ingest_config, spawn_ingest, spawn_worker, unique_topology,
-    worker_config,
-};
+use dlr_tests::{SEED_FORM, TestApp, eventually, metric_value};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -57,25 +54,20 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
     referenced_names(&deploy, &["json", "yaml", "yml"], &mut referenced);
     assert!(referenced.len() >= 10, "found only {referenced:?} under {}", deploy.display());
 
-    let topology = unique_topology();
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
-    let worker_config = worker_config(&topology, &amqp_url());
-    let events_exchange = worker_config.events_exchange.clone();
-    let retry_queues = dlr_tests::worker_retry_queues(&topology);
-    let worker = spawn_worker(worker_config).await;
+    let app = TestApp::new().await;
+    let ingest = app.spawn_ingest(app.ingest_config()).await;
+    let worker = app.spawn_worker(app.worker_config()).await;
     assert!(ingest.wait_ready(Duration::from_secs(10)).await);
     assert!(worker.wait_ready(Duration::from_secs(10)).await);
     assert_eq!(ingest.post_vonage_form(SEED_FORM).await.status(), 200);
 
     // Wait until the worker has handled the receipt so its histograms have samples.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut worker_text = worker.metrics().await;
-    while dlr_tests::metric_value(&worker_text, "dlr_worker_end_to_end_latency_seconds_count", &[]) < 1.0
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut worker_text = String::new();
+    eventually(Duration::from_secs(10), async || {
         worker_text = worker.metrics().await;
-    }
+        metric_value(&worker_text, "dlr_worker_end_to_end_latency_seconds_count", &[]) >= 1.0
+    })
+    .await;
     let mut exported = exported_names(&ingest.metrics().await);
     exported.extend(exported_names(&worker_text));
 
@@ -84,7 +76,7 @@ async fn every_metric_in_dashboards_and_alerts_is_exported() {
 
     worker.stop().await;
     ingest.stop().await;
-    TestBroker::connect().await.cleanup(&topology, &retry_queues, &[events_exchange]).await;
+    app.cleanup().await;
 }
 
 /// Every `env` name clap knows for `command`, subcommands included.

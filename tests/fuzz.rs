@@ -43,6 +43,10 @@ use dlr_ingest::signature::vonage_sms::{self as vonage_sig, SigMethod};
 use dlr_ingest::signature::{Freshness, SecretList, SignatureError};
 use dlr_ingest::signature::{basic, plivo as plivo_sig, sinch as sinch_sig, telnyx as telnyx_sig};
 use dlr_shared::ReceiptEvent;
+use dlr_tests::corpus::{
+    MESSAGES_LEGACY, S1, S2_QUERY, S3_PART1, S4, S5, S6, S6_AUTHORIZATION, S7, S7_SIGNATURE, S8,
+    VONAGE_INBOUND,
+};
 use hmac::{Hmac, Mac};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -118,19 +122,7 @@ const MAX_FUTURE: i64 = 300;
 const VONAGE_SECRET: &str = "example_signature_secret_0123456789";
 const TWILIO_TOKEN: &str = "example_auth_token_00000000000000";
 
-const S1: &str = r#"{"msisdn":"447700900123","to":"AcmeShop","network-code":"23415","messageId":"0C0000002A9F31B6","price":"0.03330000","status":"delivered","scts":"2503140926","err-code":"0","api-key":"a1b2c3d4","client-ref":"order-77812","message-timestamp":"2025-03-14 09:26:41"}"#;
-const S2: &str = "msisdn=491701234567&to=AcmeShop&network-code=26203&messageId=0B0000001F2E3D4C&price=0.07450000&status=failed&scts=2503141112&err-code=3&api-key=a1b2c3d4&message-timestamp=2025-03-14+10%3A12%3A07";
-const S3: &str = "msisdn=61412345678&to=61480000123&network-code=50502&messageId=0E00000012AB34C1&price=0.05460000&status=delivered&scts=2503142031&err-code=0&api-key=a1b2c3d4&client-ref=promo-batch7&message-timestamp=2025-03-14+09%3A31%3A12";
-const S4: &str = r#"{"msisdn":"447700900123","to":"AcmeShop","network-code":"23415","messageId":"0C0000002A9F31B7","price":"0.03330000","status":"delivered","scts":"2503140926","err-code":"0","api-key":"a1b2c3d4","client-ref":"order-77813","message-timestamp":"2025-03-14 09:26:53","timestamp":"1741944413","nonce":"3f0c2b6e-9a41-4f7e-8d2a-5b1e7c9d0a12","sig":"3D2BEE5FB40A7C8A862EABD98EFF9A324B0ADC75ABB5B2363DE757DC8E3511D1"}"#;
-const S5: &str = r#"{"message_uuid":"9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f","to":"447700900123","from":"AcmeShop","timestamp":"2025-03-14T09:26:58.347Z","status":"submitted","channel":"sms","client_ref":"order-77815","usage":{"currency":"EUR","price":"0.0666"},"sms":{"count_total":"2"},"destination":{"network_code":"23415"}}"#;
-const S6: &str = r#"{"message_uuid":"5b0d4b1e-6f2a-4c3e-9a8b-1c2d3e4f5a6b","to":"447700900123","from":"447700900001","timestamp":"2025-03-14T09:27:02.118Z","status":"rejected","channel":"sms","client_ref":"order-77814","error":{"type":"https://developer.vonage.com/api-errors/messages#1330","title":"1330","detail":"Unknown - An unknown error was received from the carrier.","instance":"bf0ca0bf927b3b52e3cb03217e1a1ddf"}}"#;
-const S6_AUTHORIZATION: &str = "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpYXQiOjE3NDE5NDQ0MjIsImp0aSI6ImM1YmE4ZjI0LTFhMTQtNGMxMC1iZmRmLTNmYmU4Y2U1MTFiNSIsImlzcyI6IlZvbmFnZSIsInBheWxvYWRfaGFzaCI6ImQ1ZWQ1YjRhOTUzYmE5ZWRhMzFjNjI0ZDgwMTE5NGM4YmY3YWIxMmZjZWJhNjNiODY5MWNlZGY2MDZlMGZlYTIiLCJhcGlfa2V5IjoiYTFiMmMzZDQiLCJhcHBsaWNhdGlvbl9pZCI6ImFhYWFhYWFhLWJiYmItY2NjYy1kZGRkLTAxMjM0NTY3ODlhYiJ9.jISe1pJOPl1gBVza5PV99vOV4rysyP1EIBcpZa3ReNY";
-const LEGACY: &str = r#"{"message_uuid":"aaaaaaaa-bbbb-cccc-dddd-0123456789ab","to":{"type":"sms","number":"447700900000"},"from":{"type":"sms","number":"AcmeShop"},"timestamp":"2020-01-01T14:00:00.000Z","status":"undeliverable","error":{"code":1220,"reason":"Handset busy"},"usage":{"currency":"GBP","price":"0.0333"}}"#;
-const S7: &str = "AccountSid=AC0123456789abcdef0123456789abcdef&ApiVersion=2010-04-01&ErrorCode=30003&From=%2B15017122661&MessageSid=SM5b1f2e3d4c5b6a79881726354a5b6c7d&MessageStatus=undelivered&RawDlrDoneDate=2503141027&SmsSid=SM5b1f2e3d4c5b6a79881726354a5b6c7d&SmsStatus=undelivered&To=%2B15558675310";
 const S7_URL: &str = "https://dlr.example.com/webhooks/twilio/status";
-const S7_SIGNATURE: &str = "1L5pj8LHNFVa9PJMEkRZQpXOQqA=";
-const S8: &str = "AccountSid=AC0123456789abcdef0123456789abcdef&ApiVersion=2010-04-01&From=%2B15017122661&MessageSid=SM0f9e8d7c6b5a49382716f5e4d3c2b1a0&MessageStatus=sent&MessagingServiceSid=MG9752274e9e519418a7406176694466fa&SmsSid=SM0f9e8d7c6b5a49382716f5e4d3c2b1a0&SmsStatus=sent&To=%2B15558675310";
-const INBOUND: &str = "msisdn=447700900123&to=AcmeShop&messageId=0A0000001234ABCD&text=Hello+there&type=text&keyword=HELLO&message-timestamp=2025-03-14+09%3A26%3A41";
 
 const METHODS: [SigMethod; 5] = [
     SigMethod::Md5Hash,
@@ -321,18 +313,21 @@ fn json_pairs(json: &str) -> Vec<(String, String)> {
 static FLAT_SAMPLES: LazyLock<Vec<Vec<(String, String)>>> = LazyLock::new(|| {
     vec![
         json_pairs(S1),
-        form_pairs(S2),
-        form_pairs(S3),
+        form_pairs(S2_QUERY),
+        form_pairs(S3_PART1),
         json_pairs(S4),
         form_pairs(S7),
         form_pairs(S8),
-        form_pairs(INBOUND),
+        form_pairs(VONAGE_INBOUND),
     ]
 });
 
 /// Messages API samples as JSON objects.
 static MESSAGES_SAMPLES: LazyLock<Vec<Map<String, Value>>> = LazyLock::new(|| {
-    [S5, S6, LEGACY].iter().map(|s| serde_json::from_str(s).expect("sample is a JSON object")).collect()
+    [S5, S6, MESSAGES_LEGACY]
+        .iter()
+        .map(|s| serde_json::from_str(s).expect("sample is a JSON object"))
+        .collect()
 });
 
 fn corpus_dir() -> PathBuf {

@@ -5,13 +5,10 @@
 
 use dlr_shared::ReceiptEvent;
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
-use dlr_tests::{
-    SEED_FORM, SEED_JSON, TestBroker, amqp_url, ingest_config, metric_value, spawn_ingest, unique_topology,
-    vonage_form,
-};
+use dlr_tests::{SEED_FORM, SEED_JSON, TestApp, eventually, ingest_config, metric_value, vonage_form};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READY: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_millis(300);
@@ -23,10 +20,9 @@ async fn event_id_of(response: reqwest::Response) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_transport_stores_exactly_one_persistent_message() {
-    let broker = TestBroker::connect().await;
     for transport in ["get", "form", "json"] {
-        let topology = unique_topology();
-        let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+        let app = TestApp::new().await;
+        let ingest = app.spawn_ingest(app.ingest_config()).await;
         assert!(ingest.wait_ready(READY).await, "ingest never became ready");
 
         let response = match transport {
@@ -37,7 +33,7 @@ async fn each_transport_stores_exactly_one_persistent_message() {
         assert_eq!(response.status(), 200, "{transport}");
         let event_id = event_id_of(response).await;
 
-        let messages = broker.drain(&topology.queue, SETTLE).await;
+        let messages = app.broker.drain(&app.topology.queue, SETTLE).await;
         assert_eq!(messages.len(), 1, "{transport}: exactly one message");
         let message = &messages[0].delivery;
         assert_eq!(message.properties.delivery_mode(), &Some(2), "{transport}: persistent");
@@ -51,15 +47,15 @@ async fn each_transport_stores_exactly_one_persistent_message() {
         assert_eq!(event.raw["network-code"], "310090");
 
         ingest.stop().await;
-        broker.cleanup(&topology, &[], &[]).await;
+        app.cleanup().await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_retry_gets_the_same_message_id() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
+    let ingest = app.spawn_ingest(app.ingest_config()).await;
     assert!(ingest.wait_ready(READY).await);
 
     assert_eq!(ingest.get_vonage(SEED_FORM).await.status(), 200);
@@ -81,16 +77,16 @@ async fn a_provider_retry_gets_the_same_message_id() {
     assert_ne!(ids[0], ids[3]);
 
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_4xx_and_nothing_reaches_the_broker() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
-    let mut config = ingest_config(&topology, &amqp_url());
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
+    let mut config = app.ingest_config();
     config.body_limit_bytes = 4096;
-    let ingest = spawn_ingest(config).await;
+    let ingest = app.spawn_ingest(config).await;
     assert!(ingest.wait_ready(READY).await);
     let form = "application/x-www-form-urlencoded";
 
@@ -181,15 +177,15 @@ async fn bad_input_gets_a_clear_4xx_and_nothing_reaches_the_broker() {
     );
 
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_broker_gets_a_fast_503_and_recovery_needs_no_restart() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
-    let ingest = spawn_ingest(ingest_config(&topology, &proxy.amqp_url())).await;
+    let ingest = app.spawn_ingest(ingest_config(topology, &proxy.amqp_url())).await;
 
     let started = Instant::now();
     let response = ingest.post_vonage_form(SEED_FORM).await;
@@ -223,29 +219,22 @@ async fn unreachable_broker_gets_a_fast_503_and_recovery_needs_no_restart() {
     // Readiness stayed 200 through the short outage (its grace period), so
     // do what a provider does: retry the 503s until one is accepted.
     assert_eq!(ingest.ready_status().await, 200, "a short outage keeps ingest ready");
-    let deadline = Instant::now() + READY;
-    let mut status = 0;
-    while Instant::now() < deadline {
-        status = ingest.post_vonage_form(SEED_FORM).await.status().as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, 200, "ingest recovered without a restart");
+    let accepted =
+        eventually(READY, async || ingest.post_vonage_form(SEED_FORM).await.status().as_u16() == 200).await;
+    assert!(accepted, "ingest recovered without a restart");
     // A 503 during the reconnect may still have been stored (its confirm
     // lost with the old connection): at least the accepted one is there.
     assert!(!broker.drain(&topology.queue, SETTLE).await.is_empty());
 
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_publish_is_never_acknowledged() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
+    let ingest = app.spawn_ingest(app.ingest_config()).await;
     assert!(ingest.wait_ready(READY).await);
 
     broker.delete_queue(&topology.queue).await;
@@ -256,18 +245,15 @@ async fn unroutable_publish_is_never_acknowledged() {
 
     // Ingest re-declares its topology after a return, so the provider's
     // retry succeeds and lands in the re-created queue.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut status = 0;
-    while Instant::now() < deadline && status != 200 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        status =
-            ingest.post_vonage_form(&vonage_form("0A00000000000001", "delivered")).await.status().as_u16();
-    }
-    assert_eq!(status, 200);
+    let accepted = eventually(Duration::from_secs(5), async || {
+        ingest.post_vonage_form(&vonage_form("0A00000000000001", "delivered")).await.status().as_u16() == 200
+    })
+    .await;
+    assert!(accepted, "the provider's retry is accepted once ingest re-declared its topology");
     assert_eq!(broker.drain(&topology.queue, SETTLE).await.len(), 1);
 
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }
 
 /// Sends `count` receipts with unique ids, `concurrency` at a time, and
@@ -312,11 +298,11 @@ fn stored_ids(messages: &[lapin::message::BasicGetMessage]) -> HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_under_load_never_acknowledges_a_lost_receipt() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
-    let ingest = spawn_ingest(ingest_config(&topology, &proxy.amqp_url())).await;
+    let ingest = app.spawn_ingest(ingest_config(topology, &proxy.amqp_url())).await;
     assert!(ingest.wait_ready(READY).await);
 
     let sending = send_unique(&ingest, "B", 400);
@@ -334,14 +320,14 @@ async fn a_broker_outage_under_load_never_acknowledges_a_lost_receipt() {
     proxy.start().await;
     assert!(ingest.wait_connected(READY).await);
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_in_flight_requests_and_loses_none() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
+    let ingest = app.spawn_ingest(app.ingest_config()).await;
     assert!(ingest.wait_ready(READY).await);
 
     let shutdown = ingest.shutdown.clone();
@@ -361,16 +347,16 @@ async fn shutdown_finishes_in_flight_requests_and_loses_none() {
     let stored = stored_ids(&broker.drain(&topology.queue, Duration::from_secs(1)).await);
     let lost: Vec<_> = accepted.difference(&stored).collect();
     assert!(lost.is_empty(), "answered 200 but not stored: {lost:?}");
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_concurrency_limit_ingest_sheds_with_429() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
-    let mut config = ingest_config(&topology, &amqp_url());
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
+    let mut config = app.ingest_config();
     config.max_concurrency = 1;
-    let ingest = spawn_ingest(config).await;
+    let ingest = app.spawn_ingest(config).await;
     assert!(ingest.wait_ready(READY).await);
 
     // A slow client holds the only slot: headers sent, body not finished.
@@ -381,6 +367,7 @@ async fn past_the_concurrency_limit_ingest_sheds_with_429() {
         &SEED_FORM[..10]
     );
     slow.write_all(head.as_bytes()).await.expect("write");
+    // Nothing observable says the slow request holds the slot: give ingest a moment to take it.
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let response = ingest.post_vonage_form(SEED_FORM).await;
@@ -390,19 +377,23 @@ async fn past_the_concurrency_limit_ingest_sheds_with_429() {
 
     // Once the slow request completes, receipts flow again.
     slow.write_all(&SEED_FORM.as_bytes()[10..]).await.expect("write rest");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut status_line = [0u8; 12];
+    tokio::time::timeout(READY, slow.read_exact(&mut status_line))
+        .await
+        .expect("the slow request is answered")
+        .expect("read the slow request's answer");
+    assert_eq!(&status_line, b"HTTP/1.1 200", "the slow request is accepted");
     assert_eq!(ingest.post_vonage_form(SEED_FORM).await.status(), 200);
     assert_eq!(broker.drain(&topology.queue, SETTLE).await.len(), 2);
 
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_report_broker_state_and_latency() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    let app = TestApp::new().await;
+    let ingest = app.spawn_ingest(app.ingest_config()).await;
     assert!(ingest.wait_ready(READY).await);
     assert_eq!(ingest.post_vonage_form(SEED_FORM).await.status(), 200);
 
@@ -421,5 +412,5 @@ async fn metrics_report_broker_state_and_latency() {
     assert!(metrics.contains("process_resident_memory_bytes"));
 
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }

@@ -7,10 +7,7 @@
 //! binary installs; an in-process test would see a different subscriber.
 
 use dlr_tests::binaries::binary;
-use dlr_tests::{
-    TestBroker, amqp_url, ingest_config, metric_value, spawn_ingest, unique_topology, vonage_form,
-};
-use dlr_worker::retry::RetryPolicy;
+use dlr_tests::{TestApp, eventually, metric_value, vonage_form};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -38,24 +35,14 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn worker_logs_carry_no_phone_number_and_no_body_when_events_are_unroutable() {
-    let topology = unique_topology();
-    let events_exchange = format!("{}.events", topology.exchange);
-    let broker = TestBroker::connect().await;
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
-    assert!(ingest.wait_ready(Duration::from_secs(10)).await, "ingest never became ready");
+    let app = TestApp::new().await;
+    let ingest = app.start_ingest(app.ingest_config(), Duration::from_secs(10)).await;
 
     let probe = format!("127.0.0.1:{}", free_port());
-    let quarantine_max = topology.quarantine_max_length.to_string();
-    let delivery_limit = topology.delivery_limit.to_string();
-    let env = [
-        ("AMQP_URL", amqp_url()),
-        ("AMQP_EXCHANGE", topology.exchange.clone()),
-        ("AMQP_QUEUE", topology.queue.clone()),
-        ("AMQP_PARKED_QUEUE", topology.parked_queue.clone()),
-        ("AMQP_QUARANTINE_QUEUE", topology.quarantine_queue.clone()),
-        ("AMQP_QUARANTINE_MAX_LENGTH", quarantine_max),
-        ("AMQP_DELIVERY_LIMIT", delivery_limit),
-        ("WORKER_EVENTS_EXCHANGE", events_exchange.clone()),
+    let mut env = app.topology_env();
+    env.extend([
+        ("AMQP_DELIVERY_LIMIT", app.topology.delivery_limit.to_string()),
+        ("WORKER_EVENTS_EXCHANGE", app.events_exchange.clone()),
         // The realistic route, with nothing bound to the events exchange.
         ("WORKER_ROUTE_DELIVERED", "amqp,log".to_owned()),
         ("WORKER_ADDR", probe.clone()),
@@ -64,13 +51,9 @@ async fn worker_logs_carry_no_phone_number_and_no_body_when_events_are_unroutabl
         ("WORKER_MAX_ATTEMPTS", "4".to_owned()),
         ("LOG_FORMAT", "text".to_owned()),
         ("RUST_LOG", "info".to_owned()),
-    ];
-    let retry_queues: Vec<String> =
-        RetryPolicy::new(4, Duration::from_millis(50), Duration::from_millis(200))
-            .delays()
-            .into_iter()
-            .map(|d| topology.retry_queue(d))
-            .collect();
+    ]);
+    // The same retry settings as the in-process worker's test config.
+    app.own_worker_names(&app.worker_config());
 
     let mut worker = tokio::process::Command::new(binary("worker"))
         .env_clear()
@@ -91,14 +74,10 @@ async fn worker_logs_carry_no_phone_number_and_no_body_when_events_are_unroutabl
 
     let client = reqwest::Client::new();
     let metrics_url = format!("http://{probe}/metrics");
-    let mut ready = false;
-    for _ in 0..200 {
-        if client.get(format!("http://{probe}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ready = eventually(Duration::from_secs(10), async || {
+        client.get(format!("http://{probe}/readyz")).send().await.is_ok_and(|r| r.status().is_success())
+    })
+    .await;
 
     let sent = 3;
     let mut unroutable = 0.0;
@@ -108,17 +87,15 @@ async fn worker_logs_carry_no_phone_number_and_no_body_when_events_are_unroutabl
                 ingest.post_vonage_form(&vonage_form(&format!("0B00000{i}AAAA{i}"), "delivered")).await;
             assert_eq!(response.status(), 200);
         }
-        for _ in 0..200 {
+        eventually(Duration::from_secs(10), async || {
             if let Ok(response) = client.get(&metrics_url).send().await
                 && let Ok(text) = response.text().await
             {
                 unroutable = metric_value(&text, "dlr_worker_events_unroutable_total", &[]);
-                if unroutable >= f64::from(sent) {
-                    break;
-                }
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            unroutable >= f64::from(sent)
+        })
+        .await;
     }
 
     if let Some(pid) = worker.id() {
@@ -132,7 +109,7 @@ async fn worker_logs_carry_no_phone_number_and_no_body_when_events_are_unroutabl
         .and_then(Result::ok)
         .unwrap_or_default();
     ingest.stop().await;
-    broker.cleanup(&topology, &retry_queues, std::slice::from_ref(&events_exchange)).await;
+    app.cleanup().await;
 
     assert!(ready, "worker never became ready: {logs}");
     assert!(exited.is_ok(), "worker did not exit after SIGTERM: {logs}");
@@ -167,27 +144,20 @@ async fn a_wrong_broker_password_is_one_warning_with_the_cause_not_errors() {
 
 #[tokio::test]
 async fn a_clean_shutdown_logs_no_error() {
-    let topology = unique_topology();
-    let events_exchange = format!("{}.events", topology.exchange);
-    let broker = TestBroker::connect().await;
-    let url = amqp_url();
-    let quarantine_max = topology.quarantine_max_length.to_string();
-    let env = [
-        ("AMQP_URL", url.as_str()),
-        ("AMQP_EXCHANGE", topology.exchange.as_str()),
-        ("AMQP_QUEUE", topology.queue.as_str()),
-        ("AMQP_PARKED_QUEUE", topology.parked_queue.as_str()),
-        ("AMQP_QUARANTINE_QUEUE", topology.quarantine_queue.as_str()),
-        ("AMQP_QUARANTINE_MAX_LENGTH", quarantine_max.as_str()),
-        ("WORKER_EVENTS_EXCHANGE", events_exchange.as_str()),
-        ("WORKER_MAX_ATTEMPTS", "2"),
-        ("WORKER_ADDR", "127.0.0.1:0"),
-        ("LOG_FORMAT", "text"),
-    ];
+    let app = TestApp::new().await;
+    let mut env = app.topology_env();
+    env.extend([
+        ("WORKER_EVENTS_EXCHANGE", app.events_exchange.clone()),
+        ("WORKER_MAX_ATTEMPTS", "2".to_owned()),
+        ("WORKER_ADDR", "127.0.0.1:0".to_owned()),
+        ("LOG_FORMAT", "text".to_owned()),
+    ]);
+    // The worker's default retry delays with two attempts: one delay queue.
+    app.own_queue(&app.topology.retry_queue(Duration::from_secs(1)));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // SIGTERM as soon as the worker consumes.
     let logs = dlr_tests::binaries::run_until("worker", &env, "consuming", Duration::from_secs(10)).await;
-    let retry_queues = [topology.retry_queue(Duration::from_secs(1))];
-    broker.cleanup(&topology, &retry_queues, std::slice::from_ref(&events_exchange)).await;
+    app.cleanup().await;
     assert!(logs.contains("consuming"), "{logs}");
     assert!(logs.contains("worker stopped"), "{logs}");
     assert!(!logs.contains("ERROR"), "{logs}");

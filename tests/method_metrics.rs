@@ -2,23 +2,20 @@
 //! the handler for HEAD): in `dlr_ingest_http_requests_total`, never as a
 //! rejected receipt.
 
-use dlr_tests::{
-    SEED_FORM, TestBroker, amqp_url, ingest_config, metric_value, spawn_ingest, unique_topology,
-};
+use dlr_tests::{SEED_FORM, TestApp, metric_value};
 use std::time::Duration;
 
 #[tokio::test]
 async fn every_405_is_counted_as_a_request_and_none_as_a_rejected_receipt() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    let app = TestApp::new().await;
+    let ingest = app.spawn_ingest(app.ingest_config()).await;
     let ready = ingest.wait_ready(Duration::from_secs(10)).await;
     let url = format!("{}/dlr/vonage?{SEED_FORM}", ingest.base_url);
     let head = ingest.client.head(&url).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
     let put = ingest.client.put(&url).send().await.map(|r| r.status().as_u16()).unwrap_or(0);
     let metrics = ingest.metrics().await;
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 
     assert!(ready, "ingest never became ready");
     assert_eq!((head, put), (405, 405));

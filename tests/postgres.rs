@@ -11,9 +11,7 @@
 use chrono::{DateTime, Duration as TimeDelta, TimeZone, Utc};
 use dlr_ingest::providers::{decode_urlencoded, vonage_sms};
 use dlr_shared::{EventId, MessageId, Outcome, Provider, ReceiptEvent};
-use dlr_tests::{
-    TestBroker, TestDatabase, amqp_url, ingest_config, spawn_ingest, unique_topology, vonage_form,
-};
+use dlr_tests::{TestApp, TestDatabase, vonage_form};
 use dlr_worker::handlers::postgres::{PostgresHandler, PostgresSettings};
 use dlr_worker::handlers::{Handler, HandlerError};
 use proptest::prelude::*;
@@ -374,10 +372,8 @@ async fn a_write_blocked_by_a_lock_times_out_as_transient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_characters_and_overlong_status_words_get_400_at_ingest() {
     const FORM: &str = "application/x-www-form-urlencoded";
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
-    assert!(ingest.wait_ready(Duration::from_secs(10)).await, "ingest ready");
+    let app = TestApp::new().await;
+    let ingest = app.start_ingest(app.ingest_config(), Duration::from_secs(10)).await;
 
     let nul_form = vonage_form("0A00000000000001", "delivered%00");
     let long_status = vonage_form("0A00000000000002", &"x".repeat(65));
@@ -399,9 +395,9 @@ async fn control_characters_and_overlong_status_words_get_400_at_ingest() {
         answers.push((name, status, field));
     }
     let good = ingest.post_vonage_form(&vonage_form("0A00000000000004", "delivered")).await.status().as_u16();
-    let published = broker.drain(&topology.queue, Duration::from_millis(300)).await.len();
+    let published = app.broker.drain(&app.topology.queue, Duration::from_millis(300)).await.len();
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 
     assert_eq!(
         answers,

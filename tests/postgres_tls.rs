@@ -6,10 +6,7 @@
 //! a server certificate from a throw-away CA: the worker must connect with
 //! that CA as `sslrootcert`, and must refuse a server its CA did not sign.
 
-use dlr_tests::{
-    TestBroker, amqp_url, eventually, ingest_config, spawn_ingest, spawn_worker, unique_topology,
-    vonage_form, worker_config,
-};
+use dlr_tests::{TestApp, eventually, vonage_form};
 use dlr_worker::handlers::postgres::PostgresHandler;
 use sqlx::Connection;
 use std::collections::HashMap;
@@ -118,16 +115,14 @@ async fn a_receipt_reaches_the_status_table_over_tls() {
     let server = TlsServer::start();
     let database = server.create_database().await;
     let url = server.url(&database, &server.ca);
-    let topology = unique_topology();
-    let retry_queues = dlr_tests::worker_retry_queues(&topology);
-    let events_exchange = format!("{}.events", topology.exchange);
+    let app = TestApp::new().await;
     // Bounded: a hang anywhere (broker, database, shutdown) fails the test and still cleans up.
     let outcome = tokio::time::timeout(Duration::from_secs(90), async {
-        let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
-        let mut config = worker_config(&topology, &amqp_url());
+        let ingest = app.spawn_ingest(app.ingest_config()).await;
+        let mut config = app.worker_config();
         config.route_delivered = "postgres".to_owned();
         config.database_url = Some(url.clone().into());
-        let worker = spawn_worker(config).await;
+        let worker = app.spawn_worker(config).await;
         assert!(ingest.wait_ready(Duration::from_secs(10)).await);
         assert!(worker.wait_ready(Duration::from_secs(10)).await, "the worker started with a TLS database");
 
@@ -148,7 +143,7 @@ async fn a_receipt_reaches_the_status_table_over_tls() {
         (status, stored)
     })
     .await;
-    TestBroker::connect().await.cleanup(&topology, &retry_queues, &[events_exchange]).await;
+    app.cleanup().await;
     server.drop_database(&database).await;
     let (status, stored) = outcome.expect("the end-to-end run finishes within 90 s");
     assert_eq!(status, 200);

@@ -12,13 +12,9 @@ use base64::engine::general_purpose::STANDARD;
 use dlr_ingest::signature::{
     SignatureMode, basic, plivo as plivo_sig, sinch as sinch_sig, telnyx as telnyx_sig,
 };
-use dlr_shared::amqp::Topology;
 use dlr_shared::{Outcome, Provider, ReceiptEvent};
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
-use dlr_tests::{
-    TestBroker, TestDatabase, TestIngest, amqp_url, ingest_config, metric_value, spawn_ingest, spawn_worker,
-    unique_topology, worker_config,
-};
+use dlr_tests::{TestApp, TestIngest, amqp_url, eventually, ingest_config, metric_value, unique_topology};
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
@@ -40,10 +36,17 @@ const INFOBIP_RESULTS: &str = include_str!("corpus/infobip-results.json");
 const REJECTED: &str = "dlr_ingest_receipts_rejected_total";
 const SIG_FAILURES: &str = "dlr_ingest_signature_failures_total";
 
+/// One ingest on its own topology ([`TestApp`], reached through `Deref`).
 struct Harness {
-    topology: Topology,
+    app: TestApp,
     ingest: TestIngest,
-    broker: TestBroker,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
 }
 
 async fn start(configure: impl FnOnce(&mut dlr_ingest::Config)) -> Harness {
@@ -51,34 +54,20 @@ async fn start(configure: impl FnOnce(&mut dlr_ingest::Config)) -> Harness {
 }
 
 async fn start_with(amqp: &str, configure: impl FnOnce(&mut dlr_ingest::Config)) -> Harness {
-    let topology = unique_topology();
-    let mut config = ingest_config(&topology, amqp);
+    let app = TestApp::new().await;
+    let mut config = ingest_config(&app.topology, amqp);
     configure(&mut config);
-    let ingest = spawn_ingest(config).await;
-    assert!(ingest.wait_ready(WAIT).await, "ingest did not become ready (is RabbitMQ running?)");
-    let broker = TestBroker::connect().await;
-    Harness { topology, ingest, broker }
+    let ingest = app.start_ingest(config, WAIT).await;
+    Harness { app, ingest }
 }
 
 impl Harness {
     async fn events(&self, count: usize) -> Vec<ReceiptEvent> {
-        let messages = self.broker.take(&self.topology.queue, count, WAIT).await;
-        assert_eq!(messages.len(), count, "receipts published");
-        let extra = self.broker.drain(&self.topology.queue, SETTLE).await;
-        assert!(extra.is_empty(), "{} more receipts than expected were published", extra.len());
-        messages
-            .iter()
-            .map(|m| ReceiptEvent::from_json(&m.delivery.data).expect("published body is a ReceiptEvent"))
-            .collect()
+        self.app.receipts(count, WAIT, SETTLE).await
     }
 
     async fn quarantined(&self) -> Vec<Value> {
-        self.broker
-            .drain(&self.topology.quarantine_queue, SETTLE)
-            .await
-            .iter()
-            .map(|m| serde_json::from_slice(&m.delivery.data).expect("quarantine copy is JSON"))
-            .collect()
+        self.app.quarantined(SETTLE).await
     }
 
     async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -115,8 +104,8 @@ impl Harness {
     }
 
     async fn finish(self) {
-        self.broker.cleanup(&self.topology, &[], &[]).await;
         self.ingest.stop().await;
+        self.app.cleanup().await;
     }
 }
 
@@ -511,25 +500,22 @@ async fn broker_gone_mid_batch_answers_503_and_the_retry_stores_every_receipt() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_provider_reaches_the_status_store() {
-    let topology = unique_topology();
-    let db = TestDatabase::create().await;
-    let mut worker_cfg = worker_config(&topology, &amqp_url());
+    let app = TestApp::new().await;
+    let db = app.create_database().await;
+    let mut worker_cfg = app.worker_config();
     worker_cfg.route_delivered = "postgres".to_owned();
     worker_cfg.route_failed = "postgres".to_owned();
     worker_cfg.route_pending = "postgres".to_owned();
     worker_cfg.database_url = Some(db.url.clone().into());
-    let mut config = ingest_config(&topology, &amqp_url());
+    let mut config = app.ingest_config();
     config.providers.telnyx_public_key = Some(telnyx_public(&[1]));
     config.providers.sinch_webhook_secret = Some("s".into());
     config.providers.infobip_basic_auth = Some("u:p".into());
     config.providers.plivo_auth_token = Some("t".into());
     config.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("url"));
-    let ingest = spawn_ingest(config).await;
-    assert!(ingest.wait_ready(WAIT).await);
-    let worker = spawn_worker(worker_cfg.clone()).await;
-    assert!(worker.wait_ready(WAIT).await);
-    let broker = TestBroker::connect().await;
-    let h = Harness { topology: topology.clone(), ingest, broker };
+    let ingest = app.start_ingest(config, WAIT).await;
+    let worker = app.start_worker(worker_cfg, WAIT).await;
+    let h = Harness { app, ingest };
 
     assert_eq!(h.send(telnyx_request(&h, TELNYX_DELIVERED, 1, now())).await.0, 200);
     let url = format!("{PUBLIC_BASE}/dlr/plivo");
@@ -544,20 +530,17 @@ async fn every_provider_reaches_the_status_store() {
 
     let pool = db.pool().await;
     let expected = 1 + 1 + 3 + 3;
-    let deadline = tokio::time::Instant::now() + WAIT;
     let mut rows: Vec<(String, String, String, String)> = Vec::new();
-    while tokio::time::Instant::now() < deadline {
+    eventually(WAIT, async || {
         rows = sqlx::query_as(
             "SELECT provider, message_id, outcome, status FROM message_status ORDER BY provider, message_id",
         )
         .fetch_all(&pool)
         .await
         .expect("status query");
-        if rows.len() >= expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        rows.len() >= expected
+    })
+    .await;
     let providers: BTreeSet<&str> = rows.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(providers, BTreeSet::from(["infobip", "plivo", "sinch", "telnyx"]), "{rows:?}");
     assert_eq!(rows.len(), expected, "{rows:?}");
@@ -582,16 +565,5 @@ async fn every_provider_reaches_the_status_store() {
 
     pool.close().await;
     worker.stop().await;
-    let retry_queues: Vec<String> = dlr_worker::retry::RetryPolicy::new(
-        worker_cfg.max_attempts,
-        worker_cfg.retry_initial_delay,
-        worker_cfg.retry_max_delay,
-    )
-    .delays()
-    .into_iter()
-    .map(|delay| topology.retry_queue(delay))
-    .collect();
-    h.broker.cleanup(&topology, &retry_queues, std::slice::from_ref(&worker_cfg.events_exchange)).await;
-    h.ingest.stop().await;
-    db.drop_database().await;
+    h.finish().await;
 }

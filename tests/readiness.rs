@@ -9,21 +9,18 @@
 
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
 use dlr_tests::{
-    TestBroker, amqp_url, eventually, ingest_config, metric_value, spawn_ingest, unique_topology, vonage_form,
+    MemoryAlarm, TestApp, amqp_url, eventually, ingest_config, metric_value, unique_topology, vonage_form,
 };
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const READY: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_broker_outage_keeps_ingest_ready_and_answers_503() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
+    let app = TestApp::new().await;
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
-    let ingest = spawn_ingest(ingest_config(&topology, &proxy.amqp_url())).await;
-    assert!(ingest.wait_ready(READY).await, "ingest never became ready");
+    let ingest = app.start_ingest(ingest_config(&app.topology, &proxy.amqp_url()), READY).await;
 
     proxy.cut();
     let response = ingest.post_vonage_form(&vonage_form("0B00000000000001", "delivered")).await;
@@ -40,20 +37,18 @@ async fn a_short_broker_outage_keeps_ingest_ready_and_answers_503() {
     assert!(accepted, "receipts are accepted again once the broker is back");
 
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_connection_down_past_the_grace_turns_readiness_false() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
+    let app = TestApp::new().await;
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
     let grace = Duration::from_secs(2);
-    let mut config = ingest_config(&topology, &proxy.amqp_url());
+    let mut config = ingest_config(&app.topology, &proxy.amqp_url());
     config.readiness_broker_grace = grace;
-    let ingest = spawn_ingest(config).await;
-    assert!(ingest.wait_ready(READY).await, "ingest never became ready");
+    let ingest = app.start_ingest(config, READY).await;
 
     proxy.cut();
     let cut_at = Instant::now();
@@ -71,7 +66,7 @@ async fn a_broker_connection_down_past_the_grace_turns_readiness_false() {
     assert_eq!(ingest.post_vonage_form(&vonage_form("0B00000000000003", "delivered")).await.status(), 200);
 
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }
 
 #[tokio::test]
@@ -85,69 +80,14 @@ async fn a_zero_readiness_grace_is_refused_at_start_up() {
     assert!(error.contains("INGEST_READINESS_BROKER_GRACE_SECONDS"), "error names the variable: {error}");
 }
 
-/// The broker's memory watermark as `rabbitmqctl set_vm_memory_high_watermark` takes it.
-fn current_watermark() -> Vec<String> {
-    let output = Command::new("rabbitmqctl")
-        .args(["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
-        .output()
-        .expect("rabbitmqctl runs (the broker is local)");
-    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    assert!(output.status.success(), "rabbitmqctl eval failed: {text}");
-    if text.parse::<f64>().is_ok() {
-        return vec![text];
-    }
-    // Newer brokers answer `{absolute,Bytes}` or `{relative,Fraction}`.
-    let inner = text.trim_start_matches('{').trim_end_matches('}');
-    match inner.split_once(',') {
-        Some(("absolute", bytes)) => vec!["absolute".to_owned(), bytes.trim().to_owned()],
-        Some(("relative", fraction)) => vec![fraction.trim().to_owned()],
-        _ => panic!("unexpected watermark {text:?}: not touching the broker"),
-    }
-}
-
-fn set_watermark(args: &[String]) -> bool {
-    Command::new("rabbitmqctl")
-        .arg("set_vm_memory_high_watermark")
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Raises a memory alarm on the machine's broker; the previous watermark is
-/// restored when dropped, also when the test panics.
-struct MemoryAlarm {
-    previous: Vec<String>,
-}
-
-impl MemoryAlarm {
-    fn raise() -> Self {
-        let previous = current_watermark();
-        assert!(set_watermark(&["0.0000001".to_owned()]), "could not lower the memory watermark");
-        Self { previous }
-    }
-}
-
-impl Drop for MemoryAlarm {
-    fn drop(&mut self) {
-        if !set_watermark(&self.previous) {
-            eprintln!(
-                "RESTORE BY HAND: rabbitmqctl set_vm_memory_high_watermark {}",
-                self.previous.join(" ")
-            );
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "alters the machine's broker: deploy/test.sh runs it alone"]
 async fn a_broker_memory_alarm_keeps_ingest_ready_and_answers_503_with_retry_after() {
-    let broker = TestBroker::connect().await;
-    let topology = unique_topology();
-    let mut config = ingest_config(&topology, &amqp_url());
+    let app = TestApp::new().await;
+    let mut config = app.ingest_config();
     // A blocked publish stalls until the confirm timeout: keep the alarm window short.
     config.confirm_timeout = Duration::from_secs(1);
-    let ingest = spawn_ingest(config).await;
-    assert!(ingest.wait_ready(READY).await, "ingest never became ready");
+    let ingest = app.start_ingest(config, READY).await;
     assert_eq!(ingest.post_vonage_form(&vonage_form("0C00000000000001", "delivered")).await.status(), 200);
 
     let alarm = MemoryAlarm::raise();
@@ -185,5 +125,5 @@ async fn a_broker_memory_alarm_keeps_ingest_ready_and_answers_503_with_retry_aft
     assert_eq!(ingest.ready_status().await, 200);
 
     ingest.stop().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 }

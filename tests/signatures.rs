@@ -16,11 +16,11 @@ use dlr_ingest::signature::SignatureMode;
 use dlr_ingest::signature::twilio::{self as twilio_sig, Algorithm};
 use dlr_ingest::signature::vonage_jwt;
 use dlr_ingest::signature::vonage_sms::{self as vonage_sig, SigMethod};
-use dlr_shared::amqp::Topology;
 use dlr_shared::{Outcome, Provider, ReceiptEvent};
-use dlr_tests::{
-    TestBroker, TestIngest, amqp_url, ingest_config, metric_value, spawn_ingest, unique_topology,
+use dlr_tests::corpus::{
+    S1, S2_QUERY, S3_PART1, S3_PART2, S4, S5, S6, S6_AUTHORIZATION, S7, S7_SIGNATURE, S8,
 };
+use dlr_tests::{TestApp, TestIngest, amqp_url, ingest_config, metric_value};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
@@ -42,22 +42,11 @@ const REJECTED: &str = "dlr_ingest_receipts_rejected_total";
 // ---------------------------------------------------------------------------
 // Reference samples (receipts.md section 6), byte for byte.
 
-const S1: &str = r#"{"msisdn":"447700900123","to":"AcmeShop","network-code":"23415","messageId":"0C0000002A9F31B6","price":"0.03330000","status":"delivered","scts":"2503140926","err-code":"0","api-key":"a1b2c3d4","client-ref":"order-77812","message-timestamp":"2025-03-14 09:26:41"}"#;
-const S2_QUERY: &str = "msisdn=491701234567&to=AcmeShop&network-code=26203&messageId=0B0000001F2E3D4C&price=0.07450000&status=failed&scts=2503141112&err-code=3&api-key=a1b2c3d4&message-timestamp=2025-03-14+10%3A12%3A07";
-const S3_PART1: &str = "msisdn=61412345678&to=61480000123&network-code=50502&messageId=0E00000012AB34C1&price=0.05460000&status=delivered&scts=2503142031&err-code=0&api-key=a1b2c3d4&client-ref=promo-batch7&message-timestamp=2025-03-14+09%3A31%3A12";
-const S3_PART2: &str = "msisdn=61412345678&to=61480000123&network-code=50502&messageId=0E00000012AB34C2&price=0.05460000&status=accepted&scts=2503142031&err-code=0&api-key=a1b2c3d4&client-ref=promo-batch7&message-timestamp=2025-03-14+09%3A31%3A14";
-const S4: &str = r#"{"msisdn":"447700900123","to":"AcmeShop","network-code":"23415","messageId":"0C0000002A9F31B7","price":"0.03330000","status":"delivered","scts":"2503140926","err-code":"0","api-key":"a1b2c3d4","client-ref":"order-77813","message-timestamp":"2025-03-14 09:26:53","timestamp":"1741944413","nonce":"3f0c2b6e-9a41-4f7e-8d2a-5b1e7c9d0a12","sig":"3D2BEE5FB40A7C8A862EABD98EFF9A324B0ADC75ABB5B2363DE757DC8E3511D1"}"#;
 const S4_SECRET: &str = "example_signature_secret_0123456789";
 const S4_TIMESTAMP: i64 = 1_741_944_413;
-const S5: &str = r#"{"message_uuid":"9f1c2d3e-4b5a-4c6d-8e7f-0a1b2c3d4e5f","to":"447700900123","from":"AcmeShop","timestamp":"2025-03-14T09:26:58.347Z","status":"submitted","channel":"sms","client_ref":"order-77815","usage":{"currency":"EUR","price":"0.0666"},"sms":{"count_total":"2"},"destination":{"network_code":"23415"}}"#;
-const S6: &str = r#"{"message_uuid":"5b0d4b1e-6f2a-4c3e-9a8b-1c2d3e4f5a6b","to":"447700900123","from":"447700900001","timestamp":"2025-03-14T09:27:02.118Z","status":"rejected","channel":"sms","client_ref":"order-77814","error":{"type":"https://developer.vonage.com/api-errors/messages#1330","title":"1330","detail":"Unknown - An unknown error was received from the carrier.","instance":"bf0ca0bf927b3b52e3cb03217e1a1ddf"}}"#;
-const S6_JWT: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJpYXQiOjE3NDE5NDQ0MjIsImp0aSI6ImM1YmE4ZjI0LTFhMTQtNGMxMC1iZmRmLTNmYmU4Y2U1MTFiNSIsImlzcyI6IlZvbmFnZSIsInBheWxvYWRfaGFzaCI6ImQ1ZWQ1YjRhOTUzYmE5ZWRhMzFjNjI0ZDgwMTE5NGM4YmY3YWIxMmZjZWJhNjNiODY5MWNlZGY2MDZlMGZlYTIiLCJhcGlfa2V5IjoiYTFiMmMzZDQiLCJhcHBsaWNhdGlvbl9pZCI6ImFhYWFhYWFhLWJiYmItY2NjYy1kZGRkLTAxMjM0NTY3ODlhYiJ9.jISe1pJOPl1gBVza5PV99vOV4rysyP1EIBcpZa3ReNY";
 const S6_IAT: i64 = 1_741_944_422;
-const S7: &str = "AccountSid=AC0123456789abcdef0123456789abcdef&ApiVersion=2010-04-01&ErrorCode=30003&From=%2B15017122661&MessageSid=SM5b1f2e3d4c5b6a79881726354a5b6c7d&MessageStatus=undelivered&RawDlrDoneDate=2503141027&SmsSid=SM5b1f2e3d4c5b6a79881726354a5b6c7d&SmsStatus=undelivered&To=%2B15558675310";
-const S7_SIGNATURE: &str = "1L5pj8LHNFVa9PJMEkRZQpXOQqA=";
 const S7_TOKEN: &str = "example_auth_token_00000000000000";
 const S7_SIGNED_URL: &str = "https://dlr.example.com/webhooks/twilio/status";
-const S8: &str = "AccountSid=AC0123456789abcdef0123456789abcdef&ApiVersion=2010-04-01&From=%2B15017122661&MessageSid=SM0f9e8d7c6b5a49382716f5e4d3c2b1a0&MessageStatus=sent&MessagingServiceSid=MG9752274e9e519418a7406176694466fa&SmsSid=SM0f9e8d7c6b5a49382716f5e4d3c2b1a0&SmsStatus=sent&To=%2B15558675310";
 
 const PUBLIC_BASE: &str = "https://dlr.example.com";
 const TWILIO_PUBLIC_URL: &str = "https://dlr.example.com/dlr/twilio";
@@ -65,22 +54,26 @@ const TWILIO_PUBLIC_URL: &str = "https://dlr.example.com/dlr/twilio";
 // ---------------------------------------------------------------------------
 // Harness.
 
-/// One ingest on its own topology, plus a broker connection for assertions.
+/// One ingest on its own topology ([`TestApp`], reached through `Deref`).
 struct Harness {
-    topology: Topology,
+    app: TestApp,
     ingest: TestIngest,
-    broker: TestBroker,
+}
+
+impl std::ops::Deref for Harness {
+    type Target = TestApp;
+    fn deref(&self) -> &TestApp {
+        &self.app
+    }
 }
 
 /// Starts ingest with the test config, adjusted by `configure`.
 async fn start(configure: impl FnOnce(&mut dlr_ingest::Config)) -> Harness {
-    let topology = unique_topology();
-    let mut config = ingest_config(&topology, &amqp_url());
+    let app = TestApp::new().await;
+    let mut config = app.ingest_config();
     configure(&mut config);
-    let ingest = spawn_ingest(config).await;
-    assert!(ingest.wait_ready(WAIT).await, "ingest did not become ready (is RabbitMQ running?)");
-    let broker = TestBroker::connect().await;
-    Harness { topology, ingest, broker }
+    let ingest = app.start_ingest(config, WAIT).await;
+    Harness { app, ingest }
 }
 
 /// Vonage (SMS `sig` and Messages JWT) in `mode` with `secrets` (comma-separated).
@@ -113,38 +106,17 @@ impl Harness {
 
     /// Takes `count` published events (and asserts no more follow).
     async fn events(&self, count: usize) -> Vec<ReceiptEvent> {
-        let messages = self.broker.take(&self.topology.queue, count, WAIT).await;
-        assert_eq!(messages.len(), count, "receipts published");
-        let events: Vec<ReceiptEvent> = messages
-            .iter()
-            .map(|m| ReceiptEvent::from_json(&m.delivery.data).expect("published body is a ReceiptEvent"))
-            .collect();
-        self.assert_no_receipts().await;
-        events
+        self.app.receipts(count, WAIT, SETTLE).await
     }
 
     /// Asserts the receipts queue stays empty.
     async fn assert_no_receipts(&self) {
-        let extra = self.broker.drain(&self.topology.queue, SETTLE).await;
-        let ids: Vec<String> = extra
-            .iter()
-            .map(|m| {
-                ReceiptEvent::from_json(&m.delivery.data)
-                    .map(|e| e.message_id.to_string())
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&m.delivery.data).into_owned())
-            })
-            .collect();
-        assert!(ids.is_empty(), "nothing else may be published to the receipts queue, found {ids:?}");
+        self.app.assert_no_receipts(SETTLE).await;
     }
 
     /// Takes every quarantined copy, parsed as JSON.
     async fn quarantined(&self) -> Vec<Value> {
-        self.broker
-            .drain(&self.topology.quarantine_queue, SETTLE)
-            .await
-            .iter()
-            .map(|m| serde_json::from_slice(&m.delivery.data).expect("quarantine copy is JSON"))
-            .collect()
+        self.app.quarantined(SETTLE).await
     }
 
     /// A metric sample sum from `/metrics`.
@@ -152,10 +124,10 @@ impl Harness {
         metric_value(&self.ingest.metrics().await, name, labels)
     }
 
-    /// Removes the topology and stops ingest.
+    /// Stops ingest and removes the topology.
     async fn finish(self) {
-        self.broker.cleanup(&self.topology, &[], &[]).await;
         self.ingest.stop().await;
+        self.app.cleanup().await;
     }
 }
 
@@ -923,7 +895,7 @@ async fn reference_samples_parse() {
         ),
         (
             "S6 Messages",
-            post_json(ingest, "/dlr/vonage-messages", S6, Some(&format!("Bearer {S6_JWT}"))).await,
+            post_json(ingest, "/dlr/vonage-messages", S6, Some(S6_AUTHORIZATION)).await,
             Expect {
                 provider: Provider::VonageMessages,
                 message_id: "5b0d4b1e-6f2a-4c3e-9a8b-1c2d3e4f5a6b",
@@ -1064,7 +1036,7 @@ async fn sample_s4_signed_enforce_window() {
 /// window, 401 `stale` with the default one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sample_s6_jwt_enforce_window() {
-    let authorization = format!("Bearer {S6_JWT}");
+    let authorization = S6_AUTHORIZATION.to_owned();
     let wide = start(|config| {
         vonage(SignatureMode::Enforce, SigMethod::Md5Hash, S4_SECRET)(config);
         config.signatures.max_age = TEN_YEARS;
@@ -1472,8 +1444,7 @@ async fn quarantined_requests_are_replayed_after_the_secret_is_fixed() {
     // The operator adds the old secret (rotation) and replays.
     let mut fixed_config = ingest_config(&h.topology, &amqp_url());
     vonage(SignatureMode::Enforce, SigMethod::Sha256Hmac, "new-secret,old-secret")(&mut fixed_config);
-    let fixed = spawn_ingest(fixed_config).await;
-    assert!(fixed.wait_ready(WAIT).await);
+    let fixed = h.start_ingest(fixed_config, WAIT).await;
     let ingest_url = url::Url::parse(&fixed.base_url).expect("url");
     let report = dlr_worker::replay::replay_quarantine(&h.broker.channel, &h.topology, &ingest_url, None)
         .await
@@ -1501,6 +1472,5 @@ async fn quarantined_requests_are_replayed_after_the_secret_is_fixed() {
     assert_eq!(left.len(), 1, "one copy of the refused request remains");
 
     fixed.stop().await;
-    h.ingest.stop().await;
-    h.broker.cleanup(&h.topology, &[], &[]).await;
+    h.finish().await;
 }

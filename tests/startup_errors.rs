@@ -157,25 +157,18 @@ fn help_never_shows_a_secret() {
 
 #[tokio::test]
 async fn run_sh_exits_with_the_failing_binarys_status_and_prefixes_its_lines() {
-    let topology = dlr_tests::unique_topology();
+    let app = dlr_tests::TestApp::new().await;
     let bin_dir =
         dlr_tests::binaries::binary("worker").parent().map(|d| d.display().to_string()).unwrap_or_default();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/run.sh");
-    let quarantine_max = topology.quarantine_max_length.to_string();
-    let events = format!("{}.events", topology.exchange);
     let started = std::time::Instant::now();
     let output = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::process::Command::new("bash")
             .arg(script)
             .env("DLR_BIN_DIR", &bin_dir)
-            .env("AMQP_URL", dlr_tests::amqp_url())
-            .env("AMQP_EXCHANGE", &topology.exchange)
-            .env("AMQP_QUEUE", &topology.queue)
-            .env("AMQP_PARKED_QUEUE", &topology.parked_queue)
-            .env("AMQP_QUARANTINE_QUEUE", &topology.quarantine_queue)
-            .env("AMQP_QUARANTINE_MAX_LENGTH", &quarantine_max)
-            .env("WORKER_EVENTS_EXCHANGE", &events)
+            .envs(app.topology_env())
+            .env("WORKER_EVENTS_EXCHANGE", &app.events_exchange)
             .env("INGEST_ADDR", "127.0.0.1:0")
             .env("WORKER_ADDR", "127.0.0.1:0")
             .env("WORKER_ROUTE_DELIVERED", "foo")
@@ -183,8 +176,7 @@ async fn run_sh_exits_with_the_failing_binarys_status_and_prefixes_its_lines() {
             .output(),
     )
     .await;
-    let broker = dlr_tests::TestBroker::connect().await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 
     let output = output.expect("run.sh returned within 60 s").expect("bash runs");
     let text =

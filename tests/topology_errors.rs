@@ -3,36 +3,30 @@
 //! and a deleted exchange is declared again.
 
 use dlr_tests::binaries::run_until;
-use dlr_tests::{TestBroker, amqp_url, ingest_config, spawn_ingest, unique_topology, vonage_form};
+use dlr_tests::{TestApp, vonage_form};
 use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
 use lapin::types::FieldTable;
 use std::time::Duration;
 
 #[tokio::test]
 async fn a_queue_with_other_arguments_is_named_with_the_argument_and_what_to_do() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let topology = &app.topology;
     // The queues exist with the default delivery limit...
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
+    let ingest = app.spawn_ingest(app.ingest_config()).await;
     let declared = ingest.wait_ready(Duration::from_secs(10)).await;
     ingest.stop().await;
 
     // ...and a second ingest is configured with another one.
-    let url = amqp_url();
-    let quarantine_max = topology.quarantine_max_length.to_string();
-    let env = [
-        ("AMQP_URL", url.as_str()),
-        ("AMQP_EXCHANGE", topology.exchange.as_str()),
-        ("AMQP_QUEUE", topology.queue.as_str()),
-        ("AMQP_PARKED_QUEUE", topology.parked_queue.as_str()),
-        ("AMQP_QUARANTINE_QUEUE", topology.quarantine_queue.as_str()),
-        ("AMQP_QUARANTINE_MAX_LENGTH", quarantine_max.as_str()),
-        ("AMQP_DELIVERY_LIMIT", "5"),
-        ("INGEST_ADDR", "127.0.0.1:0"),
-        ("LOG_FORMAT", "text"),
-    ];
+    let mut env = app.topology_env();
+    env.extend([
+        ("AMQP_DELIVERY_LIMIT", "5".to_owned()),
+        ("INGEST_ADDR", "127.0.0.1:0".to_owned()),
+        ("LOG_FORMAT", "text".to_owned()),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let logs = run_until("ingest", &env, "Changing queue arguments", Duration::from_secs(10)).await;
-    broker.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 
     assert!(declared, "the first ingest never became ready");
     let line = logs.lines().find(|l| l.contains("exists with other arguments")).unwrap_or_default();
@@ -48,10 +42,9 @@ async fn a_queue_with_other_arguments_is_named_with_the_argument_and_what_to_do(
 
 #[tokio::test]
 async fn a_deleted_exchange_is_declared_again_on_the_next_publish() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
-    let ingest = spawn_ingest(ingest_config(&topology, &amqp_url())).await;
-    assert!(ingest.wait_ready(Duration::from_secs(10)).await, "ingest never became ready");
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
+    let ingest = app.start_ingest(app.ingest_config(), Duration::from_secs(10)).await;
     let first = ingest.post_vonage_form(&vonage_form("0C000000AAAA0001", "delivered")).await.status();
 
     broker
@@ -80,8 +73,7 @@ async fn a_deleted_exchange_is_declared_again_on_the_next_publish() {
         .await
         .is_ok();
     ingest.stop().await;
-    let cleanup = TestBroker::connect().await;
-    cleanup.cleanup(&topology, &[], &[]).await;
+    app.cleanup().await;
 
     assert_eq!(first, 200);
     assert_eq!(

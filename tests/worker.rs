@@ -7,7 +7,7 @@
 //! always "poll until a condition holds or a deadline passes"; no test
 //! asserts anything about how long something took.
 //!
-//! Run with `cargo test -p dlr-tests --test worker -- --test-threads=4`.
+//! Run with `cargo test -p dlr-tests --test integration worker:: -- --test-threads=4`.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -16,8 +16,8 @@ use dlr_shared::amqp::{Publisher, header_str, header_u64};
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
 use dlr_tests::receiver::{Received, Receiver, Script};
 use dlr_tests::{
-    TestBroker, TestDatabase, TestIngest, TestWorker, amqp_url, eventually, ingest_config, metric_value,
-    spawn_ingest, spawn_worker, unique_topology, vonage_form, worker_config,
+    TestApp, TestBroker, TestIngest, TestWorker, eventually, metric_value, retry_queues, vonage_form,
+    worker_config,
 };
 use dlr_worker::metrics::WorkerMetrics;
 use dlr_worker::replay::{self, ReplayReport};
@@ -61,20 +61,6 @@ async fn post_receipt(ingest: &TestIngest, message_id: &str, status: &str) -> Ac
     }
 }
 
-/// Ingest on the real broker, ready to publish.
-async fn start_ingest(topology: &dlr_shared::amqp::Topology) -> TestIngest {
-    let ingest = spawn_ingest(ingest_config(topology, &amqp_url())).await;
-    assert!(ingest.wait_ready(WITHIN).await, "ingest connects to the broker");
-    ingest
-}
-
-/// A worker with `config`, waited for until it consumes.
-async fn start_worker(config: dlr_worker::Config) -> TestWorker {
-    let worker = spawn_worker(config).await;
-    assert!(worker.wait_ready(WITHIN).await, "the worker starts consuming");
-    worker
-}
-
 /// A webhook secret in the Standard Webhooks format.
 fn new_secret() -> String {
     format!("whsec_{}", STANDARD.encode(uuid::Uuid::new_v4().as_bytes()))
@@ -85,8 +71,8 @@ fn url(text: &str) -> url::Url {
 }
 
 /// Worker config whose outcomes all go to `route`, posting to `http_url`.
-fn http_config(topology: &dlr_shared::amqp::Topology, route: &str, http_url: &str) -> dlr_worker::Config {
-    let mut config = worker_config(topology, &amqp_url());
+fn http_config(app: &TestApp, route: &str, http_url: &str) -> dlr_worker::Config {
+    let mut config = app.worker_config();
     config.route_delivered = route.to_owned();
     config.route_failed = route.to_owned();
     config.route_pending = route.to_owned();
@@ -106,27 +92,6 @@ async fn handler_results(worker: &TestWorker, handler: &str, result: &str) -> f6
         .await
 }
 
-/// The delay queues the worker declares for `config`'s retry settings.
-fn retry_queues(config: &dlr_worker::Config) -> Vec<String> {
-    RetryPolicy::new(config.max_attempts, config.retry_initial_delay, config.retry_max_delay)
-        .delays()
-        .into_iter()
-        .map(|delay| config.broker.topology.retry_queue(delay))
-        .collect()
-}
-
-/// Removes every queue and exchange a worker test may have created.
-async fn cleanup(broker: &TestBroker, config: &dlr_worker::Config, extra_queues: &[String]) {
-    let mut queues = retry_queues(config);
-    queues.extend_from_slice(extra_queues);
-    broker.cleanup(&config.broker.topology, &queues, std::slice::from_ref(&config.events_exchange)).await;
-}
-
-/// Ready messages in `queue` (which must exist).
-async fn queue_depth(broker: &TestBroker, queue: &str) -> u32 {
-    broker.queue_depth(queue).await
-}
-
 /// True when nothing is left for the worker to do: the receipts queue and
 /// every delay queue are empty and no event is being handled, twice in a
 /// row, so a message moving from a delay queue back is not missed.
@@ -138,7 +103,7 @@ async fn idle(worker: &TestWorker, broker: &TestBroker, config: &dlr_worker::Con
         let mut queues = retry_queues(config);
         queues.push(config.broker.topology.queue.clone());
         for queue in &queues {
-            if queue_depth(broker, queue).await > 0 {
+            if broker.queue_depth(queue).await > 0 {
                 return false;
             }
         }
@@ -147,13 +112,6 @@ async fn idle(worker: &TestWorker, broker: &TestBroker, config: &dlr_worker::Con
         }
     }
     true
-}
-
-/// Declares `<base>.capture`, bound with `#` to the events exchange, so the
-/// test sees everything the amqp handler republishes. Call it after the
-/// worker is ready: the worker declares the exchange.
-async fn bind_capture(broker: &TestBroker, config: &dlr_worker::Config) -> String {
-    broker.capture(&config.broker.topology.exchange, &config.events_exchange).await
 }
 
 fn header<'a>(call: &'a Received, name: &str) -> &'a str {
@@ -277,21 +235,21 @@ async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
 /// and delivered and failed ones are posted, signed, to their own URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_outcome_reaches_its_handlers() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let delivered_receiver = Receiver::start(Script::Ok).await;
     let failed_receiver = Receiver::start(Script::Ok).await;
     let secret = new_secret();
-    let mut config = worker_config(&topology, &amqp_url());
+    let mut config = app.worker_config();
     config.route_delivered = "amqp,http".to_owned();
     config.route_failed = "amqp,http".to_owned();
     config.route_pending = "amqp".to_owned();
     config.http_url_delivered = Some(url(&delivered_receiver.url("/hooks/delivered")));
     config.http_url_failed = Some(url(&failed_receiver.url("/hooks/failed")));
     config.http_secret = Some(secret.clone().into());
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
-    let capture = bind_capture(&broker, &config).await;
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
+    let capture = app.capture().await;
 
     let delivered = post_receipt(&ingest, "ROUTE-D", "delivered").await;
     let failed = post_receipt(&ingest, "ROUTE-F", "expired").await;
@@ -343,12 +301,12 @@ async fn each_outcome_reaches_its_handlers() {
     assert!(eventually(WITHIN, async || handler_results(&worker, "http", "ok").await == 2.0).await);
     assert_eq!(handler_results(&worker, "amqp", "ok").await, 3.0);
     assert_eq!(delivered_receiver.calls().len() + failed_receiver.calls().len(), 2, "pending is not posted");
-    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
-    assert_eq!(queue_depth(&broker, &topology.parked_queue).await, 0);
+    assert!(eventually(WITHIN, async || idle(&worker, broker, &config).await).await);
+    assert_eq!(broker.queue_depth(&topology.parked_queue).await, 0);
 
     worker.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[capture]).await;
+    app.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -360,12 +318,12 @@ async fn each_outcome_reaches_its_handlers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_until_the_receiver_accepts() {
     const FAILURES: usize = 2;
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let receiver = Receiver::start(Script::FailFirst(FAILURES)).await;
-    let config = http_config(&topology, "http", &receiver.url("/hook"));
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
+    let config = http_config(&app, "http", &receiver.url("/hook"));
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
 
     let accepted = post_receipt(&ingest, "RETRY-1", "delivered").await;
 
@@ -373,7 +331,7 @@ async fn transient_failures_are_retried_until_the_receiver_accepts() {
         eventually(WITHIN, async || handler_results(&worker, "http", "ok").await == 1.0).await,
         "the event gets through after {FAILURES} failures"
     );
-    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    assert!(eventually(WITHIN, async || idle(&worker, broker, &config).await).await);
     let calls = receiver.calls();
     assert_eq!(calls.len(), FAILURES + 1, "failed calls, then one success, then nothing");
     for call in &calls {
@@ -384,23 +342,23 @@ async fn transient_failures_are_retried_until_the_receiver_accepts() {
         worker_metric(&worker, "dlr_worker_retries_scheduled_total", &[("handler", "http")]).await,
         FAILURES as f64
     );
-    assert_eq!(queue_depth(&broker, &topology.parked_queue).await, 0, "nothing parked");
+    assert_eq!(broker.queue_depth(&topology.parked_queue).await, 0, "nothing parked");
 
     worker.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[]).await;
+    app.cleanup().await;
 }
 
 /// A receiver that always answers 500 is called `max_attempts` times, then
 /// the event is parked with reason `retries_exhausted` and the documented headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn always_failing_receiver_gets_the_event_parked_after_the_last_attempt() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let receiver = Receiver::start(Script::Always(500)).await;
-    let config = http_config(&topology, "http", &receiver.url("/hook"));
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
+    let config = http_config(&app, "http", &receiver.url("/hook"));
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
 
     let accepted = post_receipt(&ingest, "EXHAUST-1", "failed").await;
 
@@ -423,7 +381,7 @@ async fn always_failing_receiver_gets_the_event_parked_after_the_last_attempt() 
         "a retry's expiration does not follow it into the parking lot"
     );
 
-    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    assert!(eventually(WITHIN, async || idle(&worker, broker, &config).await).await);
     assert_eq!(
         receiver.calls().len(),
         config.max_attempts as usize,
@@ -436,18 +394,18 @@ async fn always_failing_receiver_gets_the_event_parked_after_the_last_attempt() 
 
     worker.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[]).await;
+    app.cleanup().await;
 }
 
 /// A 400 cannot get better by retrying: parked after the first call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_error_gets_the_event_parked_at_once() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let receiver = Receiver::start(Script::Always(400)).await;
-    let config = http_config(&topology, "http", &receiver.url("/hook"));
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
+    let config = http_config(&app, "http", &receiver.url("/hook"));
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
 
     let accepted = post_receipt(&ingest, "REFUSED-1", "delivered").await;
 
@@ -461,24 +419,24 @@ async fn client_error_gets_the_event_parked_at_once() {
     let event = ReceiptEvent::from_json(&parked[0].delivery.data).expect("the parked body is the event");
     assert_eq!(event.event_id.as_str(), accepted.event_id);
 
-    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    assert!(eventually(WITHIN, async || idle(&worker, broker, &config).await).await);
     assert_eq!(receiver.calls().len(), 1, "no retry");
     assert_eq!(worker_metric(&worker, "dlr_worker_retries_scheduled_total", &[]).await, 0.0);
 
     worker.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[]).await;
+    app.cleanup().await;
 }
 
 /// A message that is not an event is parked as `unparseable`, and the
 /// worker goes on with the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_is_parked_as_unparseable_and_work_goes_on() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
-    let config = worker_config(&topology, &amqp_url());
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
+    let config = app.worker_config();
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
 
     broker.publish_raw(&topology.queue, b"not json").await;
 
@@ -497,13 +455,13 @@ async fn garbage_is_parked_as_unparseable_and_work_goes_on() {
         "a valid receipt after the garbage is handled"
     );
     assert!(worker.wait_ready(WITHIN).await, "still consuming");
-    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
-    assert_eq!(queue_depth(&broker, &topology.parked_queue).await, 0, "only the garbage was parked");
+    assert!(eventually(WITHIN, async || idle(&worker, broker, &config).await).await);
+    assert_eq!(broker.queue_depth(&topology.parked_queue).await, 0, "only the garbage was parked");
     assert_eq!(worker_metric(&worker, "dlr_worker_parked_total", &[("reason", "unparseable")]).await, 1.0);
 
     worker.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[]).await;
+    app.cleanup().await;
 }
 
 /// Parked events come back with `replay-parked` (honouring its filter and
@@ -511,22 +469,22 @@ async fn garbage_is_parked_as_unparseable_and_work_goes_on() {
 /// had already succeeded (amqp) are not run again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_events_are_handled_once_the_receiver_recovers() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let receiver = Receiver::start(Script::Always(503)).await;
-    let config = http_config(&topology, "amqp,http", &receiver.url("/hook"));
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
-    let capture = bind_capture(&broker, &config).await;
+    let config = http_config(&app, "amqp,http", &receiver.url("/hook"));
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
+    let capture = app.capture().await;
 
     let delivered = post_receipt(&ingest, "REPLAY-D", "delivered").await;
     let failed = post_receipt(&ingest, "REPLAY-F", "rejected").await;
     let attempts = config.max_attempts as usize;
     assert!(
-        eventually(WITHIN, async || queue_depth(&broker, &topology.parked_queue).await == 2).await,
+        eventually(WITHIN, async || broker.queue_depth(&topology.parked_queue).await == 2).await,
         "both events are parked while the receiver is down"
     );
-    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    assert!(eventually(WITHIN, async || idle(&worker, broker, &config).await).await);
     assert_eq!(receiver.calls().len(), 2 * attempts);
 
     // The receiver is back; replay only the delivered one first.
@@ -535,7 +493,7 @@ async fn replayed_events_are_handled_once_the_receiver_recovers() {
     let report = replay_parked(&config, Some(1), &filters, WITHIN).await.expect("replay-parked finishes");
     assert_eq!(report.replayed, 1, "{report:?}");
     assert!(eventually(WITHIN, async || handler_results(&worker, "http", "ok").await == 1.0).await);
-    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    assert!(eventually(WITHIN, async || idle(&worker, broker, &config).await).await);
     let calls = receiver.calls();
     assert_eq!(calls.len(), 2 * attempts + 1, "one more call, for the replayed event");
     assert_eq!(header(&calls[2 * attempts], "webhook-id"), delivered.event_id);
@@ -547,7 +505,7 @@ async fn replayed_events_are_handled_once_the_receiver_recovers() {
     assert_eq!(event.event_id.as_str(), failed.event_id);
     let headers = parked_headers(&still_parked[0]);
     assert_eq!((headers.reason.as_str(), headers.done.as_str()), ("retries_exhausted", "amqp"));
-    assert_eq!(queue_depth(&broker, &topology.parked_queue).await, 0);
+    assert_eq!(broker.queue_depth(&topology.parked_queue).await, 0);
 
     // amqp succeeded before the outage and was not repeated by the replay.
     let copies = broker.drain(&capture, Duration::from_millis(200)).await;
@@ -562,7 +520,7 @@ async fn replayed_events_are_handled_once_the_receiver_recovers() {
 
     worker.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[capture]).await;
+    app.cleanup().await;
 }
 
 /// `replay-parked` without a limit while the receiver still refuses: every
@@ -571,12 +529,12 @@ async fn replayed_events_are_handled_once_the_receiver_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_without_limit_makes_one_pass_while_the_receiver_still_refuses() {
     const PARKED: usize = 40;
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let receiver = Receiver::start(Script::Always(400)).await;
-    let config = http_config(&topology, "http", &receiver.url("/hook"));
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
+    let config = http_config(&app, "http", &receiver.url("/hook"));
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
 
     let ids: Vec<String> = (0..PARKED).map(|i| format!("REREFUSED-{i}")).collect();
     futures_util::stream::iter(&ids)
@@ -585,8 +543,7 @@ async fn replay_without_limit_makes_one_pass_while_the_receiver_still_refuses() 
         .collect::<Vec<_>>()
         .await;
     assert!(
-        eventually(WITHIN, async || queue_depth(&broker, &topology.parked_queue).await == PARKED as u32)
-            .await,
+        eventually(WITHIN, async || broker.queue_depth(&topology.parked_queue).await == PARKED as u32).await,
         "every event is parked"
     );
 
@@ -594,9 +551,7 @@ async fn replay_without_limit_makes_one_pass_while_the_receiver_still_refuses() 
     let report = replay_parked(&config, None, &[], Duration::from_secs(8)).await;
     let calls = receiver.calls().len();
     let Some(report) = report else {
-        worker.stop().await;
-        ingest.stop().await;
-        cleanup(&broker, &config, &[]).await;
+        // The fixture's drop stops the apps and removes the topology.
         panic!(
             "replay-parked was still running after 8 s: it kept taking back the events it had just \
              replayed, and the receiver got {calls} calls for {PARKED} events"
@@ -604,17 +559,16 @@ async fn replay_without_limit_makes_one_pass_while_the_receiver_still_refuses() 
     };
     assert_eq!(report.replayed, PARKED as u64, "each parked event replayed once: {report:?}");
 
-    assert!(eventually(WITHIN, async || idle(&worker, &broker, &config).await).await);
+    assert!(eventually(WITHIN, async || idle(&worker, broker, &config).await).await);
     assert!(
-        eventually(WITHIN, async || queue_depth(&broker, &topology.parked_queue).await == PARKED as u32)
-            .await,
+        eventually(WITHIN, async || broker.queue_depth(&topology.parked_queue).await == PARKED as u32).await,
         "all parked again"
     );
     assert_eq!(receiver.calls().len(), 2 * PARKED, "one call per event per pass");
 
     worker.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[]).await;
+    app.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -625,16 +579,15 @@ async fn replay_without_limit_makes_one_pass_while_the_receiver_still_refuses() 
 /// replace an intermediate one, and a duplicate event is stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_store_keeps_final_statuses_and_stores_duplicates_once() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
-    let db = TestDatabase::create().await;
-    let mut config = worker_config(&topology, &amqp_url());
+    let app = TestApp::new().await;
+    let db = app.create_database().await;
+    let mut config = app.worker_config();
     config.route_delivered = "postgres".to_owned();
     config.route_failed = "postgres".to_owned();
     config.route_pending = "postgres".to_owned();
     config.database_url = Some(db.url.clone().into());
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
     let pool = db.pool().await;
     let status_of = async |message_id: &str| -> Option<(String, String, String)> {
         sqlx::query_as("SELECT outcome, status, event_id FROM message_status WHERE provider = 'vonage-sms' AND message_id = $1")
@@ -688,8 +641,7 @@ async fn status_store_keeps_final_statuses_and_stores_duplicates_once() {
     pool.close().await;
     worker.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[]).await;
-    db.drop_database().await;
+    app.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -704,10 +656,10 @@ async fn status_store_keeps_final_statuses_and_stores_duplicates_once() {
 async fn a_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice() {
     const BATCH: usize = 200;
     const PREFETCH: u16 = 10;
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
-    let db = TestDatabase::create().await;
-    let ingest = start_ingest(&topology).await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
+    let db = app.create_database().await;
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
     let pool = db.pool().await;
 
     // The whole batch waits in the queue before any worker starts.
@@ -725,13 +677,13 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice() {
     let (hole, hole_task) = black_hole().await;
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
-    let mut config_a = http_config(&topology, "postgres,http", &format!("http://{hole}/hook"));
+    let mut config_a = http_config(&app, "postgres,http", &format!("http://{hole}/hook"));
     config_a.broker.url = proxy.amqp_url().into();
     config_a.database_url = Some(db.url.clone().into());
     config_a.prefetch = PREFETCH;
     config_a.http_timeout = Duration::from_secs(120);
     config_a.drain_timeout = Duration::from_millis(500);
-    let worker_a = start_worker(config_a.clone()).await;
+    let worker_a = app.start_worker(config_a.clone(), WITHIN).await;
     assert!(
         eventually(WITHIN, async || count(&pool, "SELECT count(*) FROM receipt_events").await
             == i64::from(PREFETCH))
@@ -750,14 +702,14 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice() {
 
     // Worker B, directly on the broker, with a working receiver.
     let receiver = Receiver::start(Script::Ok).await;
-    let mut config_b = http_config(&topology, "postgres,http", &receiver.url("/hook"));
+    let mut config_b = http_config(&app, "postgres,http", &receiver.url("/hook"));
     config_b.database_url = Some(db.url.clone().into());
-    let worker_b = start_worker(config_b.clone()).await;
+    let worker_b = app.start_worker(config_b.clone(), WITHIN).await;
     assert!(
         eventually(WITHIN, async || handler_results(&worker_b, "http", "ok").await == BATCH as f64).await,
         "worker B handles the whole batch"
     );
-    assert!(eventually(WITHIN, async || idle(&worker_b, &broker, &config_b).await).await);
+    assert!(eventually(WITHIN, async || idle(&worker_b, broker, &config_b).await).await);
 
     let stored_events: HashSet<String> = sqlx::query_scalar("SELECT event_id FROM receipt_events")
         .fetch_all(&pool)
@@ -794,14 +746,13 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice() {
     let posted: HashSet<String> =
         receiver.calls().iter().map(|c| header(c, "webhook-id").to_owned()).collect();
     assert_eq!((receiver.calls().len(), posted), (BATCH, event_ids), "every event posted once");
-    assert_eq!(queue_depth(&broker, &topology.parked_queue).await, 0);
+    assert_eq!(broker.queue_depth(&topology.parked_queue).await, 0);
 
     hole_task.abort();
     pool.close().await;
     worker_b.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config_b, &[]).await;
-    db.drop_database().await;
+    app.cleanup().await;
 }
 
 /// Losing the broker connection makes the worker unready; when the broker
@@ -809,15 +760,15 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice() {
 /// published in the meantime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_the_broker_and_consuming_resumes_after_an_outage() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
-    let mut config = worker_config(&topology, &proxy.amqp_url());
+    let mut config = worker_config(topology, &proxy.amqp_url());
     config.route_delivered = "amqp".to_owned();
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
-    let capture = bind_capture(&broker, &config).await;
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
+    let capture = app.capture().await;
     let client = reqwest::Client::new();
     let ready = async || {
         client
@@ -845,7 +796,7 @@ async fn readiness_follows_the_broker_and_consuming_resumes_after_an_outage() {
 
     worker.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[capture]).await;
+    app.cleanup().await;
 }
 
 // ---------------------------------------------------------------------------
@@ -859,17 +810,17 @@ async fn readiness_follows_the_broker_and_consuming_resumes_after_an_outage() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_events_without_redelivery() {
     const EVENTS: usize = 50;
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let receiver = Receiver::start(Script::SlowOk(1000)).await;
-    let mut config = http_config(&topology, "http", &receiver.url("/hook"));
+    let mut config = http_config(&app, "http", &receiver.url("/hook"));
     config.prefetch = 64;
     config.drain_timeout = Duration::from_secs(15);
-    let ingest = start_ingest(&topology).await;
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
     for n in 0..EVENTS {
         post_receipt(&ingest, &format!("DRAIN-{n}"), "delivered").await;
     }
-    let worker = start_worker(config.clone()).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
     assert!(
         eventually(WITHIN, async || receiver.calls().len() >= EVENTS).await,
         "all {EVENTS} events reach the slow receiver ({} did)",
@@ -881,10 +832,13 @@ async fn sigterm_drains_in_flight_events_without_redelivery() {
     worker.stop().await;
     let took = stopping.elapsed();
     assert!(took < config.drain_timeout, "the worker exits within the drain timeout (took {took:?})");
-    assert_eq!(queue_depth(&broker, &topology.queue).await, 0, "nothing went back to the queue");
+    assert_eq!(broker.queue_depth(&topology.queue).await, 0, "nothing went back to the queue");
 
-    let second = start_worker(config.clone()).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = app.start_worker(config.clone(), WITHIN).await;
+    assert!(
+        eventually(WITHIN, async || idle(&second, broker, &config).await).await,
+        "the second worker is idle"
+    );
     let calls = receiver.calls();
     let ids: HashSet<&str> = calls.iter().map(|c| header(c, "webhook-id")).collect();
     assert_eq!(ids.len(), EVENTS, "every event arrived");
@@ -896,7 +850,7 @@ async fn sigterm_drains_in_flight_events_without_redelivery() {
 
     second.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[]).await;
+    app.cleanup().await;
 }
 
 /// Routable and unroutable publishes interleaved on one publisher, as the
@@ -906,11 +860,12 @@ async fn sigterm_drains_in_flight_events_without_redelivery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn returns_are_attributed_to_their_own_publish() {
     use dlr_shared::amqp::PublishError;
-    use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
-    let exchange = format!("{}.events", topology.exchange);
+    use lapin::options::ExchangeDeclareOptions;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
+    let exchange = app.events_exchange.clone();
     let queue = format!("{}.bound", topology.exchange);
+    app.own_queue(&queue);
     broker
         .channel
         .exchange_declare(
@@ -946,7 +901,11 @@ async fn returns_are_attributed_to_their_own_publish() {
 
     let metrics = WorkerMetrics::new().expect("metrics");
     let retry = RetryPolicy::new(2, Duration::from_millis(50), Duration::from_millis(50));
-    let config = worker_config(&topology, &amqp_url());
+    let config = app.worker_config();
+    app.own_worker_names(&config);
+    for delay in retry.delays() {
+        app.own_queue(&topology.retry_queue(delay));
+    }
     let (connection, _task, stop) = dlr_worker::startup::start_broker(
         &config,
         config.broker.addresses().expect("AMQP_URL parses"),
@@ -991,9 +950,7 @@ async fn returns_are_attributed_to_their_own_publish() {
     }
     let in_queue = broker.drain(&queue, Duration::from_millis(500)).await.len();
     stop.cancel();
-    let _ = broker.channel.queue_delete(queue.as_str().into(), Default::default()).await;
-    let _ = broker.channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
-    cleanup(&broker, &config, &[]).await;
+    app.cleanup().await;
 
     assert_eq!(stored_reported_returned, 0, "a stored publish was reported as returned");
     assert!(returned > 0, "unroutable publishes are reported as returned");
@@ -1006,13 +963,13 @@ async fn returns_are_attributed_to_their_own_publish() {
 /// follow the redirect and counts no delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirects_are_not_followed_and_not_counted_as_delivered() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let receiver = Receiver::start(Script::Redirect(302)).await;
-    let mut config = http_config(&topology, "http", &receiver.url("/hook"));
+    let mut config = http_config(&app, "http", &receiver.url("/hook"));
     config.http_url = Some(url(&format!("http://user:pa55word@{}/hook?token=s3cret", receiver.addr)));
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
 
     post_receipt(&ingest, "REDIRECTED-1", "delivered").await;
 
@@ -1026,21 +983,21 @@ async fn redirects_are_not_followed_and_not_counted_as_delivered() {
 
     worker.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[]).await;
+    app.cleanup().await;
 }
 
 /// The http handler's error names the cause (here: connection refused) and
 /// never the URL's credentials or query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_errors_name_the_cause_without_the_urls_secrets() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     // A port nobody listens on.
     let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
-    let mut config = http_config(&topology, "http", "http://127.0.0.1/");
+    let mut config = http_config(&app, "http", "http://127.0.0.1/");
     config.http_url = Some(url(&format!("http://user:pa55word@{closed}/hook?token=s3cret")));
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
 
     post_receipt(&ingest, "UNREACHABLE-1", "delivered").await;
 
@@ -1052,7 +1009,7 @@ async fn http_errors_name_the_cause_without_the_urls_secrets() {
 
     worker.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[]).await;
+    app.cleanup().await;
 }
 
 /// A retried message comes back from its delay queue with the broker's
@@ -1061,13 +1018,13 @@ async fn http_errors_name_the_cause_without_the_urls_secrets() {
 /// message is never mistaken for a dead-letter cycle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn republished_messages_carry_no_dead_letter_history() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let receiver = Receiver::start(Script::Always(500)).await;
-    let mut config = http_config(&topology, "http", &receiver.url("/hook"));
+    let mut config = http_config(&app, "http", &receiver.url("/hook"));
     config.max_attempts = 2;
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
 
     post_receipt(&ingest, "DEATH-1", "delivered").await;
 
@@ -1090,7 +1047,7 @@ async fn republished_messages_carry_no_dead_letter_history() {
 
     worker.stop().await;
     ingest.stop().await;
-    cleanup(&broker, &config, &[]).await;
+    app.cleanup().await;
 }
 
 /// Messages a replay run keeps go back as fresh copies, not as requeues:
@@ -1100,14 +1057,14 @@ async fn republished_messages_carry_no_dead_letter_history() {
 /// its parking headers are intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_parked_messages_gather_no_delivery_count() {
-    let topology = unique_topology();
-    let broker = TestBroker::connect().await;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
     let receiver = Receiver::start(Script::Always(400)).await;
-    let config = http_config(&topology, "http", &receiver.url("/hook"));
-    let ingest = start_ingest(&topology).await;
-    let worker = start_worker(config.clone()).await;
+    let config = http_config(&app, "http", &receiver.url("/hook"));
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
     post_receipt(&ingest, "KEPT-1", "delivered").await;
-    assert!(eventually(WITHIN, async || queue_depth(&broker, &topology.parked_queue).await == 1).await);
+    assert!(eventually(WITHIN, async || broker.queue_depth(&topology.parked_queue).await == 1).await);
     worker.stop().await;
 
     for run in 0..3 {
@@ -1123,5 +1080,5 @@ async fn kept_parked_messages_gather_no_delivery_count() {
     assert_eq!(parked_headers(&parked[0]).reason, "permanent_failure", "parking headers kept");
 
     ingest.stop().await;
-    cleanup(&broker, &config, &[]).await;
+    app.cleanup().await;
 }

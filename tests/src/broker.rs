@@ -27,6 +27,12 @@ impl TestBroker {
         Self { connection, channel }
     }
 
+    /// A new channel on the test's connection, for an operation that may
+    /// fail and so close its channel (a passive declare).
+    pub async fn channel_for_probe(&self) -> Result<Channel, lapin::Error> {
+        self.connection.create_channel().await
+    }
+
     /// Takes (and acks) the next message of `queue`, if any.
     pub async fn get(&self, queue: &str) -> Option<BasicGetMessage> {
         let message =
@@ -120,17 +126,25 @@ impl TestBroker {
 
     /// Removes everything a test topology may have created.
     pub async fn cleanup(&self, topology: &Topology, extra_queues: &[String], extra_exchanges: &[String]) {
+        let mut queues =
+            vec![topology.queue.clone(), topology.parked_queue.clone(), topology.quarantine_queue.clone()];
+        queues.extend_from_slice(extra_queues);
+        let mut exchanges = vec![topology.exchange.clone()];
+        exchanges.extend_from_slice(extra_exchanges);
+        self.delete_all(&queues, &exchanges).await;
+    }
+
+    /// Deletes `queues`, then `exchanges`, on a fresh channel (the test's
+    /// own may have been closed by a failed operation); errors are ignored.
+    pub async fn delete_all(&self, queues: &[String], exchanges: &[String]) {
         let channel = match self.connection.create_channel().await {
             Ok(c) => c,
             Err(_) => return,
         };
-        for queue in [&topology.queue, &topology.parked_queue, &topology.quarantine_queue]
-            .into_iter()
-            .chain(extra_queues)
-        {
+        for queue in queues {
             let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
         }
-        for exchange in std::iter::once(&topology.exchange).chain(extra_exchanges) {
+        for exchange in exchanges {
             let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
         }
     }

@@ -3,11 +3,13 @@
 //! Tests run the real applications in-process on random ports (the same
 //! `Application::build` that `main` uses) against the real RabbitMQ and
 //! PostgreSQL of the machine. Every test gets its own exchange, queues and
-//! database, named `test.<uuid>...`, and removes them at the end; `.ci/run`
-//! sweeps leftovers of crashed runs.
+//! database, named `test.<uuid>...`, and removes them at the end, also when
+//! it panics ([`TestApp`]); `deploy/test.sh` sweeps leftovers of crashed runs.
 
+pub mod app;
 pub mod binaries;
 pub mod broker;
+pub mod corpus;
 pub mod proxy;
 pub mod receiver;
 pub mod samples;
@@ -19,6 +21,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use app::TestApp;
 pub use broker::TestBroker;
 
 /// Set by a tool's `--amqp-url`: it wins over `AMQP_URL`.
@@ -274,14 +277,17 @@ pub fn worker_config(topology: &Topology, amqp_url: &str) -> dlr_worker::Config 
     config
 }
 
-/// The delay queues a worker with [`worker_config`]'s retry settings declares
-/// for `topology`, so a test can remove them.
-pub fn worker_retry_queues(topology: &Topology) -> Vec<String> {
-    dlr_worker::retry::RetryPolicy::new(4, Duration::from_millis(50), Duration::from_millis(200))
-        .delays()
-        .into_iter()
-        .map(|d| topology.retry_queue(d))
-        .collect()
+/// The delay queues a worker with `config`'s retry settings declares.
+pub fn retry_queues(config: &dlr_worker::Config) -> Vec<String> {
+    dlr_worker::retry::RetryPolicy::new(
+        config.max_attempts,
+        config.retry_initial_delay,
+        config.retry_max_delay,
+    )
+    .delays()
+    .into_iter()
+    .map(|delay| config.broker.topology.retry_queue(delay))
+    .collect()
 }
 
 /// Starts a worker with `config`.
@@ -361,12 +367,18 @@ impl TestDatabase {
 
     /// Drops the database (forcing other sessions off).
     pub async fn drop_database(self) {
-        use sqlx::Connection;
-        if let Ok(mut admin) = sqlx::PgConnection::connect(&database_url()).await {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
-                .execute(&mut admin)
-                .await;
-        }
+        drop_database_named(&self.name).await;
+    }
+}
+
+/// Drops database `name` of the server of `database_url()`, if it exists
+/// (forcing other sessions off).
+async fn drop_database_named(name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(&database_url()).await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
     }
 }
 
@@ -375,38 +387,53 @@ impl TestDatabase {
 /// does). The watermark found at start is restored on drop, also when the
 /// test panics. Only for `#[ignore]`d tests that run alone.
 pub struct MemoryAlarm {
-    restore: Vec<String>,
+    previous: Vec<String>,
 }
 
 impl MemoryAlarm {
     /// Sets a watermark so low that the broker blocks publishers at once.
     pub fn raise() -> Self {
-        let found = rabbitmqctl(&["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."]);
-        let found = found.trim();
-        // `0.4`, or `{absolute,1073741824}` for an absolute limit.
-        let restore = match found.strip_prefix("{absolute,").and_then(|rest| rest.strip_suffix('}')) {
-            Some(bytes) => vec!["absolute".to_owned(), bytes.trim().to_owned()],
-            None if found.parse::<f64>().is_ok() => vec![found.to_owned()],
-            None => vec!["0.4".to_owned()],
-        };
-        rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]);
-        Self { restore }
+        let previous = current_watermark();
+        assert!(set_watermark(&["0.0000001".to_owned()]), "could not lower the memory watermark");
+        Self { previous }
     }
 }
 
 impl Drop for MemoryAlarm {
     fn drop(&mut self) {
-        let mut args = vec!["set_vm_memory_high_watermark"];
-        args.extend(self.restore.iter().map(String::as_str));
-        rabbitmqctl(&args);
+        if !set_watermark(&self.previous) {
+            eprintln!(
+                "RESTORE BY HAND: rabbitmqctl set_vm_memory_high_watermark {}",
+                self.previous.join(" ")
+            );
+        }
     }
 }
 
-/// Runs `rabbitmqctl` and returns its standard output ("" when it fails).
-fn rabbitmqctl(args: &[&str]) -> String {
+/// The broker's memory watermark as `rabbitmqctl set_vm_memory_high_watermark` takes it.
+fn current_watermark() -> Vec<String> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args(["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
+        .output()
+        .expect("rabbitmqctl runs (the broker is local)");
+    let text = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(output.status.success(), "rabbitmqctl eval failed: {text}");
+    if text.parse::<f64>().is_ok() {
+        return vec![text];
+    }
+    // Newer brokers answer `{absolute,Bytes}` or `{relative,Fraction}`.
+    let inner = text.trim_start_matches('{').trim_end_matches('}');
+    match inner.split_once(',') {
+        Some(("absolute", bytes)) => vec!["absolute".to_owned(), bytes.trim().to_owned()],
+        Some(("relative", fraction)) => vec![fraction.trim().to_owned()],
+        _ => panic!("unexpected watermark {text:?}: not touching the broker"),
+    }
+}
+
+fn set_watermark(args: &[String]) -> bool {
     std::process::Command::new("rabbitmqctl")
+        .arg("set_vm_memory_high_watermark")
         .args(args)
         .output()
-        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-        .unwrap_or_default()
+        .is_ok_and(|o| o.status.success())
 }
