@@ -48,10 +48,20 @@ impl FromStr for SignatureMode {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        words::parse(s).ok_or_else(|| ConfigError::UnknownWord {
-            what: "signature mode",
-            value: s.to_owned(),
-            allowed: words::list::<Self>(),
+        ConfigError::parse_word("signature mode", s)
+    }
+}
+
+impl ConfigError {
+    /// Parses a word-valued setting, naming `what` and the allowed words when it is none of them.
+    pub(crate) fn parse_word<T>(what: &'static str, word: &str) -> Result<T, Self>
+    where
+        T: strum::VariantArray + Copy + Into<&'static str>,
+    {
+        words::parse(word).ok_or_else(|| ConfigError::UnknownWord {
+            what,
+            value: word.to_owned(),
+            allowed: words::list::<T>(),
         })
     }
 }

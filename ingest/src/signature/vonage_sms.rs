@@ -4,7 +4,6 @@
 //! is the only proof that a receipt came from Vonage. The method (MD5 hash or one of four HMACs) is
 //! not announced in the request, so it comes from configuration.
 
-use dlr_shared::words;
 use std::str::FromStr;
 
 use hmac::Hmac;
@@ -53,11 +52,7 @@ impl FromStr for SigMethod {
     type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        words::parse(s).ok_or_else(|| ConfigError::UnknownWord {
-            what: "Vonage signature method",
-            value: s.to_owned(),
-            allowed: words::list::<Self>(),
-        })
+        ConfigError::parse_word("Vonage signature method", s)
     }
 }
 
