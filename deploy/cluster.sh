@@ -23,6 +23,8 @@ set -euo pipefail
 base=${DLR_CLUSTER_DIR:-/tmp/dlr-cluster}
 nodes=(1 2 3)
 rabbit_bin=/usr/lib/rabbitmq/bin
+# Re-send interval of an unconfirmed at-least-once dead-letter hop (see prepare).
+dlx_resend_ms=10000
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -84,8 +86,8 @@ EOF
   # loss. The same value as deploy/k8s/base/rabbitmq.yaml; RabbitMQ 4 reads
   # the _ms name, 3.x the other.
   as_root tee "$dir/advanced.config" >/dev/null <<EOF
-[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 10000},
-           {dead_letter_worker_publisher_confirm_timeout_ms, 10000}]}].
+[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, $dlx_resend_ms},
+           {dead_letter_worker_publisher_confirm_timeout_ms, $dlx_resend_ms}]}].
 EOF
   as_root chown -R rabbitmq:rabbitmq "$base"
 }
@@ -158,6 +160,13 @@ case "$cmd" in
     for n in "${nodes[@]}"; do start_node "$n"; done
     for n in "${nodes[@]}"; do await_node "$n"; done
     for n in 2 3; do join "$n"; done
+    # A node left running by an older checkout (or changed by hand) still
+    # has its old setting: apply the one of prepare() to every node. Queues
+    # declared from now on pick it up.
+    for n in "${nodes[@]}"; do
+      ctl "$n" eval "application:set_env(rabbit, dead_letter_worker_publisher_confirm_timeout, $dlx_resend_ms),
+        application:set_env(rabbit, dead_letter_worker_publisher_confirm_timeout_ms, $dlx_resend_ms)." >/dev/null
+    done
     echo "cluster: running; AMQP_URL=$(urls)"
     ;;
   status)
