@@ -428,6 +428,51 @@ async fn client_error_gets_the_event_parked_at_once() {
     app.cleanup().await;
 }
 
+/// With `WORKER_HANDLER_ORDER=concurrent`, a receiver that refuses the
+/// event does not hold back the handler listed after it: the amqp copy is
+/// published on the first attempt, the park records it as done, and a replay
+/// once the receiver accepts runs http only. (In sequential order nothing
+/// after the refused http call runs: the first assertion fails.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_handlers_keep_each_others_successes() {
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
+    let receiver = Receiver::start(Script::Always(400)).await;
+    let mut config = http_config(&app, "http,amqp", &receiver.url("/hook"));
+    config.handler_order = dlr_worker::config::HandlerOrder::Concurrent;
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    let worker = app.start_worker(config.clone(), WITHIN).await;
+    let capture = app.capture().await;
+
+    let accepted = post_receipt(&ingest, "CONCURRENT-1", "delivered").await;
+
+    let copies = broker.take(&capture, 1, WITHIN).await;
+    assert_eq!(copies.len(), 1, "amqp ran although http, listed first, was refused");
+    // Left in the parking lot for the replay below, which proves that the
+    // park recorded amqp as done: the replay runs http only.
+    assert!(
+        eventually(WITHIN, async || broker.queue_depth(&topology.parked_queue).await == 1).await,
+        "the refused event is parked"
+    );
+    assert!(eventually(WITHIN, async || idle(&worker, broker, &config).await).await);
+    assert_eq!(handler_results(&worker, "http", "permanent").await, 1.0);
+
+    receiver.set_script(Script::Ok);
+    let report = replay_parked(&config, None, &[], WITHIN).await.expect("replay finishes");
+    assert_eq!(report.replayed, 1);
+    assert!(eventually(WITHIN, async || handler_results(&worker, "http", "ok").await == 1.0).await);
+    assert!(eventually(WITHIN, async || idle(&worker, broker, &config).await).await);
+    let calls = receiver.calls();
+    assert_eq!(calls.len(), 2, "one refused call, one after the replay");
+    assert_eq!(header(&calls[1], "webhook-id"), accepted.event_id);
+    assert_eq!(handler_results(&worker, "amqp", "ok").await, 1.0, "amqp is not run again");
+    assert!(broker.take(&capture, 1, Duration::from_millis(500)).await.is_empty(), "no second copy");
+
+    worker.stop().await;
+    ingest.stop().await;
+    app.cleanup().await;
+}
+
 /// A message that is not an event is parked as `unparseable`, and the
 /// worker goes on with the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

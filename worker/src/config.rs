@@ -9,6 +9,7 @@ use dlr_shared::config::{
 use dlr_shared::{Outcome, Provider, words};
 use secrecy::SecretString;
 use std::net::SocketAddr;
+use std::str::FromStr;
 use std::time::Duration;
 use url::Url;
 
@@ -112,6 +113,10 @@ pub struct Config {
     /// Handlers for pending receipts, in order.
     #[arg(long = "route-pending", env = "WORKER_ROUTE_PENDING", default_value = "log")]
     pub route_pending: String,
+    /// How an event's handlers run: `sequential` (in the route's order, each
+    /// after the previous one succeeded) or `concurrent` (all at once).
+    #[arg(long = "handler-order", env = "WORKER_HANDLER_ORDER", default_value = "sequential")]
+    pub handler_order: HandlerOrder,
     /// Topic exchange the amqp handler republishes events to.
     #[arg(long = "events-exchange", env = "WORKER_EVENTS_EXCHANGE", default_value = "dlr.events")]
     pub events_exchange: String,
@@ -178,12 +183,37 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-/// Outcome -> ordered handler list, validated.
+/// Whether an event's handlers wait for each other.
+///
+/// Sequential is the default because it is a promise downstream systems can
+/// build on: with `postgres,http`, the status row is committed before the
+/// webhook is sent. Concurrent gives that up for latency: an event then
+/// takes as long as its slowest handler instead of the sum of all, and since
+/// the prefetch bounds the events in flight, that sum is what bounds a
+/// worker's rate on a route with several handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "lowercase")]
+pub enum HandlerOrder {
+    /// One after the other, in the route's order; the first failure stops the rest.
+    Sequential,
+    /// All pending handlers at once; each one's success is kept.
+    Concurrent,
+}
+
+impl FromStr for HandlerOrder {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        words::parse(s).ok_or_else(|| format!("{s:?} is not one of {}", words::list::<Self>()))
+    }
+}
+
+/// Outcome -> ordered handler list, validated, and how the list runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTable {
     delivered: Vec<HandlerKind>,
     failed: Vec<HandlerKind>,
     pending: Vec<HandlerKind>,
+    order: HandlerOrder,
 }
 
 impl RouteTable {
@@ -194,6 +224,17 @@ impl RouteTable {
             Outcome::Failed => &self.failed,
             Outcome::Pending => &self.pending,
         }
+    }
+
+    /// The same handlers for every outcome, unchecked (dispatch tests).
+    #[cfg(test)]
+    pub(crate) fn uniform(handlers: Vec<HandlerKind>, order: HandlerOrder) -> Self {
+        Self { delivered: handlers.clone(), failed: handlers.clone(), pending: handlers, order }
+    }
+
+    /// Whether the handlers of one event wait for each other.
+    pub fn order(&self) -> HandlerOrder {
+        self.order
     }
 
     /// True when any outcome uses `kind`.
@@ -209,6 +250,7 @@ impl Config {
             delivered: parse_route("WORKER_ROUTE_DELIVERED", &self.route_delivered)?,
             failed: parse_route("WORKER_ROUTE_FAILED", &self.route_failed)?,
             pending: parse_route("WORKER_ROUTE_PENDING", &self.route_pending)?,
+            order: self.handler_order,
         };
         if self.prefetch == 0 {
             return Err(invalid("WORKER_PREFETCH", "must be at least 1"));
@@ -291,6 +333,14 @@ mod tests {
         assert!(parse_route("X", "amqp,smtp").is_err());
         assert!(parse_route("X", "log,log").is_err());
         assert!(parse_route("X", " ").is_err());
+    }
+
+    #[test]
+    fn handler_order_is_one_of_two_words() {
+        assert_eq!("Concurrent".parse::<HandlerOrder>().ok(), Some(HandlerOrder::Concurrent));
+        assert_eq!("sequential".parse::<HandlerOrder>().ok(), Some(HandlerOrder::Sequential));
+        let error = "parallel".parse::<HandlerOrder>().err().unwrap_or_default();
+        assert!(error.contains("sequential, concurrent"), "{error}");
     }
 
     #[test]

@@ -1,17 +1,19 @@
 //! One event through its handlers, and the decision that follows.
 //!
-//! Handlers of an outcome run in order. The names of those that already
-//! succeeded travel with a retried message (header `x-dlr-done-handlers`),
-//! so a retry resumes at the handler that failed instead of repeating side
-//! effects; every handler is also idempotent on the event id, which covers
-//! the remaining window (a crash after a success, before the ack).
+//! Handlers of an outcome run in order, or all at once when configured
+//! ([`HandlerOrder`]). The names of those that already succeeded travel
+//! with a retried message (header `x-dlr-done-handlers`), so a retry
+//! resumes at the handlers that failed instead of repeating side effects;
+//! every handler is also idempotent on the event id, which covers the
+//! remaining window (a crash after a success, before the ack).
 
 use dlr_shared::ReceiptEvent;
+use futures_util::future::join_all;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::RouteTable;
+use crate::config::{HandlerOrder, RouteTable};
 use crate::handlers::{CallResult, Handler, HandlerError, HandlerKind};
 use crate::metrics::WorkerMetrics;
 use crate::parking::{Park, ParkReason};
@@ -54,45 +56,87 @@ impl Dispatcher {
     /// Runs the handlers of `event`'s outcome that are not in `done`.
     /// `attempt` is 1 for the first delivery.
     pub async fn dispatch(&self, event: &ReceiptEvent, attempt: u32, mut done: Vec<HandlerKind>) -> Decision {
-        for kind in self.routes.handlers(event.outcome) {
-            if done.contains(kind) {
+        let mut pending = Vec::new();
+        for &kind in self.routes.handlers(event.outcome) {
+            if done.contains(&kind) {
                 continue;
             }
-            let Some(handler) = self.handlers.get(kind) else {
+            let Some(handler) = self.handlers.get(&kind) else {
                 // Validated at start-up; kept as a park, not a panic.
                 return Decision::Park(Park {
                     reason: ParkReason::PermanentFailure,
-                    handler: Some(*kind),
+                    handler: Some(kind),
                     attempts: attempt,
                     done,
                     error: format!("handler {kind} is not configured"),
                 });
             };
-            let started = Instant::now();
-            let result = handler.handle(event).await;
-            self.metrics
-                .handler_duration
-                .with_label_values(&[kind.as_str()])
-                .observe(started.elapsed().as_secs_f64());
-            match result {
-                Ok(()) => {
-                    self.metrics
-                        .handler_results
-                        .with_label_values(&[kind.as_str(), CallResult::Ok.into()])
-                        .inc();
-                    done.push(*kind);
-                }
-                Err(error) => {
-                    self.metrics
-                        .handler_results
-                        .with_label_values(&[kind.as_str(), error.result().into()])
-                        .inc();
-                    tracing::warn!(event_id = %event.event_id, handler = %kind, attempt, %error, "handler failed");
-                    return self.after_failure(*kind, error, attempt, done);
-                }
-            }
+            pending.push((kind, handler.as_ref()));
         }
-        Decision::Done
+        let failure = match self.routes.order() {
+            HandlerOrder::Sequential => {
+                let mut failure = None;
+                for (kind, handler) in pending {
+                    match self.call(kind, handler, event, attempt).await {
+                        Ok(()) => done.push(kind),
+                        Err(error) => {
+                            failure = Some((kind, error));
+                            break;
+                        }
+                    }
+                }
+                failure
+            }
+            HandlerOrder::Concurrent => {
+                let calls = pending.iter().map(|&(kind, handler)| self.call(kind, handler, event, attempt));
+                let results = join_all(calls).await;
+                let mut failure: Option<(HandlerKind, HandlerError)> = None;
+                for (&(kind, _), result) in pending.iter().zip(results) {
+                    match result {
+                        Ok(()) => done.push(kind),
+                        // The first failure in route order decides, except that
+                        // a permanent one wins: retrying cannot cure it, so the
+                        // event parks (the handlers that failed transiently run
+                        // again when it is replayed).
+                        Err(error) => match &failure {
+                            Some((_, HandlerError::Permanent(_))) => {}
+                            Some(_) if matches!(error, HandlerError::Transient(_)) => {}
+                            _ => failure = Some((kind, error)),
+                        },
+                    }
+                }
+                failure
+            }
+        };
+        match failure {
+            Some((kind, error)) => self.after_failure(kind, error, attempt, done),
+            None => Decision::Done,
+        }
+    }
+
+    /// One handler call, measured and counted.
+    async fn call(
+        &self,
+        kind: HandlerKind,
+        handler: &dyn Handler,
+        event: &ReceiptEvent,
+        attempt: u32,
+    ) -> Result<(), HandlerError> {
+        let started = Instant::now();
+        let result = handler.handle(event).await;
+        self.metrics
+            .handler_duration
+            .with_label_values(&[kind.as_str()])
+            .observe(started.elapsed().as_secs_f64());
+        let label: &str = match &result {
+            Ok(()) => CallResult::Ok.into(),
+            Err(error) => error.result().into(),
+        };
+        self.metrics.handler_results.with_label_values(&[kind.as_str(), label]).inc();
+        if let Err(error) = &result {
+            tracing::warn!(event_id = %event.event_id, handler = %kind, attempt, %error, "handler failed");
+        }
+        result
     }
 
     fn after_failure(
@@ -113,5 +157,150 @@ impl Dispatcher {
             HandlerError::Permanent(failure) => (ParkReason::PermanentFailure, failure.to_string()),
         };
         Decision::Park(Park { reason, handler: Some(handler), attempts: attempt, done, error })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::Failure;
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::sync::Barrier;
+
+    type Answer = fn() -> Result<(), HandlerError>;
+
+    /// One scripted handler: its kind, its answer, and the barrier it waits at.
+    type Step = (HandlerKind, Answer, Option<Arc<Barrier>>);
+
+    /// A handler whose answer is scripted; it counts its calls and can wait
+    /// at a barrier shared with other handlers.
+    struct Scripted {
+        kind: HandlerKind,
+        answer: Answer,
+        meet: Option<Arc<Barrier>>,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Handler for Scripted {
+        fn kind(&self) -> HandlerKind {
+            self.kind
+        }
+        async fn handle(&self, _event: &ReceiptEvent) -> Result<(), HandlerError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(barrier) = &self.meet {
+                barrier.wait().await;
+            }
+            (self.answer)()
+        }
+    }
+
+    fn ok() -> Result<(), HandlerError> {
+        Ok(())
+    }
+    fn transient() -> Result<(), HandlerError> {
+        Err(HandlerError::Transient(Failure::new("503 from the receiver")))
+    }
+    fn permanent() -> Result<(), HandlerError> {
+        Err(HandlerError::Permanent(Failure::new("422 from the receiver")))
+    }
+
+    fn event() -> ReceiptEvent {
+        ReceiptEvent::from_json(
+            br#"{"schema_version":1,"event_id":"0b9f6e0c3a3f4e1d8c2b7a6f5e4d3c2b","provider":"vonage-sms",
+                "message_id":"02000000FEA5EE9B","outcome":"delivered","status":"delivered","status_recognised":true,
+                "received_at":"2026-11-30T10:00:00Z","raw":{}}"#,
+        )
+        .expect("a valid event")
+    }
+
+    /// A dispatcher whose delivered route is `script`'s handlers in order.
+    fn dispatcher(order: HandlerOrder, script: Vec<Step>) -> (Dispatcher, Vec<Arc<Scripted>>) {
+        let kinds: Vec<HandlerKind> = script.iter().map(|(kind, _, _)| *kind).collect();
+        let scripted: Vec<Arc<Scripted>> = script
+            .into_iter()
+            .map(|(kind, answer, meet)| Arc::new(Scripted { kind, answer, meet, calls: AtomicUsize::new(0) }))
+            .collect();
+        let handlers = scripted.iter().map(|h| (h.kind, h.clone() as Arc<dyn Handler>)).collect();
+        let retry = RetryPolicy::new(3, Duration::from_millis(100), Duration::from_secs(1));
+        let metrics = WorkerMetrics::new().expect("metrics register");
+        (Dispatcher::new(RouteTable::uniform(kinds, order), handlers, retry, metrics), scripted)
+    }
+
+    #[tokio::test]
+    async fn concurrent_handlers_run_at_the_same_time() {
+        // Each handler waits until the other has started: run one after the
+        // other, they would wait forever.
+        let meet = Arc::new(Barrier::new(2));
+        let (dispatcher, _) = dispatcher(
+            HandlerOrder::Concurrent,
+            vec![(HandlerKind::Postgres, ok, Some(meet.clone())), (HandlerKind::Http, ok, Some(meet))],
+        );
+        let decision =
+            tokio::time::timeout(Duration::from_secs(5), dispatcher.dispatch(&event(), 1, vec![])).await;
+        assert_eq!(decision.ok(), Some(Decision::Done));
+    }
+
+    #[tokio::test]
+    async fn concurrent_failure_keeps_the_others_successes() {
+        let (dispatcher, handlers) = dispatcher(
+            HandlerOrder::Concurrent,
+            vec![
+                (HandlerKind::Postgres, transient, None),
+                (HandlerKind::Amqp, ok, None),
+                (HandlerKind::Http, ok, None),
+            ],
+        );
+        let Decision::Retry(retry) = dispatcher.dispatch(&event(), 1, vec![]).await else {
+            panic!("a transient failure is retried");
+        };
+        assert_eq!(retry.handler, HandlerKind::Postgres);
+        assert_eq!(retry.done, vec![HandlerKind::Amqp, HandlerKind::Http]);
+        assert_eq!(retry.next_attempt, 2);
+        assert!(handlers.iter().all(|h| h.calls.load(Ordering::SeqCst) == 1));
+
+        // The retry runs only what failed.
+        let decision = dispatcher.dispatch(&event(), 2, retry.done).await;
+        assert!(matches!(decision, Decision::Retry(ref r) if r.done.len() == 2));
+        assert_eq!(handlers[0].calls.load(Ordering::SeqCst), 2);
+        assert_eq!(handlers[1].calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_permanent_failure_parks_even_after_a_transient_one() {
+        let (dispatcher, _) = dispatcher(
+            HandlerOrder::Concurrent,
+            vec![
+                (HandlerKind::Postgres, transient, None),
+                (HandlerKind::Http, permanent, None),
+                (HandlerKind::Log, ok, None),
+            ],
+        );
+        let Decision::Park(park) = dispatcher.dispatch(&event(), 1, vec![]).await else {
+            panic!("a permanent failure parks");
+        };
+        assert_eq!(park.reason, ParkReason::PermanentFailure);
+        assert_eq!(park.handler, Some(HandlerKind::Http));
+        assert_eq!(park.done, vec![HandlerKind::Log]);
+    }
+
+    #[tokio::test]
+    async fn sequential_stops_at_the_first_failure() {
+        let (dispatcher, handlers) = dispatcher(
+            HandlerOrder::Sequential,
+            vec![
+                (HandlerKind::Postgres, ok, None),
+                (HandlerKind::Amqp, transient, None),
+                (HandlerKind::Http, ok, None),
+            ],
+        );
+        let Decision::Retry(retry) = dispatcher.dispatch(&event(), 1, vec![]).await else {
+            panic!("a transient failure is retried");
+        };
+        assert_eq!(retry.handler, HandlerKind::Amqp);
+        assert_eq!(retry.done, vec![HandlerKind::Postgres]);
+        assert_eq!(handlers[2].calls.load(Ordering::SeqCst), 0, "http must wait for amqp");
     }
 }

@@ -75,9 +75,13 @@ struct Args {
     /// Rounds of worker drains (every route once per round); medians are reported.
     #[arg(long, default_value_t = 3)]
     drain_rounds: usize,
-    /// Routes to drain, comma-separated lists joined by `;`.
-    #[arg(long, default_value = "log;postgres;amqp;http;postgres,amqp,http")]
+    /// Routes to drain, comma-separated lists joined by `;`; a route ending
+    /// in `@concurrent` runs its handlers at once (WORKER_HANDLER_ORDER).
+    #[arg(long, default_value = "log;postgres;amqp;http;postgres,amqp,http;postgres,amqp,http@concurrent")]
     routes: String,
+    /// Handler orders of the end-to-end runs (one run each), comma-separated.
+    #[arg(long, default_value = "sequential,concurrent")]
+    end_to_end_orders: String,
     /// Extra worker environment, KEY=VALUE (repeatable), e.g.
     /// WORKER_POSTGRES_LINGER_MS=0 to compare without group commit.
     #[arg(long = "worker-env", value_parser = parse_env)]
@@ -140,8 +144,10 @@ async fn main() -> Result<()> {
             100.0 * pg / consume
         );
     }
-    if let Some(all) = rate_of("postgres,amqp,http") {
-        println!("postgres,amqp,http: {all:.0} events/s with one worker (target >= 8000)");
+    for route in ["postgres,amqp,http", "postgres,amqp,http@concurrent"] {
+        if let Some(all) = rate_of(route) {
+            println!("{route}: {all:.0} events/s with one worker (target >= 8000)");
+        }
     }
 
     if !args.no_end_to_end {
@@ -149,7 +155,9 @@ async fn main() -> Result<()> {
             ingest_max = ingest_load(&args).await?.rate;
             println!("ingest maximum (one run): {ingest_max:.0} receipts/s");
         }
-        end_to_end(&args, ingest_max / 2.0, &receiver).await?;
+        for order in args.end_to_end_orders.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            end_to_end(&args, ingest_max / 2.0, order, &receiver).await?;
+        }
     }
     Ok(())
 }
@@ -689,8 +697,10 @@ fn worker_envs(
     database_url: Option<&str>,
     receiver: &BenchReceiver,
 ) -> Vec<(String, String)> {
+    let (route, order) = route.split_once('@').unwrap_or((route, "sequential"));
     let mut envs: Vec<(String, String)> =
         topology_env(topology).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    envs.push(("WORKER_HANDLER_ORDER".into(), order.to_owned()));
     envs.push(("WORKER_ADDR".into(), format!("127.0.0.1:{port}")));
     envs.push(("WORKER_EVENTS_EXCHANGE".into(), format!("{}.events", topology.exchange)));
     envs.push(("RUST_LOG".into(), "warn".into()));
@@ -740,17 +750,28 @@ fn retry_queues(topology: &Topology) -> Vec<String> {
         .collect()
 }
 
-/// Events the worker's last handler of `route` finished (ok).
-async fn handled(client: &reqwest::Client, metrics_url: &str, route: &str) -> f64 {
-    let last = route.rsplit(',').next().unwrap_or(route).trim();
+/// Events whose handlers have all succeeded (the count of the worker's
+/// end-to-end histogram, observed once per finished event whatever the
+/// handler order).
+async fn handled(client: &reqwest::Client, metrics_url: &str) -> f64 {
     match client.get(metrics_url).send().await {
         Ok(r) => dlr_tests::metric_value(
             &r.text().await.unwrap_or_default(),
-            "dlr_worker_handler_results_total",
-            &[("handler", last), ("result", "ok")],
+            "dlr_worker_end_to_end_latency_seconds_count",
+            &[],
         ),
         Err(_) => 0.0,
     }
+}
+
+/// The share of finished events whose end-to-end latency (ingest's receipt
+/// to the last handler, the worker's own histogram) was at most `seconds`,
+/// which must be a bucket bound.
+fn share_within(metrics: &str, seconds: &str) -> f64 {
+    let name = "dlr_worker_end_to_end_latency_seconds";
+    let within = dlr_tests::metric_value(metrics, &format!("{name}_bucket"), &[("le", seconds)]);
+    let all = dlr_tests::metric_value(metrics, &format!("{name}_count"), &[]);
+    if all > 0.0 { within / all } else { 0.0 }
 }
 
 /// Drains a pre-filled queue on `route`, with a fresh database when the
@@ -798,7 +819,7 @@ async fn worker_drain(
             if Instant::now() > deadline {
                 bail!("worker on {route} did not drain {count} events in 300 s");
             }
-            let done = handled(&client, &metrics_url, route).await;
+            let done = handled(&client, &metrics_url).await;
             if first.is_none() && done > 0.0 {
                 first = Some((Instant::now(), done, CpuSample::now(Some(worker.0.id()), None)));
             }
@@ -834,20 +855,27 @@ async fn worker_drain(
 /// Ingest and worker (`postgres,amqp,http`) under an open-loop load of
 /// `rate` receipts/s: requests leave on schedule whether or not earlier
 /// ones were answered, as providers send them.
-async fn end_to_end(args: &Args, rate: f64, receiver: &BenchReceiver) -> Result<()> {
+async fn end_to_end(args: &Args, rate: f64, order: &str, receiver: &BenchReceiver) -> Result<()> {
     let database = TestDatabase::create().await;
-    let result = end_to_end_run(args, rate, receiver, &database.url).await;
+    let result = end_to_end_run(args, rate, order, receiver, &database.url).await;
     database.drop_database().await;
     result
 }
 
-async fn end_to_end_run(args: &Args, rate: f64, receiver: &BenchReceiver, database_url: &str) -> Result<()> {
+async fn end_to_end_run(
+    args: &Args,
+    rate: f64,
+    order: &str,
+    receiver: &BenchReceiver,
+    database_url: &str,
+) -> Result<()> {
     const ROUTE: &str = "postgres,amqp,http";
+    let spec = format!("{ROUTE}@{order}");
     let topology = unique_topology();
     let broker = TestBroker::connect().await;
     let client = reqwest::Client::new();
     let worker_port = free_port()?;
-    let envs = worker_envs(args, &topology, worker_port, ROUTE, Some(database_url), receiver);
+    let envs = worker_envs(args, &topology, worker_port, &spec, Some(database_url), receiver);
     let events_exchange = format!("{}.events", topology.exchange);
     let worker = spawn_owned(args.bin_dir.join("worker"), &envs)?;
     wait_ready(&client, &format!("http://127.0.0.1:{worker_port}/readyz")).await?;
@@ -936,6 +964,18 @@ async fn end_to_end_run(args: &Args, rate: f64, receiver: &BenchReceiver, databa
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let delivered = receiver.calls.load(Ordering::SeqCst) - calls_before;
+        // With concurrent handlers the receiver is not necessarily the
+        // last: wait for the worker to finish every event too.
+        let metrics_url = format!("http://127.0.0.1:{worker_port}/metrics");
+        while handled(&client, &metrics_url).await < accepted as f64 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let metrics = match client.get(&metrics_url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let finished = dlr_tests::metric_value(&metrics, "dlr_worker_end_to_end_latency_seconds_count", &[]);
+        let within_50ms = share_within(&metrics, "0.05");
         sampling.store(false, Ordering::SeqCst);
         let depths = sampler.await.unwrap_or_default();
         let _ = depth_conn.close(200, "bench done".into()).await;
@@ -948,15 +988,18 @@ async fn end_to_end_run(args: &Args, rate: f64, receiver: &BenchReceiver, databa
         let tail = &depths[depths.len() * 3 / 4..];
         let tail_max = tail.iter().copied().max().unwrap_or(0);
         println!(
-            "end to end at {rate:.0} receipts/s (half of ingest's {:.0}), open loop for {:.1} s, worker on {ROUTE}: \
-             {accepted} accepted, {errors} errors, {late} sent >10 ms late, {delivered} reached the receiver; \
-             receipt-to-last-handler p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 50 ms); \
-             ready messages in the queue: max {max_depth}, max in the last quarter {tail_max} ({}); {}",
+            "end to end at {rate:.0} receipts/s (half of ingest's {:.0}), open loop for {:.1} s, worker on {spec}: \
+             {accepted} accepted, {errors} errors, {late} sent >10 ms late, {delivered} reached the receiver, \
+             {finished:.0} finished every handler; receipt-to-http-handler p50 {:.1} ms, p99 {:.1} ms, \
+             max {:.1} ms; finished within 50 ms of ingest's receipt (worker's histogram): {:.2} % \
+             (target p99 <= 50 ms: >= 99 %); ready messages in the queue: max {max_depth}, max in the last \
+             quarter {tail_max} ({}); {}",
             rate * 2.0,
             load_seconds,
             pick(0.50),
             pick(0.99),
             latencies.last().copied().unwrap_or(0.0),
+            100.0 * within_50ms,
             if tail_max <= 100 { "flat: under one prefetch window" } else { "growing" },
             cpu_before.describe(&cpu_after, load_seconds, true),
         );
