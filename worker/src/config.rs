@@ -16,6 +16,10 @@ use url::Url;
 use crate::handlers::HandlerKind;
 use crate::parking::ParkReason;
 
+/// `WORKER_PREFETCH` when unset; the benchmark measures the broker's consume
+/// ceiling at the same window.
+pub const DEFAULT_PREFETCH: u16 = 300;
+
 /// The `worker` command line.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -102,7 +106,9 @@ pub struct Config {
     #[command(flatten)]
     pub broker: BrokerConfig,
     /// Unacked deliveries per worker, which is also how many events it handles at once.
-    #[arg(long = "prefetch", env = "WORKER_PREFETCH", default_value_t = 100)]
+    /// 300, the top of RabbitMQ's advised 100-300 range: the worker's rate is bounded by
+    /// the events in flight times the handlers' latency (README, "Benchmark").
+    #[arg(long = "prefetch", env = "WORKER_PREFETCH", default_value_t = DEFAULT_PREFETCH)]
     pub prefetch: u16,
     /// Handlers for delivered receipts, in order (amqp, http, postgres, log).
     #[arg(long = "route-delivered", env = "WORKER_ROUTE_DELIVERED", default_value = "log")]
