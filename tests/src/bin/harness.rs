@@ -38,6 +38,10 @@ use std::time::{Duration, Instant};
 const WORKER_RETRY_INITIAL_DELAY_MS: u64 = 500;
 const WORKER_RETRY_MAX_DELAY_MS: u64 = 10_000;
 const WORKER_MAX_ATTEMPTS: u32 = 15;
+/// How long an ingest stays ready after losing its broker connection: its
+/// default (`INGEST_READINESS_BROKER_GRACE_SECONDS`), passed explicitly
+/// because the majority-loss scenario waits for the readiness it implies.
+const INGEST_READINESS_GRACE_SECONDS: u64 = 30;
 /// Standard Webhooks test secret; the receiver verifies every signature.
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -728,6 +732,10 @@ mod cluster {
                 Role::Ingest => {
                     env.push(("INGEST_ADDR", format!("127.0.0.1:{}", service.port)));
                     env.push(("INGEST_MAX_CONCURRENCY", s.ingest_max_concurrency.to_string()));
+                    env.push((
+                        "INGEST_READINESS_BROKER_GRACE_SECONDS",
+                        INGEST_READINESS_GRACE_SECONDS.to_string(),
+                    ));
                 }
                 Role::Worker => {
                     env.push(("WORKER_ADDR", format!("127.0.0.1:{}", service.port)));
@@ -2310,9 +2318,11 @@ mod replicated {
     /// Node `n` of the cluster listens for AMQP on `AMQP_PORT_BASE + n`.
     const AMQP_PORT_BASE: u16 = 5700;
     const NODES: [usize; 3] = [1, 2, 3];
-    /// How long a majority loss may take to make every ingest unready
-    /// (RabbitMQ's pause_minority stops the last node's listener).
-    const UNREADY_WITHIN: Duration = Duration::from_secs(30);
+    /// How long a majority loss may take to make every ingest unready:
+    /// RabbitMQ's pause_minority stops the last node's listener at once, and
+    /// an ingest then stays ready for its readiness grace (so that a node
+    /// restart does not empty the Service); 10 s more for sampling and probes.
+    const UNREADY_WITHIN: Duration = Duration::from_secs(INGEST_READINESS_GRACE_SECONDS + 10);
     /// Bound of one rabbitmqctl query through deploy/cluster.sh.
     const QUERY_TIMEOUT: Duration = Duration::from_secs(180);
 
