@@ -93,6 +93,12 @@ struct Args {
     /// Skip the end-to-end run.
     #[arg(long)]
     no_end_to_end: bool,
+    /// Connections of the end-to-end load. Each sends its share of the
+    /// schedule one request at a time, so the load stays open-loop only while
+    /// a request takes less than connections / rate: too few, and a slow
+    /// ingest slows the load down instead of queueing it.
+    #[arg(long, default_value_t = 256)]
+    end_to_end_connections: usize,
 }
 
 fn parse_env(value: &str) -> Result<(String, String), String> {
@@ -922,7 +928,7 @@ async fn end_to_end_run(
 
         let cpu_before = CpuSample::now(Some(worker.0.id()), Some(ingest.0.id()));
         let total = (rate * args.seconds as f64) as usize;
-        let lanes = args.concurrency.max(1);
+        let lanes = args.end_to_end_connections.max(1);
         let start = tokio::time::Instant::now() + Duration::from_millis(100);
         let mut tasks = tokio::task::JoinSet::new();
         for lane in 0..lanes {
@@ -1005,14 +1011,15 @@ async fn end_to_end_run(
         let first_half_max = depths[..depths.len() / 2].iter().copied().max().unwrap_or(0);
         let flat = tail_max <= first_half_max.max(100);
         println!(
-            "end to end at {rate:.0} receipts/s (half of ingest's {:.0}), open loop for {:.1} s, worker on {spec}: \
-             {accepted} accepted, {errors} errors, {late} sent >10 ms late, {delivered} reached the receiver, \
+            "end to end at {rate:.0} receipts/s (half of ingest's {:.0}), open loop on {lanes} connections for \
+             {:.1} s ({:.0} receipts/s achieved), worker on {spec}: {accepted} accepted, {errors} errors, {late} sent >10 ms late, {delivered} reached the receiver, \
              {finished:.0} finished every handler; receipt-to-http-handler p50 {:.1} ms, p99 {:.1} ms, \
              max {:.1} ms; finished within 50 ms of ingest's receipt (worker's histogram): {:.2} % \
              (target p99 <= 50 ms: >= 99 %); ready messages in the queue: max {max_depth}, max in the last \
              quarter {tail_max} ({}); {}",
             rate * 2.0,
             load_seconds,
+            (accepted + errors) as f64 / load_seconds,
             pick(0.50),
             pick(0.99),
             latencies.last().copied().unwrap_or(0.0),
