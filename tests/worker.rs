@@ -428,6 +428,36 @@ async fn client_error_gets_the_event_parked_at_once() {
     app.cleanup().await;
 }
 
+/// `WORKER_HTTP_MAX_IN_FLIGHT` caps the webhook calls a worker makes at
+/// once, whatever its prefetch: 24 events waiting in the queue and a slow
+/// receiver see at most (and, here, exactly) 3 calls at a time, and every
+/// event still arrives. Without the cap, 20 of the 24 were called at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_calls_in_flight_stay_under_their_cap() {
+    const EVENTS: usize = 24;
+    let app = TestApp::new().await;
+    let receiver = Receiver::start(Script::SlowOk(200)).await;
+    let mut config = http_config(&app, "http", &receiver.url("/hook"));
+    config.http_max_in_flight = std::num::NonZeroUsize::new(3);
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    // Queued before the worker starts, so its prefetch takes them all at once.
+    for n in 0..EVENTS {
+        post_receipt(&ingest, &format!("CAPPED-{n}"), "delivered").await;
+    }
+    let worker = app.start_worker(config.clone(), WITHIN).await;
+
+    assert!(
+        eventually(WITHIN, async || handler_results(&worker, "http", "ok").await == EVENTS as f64).await,
+        "every event reaches the receiver"
+    );
+    assert_eq!(receiver.calls().len(), EVENTS, "one call each");
+    assert_eq!(receiver.max_in_flight(), 3, "calls at once");
+
+    worker.stop().await;
+    ingest.stop().await;
+    app.cleanup().await;
+}
+
 /// With `WORKER_HANDLER_ORDER=concurrent`, a receiver that refuses the
 /// event does not hold back the handler listed after it: the amqp copy is
 /// published on the first attempt, the park records it as done, and a replay

@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One request the receiver got.
@@ -37,6 +38,27 @@ pub enum Script {
 struct Shared {
     script: Arc<Mutex<Script>>,
     calls: Arc<Mutex<Vec<Received>>>,
+    /// Requests being answered now, and the most there ever were.
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: Arc<AtomicUsize>,
+}
+
+/// Counts a request as in flight until dropped (also when the client
+/// gives up and the handler future is dropped).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(shared: &Shared) -> Self {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        Self(shared.in_flight.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A running receiver.
@@ -49,7 +71,12 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver on a random port.
     pub async fn start(script: Script) -> Self {
-        let shared = Shared { script: Arc::new(Mutex::new(script)), calls: Arc::new(Mutex::new(Vec::new())) };
+        let shared = Shared {
+            script: Arc::new(Mutex::new(script)),
+            calls: Arc::new(Mutex::new(Vec::new())),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_in_flight: Arc::new(AtomicUsize::new(0)),
+        };
         let app = Router::new().route("/{*path}", post(record).get(landing_page)).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
@@ -71,6 +98,11 @@ impl Receiver {
         }
     }
 
+    /// The most requests that were being answered at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
     /// Every call so far (answered with any status).
     pub fn calls(&self) -> Vec<Received> {
         self.shared.calls.lock().map(|c| c.clone()).unwrap_or_default()
@@ -78,6 +110,7 @@ impl Receiver {
 }
 
 async fn record(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    let _in_flight = InFlight::enter(&shared);
     let index = {
         let mut calls = match shared.calls.lock() {
             Ok(c) => c,

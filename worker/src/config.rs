@@ -9,6 +9,7 @@ use dlr_shared::config::{
 use dlr_shared::{Outcome, Provider, words};
 use secrecy::SecretString;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::str::FromStr;
 use std::time::Duration;
 use url::Url;
@@ -144,6 +145,10 @@ pub struct Config {
     /// Timeout of one forwarding request.
     #[arg(long = "http-timeout-ms", env = "WORKER_HTTP_TIMEOUT_MS", default_value = "5000", value_parser = parse_nonzero_millis)]
     pub http_timeout: Duration,
+    /// Most forwarding requests in flight at once, for receivers that cannot take as
+    /// many concurrent calls as the worker handles events (unset: up to the prefetch).
+    #[arg(long = "http-max-in-flight", env = "WORKER_HTTP_MAX_IN_FLIGHT")]
+    pub http_max_in_flight: Option<NonZeroUsize>,
     /// PostgreSQL URL for the postgres handler (migrations run at start-up).
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<SecretString>,

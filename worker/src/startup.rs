@@ -232,5 +232,5 @@ fn http_handler(config: &Config) -> Result<HttpHandler, StartupError> {
         .iter()
         .filter_map(|&outcome| config.http_url_for(outcome).map(|url| (outcome, url.clone())))
         .collect();
-    Ok(HttpHandler::new(client, urls, key))
+    Ok(HttpHandler::new(client, urls, key, config.http_max_in_flight))
 }

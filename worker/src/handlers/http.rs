@@ -14,6 +14,8 @@ use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use sha2::Sha256;
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use tokio::sync::Semaphore;
 use url::Url;
 
 use super::{Failure, Handler, HandlerError, HandlerKind};
@@ -56,12 +58,21 @@ pub struct HttpHandler {
     client: reqwest::Client,
     urls: HashMap<Outcome, Url>,
     key: SigningKey,
+    /// Permits for requests in flight, when capped (`WORKER_HTTP_MAX_IN_FLIGHT`).
+    in_flight: Option<Semaphore>,
 }
 
 impl HttpHandler {
-    /// `urls` maps each routed outcome to its target.
-    pub fn new(client: reqwest::Client, urls: HashMap<Outcome, Url>, key: SigningKey) -> Self {
-        Self { client, urls, key }
+    /// `urls` maps each routed outcome to its target; `max_in_flight` caps
+    /// concurrent requests (without it, the events in flight bound them).
+    pub fn new(
+        client: reqwest::Client,
+        urls: HashMap<Outcome, Url>,
+        key: SigningKey,
+        max_in_flight: Option<NonZeroUsize>,
+    ) -> Self {
+        let in_flight = max_in_flight.map(|max| Semaphore::new(max.get()));
+        Self { client, urls, key, in_flight }
     }
 }
 
@@ -107,7 +118,16 @@ impl Handler for HttpHandler {
         let url = self.urls.get(&event.outcome).ok_or_else(|| {
             HandlerError::Permanent(Failure::new(format!("no URL configured for {} events", event.outcome)))
         })?;
+        // The semaphore is never closed, so acquiring only fails if it were;
+        // the permit is held until the answer is in.
+        let _permit = match &self.in_flight {
+            Some(semaphore) => Some(semaphore.acquire().await.map_err(|error| {
+                HandlerError::Transient(Failure::new(format!("request limiter closed: {error}")))
+            })?),
+            None => None,
+        };
         let body = event.to_json();
+        // Taken after the wait for a permit: the receiver checks its age.
         let timestamp = chrono::Utc::now().timestamp();
         let response = self
             .client
