@@ -232,6 +232,41 @@ pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) 
     }
 }
 
+/// A free loopback port for a child process to bind, chosen below the
+/// kernel's range for outgoing connections (`ip_local_port_range`). A port
+/// from `bind(":0")` comes from that range, and between our check and the
+/// child's bind an outgoing connection can take it: the harness's nginx
+/// once failed with "Address already in use" that way.
+pub fn free_port() -> std::io::Result<u16> {
+    free_port_below(ephemeral_ports_start().unwrap_or(32768))
+}
+
+/// First port of the kernel's range for outgoing connections.
+fn ephemeral_ports_start() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
+}
+
+fn free_port_below(ephemeral_start: u16) -> std::io::Result<u16> {
+    const LOWEST: u16 = 10_000;
+    if ephemeral_start > LOWEST + 1_000 {
+        let span = u32::from(ephemeral_start - LOWEST);
+        // Different runs start at different places, so two harnesses at
+        // once rarely probe the same ports.
+        let seed = std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        for step in 0..span {
+            let port = LOWEST + ((seed.wrapping_add(step.wrapping_mul(7_919))) % span) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// Sum of a metric's samples whose label set contains all `labels`
 /// (`name{a="b"}` lines of the Prometheus text format).
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -436,4 +471,18 @@ fn set_watermark(args: &[String]) -> bool {
         .args(args)
         .output()
         .is_ok_and(|o| o.status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_and_free() {
+        for _ in 0..20 {
+            let port = super::free_port_below(32768).expect("a free port");
+            assert!((10_000..32768).contains(&port), "{port}");
+            assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "{port} is free");
+        }
+        // No room below the range: the kernel's choice.
+        assert!(super::free_port_below(10_500).expect("a port") > 0);
+    }
 }

@@ -25,7 +25,7 @@ use clap::Parser;
 use dlr_shared::ReceiptEvent;
 use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
 use dlr_shared::amqp::{Topology, receipt_properties};
-use dlr_tests::{TestBroker, TestDatabase, amqp_url, unique_topology, vonage_form};
+use dlr_tests::{TestBroker, TestDatabase, amqp_url, free_port, unique_topology, vonage_form};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -1036,10 +1036,6 @@ async fn end_to_end_run(
     broker.cleanup(&topology, &extra_queues, &[events_exchange]).await;
     let _ = capture_conn.close(200, "bench done".into()).await;
     outcome
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 async fn wait_ready(client: &reqwest::Client, url: &str) -> Result<()> {

@@ -655,9 +655,7 @@ mod cluster {
         probe: reqwest::Client,
     }
 
-    fn free_port() -> Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-    }
+    use dlr_tests::free_port;
 
     impl Cluster {
         pub fn new(settings: Settings) -> Result<Self> {
