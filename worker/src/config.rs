@@ -107,8 +107,8 @@ pub struct Config {
     #[command(flatten)]
     pub broker: BrokerConfig,
     /// Unacked deliveries per worker, which is also how many events it handles at once.
-    /// 300, the top of RabbitMQ's advised 100-300 range: the worker's rate is bounded by
-    /// the events in flight times the handlers' latency (README, "Benchmark").
+    /// 300, the top of RabbitMQ's advised 100-300 range: the worker's rate is at most the
+    /// events in flight divided by an event's time in the worker (README, "Benchmark").
     #[arg(long = "prefetch", env = "WORKER_PREFETCH", default_value_t = DEFAULT_PREFETCH)]
     pub prefetch: u16,
     /// Handlers for delivered receipts, in order (amqp, http, postgres, log).
@@ -199,9 +199,9 @@ pub struct ConfigError {
 /// Sequential is the default because it is a promise downstream systems can
 /// build on: with `postgres,http`, the status row is committed before the
 /// webhook is sent. Concurrent gives that up for latency: an event then
-/// takes as long as its slowest handler instead of the sum of all, and since
-/// the prefetch bounds the events in flight, that sum is what bounds a
-/// worker's rate on a route with several handlers.
+/// takes as long as its slowest handler instead of the sum of all. Since the
+/// prefetch bounds the events in flight, that also raises the rate when the
+/// handlers' latency, not CPU, is the limit (a remote webhook).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::IntoStaticStr, strum::VariantArray)]
 #[strum(serialize_all = "lowercase")]
 pub enum HandlerOrder {
