@@ -212,7 +212,7 @@ async fn unreachable_broker_gets_a_fast_503_and_recovery_needs_no_restart() {
     assert_eq!(broker.drain(&topology.queue, SETTLE).await.len(), 1);
 
     // And again after a mid-life outage.
-    proxy.cut();
+    proxy.cut().await;
     let response = ingest.post_vonage_form(SEED_FORM).await;
     assert_eq!(response.status(), 503);
     proxy.start().await;
@@ -308,7 +308,7 @@ async fn a_broker_outage_under_load_never_acknowledges_a_lost_receipt() {
     let sending = send_unique(&ingest, "B", 400);
     let cutting = async {
         tokio::time::sleep(Duration::from_millis(30)).await;
-        proxy.cut();
+        proxy.cut().await;
     };
     let ((accepted, refused), ()) = tokio::join!(sending, cutting);
     assert!(refused > 0, "the outage must have refused some receipts (accepted {})", accepted.len());

@@ -29,16 +29,12 @@ fn dumps_bytes(line: &str) -> bool {
         .any(|run| run.split(',').filter(|n| !n.trim().is_empty()).count() >= 16)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
-}
-
 #[tokio::test]
 async fn worker_logs_carry_no_phone_number_and_no_body_when_events_are_unroutable() {
     let app = TestApp::new().await;
     let ingest = app.start_ingest(app.ingest_config(), Duration::from_secs(10)).await;
 
-    let probe = format!("127.0.0.1:{}", free_port());
+    let probe = format!("127.0.0.1:{}", dlr_tests::free_port().expect("a free port"));
     let mut env = app.topology_env();
     env.extend([
         ("AMQP_DELIVERY_LIMIT", app.topology.delivery_limit.to_string()),

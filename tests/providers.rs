@@ -459,7 +459,7 @@ async fn broker_gone_mid_batch_answers_503_and_the_retry_stores_every_receipt() 
     let request = infobip(&h, body.clone(), "u:p").send();
     let cut = async {
         tokio::time::sleep(Duration::from_millis(2)).await;
-        proxy.cut();
+        proxy.cut().await;
     };
     let (response, ()) = tokio::join!(request, cut);
     let response = response.expect("response");

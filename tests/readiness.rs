@@ -22,7 +22,7 @@ async fn a_short_broker_outage_keeps_ingest_ready_and_answers_503() {
     proxy.start().await;
     let ingest = app.start_ingest(ingest_config(&app.topology, &proxy.amqp_url()), READY).await;
 
-    proxy.cut();
+    proxy.cut().await;
     let response = ingest.post_vonage_form(&vonage_form("0B00000000000001", "delivered")).await;
     assert_eq!(response.status(), 503, "no broker: the receipt must not be accepted");
     assert!(response.headers().contains_key("retry-after"), "503 without Retry-After");
@@ -50,7 +50,7 @@ async fn a_broker_connection_down_past_the_grace_turns_readiness_false() {
     config.readiness_broker_grace = grace;
     let ingest = app.start_ingest(config, READY).await;
 
-    proxy.cut();
+    proxy.cut().await;
     let cut_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ingest.ready_status().await, 200, "still within the {grace:?} grace");

@@ -766,7 +766,7 @@ async fn a_worker_killed_mid_batch_loses_nothing_and_stores_nothing_twice() {
         "worker A stores its prefetch window"
     );
 
-    proxy.cut();
+    proxy.cut().await;
     let client = reqwest::Client::new();
     let readyz = format!("http://{}/readyz", worker_a.addr);
     assert!(
@@ -857,7 +857,7 @@ async fn readiness_follows_the_broker_and_consuming_resumes_after_an_outage() {
     post_receipt(&ingest, "OUTAGE-1", "delivered").await;
     assert_eq!(broker.take(&capture, 1, WITHIN).await.len(), 1, "handled before the outage");
 
-    proxy.cut();
+    proxy.cut().await;
     assert!(eventually(WITHIN, async || ready().await == 503).await, "not ready while disconnected");
     assert_eq!(worker_metric(&worker, "dlr_worker_broker_connected", &[]).await, 0.0);
     let during = post_receipt(&ingest, "OUTAGE-2", "delivered").await;

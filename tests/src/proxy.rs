@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
 /// Forwards connections from a local port to a target while running.
@@ -14,6 +14,10 @@ pub struct BrokerProxy {
     /// Where apps should connect.
     pub addr: SocketAddr,
     target: SocketAddr,
+    /// Bound for the proxy's whole life and never listening, so the port
+    /// stays ours while "closed": between a cut and the next start no
+    /// other socket (an outgoing connection, another test) can take it.
+    _holder: TcpSocket,
     accept: Option<JoinHandle<()>>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     stalled: Arc<AtomicBool>,
@@ -23,12 +27,12 @@ impl BrokerProxy {
     /// A proxy for `target` on a free port, not yet listening: connections
     /// are refused until [`BrokerProxy::start`] (a "closed port").
     pub async fn reserve(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        drop(listener);
+        let holder = shared_port(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind a proxy port");
+        let addr = holder.local_addr().expect("addr");
         Self {
             addr,
             target,
+            _holder: holder,
             accept: None,
             links: Arc::new(Mutex::new(Vec::new())),
             stalled: Arc::new(AtomicBool::new(false)),
@@ -37,7 +41,10 @@ impl BrokerProxy {
 
     /// Starts accepting and forwarding.
     pub async fn start(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.expect("rebind proxy port");
+        // A listener from an earlier start may still be open until its
+        // aborted task is dropped; SO_REUSEPORT lets both exist meanwhile.
+        let listener =
+            shared_port(self.addr).and_then(|socket| socket.listen(1024)).expect("listen on the proxy port");
         let target = self.target;
         let links = self.links.clone();
         let stalled = self.stalled.clone();
@@ -64,8 +71,25 @@ impl BrokerProxy {
     }
 
     /// Stops listening and cuts every open connection (a broker outage as
-    /// seen from the app).
-    pub fn cut(&mut self) {
+    /// seen from the app). Returns once the listener and the connections
+    /// are closed: an aborted task drops its sockets only when the runtime
+    /// gets to it, and until then a new connection could still reach the
+    /// old listener and be reset, or `start` meet the old listener.
+    pub async fn cut(&mut self) {
+        let mut tasks: Vec<JoinHandle<()>> = self.accept.take().into_iter().collect();
+        if let Ok(mut links) = self.links.lock() {
+            tasks.extend(links.drain(..));
+        }
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Aborts the tasks without waiting (for `Drop`, which cannot await).
+    fn abort(&mut self) {
         if let Some(accept) = self.accept.take() {
             accept.abort();
         }
@@ -90,8 +114,20 @@ impl BrokerProxy {
 
 impl Drop for BrokerProxy {
     fn drop(&mut self) {
-        self.cut();
+        self.abort();
     }
+}
+
+/// A socket bound to `addr` that this proxy's other sockets may bind too
+/// (SO_REUSEPORT). A bound socket that does not listen refuses
+/// connections, which is the "closed port" the tests want. No
+/// SO_REUSEADDR: with it, any other socket that sets it (std and tokio
+/// listeners do) could bind the port while no proxy socket listens.
+fn shared_port(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 /// Copies `from` to `to`, holding each chunk while `stalled` is set.
@@ -121,4 +157,31 @@ pub fn broker_addr() -> SocketAddr {
     let host = url.host_str().unwrap_or("127.0.0.1");
     let port = url.port().unwrap_or(5672);
     format!("{host}:{port}").parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BrokerProxy;
+    use std::net::SocketAddr;
+
+    /// The failure seen in CI: after a cut, `start` could not rebind the
+    /// port (EADDRINUSE) because the aborted accept task still held the
+    /// listener, or because something else took the released port.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_port_stays_the_proxys_while_cut_and_restarts_at_once() {
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a target");
+        let target_addr: SocketAddr = target.local_addr().expect("addr");
+        let mut proxy = BrokerProxy::reserve(target_addr).await;
+        assert!(tokio::net::TcpStream::connect(proxy.addr).await.is_err(), "reserved means refused");
+        for round in 0..50 {
+            proxy.start().await;
+            let connected = tokio::net::TcpStream::connect(proxy.addr).await;
+            assert!(connected.is_ok(), "round {round}: started means open: {connected:?}");
+            proxy.cut().await;
+            assert!(
+                std::net::TcpListener::bind(proxy.addr).is_err(),
+                "round {round}: nobody else may take the port of a cut proxy"
+            );
+        }
+    }
 }
