@@ -458,6 +458,93 @@ async fn webhook_calls_in_flight_stay_under_their_cap() {
     app.cleanup().await;
 }
 
+/// Acks are coalesced (one `ack multiple` for a run of finished
+/// deliveries), and none is lost doing it: a burst of events is handled
+/// once each with fewer ack frames than events, and after the worker stops
+/// nothing comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_acked_with_fewer_frames_than_events_and_none_comes_back() {
+    const EVENTS: usize = 120;
+    let app = TestApp::new().await;
+    let (topology, broker) = (&app.topology, &app.broker);
+    let mut config = app.worker_config();
+    config.route_delivered = "log".into();
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    // Queued before the worker starts, so they arrive as one burst.
+    for n in 0..EVENTS {
+        post_receipt(&ingest, &format!("BURST-{n}"), "delivered").await;
+    }
+    let worker = app.start_worker(config.clone(), WITHIN).await;
+    assert!(
+        eventually(WITHIN, async || handler_results(&worker, "log", "ok").await == EVENTS as f64).await,
+        "every event is handled"
+    );
+    assert!(eventually(WITHIN, async || idle(&worker, broker, &config).await).await);
+    let frames = eventually(WITHIN, async || {
+        worker_metric(&worker, "dlr_worker_settle_frames_total", &[]).await > 0.0
+            && broker.queue_depth(&topology.queue).await == 0
+    })
+    .await;
+    assert!(frames, "acks were sent");
+    let metrics = worker.metrics().await;
+    let multiple = metric_value(&metrics, "dlr_worker_settle_frames_total", &[("kind", "ack_multiple")]);
+    let single = metric_value(&metrics, "dlr_worker_settle_frames_total", &[("kind", "ack")]);
+    assert!(multiple >= 1.0, "at least one ack covers a run of deliveries");
+    assert!(multiple + single < EVENTS as f64, "{multiple} + {single} ack frames for {EVENTS} events");
+    assert_eq!(metric_value(&metrics, "dlr_worker_settle_frames_total", &[("kind", "nack")]), 0.0);
+
+    // Had any delivery stayed unacked, the channel's close would put it
+    // back in the queue.
+    worker.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(broker.queue_depth(&topology.queue).await, 0, "nothing unacked was left behind");
+    ingest.stop().await;
+    app.cleanup().await;
+}
+
+/// Events finished behind a stuck one are acked on their own after a
+/// short hold instead of waiting for it: otherwise they would keep their
+/// prefetch slots and, with all slots taken, the broker would stop
+/// delivering until the stuck call ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stuck_event_does_not_hold_back_the_acks_of_the_others() {
+    const EVENTS: usize = 20;
+    const STUCK_MS: u64 = 6_000;
+    let app = TestApp::new().await;
+    let receiver = Receiver::start(Script::SlowFirst(STUCK_MS)).await;
+    let mut config = http_config(&app, "http", &receiver.url("/hook"));
+    config.prefetch = 4;
+    config.http_timeout = Duration::from_secs(20);
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    for n in 0..EVENTS {
+        post_receipt(&ingest, &format!("STUCK-{n}"), "delivered").await;
+    }
+    let worker = app.start_worker(config.clone(), WITHIN).await;
+
+    // With prefetch 4, at most 3 others could finish while the stuck call
+    // holds back their acks; here all of them finish while it is held.
+    let others_done = eventually(Duration::from_millis(STUCK_MS / 2), async || {
+        handler_results(&worker, "http", "ok").await == (EVENTS - 1) as f64
+    })
+    .await;
+    assert!(
+        others_done,
+        "{} of {} other events handled while one call was stuck",
+        handler_results(&worker, "http", "ok").await,
+        EVENTS - 1
+    );
+    assert_eq!(receiver.calls().len(), EVENTS, "every event was delivered to the receiver once");
+    assert!(
+        eventually(WITHIN, async || handler_results(&worker, "http", "ok").await == EVENTS as f64).await,
+        "the stuck call finishes too"
+    );
+    assert!(eventually(WITHIN, async || idle(&worker, &app.broker, &config).await).await);
+
+    worker.stop().await;
+    ingest.stop().await;
+    app.cleanup().await;
+}
+
 /// With `WORKER_HANDLER_ORDER=concurrent`, a receiver that refuses the
 /// event does not hold back the handler listed after it: the amqp copy is
 /// published on the first attempt, the park records it as done, and a replay

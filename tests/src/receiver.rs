@@ -30,6 +30,9 @@ pub enum Script {
     Always(u16),
     /// 200 after holding each request this many milliseconds (a slow consumer).
     SlowOk(u64),
+    /// 200 after holding the first request this many milliseconds; 200 at
+    /// once for the others (one stuck call among fast ones).
+    SlowFirst(u64),
     /// This redirect status (3xx) to `/moved`, which itself answers 200.
     Redirect(u16),
 }
@@ -131,6 +134,11 @@ async fn record(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
             tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
             StatusCode::OK.into_response()
         }
+        Script::SlowFirst(millis) if index == 1 => {
+            tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+            StatusCode::OK.into_response()
+        }
+        Script::SlowFirst(_) => StatusCode::OK.into_response(),
         Script::Redirect(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FOUND);
             (status, [(header::LOCATION, "/moved")]).into_response()

@@ -9,9 +9,7 @@ use dlr_shared::ReceiptEvent;
 use dlr_shared::amqp::{BrokerConnection, PublishError, Publisher, Topology};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +17,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acks::{Settler, SettlerTask};
 use crate::dispatch::{Decision, Dispatcher};
 use crate::envelope::Progress;
 use crate::metrics::WorkerMetrics;
@@ -56,8 +55,8 @@ pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_t
     let mut draining = None;
     while let Some(conn) = ctx.broker.wait_connected(&shutdown).await {
         match consume(&ctx, &conn, &tracker, &shutdown).await {
-            Ok(channel) => {
-                draining = Some(channel);
+            Ok(subscription) => {
+                draining = Some(subscription);
                 break;
             }
             Err(ConsumerStopped::ShutdownWhileSubscribing) => break,
@@ -86,9 +85,11 @@ pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_t
             "drain timeout reached; the broker redelivers what is still unsettled"
         );
     }
-    if let Some(channel) = draining
-        && channel.status().connected()
-    {
+    let Some((channel, settler)) = draining else { return };
+    // Written after the drain: until then the settler holds back acks it
+    // can still coalesce; now it acks every settled delivery at once.
+    settler.finish(BROKER_REPLY_TIMEOUT).await;
+    if channel.status().connected() {
         // The broker has read our acks, but for a quorum queue its channel
         // process forwards them to the queue's leader with a bounded number
         // in flight and holds the rest back; closing the channel drops those
@@ -127,14 +128,14 @@ enum ConsumerStopped {
 }
 
 /// One subscription on one connection. `Ok` means shutdown was requested:
-/// the consumer is cancelled and its channel is handed back, still open, so
-/// the deliveries in flight can be settled on it.
+/// the consumer is cancelled and its channel is handed back, still open,
+/// with its settler, so the deliveries in flight can be settled on it.
 async fn consume(
     ctx: &Arc<ConsumerContext>,
     conn: &lapin::Connection,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
-) -> Result<lapin::Channel, ConsumerStopped> {
+) -> Result<(lapin::Channel, SettlerTask), ConsumerStopped> {
     let tag = format!("worker-{}", uuid::Uuid::new_v4());
     // Bounded, and given up on shutdown: on a connection that died without
     // lapin noticing yet, these calls would wait for replies forever.
@@ -157,20 +158,20 @@ async fn consume(
             subscribed.map_err(|_| ConsumerStopped::NoReply)??
         }
     };
+    // On any other return the settler task is left to itself: it ends once
+    // the deliveries' tasks are done, its frames failing on the dead channel.
+    let (settler, settler_task) = Settler::start(channel.clone(), ctx.metrics.clone());
     ctx.consuming.store(true, Ordering::SeqCst);
     tracing::info!(queue = %ctx.topology.queue, prefetch = ctx.prefetch, "consuming");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 ctx.consuming.store(false, Ordering::SeqCst);
-                stop_deliveries(ctx, &channel, &tag, &mut consumer, tracker).await;
-                return Ok(channel);
+                stop_deliveries(ctx, &channel, &tag, &mut consumer, tracker, &settler).await;
+                return Ok((channel, settler_task));
             }
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    let ctx = ctx.clone();
-                    tracker.spawn(async move { handle_delivery(&ctx, delivery).await });
-                }
+                Some(Ok(delivery)) => spawn_delivery(ctx, tracker, &settler, delivery),
                 Some(Err(error)) => return Err(ConsumerStopped::Broker(error)),
                 None => return Err(ConsumerStopped::StreamEnded),
             }
@@ -197,6 +198,7 @@ async fn stop_deliveries(
     tag: &str,
     consumer: &mut lapin::Consumer,
     tracker: &TaskTracker,
+    settler: &Settler,
 ) {
     match tokio::time::timeout(
         BROKER_REPLY_TIMEOUT,
@@ -216,31 +218,28 @@ async fn stop_deliveries(
     }
     let deadline = tokio::time::Instant::now() + CANCEL_SETTLE;
     while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {
-        let ctx = ctx.clone();
-        tracker.spawn(async move { handle_delivery(&ctx, delivery).await });
+        spawn_delivery(ctx, tracker, settler, delivery);
     }
+}
+
+/// Registers a delivery with the channel's settler, then handles it in its
+/// own task. The order matters: the settler must know a delivery before
+/// any later one can be acked with `multiple`.
+fn spawn_delivery(ctx: &Arc<ConsumerContext>, tracker: &TaskTracker, settler: &Settler, delivery: Delivery) {
+    settler.delivered(delivery.delivery_tag);
+    let (ctx, settler) = (ctx.clone(), settler.clone());
+    tracker.spawn(async move { handle_delivery(&ctx, delivery, &settler).await });
 }
 
 /// Handles one delivery and settles it: ack after success, retry
 /// scheduling or parking; nack with requeue if even that cannot be done.
-async fn handle_delivery(ctx: &ConsumerContext, delivery: Delivery) {
+/// The settler writes the frame (see [`crate::acks`]).
+async fn handle_delivery(ctx: &ConsumerContext, delivery: Delivery, settler: &Settler) {
     ctx.metrics.in_flight.inc();
-    let settled = settle(ctx, &delivery).await;
-    let result = if settled {
-        delivery.acker.ack(BasicAckOptions::default()).await
+    if settle(ctx, &delivery).await {
+        settler.ack(delivery.delivery_tag);
     } else {
-        delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await
-    };
-    match result {
-        Ok(true) => {}
-        // lapin answers false when the channel was closed or errored (its
-        // ackers are poisoned) or the acker was invalidated: nothing was sent.
-        Ok(false) => tracing::warn!(
-            poisoned = delivery.acker.poisoned(),
-            "could not settle a delivery (channel gone); it will be redelivered"
-        ),
-        // The channel is gone; the broker redelivers the message.
-        Err(error) => tracing::warn!(%error, "could not settle a delivery; it will be redelivered"),
+        settler.requeue(delivery.delivery_tag);
     }
     ctx.metrics.in_flight.dec();
 }

@@ -16,6 +16,7 @@
 //! - [`replay`]: the operator's `replay-parked` and `replay-quarantine`.
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics`.
 
+pub mod acks;
 pub mod config;
 pub mod consumer;
 pub mod dispatch;

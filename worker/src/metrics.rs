@@ -36,6 +36,9 @@ pub struct WorkerMetrics {
     /// Retry or park publishes that failed and were tried again after a
     /// wait (broker blocked or unreachable) instead of nacking the delivery.
     pub settle_waits: IntCounter,
+    /// Frames sent to settle deliveries, by kind (ack_multiple, ack, nack):
+    /// against events consumed, shows how well acks are coalesced.
+    pub settle_frames: IntCounterVec,
 }
 
 impl WorkerMetrics {
@@ -92,8 +95,16 @@ impl WorkerMetrics {
                 "dlr_worker_settle_publish_waits_total",
                 "Retry or park publishes the broker could not take, tried again after a wait instead of requeueing.",
             )?,
+            settle_frames: b.counter_vec(
+                "dlr_worker_settle_frames_total",
+                "Frames sent to the broker to settle deliveries: ack_multiple (covers a run of deliveries), ack, nack (requeue).",
+                &["kind"],
+            )?,
             registry,
         };
+        for kind in ["ack_multiple", "ack", "nack"] {
+            metrics.settle_frames.with_label_values(&[kind]);
+        }
         for provider in Provider::ALL {
             for outcome in Outcome::ALL {
                 metrics.consumed.with_label_values(&[provider.as_str(), outcome.as_str()]);

@@ -574,12 +574,17 @@ struct Drain {
     cpu: String,
     /// PostgreSQL transactions committed per event (postgres routes).
     commits_per_event: Option<f64>,
+    /// Frames the worker sent to settle deliveries, per event: how well
+    /// its acks were coalesced (1.0 = one ack per delivery).
+    settle_frames_per_event: Option<f64>,
 }
 
 impl Drain {
     fn describe(&self) -> String {
         let commits = self.commits_per_event.map(|c| format!(", {c:.3} commits/event")).unwrap_or_default();
-        format!("{:.0} events/s, peak RSS {:.1} MB, {}{commits}", self.rate, self.rss_mb, self.cpu)
+        let frames =
+            self.settle_frames_per_event.map(|f| format!(", {f:.3} ack frames/event")).unwrap_or_default();
+        format!("{:.0} events/s, peak RSS {:.1} MB, {}{commits}{frames}", self.rate, self.rss_mb, self.cpu)
     }
 }
 
@@ -782,6 +787,17 @@ async fn handled(client: &reqwest::Client, metrics_url: &str) -> f64 {
     }
 }
 
+/// Frames the worker has sent to settle deliveries; `None` for a worker
+/// that does not count them. Read after the last event finished, so the
+/// last frames may still be held back for up to the settler's hold.
+async fn settle_frames(client: &reqwest::Client, metrics_url: &str) -> Option<f64> {
+    tokio::time::sleep(dlr_worker::acks::HOLD * 2).await;
+    let metrics = client.get(metrics_url).send().await.ok()?.text().await.ok()?;
+    metrics
+        .contains("dlr_worker_settle_frames_total")
+        .then(|| dlr_tests::metric_value(&metrics, "dlr_worker_settle_frames_total", &[]))
+}
+
 /// The share of finished events whose end-to-end latency (ingest's receipt
 /// to the last handler, the worker's own histogram) was at most `seconds`,
 /// which must be a bucket bound.
@@ -849,6 +865,7 @@ async fn worker_drain(
         let ended = Instant::now();
         let cpu_after = CpuSample::now(Some(worker.0.id()), None);
         let rss_mb = peak_rss_mb(worker.0.id());
+        let settle_frames_per_event = settle_frames(&client, &metrics_url).await.map(|f| f / count as f64);
         drop(worker);
         let (started, done_at_start, cpu_before) = first.unwrap_or((ended, 0.0, cpu_after));
         let seconds = ended.duration_since(started).as_secs_f64().max(1e-3);
@@ -860,7 +877,7 @@ async fn worker_drain(
             _ => None,
         };
         let cpu = cpu_before.describe(&cpu_after, seconds, false);
-        Ok(Drain { rate, rss_mb, cpu, commits_per_event })
+        Ok(Drain { rate, rss_mb, cpu, commits_per_event, settle_frames_per_event })
     }
     .await;
     let mut extra_queues = retry_queues(&topology);
