@@ -7,6 +7,8 @@ use dlr_shared::ReceiptEvent;
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
 use dlr_tests::{SEED_FORM, SEED_JSON, TestApp, eventually, ingest_config, metric_value, vonage_form};
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -256,14 +258,21 @@ async fn unroutable_publish_is_never_acknowledged() {
     app.cleanup().await;
 }
 
-/// Sends `count` receipts with unique ids, `concurrency` at a time, and
-/// returns the ids that were answered 200 plus the number of other answers.
-async fn send_unique(ingest: &dlr_tests::TestIngest, prefix: &str, count: usize) -> (HashSet<String>, usize) {
+/// Sends `count` receipts with unique ids, all at once, and returns the
+/// ids that were answered 200 plus the number of other answers. `accepted`
+/// counts the 200s as they come, so a fault can be timed by progress.
+async fn send_unique(
+    ingest: &dlr_tests::TestIngest,
+    prefix: &str,
+    count: usize,
+    accepted: &Arc<AtomicUsize>,
+) -> (HashSet<String>, usize) {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..count {
         let client = ingest.client.clone();
         let url = format!("{}/dlr/vonage", ingest.base_url);
         let id = format!("{prefix}{i:08X}");
+        let accepted = accepted.clone();
         tasks.spawn(async move {
             let status = client
                 .post(url)
@@ -273,6 +282,9 @@ async fn send_unique(ingest: &dlr_tests::TestIngest, prefix: &str, count: usize)
                 .await
                 .map(|r| r.status().as_u16())
                 .unwrap_or(0);
+            if status == 200 {
+                accepted.fetch_add(1, Ordering::SeqCst);
+            }
             (id, status)
         });
     }
@@ -286,6 +298,14 @@ async fn send_unique(ingest: &dlr_tests::TestIngest, prefix: &str, count: usize)
         }
     }
     (accepted, others)
+}
+
+/// Waits until `accepted` reaches `at_least`: a fault injected then hits
+/// the sending midway on a fast machine and a slow one alike (a fixed delay
+/// of 40 ms came before the first answer in a cold container).
+async fn until_accepted(accepted: &AtomicUsize, at_least: usize) {
+    let waited = eventually(READY, async || accepted.load(Ordering::SeqCst) >= at_least).await;
+    assert!(waited, "{at_least} receipts accepted before the fault");
 }
 
 fn stored_ids(messages: &[lapin::message::BasicGetMessage]) -> HashSet<String> {
@@ -305,9 +325,10 @@ async fn a_broker_outage_under_load_never_acknowledges_a_lost_receipt() {
     let ingest = app.spawn_ingest(ingest_config(topology, &proxy.amqp_url())).await;
     assert!(ingest.wait_ready(READY).await);
 
-    let sending = send_unique(&ingest, "B", 400);
+    let accepted_so_far = Arc::new(AtomicUsize::new(0));
+    let sending = send_unique(&ingest, "B", 400, &accepted_so_far);
     let cutting = async {
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        until_accepted(&accepted_so_far, 20).await;
         proxy.cut().await;
     };
     let ((accepted, refused), ()) = tokio::join!(sending, cutting);
@@ -331,9 +352,10 @@ async fn shutdown_finishes_in_flight_requests_and_loses_none() {
     assert!(ingest.wait_ready(READY).await);
 
     let shutdown = ingest.shutdown.clone();
-    let sending = send_unique(&ingest, "C", 300);
+    let accepted_so_far = Arc::new(AtomicUsize::new(0));
+    let sending = send_unique(&ingest, "C", 300, &accepted_so_far);
     let stopping = async {
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        until_accepted(&accepted_so_far, 20).await;
         shutdown.cancel();
     };
     let ((accepted, _refused), ()) = tokio::join!(sending, stopping);
