@@ -398,35 +398,29 @@ mod tests {
                     }
                 }
                 for frame in window.due(clock, HOLD) {
-                    match frame {
-                        Frame::AckUpTo(up_to) => {
-                            assert!(!settled[up_to as usize], "round {round}: {up_to} acked twice");
-                            for tag in 1..=up_to {
-                                assert!(
-                                    !in_flight.contains(&tag),
-                                    "round {round}: {tag} acked while in flight"
-                                );
-                                settled[tag as usize] = true;
-                            }
-                        }
-                        Frame::Ack(tag) => {
-                            assert!(!settled[tag as usize], "round {round}: {tag} acked twice");
-                            assert!(!in_flight.contains(&tag), "round {round}: {tag} acked while in flight");
-                            settled[tag as usize] = true;
-                        }
-                        Frame::Requeue(_) => unreachable!("due() never requeues"),
-                    }
+                    settle_checked(frame, &mut settled, &in_flight, round);
                 }
             }
             for frame in window.due(clock, Duration::ZERO) {
-                if let Frame::AckUpTo(tag) | Frame::Ack(tag) = frame {
-                    for covered in if matches!(frame, Frame::AckUpTo(_)) { 1..=tag } else { tag..=tag } {
-                        settled[covered as usize] = true;
-                    }
-                }
+                settle_checked(frame, &mut settled, &in_flight, round);
             }
             assert!(settled[1..].iter().all(|s| *s), "round {round}: every delivery settled");
             assert_eq!(window.in_flight(), 0);
+        }
+    }
+
+    /// Marks what `frame` settles at the broker, failing if it names a
+    /// delivery settled already or covers one still in flight.
+    fn settle_checked(frame: Frame, settled: &mut [bool], in_flight: &[u64], round: u32) {
+        let (covered, named) = match frame {
+            Frame::AckUpTo(up_to) => (1..=up_to, up_to),
+            Frame::Ack(tag) => (tag..=tag, tag),
+            Frame::Requeue(_) => unreachable!("due() never requeues"),
+        };
+        assert!(!settled[named as usize], "round {round}: {named} acked twice");
+        for tag in covered {
+            assert!(!in_flight.contains(&tag), "round {round}: {tag} acked while in flight");
+            settled[tag as usize] = true;
         }
     }
 }
