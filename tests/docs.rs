@@ -8,12 +8,15 @@
 //! * the variables in the first column of the `## Configuration` tables
 //!   against the `[env: …]` names that `ingest --help`, `worker --help` and
 //!   every worker subcommand's `--help` print (clap's own list of what the
-//!   binaries read).
+//!   binaries read);
+//! * the README's routing-key examples (one row per provider) against the
+//!   keys the amqp handler publishes when each provider's sample, with the
+//!   documented status word, goes through ingest and the worker.
 //!
 //! A separate test binary: the second test builds and runs the executables,
 //! and neither shares state with the integration tests.
 
-use dlr_tests::{SEED_FORM, TestApp, binaries, eventually, metric_value};
+use dlr_tests::{SEED_FORM, TestApp, binaries, corpus, eventually, metric_value, samples};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -165,6 +168,140 @@ fn the_readme_configuration_tables_list_every_variable_the_binaries_read() {
     assert_same("configuration", &documented, &read, "the binaries' --help");
 }
 
+/// One row of the README's routing-key table: provider, the status words
+/// it names, the routing keys it promises for them (in the same order).
+struct RoutingKeyRow {
+    provider: String,
+    words: Vec<String>,
+    keys: Vec<String>,
+}
+
+/// The table that follows the `routing-keys` anchor.
+fn documented_routing_keys(readme: &str) -> Vec<RoutingKeyRow> {
+    readme
+        .lines()
+        .skip_while(|line| !line.contains(r#"id="routing-keys""#))
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .skip(2) // header and separator
+        .map(|line| {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            let spans = |i: usize| -> Vec<String> {
+                cells.get(i).map(|c| code_spans(c).map(str::to_owned).collect()).unwrap_or_default()
+            };
+            RoutingKeyRow {
+                provider: cells.first().copied().unwrap_or_default().to_owned(),
+                words: spans(1),
+                keys: spans(2),
+            }
+        })
+        .collect()
+}
+
+/// The request that carries one receipt of `provider` (the README's name)
+/// with status `word`: the provider's sample from `tests/corpus/`, its
+/// status replaced. Returns the path, content type and body (GET when the
+/// content type is empty: the body is the query).
+fn sample_request(provider: &str, word: &str) -> (&'static str, &'static str, String) {
+    const FORM: &str = "application/x-www-form-urlencoded";
+    const JSON: &str = "application/json";
+    let replace = |sample: &str, from: &str, to: String| {
+        assert!(sample.contains(from), "the {provider} sample contains {from:?}");
+        sample.replacen(from, &to, 1)
+    };
+    match provider {
+        "Vonage SMS" => {
+            ("/dlr/vonage", "", replace(corpus::S2_QUERY.trim(), "status=failed", format!("status={word}")))
+        }
+        "Vonage Messages" => (
+            "/dlr/vonage-messages",
+            JSON,
+            replace(corpus::S5, r#""status":"submitted""#, format!(r#""status":"{word}""#)),
+        ),
+        "Twilio" => (
+            "/dlr/twilio",
+            FORM,
+            replace(corpus::S8.trim(), "MessageStatus=sent", format!("MessageStatus={word}")),
+        ),
+        "Telnyx" => (
+            "/dlr/telnyx",
+            JSON,
+            replace(
+                include_str!("corpus/telnyx-message-finalized-failed.json"),
+                r#""status":"delivery_failed""#,
+                format!(r#""status":"{word}""#),
+            ),
+        ),
+        "Plivo" => (
+            "/dlr/plivo",
+            FORM,
+            replace(
+                include_str!("corpus/plivo-delivered.form").trim(),
+                "Status=delivered",
+                format!("Status={word}"),
+            ),
+        ),
+        "Sinch" => (
+            "/dlr/sinch",
+            JSON,
+            replace(
+                include_str!("corpus/sinch-recipient-delivered.json"),
+                r#""status":"Delivered""#,
+                format!(r#""status":"{word}""#),
+            ),
+        ),
+        "Infobip" => {
+            let mut report = samples::infobip_report(&format!("RK-{word}"), 0);
+            report["status"]["name"] = word.into();
+            ("/dlr/infobip", JSON, serde_json::json!({ "results": [report] }).to_string())
+        }
+        other => panic!("the README's routing-key table names {other:?}: add its sample here"),
+    }
+}
+
+#[tokio::test]
+async fn the_readme_routing_key_examples_are_what_the_amqp_handler_publishes() {
+    let rows = documented_routing_keys(&readme());
+    assert_eq!(rows.len(), 7, "one routing-key row per provider");
+    let app = TestApp::new().await;
+    let ingest = app.start_ingest(app.ingest_config(), Duration::from_secs(15)).await;
+    let mut config = app.worker_config();
+    config.route_delivered = "amqp".to_owned();
+    config.route_failed = "amqp".to_owned();
+    config.route_pending = "amqp".to_owned();
+    let worker = app.start_worker(config, Duration::from_secs(15)).await;
+    let capture = app.capture().await;
+
+    let mut documented = Vec::new();
+    for row in &rows {
+        assert_eq!(row.words.len(), row.keys.len(), "{}: one routing key per status word", row.provider);
+        for (word, key) in row.words.iter().zip(&row.keys) {
+            let (path, content_type, body) = sample_request(&row.provider, word);
+            let response = if content_type.is_empty() {
+                ingest.client.get(format!("{}{path}?{body}", ingest.base_url)).send().await.expect("request")
+            } else {
+                ingest.post(path, content_type, body).await
+            };
+            assert_eq!(response.status(), 200, "{} {word}: {:?}", row.provider, response.text().await);
+            documented.push(key.clone());
+        }
+    }
+    let published: Vec<String> = app
+        .broker
+        .take(&capture, documented.len(), Duration::from_secs(20))
+        .await
+        .iter()
+        .map(|m| m.delivery.routing_key.to_string())
+        .collect();
+    ingest.stop().await;
+    worker.stop().await;
+    app.cleanup().await;
+
+    let (documented, published): (BTreeSet<_>, BTreeSet<_>) =
+        (documented.into_iter().collect(), published.into_iter().collect());
+    assert_same("routing keys", &documented, &published, "the amqp handler's publishes");
+}
+
 #[test]
 fn the_parsers_read_what_they_should() {
     let readme = "# x\n## Metrics\n\n`dlr_a_total{x,y}`, `dlr_b` and `process_*`\n## Configuration\n\
@@ -180,4 +317,13 @@ fn the_parsers_read_what_they_should() {
     let exposition = "# HELP dlr_x_seconds h\n# TYPE dlr_x_seconds histogram\ndlr_x_seconds_bucket{le=\"1\"} 0\n\
                       # TYPE process_cpu_seconds_total counter\n";
     assert_eq!(names(exported_metrics(exposition)), ["dlr_x_seconds"]);
+    let table = "x\n<a id=\"routing-keys\"></a>text\n\n| provider | words | keys |\n|---|---|---|\n\
+                 | Infobip | `A`, `B` | `d.infobip.a`, `p.infobip.b` |\n\nafter\n| `Z` | | |\n";
+    let rows = documented_routing_keys(table);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].provider.as_str(), rows[0].words.as_slice()),
+        ("Infobip", ["A".to_owned(), "B".to_owned()].as_slice())
+    );
+    assert_eq!(rows[0].keys, ["d.infobip.a", "p.infobip.b"]);
 }
