@@ -198,65 +198,52 @@ fn documented_routing_keys(readme: &str) -> Vec<RoutingKeyRow> {
         .collect()
 }
 
+/// Each provider's sample from `tests/corpus/` (by the README's name): its
+/// route, content type (empty: a GET whose query is the sample), the sample,
+/// and its status as `(text before, word, text after)`.
+type Sample =
+    (&'static str, &'static str, &'static str, &'static str, (&'static str, &'static str, &'static str));
+const SAMPLES: [Sample; 6] = [
+    ("Vonage SMS", "/dlr/vonage", "", corpus::S2_QUERY, ("status=", "failed", "&")),
+    ("Vonage Messages", "/dlr/vonage-messages", JSON, corpus::S5, (STATUS, "submitted", "\"")),
+    ("Twilio", "/dlr/twilio", FORM, corpus::S8, ("MessageStatus=", "sent", "&")),
+    (
+        "Telnyx",
+        "/dlr/telnyx",
+        JSON,
+        include_str!("corpus/telnyx-message-finalized-failed.json"),
+        (STATUS, "delivery_failed", "\""),
+    ),
+    ("Plivo", "/dlr/plivo", FORM, include_str!("corpus/plivo-delivered.form"), ("Status=", "delivered", "&")),
+    (
+        "Sinch",
+        "/dlr/sinch",
+        JSON,
+        include_str!("corpus/sinch-recipient-delivered.json"),
+        (STATUS, "Delivered", "\""),
+    ),
+];
+const FORM: &str = "application/x-www-form-urlencoded";
+const JSON: &str = "application/json";
+const STATUS: &str = "\"status\":\"";
+
 /// The request that carries one receipt of `provider` (the README's name)
-/// with status `word`: the provider's sample from `tests/corpus/`, its
-/// status replaced. Returns the path, content type and body (GET when the
-/// content type is empty: the body is the query).
+/// with status `word`: the provider's sample with its status replaced
+/// (Infobip: a generated report). Returns the path, content type and body.
 fn sample_request(provider: &str, word: &str) -> (&'static str, &'static str, String) {
-    const FORM: &str = "application/x-www-form-urlencoded";
-    const JSON: &str = "application/json";
-    let replace = |sample: &str, from: &str, to: String| {
-        assert!(sample.contains(from), "the {provider} sample contains {from:?}");
-        sample.replacen(from, &to, 1)
-    };
-    match provider {
-        "Vonage SMS" => {
-            ("/dlr/vonage", "", replace(corpus::S2_QUERY.trim(), "status=failed", format!("status={word}")))
-        }
-        "Vonage Messages" => (
-            "/dlr/vonage-messages",
-            JSON,
-            replace(corpus::S5, r#""status":"submitted""#, format!(r#""status":"{word}""#)),
-        ),
-        "Twilio" => (
-            "/dlr/twilio",
-            FORM,
-            replace(corpus::S8.trim(), "MessageStatus=sent", format!("MessageStatus={word}")),
-        ),
-        "Telnyx" => (
-            "/dlr/telnyx",
-            JSON,
-            replace(
-                include_str!("corpus/telnyx-message-finalized-failed.json"),
-                r#""status":"delivery_failed""#,
-                format!(r#""status":"{word}""#),
-            ),
-        ),
-        "Plivo" => (
-            "/dlr/plivo",
-            FORM,
-            replace(
-                include_str!("corpus/plivo-delivered.form").trim(),
-                "Status=delivered",
-                format!("Status={word}"),
-            ),
-        ),
-        "Sinch" => (
-            "/dlr/sinch",
-            JSON,
-            replace(
-                include_str!("corpus/sinch-recipient-delivered.json"),
-                r#""status":"Delivered""#,
-                format!(r#""status":"{word}""#),
-            ),
-        ),
-        "Infobip" => {
-            let mut report = samples::infobip_report(&format!("RK-{word}"), 0);
-            report["status"]["name"] = word.into();
-            ("/dlr/infobip", JSON, serde_json::json!({ "results": [report] }).to_string())
-        }
-        other => panic!("the README's routing-key table names {other:?}: add its sample here"),
+    if provider == "Infobip" {
+        let mut report = samples::infobip_report(&format!("RK-{word}"), 0);
+        report["status"]["name"] = word.into();
+        return ("/dlr/infobip", JSON, serde_json::json!({ "results": [report] }).to_string());
     }
+    let Some((_, path, content_type, sample, (before, status, after))) =
+        SAMPLES.iter().find(|(name, ..)| *name == provider)
+    else {
+        panic!("the README's routing-key table names {provider:?}: add its sample here");
+    };
+    let from = format!("{before}{status}{after}");
+    assert!(sample.contains(&from), "the {provider} sample contains {from:?}");
+    (path, content_type, sample.trim().replacen(&from, &format!("{before}{word}{after}"), 1))
 }
 
 #[tokio::test]
