@@ -445,6 +445,33 @@ async fn a_delivery_finishing_during_the_close_is_acked() {
     assert_eq!(left, 0, "the late delivery was acked before its channel closed");
 }
 
+/// A queue that refused publishes for a while (over its length limit, or a
+/// quorum queue without a leader during an election) and then takes them
+/// again: ingest answers 200 again at once, without a restart. A channel
+/// that was refused once can stay refused (RabbitMQ's channel keeps the
+/// queue's "rejecting" state), so the refused channel must be replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_recovers_from_a_refusing_queue_without_a_restart() {
+    let app = TestApp::new().await;
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+    assert_eq!(post(&ingest, "BEFORE-1", "delivered").await, 200);
+    let policy = QueuePolicy::refuse_publishes(&format!("{}.refuse", app.topology.exchange), &app.topology.queue);
+    assert!(eventually(WITHIN, async || post(&ingest, "REFUSED-1", "delivered").await == 503).await, "refused");
+    for n in 0..20 {
+        assert_eq!(post(&ingest, &format!("REFUSED-{n}"), "delivered").await, 503, "refused while over the limit");
+    }
+    drop(policy);
+    let started = tokio::time::Instant::now();
+    let recovered = eventually(Duration::from_secs(10), async || post(&ingest, "AFTER-1", "delivered").await == 200).await;
+    let took = started.elapsed();
+    let replaced = metric_value(&ingest.metrics().await, "dlr_ingest_publish_channels_replaced_total", &[("reason", "nacked")]);
+    ingest.stop().await;
+    app.cleanup().await;
+
+    assert!(recovered, "ingest stores receipts again within 10 s of the queue taking them ({took:?})");
+    assert!(replaced >= 1.0, "the refused channels were replaced");
+}
+
 /// Connected, but every publish refused for longer than the grace: ingest
 /// leaves the Service (`/readyz` 503) instead of answering 503 to every
 /// receipt while it looks ready, and comes back by itself (its probe is
