@@ -42,6 +42,10 @@ pub enum StartupError {
     /// Serving failed.
     #[error("server: {0}")]
     Serve(#[from] std::io::Error),
+    /// The broker refused the configuration at start-up (credentials,
+    /// vhost, permissions): no retry can fix that.
+    #[error("broker refused the configuration: {0}")]
+    BrokerRefused(String),
 }
 
 /// A bound, not yet serving, ingest.
@@ -143,9 +147,17 @@ impl Application {
         http.timer(TokioTimer::new()).header_read_timeout(self.limits.request_timeout);
         let graceful = GracefulShutdown::new();
         let connections = Arc::new(Semaphore::new(self.max_connections));
+        let broker = self.state.publisher.broker().clone();
+        let gave_up = broker.gave_up();
+        tokio::pin!(gave_up);
+        let mut refused = None;
         loop {
             let permit = tokio::select! {
                 () = shutdown.cancelled() => break,
+                reason = &mut gave_up => {
+                    refused = Some(reason);
+                    break;
+                }
                 permit = connections.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
@@ -185,6 +197,9 @@ impl Application {
             tracing::warn!("the broker connection did not close in time");
         }
         tracing::info!("ingest stopped");
-        Ok(())
+        match refused {
+            Some(reason) => Err(StartupError::BrokerRefused(reason)),
+            None => Ok(()),
+        }
     }
 }

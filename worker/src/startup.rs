@@ -60,6 +60,13 @@ pub enum StartupError {
     /// Metric registration failed (a programming error).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The broker refused the configuration at start-up (credentials,
+    /// vhost, permissions): no retry can fix that.
+    #[error("broker refused the configuration: {0}")]
+    BrokerRefused(String),
+    /// The probe server failed.
+    #[error("probe server: {0}")]
+    Probes(#[from] std::io::Error),
 }
 
 /// A worker ready to run.
@@ -70,6 +77,8 @@ pub struct Application {
     drain_timeout: Duration,
     broker_shutdown: CancellationToken,
     broker_task: JoinHandle<()>,
+    /// Both connections: either giving up for good stops the worker.
+    gave_up: [BrokerConnection; 2],
 }
 
 impl Application {
@@ -153,6 +162,8 @@ impl Application {
         }
 
         let consuming = Arc::new(AtomicBool::new(false));
+        let broker_for_probes = broker.clone();
+        let gave_up = [broker.clone(), publishing.clone()];
         let context = Arc::new(ConsumerContext {
             broker,
             publisher,
@@ -167,11 +178,12 @@ impl Application {
         });
         Ok(Self {
             listener,
-            probes: ProbeState { consuming, metrics },
+            probes: ProbeState { consuming, metrics, broker: broker_for_probes },
             context,
             drain_timeout: config.drain_timeout,
             broker_shutdown,
             broker_task,
+            gave_up,
         })
     }
 
@@ -181,7 +193,9 @@ impl Application {
     }
 
     /// Consumes until `shutdown`, drains, closes the broker connection.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+    /// Ends early with an error when the broker refuses the configuration
+    /// at start-up.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let probe_shutdown = CancellationToken::new();
         let probe_signal = probe_shutdown.clone();
         let probes = tokio::spawn(
@@ -189,7 +203,24 @@ impl Application {
                 .with_graceful_shutdown(probe_signal.cancelled_owned())
                 .into_future(),
         );
-        consumer::run(self.context, shutdown, self.drain_timeout).await;
+        let stop = shutdown.child_token();
+        let [consume, publish] = self.gave_up;
+        let refused = Arc::new(std::sync::Mutex::new(None));
+        let watcher = {
+            let (stop, refused) = (stop.clone(), refused.clone());
+            tokio::spawn(async move {
+                let reason = tokio::select! {
+                    reason = consume.gave_up() => reason,
+                    reason = publish.gave_up() => reason,
+                    () = stop.cancelled() => return,
+                };
+                *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                stop.cancel();
+            })
+        };
+        consumer::run(self.context, stop.clone(), self.drain_timeout).await;
+        stop.cancel();
+        let _ = watcher.await;
         self.broker_shutdown.cancel();
         // Both bounded: the process must exit after SIGTERM even if the
         // broker never confirms the close or a probe client keeps its
@@ -203,7 +234,10 @@ impl Application {
             Err(_) => Ok(()),
         };
         tracing::info!("worker stopped");
-        result
+        if let Some(reason) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(StartupError::BrokerRefused(reason));
+        }
+        Ok(result?)
     }
 }
 
