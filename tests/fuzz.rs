@@ -487,21 +487,65 @@ fn check_batch(parsed: Result<Batch, ReceiptError>) -> Result<(), TestCaseError>
     }
 }
 
-/// The same bytes as header values and URLs.
-fn exercise_text(text: &str) {
-    let _ = vonage_jwt::verify(Some(text), S6.as_bytes(), &VONAGE_SECRETS, window(), NOW);
+/// The same bytes as header values and URLs. Each verifier gets the text
+/// where a credential or the signed URL belongs, so it must refuse it
+/// (the text is never the sample's real URL, signature or token). The one
+/// call where the text is only the signature-settings header is not
+/// judged: settings a verifier ignores leave a genuine signature genuine.
+fn exercise_text(text: &str) -> Result<(), TestCaseError> {
+    let refused = |name: &str, verified: bool| -> Result<(), TestCaseError> {
+        prop_assert!(!verified, "{} accepted {:?} in a credential's place", name, text);
+        Ok(())
+    };
+    let ok = |r: Result<_, SignatureError>| r.is_ok();
+    // The corpus holds genuine credentials (a Vonage token, a Twilio
+    // signature); those, and only those, may pass.
+    if !jwt_is_genuine(text, S6.as_bytes()) {
+        let verified = vonage_jwt::verify(Some(text), S6.as_bytes(), &VONAGE_SECRETS, window(), NOW);
+        refused("vonage jwt", ok(verified.map(|_| ())))?;
+    }
     let s7 = form_pairs(S7);
-    let _ = twilio_sig::verify(text, &s7, Some(S7_SIGNATURE), None, &TWILIO_TOKENS);
-    let _ = twilio_sig::verify(S7_URL, &s7, Some(text), None, &TWILIO_TOKENS);
+    if text.trim() != S7_URL {
+        refused(
+            "twilio url",
+            ok(twilio_sig::verify(text, &s7, Some(S7_SIGNATURE), None, &TWILIO_TOKENS).map(|_| ())),
+        )?;
+    }
+    if text.trim() != S7_SIGNATURE {
+        refused(
+            "twilio signature",
+            ok(twilio_sig::verify(S7_URL, &s7, Some(text), None, &TWILIO_TOKENS).map(|_| ())),
+        )?;
+    }
     let _ = twilio_sig::verify(S7_URL, &s7, Some(S7_SIGNATURE), Some(text), &TWILIO_TOKENS);
-    let _ = basic::verify(Some(text), &VONAGE_SECRETS);
-    let _ = telnyx_sig::verify(S6.as_bytes(), Some(text), Some(text), &TELNYX_KEYS, MAX_FUTURE_D, NOW);
-    let _ =
-        sinch_sig::verify(S6.as_bytes(), Some(text), Some(text), Some(text), &VONAGE_SECRETS, window(), NOW);
+    refused("basic", ok(basic::verify(Some(text), &VONAGE_SECRETS).map(|_| ())))?;
+    refused(
+        "telnyx",
+        ok(telnyx_sig::verify(S6.as_bytes(), Some(text), Some(text), &TELNYX_KEYS, MAX_FUTURE_D, NOW)
+            .map(|_| ())),
+    )?;
+    refused(
+        "sinch",
+        ok(sinch_sig::verify(
+            S6.as_bytes(),
+            Some(text),
+            Some(text),
+            Some(text),
+            &VONAGE_SECRETS,
+            window(),
+            NOW,
+        )
+        .map(|_| ())),
+    )?;
     let headers =
         plivo_sig::Headers { v3: Some(text), ma_v3: Some(text), v3_nonce: Some(text), ..Default::default() };
-    let _ = plivo_sig::verify(plivo_sig::Method::Get, text, &Fields::default(), headers, &TWILIO_TOKENS);
+    refused(
+        "plivo",
+        ok(plivo_sig::verify(plivo_sig::Method::Get, text, &Fields::default(), headers, &TWILIO_TOKENS)
+            .map(|_| ())),
+    )?;
     let _ = plivo_sig::v3_base(plivo_sig::Method::Post, text, &s7);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -995,7 +1039,7 @@ fn mutated_corpus_files() {
             apply_bytes(&mut data, edit);
         }
         exercise_bytes(&data)?;
-        exercise_text(&String::from_utf8_lossy(&data));
+        exercise_text(&String::from_utf8_lossy(&data))?;
         Ok(())
     });
 }
@@ -1053,7 +1097,9 @@ fn vonage_sms_verify_arbitrary_sig_and_timestamp() {
             prop_assert_ne!(verified, Err(SignatureError::Mismatch));
         } else {
             params.push(("sig".to_owned(), sig));
-            let _ = vonage_sig::verify(&params, &VONAGE_SECRETS, method, window(), NOW);
+            // Nobody can guess a MAC: an arbitrary sig is always refused.
+            let verified = vonage_sig::verify(&params, &VONAGE_SECRETS, method, window(), NOW);
+            prop_assert!(verified.is_err(), "an arbitrary sig was accepted: {params:?}");
         }
         Ok(())
     });
@@ -1123,7 +1169,10 @@ fn twilio_verify_arbitrary_headers_and_urls() {
     ];
     let strategy = (url, pairs(), prop::option::of(signature), settings);
     fuzz("twilio verify", strategy, |(url, params, signature, settings)| {
-        let _ = twilio_sig::verify(&url, &params, signature.as_deref(), settings.as_deref(), &TWILIO_TOKENS);
+        // Arbitrary URL, parameters and signature: never a genuine signature.
+        let verified =
+            twilio_sig::verify(&url, &params, signature.as_deref(), settings.as_deref(), &TWILIO_TOKENS);
+        prop_assert!(verified.is_err(), "accepted: {url:?} {params:?} {signature:?} {settings:?}");
         Ok(())
     });
 }
@@ -1193,16 +1242,50 @@ fn handmade_token() -> impl Strategy<Value = (String, Vec<u8>)> {
 
 #[test]
 fn vonage_jwt_verify_arbitrary_tokens() {
+    // Whether the token was built by hand (it may be genuine) or is noise.
     let authorization = prop_oneof![
-        2 => handmade_token(),
-        1 => (any::<String>(), bytes(64)),
-        1 => ("(Bearer|bearer|Basic|) ?[A-Za-z0-9_=+/.-]{0,40}(\\.[A-Za-z0-9_=+/-]{0,40}){0,4}", bytes(64)),
+        2 => handmade_token().prop_map(|(a, b)| (a, b, true)),
+        1 => (any::<String>(), bytes(64), Just(false)),
+        1 => ("(Bearer|bearer|Basic|) ?[A-Za-z0-9_=+/.-]{0,40}(\\.[A-Za-z0-9_=+/-]{0,40}){0,4}", bytes(64), Just(false)),
     ];
-    fuzz("vonage jwt verify", authorization, |(authorization, body)| {
-        let _ = vonage_jwt::verify(Some(&authorization), &body, &VONAGE_SECRETS, window(), NOW);
-        let _ = vonage_jwt::verify(None, &body, &VONAGE_SECRETS, window(), NOW);
+    fuzz("vonage jwt verify", authorization, |(authorization, body, handmade)| {
+        let verified = vonage_jwt::verify(Some(&authorization), &body, &VONAGE_SECRETS, window(), NOW);
+        if verified.is_ok() {
+            prop_assert!(handmade, "noise accepted as a token: {authorization:?}");
+            prop_assert!(
+                jwt_is_genuine(&authorization, &body),
+                "accepted without HS256 over the right secret and the body's hash: {authorization:?}"
+            );
+        }
+        let missing = vonage_jwt::verify(None, &body, &VONAGE_SECRETS, window(), NOW);
+        prop_assert!(
+            matches!(missing, Err(SignatureError::Missing(_))),
+            "no Authorization: {:?}",
+            missing.map(|_| ())
+        );
         Ok(())
     });
+}
+
+/// What any correct verifier requires of a token it accepts, checked here
+/// from the token's text (not with the verifier's code): `alg` exactly
+/// HS256, the signature an HMAC-SHA256 of `header.claims` with the secret,
+/// and `payload_hash` the SHA-256 of the body.
+fn jwt_is_genuine(authorization: &str, body: &[u8]) -> bool {
+    let Some((scheme, token)) = authorization.trim().split_once(' ') else { return false };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let token = token.trim();
+    let parts: Vec<&str> = token.split('.').collect();
+    let [header, claims, signature] = parts[..] else { return false };
+    let decode =
+        |part: &str| -> Option<Value> { serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok() };
+    let (Some(header_json), Some(claims_json)) = (decode(header), decode(claims)) else { return false };
+    let hash: String = Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect();
+    header_json["alg"] == "HS256"
+        && b64url(&hs256(VONAGE_SECRET, &format!("{header}.{claims}"))) == signature
+        && claims_json["payload_hash"] == hash.as_str()
 }
 
 /// Every corpus file through every decoder, parser and verifier; the
@@ -1214,9 +1297,9 @@ fn corpus_replays_through_every_parser_and_verifier() {
         let outcome = std::panic::catch_unwind(|| {
             exercise_bytes(data)?;
             let text = String::from_utf8_lossy(data);
-            exercise_text(&text);
+            exercise_text(&text)?;
             for line in text.lines() {
-                exercise_text(line);
+                exercise_text(line)?;
             }
             Ok::<(), TestCaseError>(())
         });
