@@ -259,7 +259,7 @@ async fn unroutable_publish_is_never_acknowledged() {
 }
 
 /// Sends `count` receipts with unique ids, all at once, and returns the
-/// ids that were answered 200 plus the number of other answers. `accepted`
+/// ids that were answered 200 plus the number of other outcomes. `accepted`
 /// counts the 200s as they come, so a fault can be timed by progress.
 async fn send_unique(
     ingest: &dlr_tests::TestIngest,
@@ -267,37 +267,10 @@ async fn send_unique(
     count: usize,
     accepted: &Arc<AtomicUsize>,
 ) -> (HashSet<String>, usize) {
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..count {
-        let client = ingest.client.clone();
-        let url = format!("{}/dlr/vonage", ingest.base_url);
-        let id = format!("{prefix}{i:08X}");
-        let accepted = accepted.clone();
-        tasks.spawn(async move {
-            let status = client
-                .post(url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(vonage_form(&id, "delivered"))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0);
-            if status == 200 {
-                accepted.fetch_add(1, Ordering::SeqCst);
-            }
-            (id, status)
-        });
-    }
-    let mut accepted = HashSet::new();
-    let mut others = 0;
-    while let Some(Ok((id, status))) = tasks.join_next().await {
-        if status == 200 {
-            accepted.insert(id);
-        } else {
-            others += 1;
-        }
-    }
-    (accepted, others)
+    let outcomes = send_classified(ingest, prefix, count, accepted).await;
+    let (ok, others): (Vec<_>, Vec<_>) =
+        outcomes.into_iter().partition(|(_, o)| *o == Outcome::Answered(200));
+    (ok.into_iter().map(|(id, _)| id).collect(), others.len())
 }
 
 /// Waits until `accepted` reaches `at_least`: a fault injected then hits

@@ -82,44 +82,6 @@ async fn status_of(pool: &sqlx::PgPool, provider: &str, message_id: &str) -> Opt
 // Group commit is invisible in the result
 // ---------------------------------------------------------------------------
 
-/// Status words per provider with their outcomes, including an unknown word
-/// and Vonage's `unknown` (failed, but superseded by delivered).
-const WORDS: [(Provider, &[(&str, Outcome)]); 3] = [
-    (
-        Provider::Twilio,
-        &[
-            ("accepted", Outcome::Pending),
-            ("queued", Outcome::Pending),
-            ("sending", Outcome::Pending),
-            ("sent", Outcome::Pending),
-            ("teleported", Outcome::Pending),
-            ("delivered", Outcome::Delivered),
-            ("undelivered", Outcome::Failed),
-            ("failed", Outcome::Failed),
-        ],
-    ),
-    (
-        Provider::VonageSms,
-        &[
-            ("accepted", Outcome::Pending),
-            ("buffered", Outcome::Pending),
-            ("mystery", Outcome::Pending),
-            ("delivered", Outcome::Delivered),
-            ("unknown", Outcome::Failed),
-            ("expired", Outcome::Failed),
-        ],
-    ),
-    (
-        Provider::VonageMessages,
-        &[
-            ("submitted", Outcome::Pending),
-            ("delivered", Outcome::Delivered),
-            ("rejected", Outcome::Failed),
-            ("undeliverable", Outcome::Failed),
-        ],
-    ),
-];
-
 /// One generated element: a new event, or a repeat of an earlier one (a
 /// provider's retry or a redelivery).
 #[derive(Debug, Clone)]
@@ -130,7 +92,7 @@ enum Step {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        4 => (0..3usize, 0..4usize, 0..8usize, proptest::option::of(0..3i64), 0..4i64).prop_map(
+        4 => (0..3usize, 0..4usize, 0..9usize, proptest::option::of(0..3i64), 0..4i64).prop_map(
             |(provider, message, word, stamp, received)| Step::New { provider, message, word, stamp, received }
         ),
         1 => (0..64usize).prop_map(Step::Repeat),
@@ -368,7 +330,7 @@ mod model {
 /// Words per provider for the model test: every rank, two words of the
 /// same rank (Vonage's `accepted`/`acceptd`, two unknown words) so the
 /// tie-break is reached, Vonage's `unknown`, and finals of both kinds.
-const MODEL_WORDS: [(Provider, &[(&str, Outcome)]); 3] = [
+const WORDS: [(Provider, &[(&str, Outcome)]); 3] = [
     (
         Provider::Twilio,
         &[
@@ -408,32 +370,6 @@ const MODEL_WORDS: [(Provider, &[(&str, Outcome)]); 3] = [
         ],
     ),
 ];
-
-/// Events from steps (few messages and times, so ranks, times and ids
-/// collide often; Twilio states no time of its own).
-fn model_events(steps: &[Step]) -> Vec<ReceiptEvent> {
-    let mut events: Vec<ReceiptEvent> = Vec::new();
-    for step in steps {
-        match step {
-            Step::New { provider, message, word, stamp, received } => {
-                let (provider, words) = MODEL_WORDS[*provider];
-                let (status, outcome) = words[word % words.len()];
-                let stamp = if provider == Provider::Twilio { None } else { stamp.map(at) };
-                events.push(event(
-                    provider,
-                    &format!("M{}", message % 3),
-                    status,
-                    outcome,
-                    stamp,
-                    at(*received),
-                ));
-            }
-            Step::Repeat(index) if !events.is_empty() => events.push(events[index % events.len()].clone()),
-            Step::Repeat(_) => {}
-        }
-    }
-    events
-}
 
 const MODEL_STATUS_ROWS: &str =
     "SELECT concat_ws('|', provider, message_id, status, event_id) FROM message_status ORDER BY 1";
@@ -478,7 +414,7 @@ fn the_status_store_follows_the_precedence_rule_model() {
                             .execute(&pool)
                             .await
                             .expect("truncate");
-                        let events = model_events(&steps);
+                        let events = events_of(&steps);
                         let mut expected = model::Store::default();
                         for event in &events {
                             first.handle(event).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
@@ -492,7 +428,7 @@ fn the_status_store_follows_the_precedence_rule_model() {
                         );
 
                         // The race: both on message M0 of their providers (often the same).
-                        let racing = model_events(&[a, b]);
+                        let racing = events_of(&[a, b]);
                         let (ra, rb) = tokio::join!(first.handle(&racing[0]), second.handle(&racing[1]));
                         ra.map_err(|e| TestCaseError::fail(e.to_string()))?;
                         rb.map_err(|e| TestCaseError::fail(e.to_string()))?;
