@@ -390,18 +390,17 @@ fn the_status_store_follows_the_precedence_rule_model() {
         let pool = db.pool().await;
         let cases = std::env::var("MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
         let mut runner = TestRunner::new(ProptestConfig { cases, ..ProptestConfig::default() });
-        let racer = (0..3usize, 0..9usize, proptest::option::of(0..3i64), 0..3i64).prop_map(
+        let racer = (0..3usize, 0..9usize, proptest::option::weighted(0.8, 0..2i64), 0..3i64).prop_map(
             |(provider, word, stamp, received)| Step::New { provider, message: 0, word, stamp, received },
         );
-        let new = (0..3usize, 0..3usize, 0..9usize, proptest::option::of(0..3i64), 0..3i64).prop_map(
-            |(provider, message, word, stamp, received)| Step::New {
+        let new = (0..3usize, 0..3usize, 0..9usize, proptest::option::weighted(0.8, 0..2i64), 0..3i64)
+            .prop_map(|(provider, message, word, stamp, received)| Step::New {
                 provider,
                 message,
                 word,
                 stamp,
                 received,
-            },
-        );
+            });
         let steps =
             proptest::collection::vec(prop_oneof![4 => new, 1 => (0..64usize).prop_map(Step::Repeat)], 0..30);
         let strategy = (steps, racer.clone(), racer);
