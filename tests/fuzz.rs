@@ -1366,3 +1366,80 @@ fn raw_numbers_survive_the_broker_round_trip() {
     let back = ReceiptEvent::from_json(&published).expect("the worker reads the event");
     assert_eq!(back, event, "the number changed between ingest and the worker");
 }
+
+/// The event id of one sample per provider (and per wire format where a
+/// provider has several), pinned: the id is what every sink deduplicates
+/// on, so a change to how it is derived turns every provider retry after a
+/// release into a second event. Such a change must fail here and come
+/// with a documented migration. The README's own sample id is pinned in
+/// `intake.rs` over GET, form and JSON.
+#[test]
+fn event_ids_are_pinned_per_provider() {
+    let file = |name: &str| -> &[u8] {
+        &CORPUS.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("corpus file {name} is missing")).1
+    };
+    let urlencoded = |name: &str| providers::decode_urlencoded(file(name), "form").expect(name);
+    let json = |name: &str| providers::decode_json_object(file(name)).expect(name);
+    let first = |batch: Result<Batch, ReceiptError>| -> String {
+        let batch = batch.expect("parses");
+        batch.events.first().expect("one receipt at least").event_id.as_str().to_owned()
+    };
+    let at = received_at();
+    let actual: Vec<(&str, String)> = vec![
+        (
+            "vonage-sms json",
+            vonage_dlr::parse(&json("s1-vonage-sms-delivered.json"), at)
+                .expect("s1")
+                .event_id
+                .as_str()
+                .to_owned(),
+        ),
+        (
+            "vonage-sms query",
+            vonage_dlr::parse(&urlencoded("s2-vonage-sms-failed.query"), at)
+                .expect("s2")
+                .event_id
+                .as_str()
+                .to_owned(),
+        ),
+        (
+            "vonage-messages",
+            vonage_messages::parse(file("s5-messages-submitted.json"), at)
+                .expect("s5")
+                .event_id
+                .as_str()
+                .to_owned(),
+        ),
+        (
+            "twilio",
+            twilio_dlr::parse(&urlencoded("s7-twilio-undelivered-signed.form"), at)
+                .expect("s7")
+                .event_id
+                .as_str()
+                .to_owned(),
+        ),
+        (
+            "plivo",
+            plivo::parse(&urlencoded("plivo-delivered.form"), at)
+                .expect("plivo")
+                .event_id
+                .as_str()
+                .to_owned(),
+        ),
+        ("telnyx", first(telnyx::parse(file("telnyx-message-finalized-delivered.json"), at))),
+        ("sinch", first(sinch::parse(file("sinch-recipient-delivered.json"), at))),
+        ("infobip", first(infobip::parse(file("infobip-results.json"), at))),
+    ];
+    let pinned: [(&str, &str); 8] = [
+        ("vonage-sms json", "623dcb19303d8f8fcca635cd48686180"),
+        ("vonage-sms query", "40da4b07c367ac775c9830bf890e6ba0"),
+        ("vonage-messages", "7a2476676fb43039c056052253e8ac36"),
+        ("twilio", "10720a4442e75979b94471f32c92631f"),
+        ("plivo", "5b9e9d7dc58a4e8893c9de4c9214e3bc"),
+        ("telnyx", "5e58cdc2ee8e1169edb26eb69ffcd8a4"),
+        ("sinch", "079697fe2e0b678ea45c46723e043733"),
+        ("infobip", "de421de5f7ca8fc83684f1e4508bf52b"),
+    ];
+    let pinned: Vec<(&str, String)> = pinned.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    assert_eq!(actual, pinned, "event ids changed: every sink would take a provider's retry for a new event");
+}

@@ -14,6 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READY: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_millis(300);
+/// The event id README.md shows for its sample receipt ("Try it"): the
+/// same over GET, form and JSON, and the same in every release (a change
+/// makes every provider retry a new event for the sinks).
+const README_SAMPLE_EVENT_ID: &str = "ef47f20b30e0cdce3a12890b75658f8a";
 
 async fn event_id_of(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("JSON answer");
@@ -34,6 +38,7 @@ async fn each_transport_stores_exactly_one_persistent_message() {
         };
         assert_eq!(response.status(), 200, "{transport}");
         let event_id = event_id_of(response).await;
+        assert_eq!(event_id, README_SAMPLE_EVENT_ID, "{transport}: the id the README shows for its sample");
 
         let messages = app.broker.drain(&app.topology.queue, SETTLE).await;
         assert_eq!(messages.len(), 1, "{transport}: exactly one message");

@@ -42,6 +42,10 @@ const WORKER_MAX_ATTEMPTS: u32 = 15;
 /// default (`INGEST_READINESS_BROKER_GRACE_SECONDS`), passed explicitly
 /// because the majority-loss scenario waits for the readiness it implies.
 const INGEST_READINESS_GRACE_SECONDS: u64 = 30;
+/// How long ingest waits for a publisher confirm before answering 503:
+/// its default (`INGEST_CONFIRM_TIMEOUT_MS`), passed explicitly because the
+/// report bounds every answer time by it.
+const INGEST_CONFIRM_TIMEOUT_MS: u64 = 5_000;
 /// Standard Webhooks test secret; the receiver verifies every signature.
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -112,6 +116,11 @@ enum ScenarioKind {
     DiskAlarm,
     /// Cluster: `kill -9` of the node hosting the receipts queue's leader.
     LeaderKill,
+    /// Cluster: `kill -9` of the receipts queue leader's node, with ingest
+    /// and worker connections on it, and the node stays down: ingest must
+    /// answer 200 again within 10 s of the kill and the workers keep
+    /// delivering, all while it is down.
+    LeaderKillStaysDown,
     /// Cluster: `kill -9` of the node the ingests are connected to.
     ConnectedNodeKill,
     /// Cluster: clean stop and start of a follower node.
@@ -134,6 +143,7 @@ impl ScenarioKind {
             ScenarioKind::MemoryAlarm => "memory-alarm",
             ScenarioKind::DiskAlarm => "disk-alarm",
             ScenarioKind::LeaderKill => "leader-kill",
+            ScenarioKind::LeaderKillStaysDown => "leader-kill-stays-down",
             ScenarioKind::ConnectedNodeKill => "connected-node-kill",
             ScenarioKind::FollowerRestart => "follower-restart",
             ScenarioKind::NodesRollingRestart => "nodes-rolling-restart",
@@ -170,6 +180,10 @@ struct Profile {
     baseline: Duration,
     /// How long the broker stays stopped.
     broker_down: Duration,
+    /// How long a killed node stays down in leader-kill-stays-down: past
+    /// the 10 s ingest has to answer 200 again, with time left to see it
+    /// keep doing so.
+    node_stays_down: Duration,
     /// How long the killed worker stays dead.
     worker_down: Duration,
     /// Length of the downstream outage.
@@ -196,6 +210,7 @@ impl Profile {
             cooldown: Duration::from_secs(2),
             baseline: Duration::from_secs(3),
             broker_down: Duration::from_secs(2),
+            node_stays_down: Duration::from_secs(20),
             worker_down: Duration::from_secs(1),
             outage: Duration::from_secs(6),
             alarm: Duration::from_secs(4),
@@ -215,6 +230,7 @@ impl Profile {
             cooldown: Duration::from_secs(20),
             baseline: Duration::from_secs(15),
             broker_down: Duration::from_secs(10),
+            node_stays_down: Duration::from_secs(40),
             worker_down: Duration::from_secs(5),
             outage: Duration::from_secs(30),
             alarm: Duration::from_secs(20),
@@ -730,6 +746,7 @@ mod cluster {
                 Role::Ingest => {
                     env.push(("INGEST_ADDR", format!("127.0.0.1:{}", service.port)));
                     env.push(("INGEST_MAX_CONCURRENCY", s.ingest_max_concurrency.to_string()));
+                    env.push(("INGEST_CONFIRM_TIMEOUT_MS", INGEST_CONFIRM_TIMEOUT_MS.to_string()));
                     env.push((
                         "INGEST_READINESS_BROKER_GRACE_SECONDS",
                         INGEST_READINESS_GRACE_SECONDS.to_string(),
@@ -1912,10 +1929,11 @@ mod scenario {
         let secs = |d: Duration| d.as_secs_f64();
         match kind {
             ScenarioKind::LeaderKill
+            | ScenarioKind::LeaderKillStaysDown
             | ScenarioKind::ConnectedNodeKill
             | ScenarioKind::FollowerRestart
             | ScenarioKind::NodesRollingRestart
-            | ScenarioKind::MajorityLoss => replicated::inject(context, cluster, kind).await,
+            | ScenarioKind::MajorityLoss => replicated::inject(context, cluster, sink, kind).await,
             ScenarioKind::Baseline => {
                 tokio::time::sleep(profile.baseline).await;
                 Ok("none".to_owned())
@@ -2230,6 +2248,7 @@ mod report {
         in_fault.sort_unstable();
         let max_to_200_ms = accepted.iter().map(|r| r.end_ms - r.first_ms).max().unwrap_or(0);
         let duplicates = received.values().map(|c| u64::from(c.ok.saturating_sub(1))).sum();
+        problems.extend(judge(run, &valid_attempts, duplicates));
 
         Ok(Row {
             name: run.kind.name(),
@@ -2250,6 +2269,87 @@ mod report {
             catch_up_ms: run.caught_up_ms.map(|ms| ms.saturating_sub(run.settled_ms)),
             problems,
         })
+    }
+
+    /// The slowest answer allowed: ingest answers within its confirm
+    /// timeout, plus this margin for nginx, the HTTP stack and a loaded
+    /// two-core machine (the slowest answers measured were 45 ms over).
+    pub const ANSWER_MARGIN_MS: u64 = 2_000;
+    /// The first 200 after the last failed answer must come within this of
+    /// the fault being healed (downstream outage: the receiver's first
+    /// accepted delivery after it).
+    pub const RECOVERED_WITHIN_MS: u64 = 10_000;
+
+    /// What the table shows that must hold, beyond the loss check: the
+    /// fault reached the provider where it must, a graceful stop made no
+    /// duplicate, every answer came within the confirm timeout plus
+    /// [`ANSWER_MARGIN_MS`], and service was back within
+    /// [`RECOVERED_WITHIN_MS`] of the heal.
+    fn judge(run: &Run, attempts: &[&provider::Attempt], duplicates: u64) -> Vec<String> {
+        let mut problems = Vec::new();
+        let failed: Vec<_> = attempts.iter().filter(|a| a.code == 0 || a.code >= 500).collect();
+        // A stopped broker, a broker-wide alarm and a lost majority leave
+        // ingest nothing to store to: the provider must see 503s, or the
+        // fault did not happen as described. A worker kill, a rolling
+        // restart and a follower's restart are meant to go unnoticed, and
+        // a leader's loss may be (publishes wait for the new leader):
+        // their evidence is in the fault column (the process's exit, the
+        // new leader).
+        let must_refuse = matches!(
+            run.kind,
+            ScenarioKind::BrokerRestart
+                | ScenarioKind::MemoryAlarm
+                | ScenarioKind::DiskAlarm
+                | ScenarioKind::MajorityLoss
+        );
+        if must_refuse && failed.is_empty() {
+            problems.push(
+                "the fault produced no 5xx and no unanswered request: it did not happen as described"
+                    .to_owned(),
+            );
+        }
+        if run.kind == ScenarioKind::DownstreamOutage && run.downstream.0.is_none() {
+            problems.push("the receiver refused no delivery during its outage".to_owned());
+        }
+        // Nothing is redelivered by a drain that acks what it finished, and
+        // nothing at all happens in the baseline.
+        if matches!(run.kind, ScenarioKind::Baseline | ScenarioKind::WorkerRollingRestart) && duplicates > 0 {
+            problems.push(format!("{duplicates} duplicate deliveries where there must be none"));
+        }
+        let bound = INGEST_CONFIRM_TIMEOUT_MS + ANSWER_MARGIN_MS;
+        let slow: Vec<_> = attempts.iter().filter(|a| a.end_ms - a.start_ms > bound).collect();
+        if let Some(slowest) = slow.iter().map(|a| a.end_ms - a.start_ms).max() {
+            problems.push(format!(
+                "{} requests took longer than the confirm timeout plus {ANSWER_MARGIN_MS} ms ({bound} ms), the slowest {slowest} ms",
+                slow.len()
+            ));
+        }
+        let recovered_ms = if run.kind == ScenarioKind::DownstreamOutage {
+            run.downstream.1
+        } else {
+            failed.iter().map(|a| a.end_ms).max().map(|last| {
+                attempts
+                    .iter()
+                    .filter(|a| a.code == 200 && a.end_ms >= last)
+                    .map(|a| a.end_ms)
+                    .min()
+                    .unwrap_or(u64::MAX)
+            })
+        };
+        if let Some(recovered) = recovered_ms
+            && recovered > run.healed_ms + RECOVERED_WITHIN_MS
+        {
+            problems.push(if recovered == u64::MAX {
+                "no 200 after the last failed answer".to_owned()
+            } else {
+                format!(
+                    "the first 200 after the last failure came {:.1} s after the fault was healed (at most {} s)",
+                    (recovered - run.healed_ms) as f64 / 1000.0,
+                    RECOVERED_WITHIN_MS / 1000
+                )
+            });
+        }
+        problems
     }
 
     fn seconds(ms: u64) -> String {
@@ -2321,6 +2421,14 @@ mod replicated {
     /// an ingest then stays ready for its readiness grace (so that a node
     /// restart does not empty the Service); 10 s more for sampling and probes.
     const UNREADY_WITHIN: Duration = Duration::from_secs(INGEST_READINESS_GRACE_SECONDS + 10);
+    /// How soon after its leader's node is killed (and stays down) ingest
+    /// must answer 200 again: the survivors elect a leader within a second
+    /// or two, and a publish that failed must not make the failure last.
+    pub const BACK_WITHIN: Duration = Duration::from_secs(10);
+    /// After [`BACK_WITHIN`], the share of 5xx answers allowed while the
+    /// node is still down: a publish caught on a channel that is being
+    /// replaced, not a pod that refuses everything.
+    pub const STRAY_5XX_PERCENT: usize = 1;
     /// Bound of one rabbitmqctl query through deploy/cluster.sh.
     const QUERY_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -2328,6 +2436,7 @@ mod replicated {
         matches!(
             kind,
             ScenarioKind::LeaderKill
+                | ScenarioKind::LeaderKillStaysDown
                 | ScenarioKind::ConnectedNodeKill
                 | ScenarioKind::FollowerRestart
                 | ScenarioKind::NodesRollingRestart
@@ -2336,12 +2445,17 @@ mod replicated {
     }
 
     /// The scenarios of this run: `--cluster` runs only cluster scenarios
-    /// (leader kill and follower restart with `--short`, for CI), a normal
-    /// run only the single-broker ones.
+    /// (leader kill, leader kill with the node staying down, and follower
+    /// restart with `--short`, for CI), a normal run only the single-broker
+    /// ones.
     pub fn select(scenarios: Vec<ScenarioKind>, args: &Args) -> Result<Vec<ScenarioKind>> {
         if args.only.is_empty() {
             if args.cluster && args.short {
-                return Ok(vec![ScenarioKind::LeaderKill, ScenarioKind::FollowerRestart]);
+                return Ok(vec![
+                    ScenarioKind::LeaderKill,
+                    ScenarioKind::LeaderKillStaysDown,
+                    ScenarioKind::FollowerRestart,
+                ]);
             }
             return Ok(scenarios.into_iter().filter(|k| k.on_cluster() == args.cluster).collect());
         }
@@ -2360,8 +2474,15 @@ mod replicated {
         /// (from, to) in harness ms: no receipt may be answered 200 by a
         /// request made entirely within (a majority of nodes is down).
         pub no_200: Option<(u64, u64)>,
-        /// (from, to): no 5xx expected within (a node without clients restarts).
+        /// (from, to): no 5xx and no unanswered request expected within (a
+        /// node without clients restarts).
         pub no_5xx: Option<(u64, u64)>,
+        /// (from, to): at least one request made within must be answered
+        /// 200 within (ingest is back although the node is still down).
+        pub some_200: Option<(u64, u64)>,
+        /// (from, to): at most [`STRAY_5XX_PERCENT`] of the answers to
+        /// requests made within may be 5xx or missing (ingest stays back).
+        pub mostly_200: Option<(u64, u64)>,
         /// Failed checks.
         pub problems: Vec<String>,
     }
@@ -2381,10 +2502,30 @@ mod replicated {
                 }
             }
             if let Some(window) = self.no_5xx {
-                let failed = inside(window).filter(|a| a.code >= 500).count();
+                let failed = inside(window).filter(|a| a.code >= 500 || a.code == 0).count();
                 if failed > 0 {
-                    problems
-                        .push(format!("{failed} answers were 5xx while a node without clients restarted"));
+                    problems.push(format!(
+                        "{failed} requests got a 5xx or no answer while a node without clients restarted"
+                    ));
+                }
+            }
+            if let Some(window) = self.some_200
+                && inside(window).all(|a| a.code != 200)
+            {
+                problems.push(format!(
+                    "no receipt was answered 200 within {} s of the kill while the node stayed down",
+                    (window.1 - window.0) / 1000
+                ));
+            }
+            if let Some(window) = self.mostly_200 {
+                let answers = inside(window).count();
+                let failed = inside(window).filter(|a| a.code >= 500 || a.code == 0).count();
+                if answers == 0 || failed * 100 > answers * STRAY_5XX_PERCENT {
+                    problems.push(format!(
+                        "{failed} of {answers} requests got a 5xx or no answer from {} s after the kill while the node \
+                         stayed down (at most {STRAY_5XX_PERCENT} % allowed)",
+                        BACK_WITHIN.as_secs()
+                    ));
                 }
             }
             problems
@@ -2550,6 +2691,12 @@ mod replicated {
     /// waits until the cluster reports the new leader; returns it.
     async fn move_leader(context: &RunContext<'_>, queue: &str, from: usize) -> Result<usize> {
         let to = NODES.into_iter().find(|n| *n != from).unwrap_or(1);
+        move_leader_to(context, queue, from, to).await
+    }
+
+    /// Transfers `queue`'s leadership from node `from` to node `to` and
+    /// waits until the cluster reports it there.
+    async fn move_leader_to(context: &RunContext<'_>, queue: &str, from: usize, to: usize) -> Result<usize> {
         // A quorum queue's Raft cluster is named after vhost and queue.
         let server = |n: usize| format!("{{'%2F_{queue}', 'dlr{n}@localhost'}}");
         let call = format!("ra:transfer_leadership({}, {}).", server(from), server(to));
@@ -2583,6 +2730,7 @@ mod replicated {
     pub async fn inject(
         context: &RunContext<'_>,
         cluster: &mut cluster::Cluster,
+        sink: &sink::Sink,
         kind: ScenarioKind,
     ) -> Result<String> {
         let (profile, clock) = (&context.profile, context.clock);
@@ -2634,6 +2782,59 @@ mod replicated {
                     "kill -9 dlr{victim} ({role}), start it after {:.0} s; leader then {}; replicas complete {:.1} s after the start",
                     down.as_secs_f64(),
                     new_leader.map_or("?".to_owned(), |n| format!("dlr{n}")),
+                    caught_up.as_secs_f64()
+                ))
+            }
+            ScenarioKind::LeaderKillStaysDown => {
+                // The victim holds connections of both ingest and worker (all
+                // processes get all three addresses; they take the first that
+                // answers) and, moved there if need be, the leader.
+                let victim =
+                    most_common(&ingests.iter().copied().filter(|n| workers.contains(n)).collect::<Vec<_>>())
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "no node holds both ingest and worker connections: {ingests:?} / {workers:?}"
+                            )
+                        })?;
+                if leader != victim {
+                    move_leader_to(context, &queue, leader, victim).await?;
+                }
+                let stays = profile.node_stays_down.max(BACK_WITHIN * 2);
+                clock.say(format!("{name}: kill -9 dlr{victim} (the leader, ingest and worker connections); it stays down {:.0} s", stays.as_secs_f64()));
+                node(context, "kill-node", victim).await?;
+                let kill_ms = clock.ms();
+                let delivered = || sink.calls("").values().filter(|c| c.ok > 0).count();
+                tokio::time::sleep(BACK_WITHIN).await;
+                let delivered_at_back = delivered();
+                tokio::time::sleep(stays - BACK_WITHIN).await;
+                let delivered_later = delivered();
+                let new_leader = receipts_placement(context, &queue).await.ok().and_then(|p| p.leader);
+                let judged_ms = clock.ms();
+                let back_ms = kill_ms + u64::try_from(BACK_WITHIN.as_millis()).unwrap_or(u64::MAX);
+                record(context, |f| {
+                    f.some_200 = Some((kill_ms, back_ms));
+                    f.mostly_200 = Some((back_ms, judged_ms));
+                    if delivered_later <= delivered_at_back {
+                        f.problems.push(format!(
+                            "the workers delivered nothing over HTTP from {} s after the kill while dlr{victim} stayed down",
+                            BACK_WITHIN.as_secs()
+                        ));
+                    }
+                    if new_leader.is_none_or(|n| n == victim) {
+                        f.problems.push(format!("no new leader of {queue} while dlr{victim} was down"));
+                    }
+                });
+                // Judged; started again only so that the next scenario has
+                // three nodes.
+                node(context, "start-node", victim).await?;
+                let caught_up = wait_replicated(context, replicated).await?;
+                cluster.wait_all_ready(ready).await?;
+                Ok(format!(
+                    "kill -9 dlr{victim} (the leader, with ingest and worker connections), down {:.0} s; leader then {}; {} events delivered over HTTP from {} s after the kill to the restart; replicas complete {:.1} s after the start",
+                    stays.as_secs_f64(),
+                    new_leader.map_or("?".to_owned(), |n| format!("dlr{n}")),
+                    delivered_later.saturating_sub(delivered_at_back),
+                    BACK_WITHIN.as_secs(),
                     caught_up.as_secs_f64()
                 ))
             }
