@@ -13,6 +13,7 @@
 //! run alone with `-- --ignored --test-threads=1`.
 
 mod alarm_worker;
+mod amqp_edges;
 mod broker_addresses;
 mod deploy;
 mod fixture;

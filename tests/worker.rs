@@ -187,8 +187,16 @@ async fn replay_parked(
     let topology = Arc::new(config.broker.topology.clone());
     let metrics = WorkerMetrics::new().expect("metrics");
     let addresses = config.broker.addresses().expect("AMQP_URL parses");
-    let (broker, task, stop) =
-        dlr_worker::startup::start_broker(config, addresses, topology.clone(), retry.delays(), metrics);
+    let stop = CancellationToken::new();
+    let (broker, task) = dlr_worker::startup::start_broker(
+        config,
+        addresses,
+        topology.clone(),
+        retry.delays(),
+        dlr_worker::startup::ConnectionPurpose::Publish,
+        metrics.publisher_connected,
+        stop.clone(),
+    );
     let connection = tokio::time::timeout(WITHIN, broker.wait_connected(&CancellationToken::new()))
         .await
         .ok()
@@ -1068,12 +1076,15 @@ async fn returns_are_attributed_to_their_own_publish() {
     for delay in retry.delays() {
         app.own_queue(&topology.retry_queue(delay));
     }
-    let (connection, _task, stop) = dlr_worker::startup::start_broker(
+    let stop = CancellationToken::new();
+    let (connection, _task) = dlr_worker::startup::start_broker(
         &config,
         config.broker.addresses().expect("AMQP_URL parses"),
         Arc::new(topology.clone()),
         retry.delays(),
-        metrics,
+        dlr_worker::startup::ConnectionPurpose::Publish,
+        metrics.publisher_connected,
+        stop.clone(),
     );
     assert!(connection.wait_connected(&CancellationToken::new()).await.is_some(), "connects");
     let publisher = Arc::new(Publisher::new(connection, Duration::from_secs(10)));

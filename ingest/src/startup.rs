@@ -85,10 +85,21 @@ impl Application {
             metrics.broker_connected.clone(),
             broker_shutdown.clone(),
         );
+        let publisher = Arc::new(
+            Publisher::new(broker, config.confirm_timeout)
+                .with_channels(config.publish_channels)
+                .with_replaced_counter(metrics.publish_channels_replaced.clone()),
+        );
         let broker_readiness = Arc::new(BrokerReadiness::new(config.readiness_broker_grace));
-        tokio::spawn(readiness::watch(broker_readiness.clone(), broker.clone(), broker_shutdown.clone()));
+        tokio::spawn(readiness::watch(
+            broker_readiness.clone(),
+            publisher.clone(),
+            topology.clone(),
+            config.confirm_timeout,
+            broker_shutdown.clone(),
+        ));
         let state = AppState {
-            publisher: Arc::new(Publisher::new(broker, config.confirm_timeout)),
+            publisher,
             topology,
             signatures: Arc::new(signatures),
             metrics: Arc::new(metrics),

@@ -22,6 +22,7 @@ use crate::handlers::postgres::{PostgresHandler, PostgresSettings};
 use crate::handlers::{Handler, HandlerKind};
 use crate::metrics::WorkerMetrics;
 use crate::probes::{ProbeState, router};
+use crate::requeued::RequeueMemory;
 use crate::retry::RetryPolicy;
 
 /// Upper bound of each shutdown step after the drain.
@@ -29,6 +30,9 @@ const SHUTDOWN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Confirm timeout for the worker's own publishes (retries, parking, events).
 const PUBLISH_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Channels for retry and park publishes.
+const SETTLE_PUBLISH_CHANNELS: usize = 16;
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -97,15 +101,49 @@ impl Application {
             handlers.insert(HandlerKind::Postgres, Arc::new(store));
         }
 
-        let (broker, broker_task, broker_shutdown) =
-            start_broker(&config, broker_addresses, topology.clone(), retry.delays(), metrics.clone());
+        // Two connections: RabbitMQ blocks a connection that publishes while
+        // a resource alarm lasts, and a blocked connection carries no acks
+        // either. Consuming on a connection that never publishes keeps acks
+        // (and so the prefetch window) flowing during an alarm; see
+        // <https://www.rabbitmq.com/docs/connections#flow-control> and
+        // <https://www.rabbitmq.com/docs/alarms>.
+        let broker_shutdown = CancellationToken::new();
+        let (broker, consume_task) = start_broker(
+            &config,
+            broker_addresses.clone(),
+            topology.clone(),
+            retry.delays(),
+            ConnectionPurpose::Consume,
+            metrics.broker_connected.clone(),
+            broker_shutdown.clone(),
+        );
+        let (publishing, publish_task) = start_broker(
+            &config,
+            broker_addresses,
+            topology.clone(),
+            retry.delays(),
+            ConnectionPurpose::Publish,
+            metrics.publisher_connected.clone(),
+            broker_shutdown.clone(),
+        );
+        let broker_task = tokio::spawn(async move {
+            let _ = tokio::join!(consume_task, publish_task);
+        });
         // Retries and parking: a return there means our own queue is missing.
-        let publisher = Arc::new(Publisher::new(broker.clone(), PUBLISH_CONFIRM_TIMEOUT));
+        // Few at once (each is a failing event), so a small pool.
+        let publisher = Arc::new(
+            Publisher::new(publishing.clone(), PUBLISH_CONFIRM_TIMEOUT)
+                .with_channels(SETTLE_PUBLISH_CHANNELS)
+                .with_replaced_counter(metrics.publish_channels_replaced.clone()),
+        );
         if routes.uses(HandlerKind::Amqp) {
-            // Events nobody is bound for come back as returns, which is
-            // normal; their own channel keeps those returns away from the
-            // confirms of retry and park publishes (see amqp::publisher).
-            let events_publisher = Arc::new(Publisher::new(broker.clone(), PUBLISH_CONFIRM_TIMEOUT));
+            // One publish per event in flight at most: as many channels as
+            // the prefetch lets events be handled at once.
+            let events_publisher = Arc::new(
+                Publisher::new(publishing.clone(), PUBLISH_CONFIRM_TIMEOUT)
+                    .with_channels(usize::from(config.prefetch))
+                    .with_replaced_counter(metrics.publish_channels_replaced.clone()),
+            );
             let handler = AmqpHandler::new(
                 events_publisher,
                 config.events_exchange.clone(),
@@ -123,6 +161,9 @@ impl Application {
             metrics: metrics.clone(),
             prefetch: config.prefetch,
             consuming: consuming.clone(),
+            slots: Arc::new(tokio::sync::Semaphore::new(usize::from(config.prefetch))),
+            settle_patience: config.settle_patience,
+            requeued: RequeueMemory::default(),
         });
         Ok(Self {
             listener,
@@ -166,15 +207,37 @@ impl Application {
     }
 }
 
-/// Starts the supervised connection, declaring the worker's topology on
-/// every (re)connect.
+/// What a worker connection is for; part of its name in the broker's
+/// connection list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionPurpose {
+    /// Consumes receipts and acks them; never publishes.
+    Consume,
+    /// Retries, parking, the amqp handler's events, replays.
+    Publish,
+}
+
+impl ConnectionPurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            ConnectionPurpose::Consume => "consume",
+            ConnectionPurpose::Publish => "publish",
+        }
+    }
+}
+
+/// Starts one supervised connection, declaring the worker's topology on
+/// every (re)connect (both connections do: whichever comes first, the
+/// queues exist before anything is consumed or published).
 pub fn start_broker(
     config: &Config,
     addresses: dlr_shared::config::AmqpUrls,
     topology: Arc<Topology>,
     retry_delays: Vec<Duration>,
-    metrics: WorkerMetrics,
-) -> (BrokerConnection, JoinHandle<()>, CancellationToken) {
+    purpose: ConnectionPurpose,
+    connected_gauge: prometheus::IntGauge,
+    shutdown: CancellationToken,
+) -> (BrokerConnection, JoinHandle<()>) {
     let events_exchange = config.events_exchange.clone();
     let setup: dlr_shared::amqp::connection::SetupHook = Arc::new(move |conn| {
         let topology = topology.clone();
@@ -186,15 +249,13 @@ pub fn start_broker(
             channel.close(200, "topology declared".into()).await
         })
     });
-    let shutdown = CancellationToken::new();
-    let (broker, task) = BrokerConnection::start(
+    BrokerConnection::start(
         addresses,
-        format!("worker@{}", config.broker.instance_name),
+        format!("worker-{}@{}", purpose.as_str(), config.broker.instance_name),
         setup,
-        metrics.broker_connected,
-        shutdown.clone(),
-    );
-    (broker, task, shutdown)
+        connected_gauge,
+        shutdown,
+    )
 }
 
 /// One direct connection before the pool: a pool that cannot connect says

@@ -81,6 +81,7 @@ pub struct BrokerConnection {
     current: watch::Receiver<Option<Arc<Connection>>>,
     wake: Arc<Notify>,
     redeclare: Arc<std::sync::atomic::AtomicBool>,
+    reconnect: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl BrokerConnection {
@@ -96,6 +97,7 @@ impl BrokerConnection {
         let (sender, current) = watch::channel(None);
         let wake = Arc::new(Notify::new());
         let redeclare = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reconnect = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let supervisor = Supervisor {
             addresses,
             connection_name,
@@ -104,10 +106,11 @@ impl BrokerConnection {
             sender,
             wake: wake.clone(),
             redeclare: redeclare.clone(),
+            reconnect: reconnect.clone(),
             shutdown,
         };
         let handle = tokio::spawn(supervisor.run());
-        (Self { current, wake, redeclare }, handle)
+        (Self { current, wake, redeclare, reconnect }, handle)
     }
 
     /// The live connection, if there is one right now.
@@ -137,6 +140,14 @@ impl BrokerConnection {
         self.wake.notify_one();
     }
 
+    /// Asks the supervisor to give up the live connection and connect to the
+    /// next address: the connection is up but nothing can be stored through
+    /// it (its node is cut off from the queue's quorum, say).
+    pub fn request_reconnect(&self) {
+        self.reconnect.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
     /// Asks the supervisor to run the setup hook again on the live connection
     /// (a queue was deleted behind our back and a publish came back unroutable).
     pub fn request_redeclare(&self) {
@@ -153,6 +164,7 @@ struct Supervisor {
     sender: watch::Sender<Option<Arc<Connection>>>,
     wake: Arc<Notify>,
     redeclare: Arc<std::sync::atomic::AtomicBool>,
+    reconnect: Arc<std::sync::atomic::AtomicBool>,
     shutdown: CancellationToken,
 }
 
@@ -186,7 +198,17 @@ impl Supervisor {
                         let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "shutdown".into())).await;
                         return;
                     }
-                    tracing::warn!(%address, "broker connection lost; reconnecting");
+                    if self.reconnect.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        // Still open: close it, bounded, so the broker frees it.
+                        let _ = tokio::time::timeout(
+                            CLOSE_TIMEOUT,
+                            conn.close(200, "moving to another node".into()),
+                        )
+                        .await;
+                        tracing::warn!(%address, "giving up a broker connection that stores nothing; reconnecting");
+                    } else {
+                        tracing::warn!(%address, "broker connection lost; reconnecting");
+                    }
                 }
                 Err(error) => {
                     failures += 1;
@@ -234,6 +256,7 @@ impl Supervisor {
                 .map_err(ConnectError::Connect)?;
         let conn = Arc::new(conn);
         self.redeclare.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.reconnect.store(false, std::sync::atomic::Ordering::SeqCst);
         if let Err(error) = (self.setup)(conn.clone()).await {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(320, "setup failed".into())).await;
             return Err(ConnectError::Setup(error));
@@ -249,7 +272,7 @@ impl Supervisor {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
             }
-            if !conn.status().connected() {
+            if !conn.status().connected() || self.reconnect.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
             if self.redeclare.swap(false, std::sync::atomic::Ordering::SeqCst) {
