@@ -2671,7 +2671,10 @@ mod replicated {
         .await?;
         let rows: Vec<serde_json::Value> =
             serde_json::from_str(listing.trim()).context("reading list_connections output")?;
-        let marker = format!("{role}@harness-{}", context.run_id);
+        // Connection names are `<binary>[-<purpose>]@<HOSTNAME>` and each
+        // process's HOSTNAME is `harness-<run>-<role>-<n>`: the worker's
+        // consuming and publishing connections both count.
+        let marker = format!("@harness-{}-{role}-", context.run_id);
         Ok(rows
             .iter()
             .filter(|r| r["client_properties"].to_string().contains(&marker))
