@@ -24,6 +24,7 @@ mod postgres;
 mod postgres_tls;
 mod providers;
 mod readiness;
+mod safety_nets;
 mod signatures;
 mod startup_errors;
 mod topology_errors;
