@@ -455,16 +455,30 @@ async fn ingest_recovers_from_a_refusing_queue_without_a_restart() {
     let app = TestApp::new().await;
     let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
     assert_eq!(post(&ingest, "BEFORE-1", "delivered").await, 200);
-    let policy = QueuePolicy::refuse_publishes(&format!("{}.refuse", app.topology.exchange), &app.topology.queue);
-    assert!(eventually(WITHIN, async || post(&ingest, "REFUSED-1", "delivered").await == 503).await, "refused");
+    let policy =
+        QueuePolicy::refuse_publishes(&format!("{}.refuse", app.topology.exchange), &app.topology.queue);
+    assert!(
+        eventually(WITHIN, async || post(&ingest, "REFUSED-1", "delivered").await == 503).await,
+        "refused"
+    );
     for n in 0..20 {
-        assert_eq!(post(&ingest, &format!("REFUSED-{n}"), "delivered").await, 503, "refused while over the limit");
+        assert_eq!(
+            post(&ingest, &format!("REFUSED-{n}"), "delivered").await,
+            503,
+            "refused while over the limit"
+        );
     }
     drop(policy);
     let started = tokio::time::Instant::now();
-    let recovered = eventually(Duration::from_secs(10), async || post(&ingest, "AFTER-1", "delivered").await == 200).await;
+    let recovered =
+        eventually(Duration::from_secs(10), async || post(&ingest, "AFTER-1", "delivered").await == 200)
+            .await;
     let took = started.elapsed();
-    let replaced = metric_value(&ingest.metrics().await, "dlr_ingest_publish_channels_replaced_total", &[("reason", "nacked")]);
+    let replaced = metric_value(
+        &ingest.metrics().await,
+        "dlr_ingest_publish_channels_replaced_total",
+        &[("reason", "nacked")],
+    );
     ingest.stop().await;
     app.cleanup().await;
 

@@ -429,7 +429,6 @@ async fn shutdown_finishes_in_flight_requests_and_loses_none() {
 /// 503, or was refused at connect (never in flight, the client or load
 /// balancer can retry it safely). Seen failing: about 8 of 300 reset.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broken promise: connections waiting in the listen backlog at SIGTERM are reset when ingest drops its listener (8 of 300 in one run)"]
 async fn shutdown_resets_no_request_in_flight() {
     let (outcomes, counts, _) = shutdown_under_load("R").await;
     let reset: Vec<_> = outcomes.iter().filter(|(_, o)| *o == Outcome::Reset).collect();
@@ -440,7 +439,6 @@ async fn shutdown_resets_no_request_in_flight() {
 /// request holds the drain open, `/readyz` answers 503 (README, probes
 /// table: "503 ... draining").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "broken promise: ingest drops its listener the moment the drain starts, so /readyz cannot answer 503 during it (connection refused)"]
 async fn readiness_is_503_while_draining() {
     let app = TestApp::new().await;
     let ingest = app.start_ingest(app.ingest_config(), READY).await;

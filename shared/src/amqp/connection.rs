@@ -106,7 +106,9 @@ impl ConnectError {
         match amqp.get_id() {
             ACCESS_REFUSED => Some(format!("access refused while {during} ({text})")),
             // "vhost x is down" happens while a node starts: retried.
-            NOT_ALLOWED if text.contains("not found") => Some(format!("{text} (check the vhost in AMQP_URL)")),
+            NOT_ALLOWED if text.contains("not found") => {
+                Some(format!("{text} (check the vhost in AMQP_URL)"))
+            }
             _ => None,
         }
     }
@@ -299,7 +301,8 @@ impl Supervisor {
                         self.status.gave_up_signal.cancel();
                         return;
                     }
-                    *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+                    *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(error.to_string());
                     // Log the first failure loudly and then every 30th, not every 2 s.
                     if failures == 1 || failures.is_multiple_of(30) {
                         tracing::warn!(%error, attempts = failures, "broker connection or topology set-up failed; retrying");
