@@ -23,6 +23,7 @@ mod postgres;
 mod postgres_tls;
 mod providers;
 mod readiness;
+mod senders;
 mod signatures;
 mod startup_errors;
 mod topology_errors;

@@ -261,7 +261,9 @@ async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> bool {
             return park(ctx, delivery, &park_note).await;
         }
     };
+    let event = ctx.metrics.analytics.enrich(event);
     if attempt == 1 && done.is_empty() {
+        ctx.metrics.analytics.observe(&event);
         ctx.metrics.consumed.with_label_values(&[event.provider.as_str(), event.outcome.as_str()]).inc();
         if let Some(sent) = event.provider_timestamp {
             let seconds = (event.received_at - sent).num_milliseconds() as f64 / 1000.0;

@@ -5,6 +5,7 @@ use dlr_shared::metrics::{LATENCY_BUCKETS, LONG_LATENCY_BUCKETS, MetricsBuilder,
 use dlr_shared::{Outcome, Provider, words};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
+use crate::analytics::ReceiptAnalytics;
 use crate::handlers::{CallResult, HandlerKind};
 use crate::parking::ParkReason;
 
@@ -39,6 +40,9 @@ pub struct WorkerMetrics {
     /// Frames sent to settle deliveries, by kind (ack_multiple, ack, nack):
     /// against events consumed, shows how well acks are coalesced.
     pub settle_frames: IntCounterVec,
+    /// Delivery analytics: per-country receipts, delays, error codes,
+    /// never-final events (see [`crate::analytics`] for the budget).
+    pub analytics: ReceiptAnalytics,
 }
 
 impl WorkerMetrics {
@@ -100,6 +104,7 @@ impl WorkerMetrics {
                 "Frames sent to the broker to settle deliveries: ack_multiple (covers a run of deliveries), ack, nack (requeue).",
                 &["kind"],
             )?,
+            analytics: ReceiptAnalytics::new(&registry)?,
             registry,
         };
         for kind in ["ack_multiple", "ack", "nack"] {
