@@ -96,6 +96,7 @@ impl ReceiptAnalytics {
         for provider in Provider::ALL {
             analytics.never_final.with_label_values(&[provider.as_str()]);
             analytics.final_delay.with_label_values(&[provider.as_str()]);
+            analytics.failures_by_code.with_label_values(&[provider.as_str(), OTHER_CODE]);
         }
         Ok(analytics)
     }
