@@ -557,3 +557,55 @@ async fn history_partitions_roll_over_month_boundaries() {
     pool.close().await;
     app.cleanup().await;
 }
+
+// ---------------------------------------------------------------------------
+// Pending ranks of every provider
+// ---------------------------------------------------------------------------
+
+/// For each provider's documented lifecycle, a late retry of an earlier
+/// intermediate status (newer by time, lower by rank) does not move the
+/// message back, while the next step does move it on; an unknown word
+/// ranks below every known one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_providers_pending_steps_are_ranked() {
+    let app = TestApp::new().await;
+    let db = app.create_database().await;
+    let handler = PostgresHandler::connect(&db.url, &settings()).await.expect("handler connects");
+    let pool = db.pool().await;
+    // provider, steps in lifecycle order
+    let lifecycles: &[(&str, &[&str])] = &[
+        ("telnyx", &["queued", "sending", "sent", "delivery_unconfirmed"]),
+        ("plivo", &["queued", "sent"]),
+        ("sinch", &["Queued", "Dispatched", "Unknown"]),
+        (
+            "infobip",
+            &["PENDING_ACCEPTED", "PENDING_ENROUTE", "PENDING_WAITING_DELIVERY", "DELIVERED_TO_OPERATOR"],
+        ),
+    ];
+    let start = utc(2031, 1, 1, 0);
+    for (provider, steps) in lifecycles {
+        for (k, step) in steps.iter().enumerate().skip(1) {
+            let id = format!("RANK-{k}");
+            // The later step first, then the earlier one arriving a minute later.
+            let later = event(provider, &id, step, "pending", None, None, start);
+            let earlier =
+                event(provider, &id, steps[k - 1], "pending", None, None, start + TimeDelta::minutes(1));
+            let mystery =
+                event(provider, &id, "mystery_word", "pending", None, None, start + TimeDelta::minutes(2));
+            for result in handler.record_batch(&[later, earlier, mystery]).await {
+                result.expect("stored");
+            }
+            let status: String = sqlx::query_scalar(
+                "SELECT status FROM message_status WHERE provider = $1 AND message_id = $2",
+            )
+            .bind(provider)
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .expect("status");
+            assert_eq!(&status, step, "{provider}: {} after {step} must not move it back", steps[k - 1]);
+        }
+    }
+    pool.close().await;
+    app.cleanup().await;
+}
