@@ -108,18 +108,18 @@ pub async fn sweep(
             .fetch_all(&mut *connection)
             .await?;
         let mut swept = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+        let mut failure = None;
         for row in &rows {
             // A row this code cannot turn into an event (a provider or id
             // written by a newer version) is marked so it is not retried.
             if let Some(event) = synthetic_receipt(row, windows, Utc::now()) {
-                publisher
-                    .publish(
-                        &topology.exchange,
-                        RECEIPT_ROUTING_KEY,
-                        &event.to_json(),
-                        receipt_properties(&event),
-                    )
-                    .await?;
+                let (body, properties) = (event.to_json(), receipt_properties(&event));
+                let sent =
+                    publisher.publish(&topology.exchange, RECEIPT_ROUTING_KEY, &body, properties).await;
+                if let Err(error) = sent {
+                    failure = Some(error);
+                    break;
+                }
                 analytics.never_final.with_label_values(&[event.provider.as_str()]).inc();
                 published += 1;
             } else {
@@ -128,8 +128,13 @@ pub async fn sweep(
             swept.0.push(row.provider.as_str());
             swept.1.push(row.message_id.as_str());
         }
-        if !rows.is_empty() {
+        // What the broker confirmed is marked even when a later publish
+        // failed, so that the next round does not publish it again.
+        if !swept.0.is_empty() {
             sqlx::query(MARK_SWEPT).bind(&swept.0).bind(&swept.1).execute(&mut *connection).await?;
+        }
+        if let Some(error) = failure {
+            return Err(error.into());
         }
         if rows.len() < batch_size as usize {
             break;
