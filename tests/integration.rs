@@ -25,6 +25,7 @@ mod postgres_tls;
 mod providers;
 mod readiness;
 mod safety_nets;
+mod senders;
 mod signatures;
 mod startup_errors;
 mod topology_errors;

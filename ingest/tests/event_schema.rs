@@ -186,6 +186,15 @@ fn schema_properties_are_exactly_the_event_members() {
     event.account = Some("a1b2c3d4".to_owned());
     event.carrier_timestamp = Some("2503140926".to_owned());
     event.provider_timestamp = Some(now());
+    event.synthetic = true;
+    event.destination = Some(dlr_shared::Destination {
+        country: Some("GB".to_owned()),
+        network: Some(dlr_shared::Network {
+            mcc: "234".to_owned(),
+            mnc: "15".to_owned(),
+            country: Some("GB".to_owned()),
+        }),
+    });
     let serialised: Value = serde_json::from_slice(&event.to_json()).expect("event is JSON");
     let mut members: Vec<&String> = serialised.as_object().expect("an object").keys().collect();
     let schema = schema();

@@ -353,7 +353,9 @@ async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> Settlement {
         }
     };
     let requeue_keeping = |done: Vec<_>| Settlement::Requeue(Progress { attempt, done });
+    let event = ctx.metrics.analytics.enrich(event);
     if attempt == 1 && done.is_empty() {
+        ctx.metrics.analytics.observe(&event);
         ctx.metrics.consumed.with_label_values(&[event.provider.as_str(), event.outcome.as_str()]).inc();
         if let Some(sent) = event.provider_timestamp {
             let seconds = (event.received_at - sent).num_milliseconds() as f64 / 1000.0;

@@ -5,6 +5,7 @@ use dlr_shared::metrics::{LATENCY_BUCKETS, LONG_LATENCY_BUCKETS, MetricsBuilder,
 use dlr_shared::{Outcome, Provider, words};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
+use crate::analytics::ReceiptAnalytics;
 use crate::handlers::{CallResult, HandlerKind};
 use crate::parking::ParkReason;
 
@@ -48,6 +49,9 @@ pub struct WorkerMetrics {
     pub abandoned: IntCounter,
     /// Readiness probes of ingest pods taken off the receipts queue.
     pub probes_dropped: IntCounter,
+    /// Delivery analytics: per-country receipts, delays, error codes,
+    /// never-final events (see [`crate::analytics`] for the budget).
+    pub analytics: ReceiptAnalytics,
 }
 
 impl WorkerMetrics {
@@ -126,6 +130,7 @@ impl WorkerMetrics {
                 "dlr_worker_probes_dropped_total",
                 "Readiness probes of ingest pods (no receipt in them) taken off the receipts queue and dropped.",
             )?,
+            analytics: ReceiptAnalytics::new(&registry)?,
             registry,
         };
         for reason in ["nacked", "timeout", "channel_error", "return_mismatch", "abandoned"] {

@@ -103,10 +103,12 @@ impl Application {
         if routes.uses(HandlerKind::Http) {
             handlers.insert(HandlerKind::Http, Arc::new(http_handler(&config)?));
         }
+        let mut status_store = None;
         if let (true, Some(url)) = (routes.uses(HandlerKind::Postgres), config.database_url.as_ref()) {
             check_database(url.expose_secret()).await?;
             let store =
                 PostgresHandler::connect(url.expose_secret(), &PostgresSettings::from(&config)).await?;
+            status_store = Some(store.pool());
             handlers.insert(HandlerKind::Postgres, Arc::new(store));
         }
 
@@ -160,6 +162,14 @@ impl Application {
             );
             handlers.insert(HandlerKind::Amqp, Arc::new(handler));
         }
+
+        crate::maintenance::start_if_stored(
+            status_store,
+            crate::maintenance::Intake { publisher: publisher.clone(), topology: topology.clone() },
+            config.maintenance_settings()?,
+            metrics.analytics.clone(),
+            broker_shutdown.clone(),
+        );
 
         let consuming = Arc::new(AtomicBool::new(false));
         let broker_for_probes = broker.clone();

@@ -143,6 +143,8 @@ pub fn report(element: &Value, received_at: DateTime<Utc>) -> Result<ReceiptEven
         carrier_timestamp: None,
         received_at,
         raw: report.clone(),
+        synthetic: false,
+        destination: None,
     })
 }
 

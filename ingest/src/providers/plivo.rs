@@ -119,6 +119,8 @@ pub fn parse(fields: &Fields, received_at: DateTime<Utc>) -> Result<ReceiptEvent
         carrier_timestamp: done.filter(|d| parse_with_offset(d).is_none()).map(str::to_owned),
         received_at,
         raw: fields.to_raw(),
+        synthetic: false,
+        destination: None,
     })
 }
 

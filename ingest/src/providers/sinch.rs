@@ -214,6 +214,8 @@ fn event(
         carrier_timestamp: None,
         received_at,
         raw: raw.clone(),
+        synthetic: false,
+        destination: None,
     })
 }
 

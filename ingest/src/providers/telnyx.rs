@@ -222,6 +222,8 @@ impl Common {
             carrier_timestamp: None,
             received_at: self.received_at,
             raw: raw.clone(),
+            synthetic: false,
+            destination: None,
         })
     }
 }

@@ -186,6 +186,8 @@ pub fn parse(fields: &Fields, received_at: DateTime<Utc>) -> Result<ReceiptEvent
         carrier_timestamp: fields.get("RawDlrDoneDate").map(str::to_owned),
         received_at,
         raw: fields.to_raw(),
+        synthetic: false,
+        destination: None,
     })
 }
 

@@ -165,6 +165,8 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<ReceiptEvent, Re
         carrier_timestamp: None,
         received_at,
         raw: object,
+        synthetic: false,
+        destination: None,
     })
 }
 

@@ -179,6 +179,8 @@ pub fn parse(fields: &Fields, received_at: DateTime<Utc>) -> Result<ReceiptEvent
         carrier_timestamp: scts.map(str::to_owned),
         received_at,
         raw: fields.to_raw(),
+        synthetic: false,
+        destination: None,
     })
 }
 
