@@ -16,6 +16,7 @@ mod alarm_worker;
 mod broker_addresses;
 mod deploy;
 mod fixture;
+mod forgeries;
 mod intake;
 mod logs;
 mod method_metrics;

@@ -61,6 +61,7 @@ impl Application {
     /// for the broker: ingest must start (unready) while the broker is down.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let signatures = config.validate()?;
+        signatures.log_serving();
         let broker_addresses = config.broker.addresses()?;
         let metrics = IngestMetrics::new()?;
         let listener = TcpListener::bind(config.addr)

@@ -39,14 +39,9 @@ pub struct WebhookRequest {
     pub body: Bytes,
 }
 
-/// Result of a signature check that did not reject the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Authenticity {
-    /// Checked and valid: a parse failure afterwards is probably our bug.
-    Verified,
-    /// Not checked (mode off) or failed in log-only mode.
-    Unverified,
-}
+/// Result of a signature check that did not reject the request; written
+/// into every event. `Verified`: a parse failure afterwards is probably our bug.
+pub(crate) use dlr_shared::event::Authenticity;
 
 /// Accepts a Vonage SMS API receipt (GET query, POST form or POST JSON).
 pub async fn vonage_sms(state: &AppState, request: WebhookRequest) -> Result<ReceiptEvent, IngestError> {
@@ -58,6 +53,7 @@ pub async fn vonage_sms(state: &AppState, request: WebhookRequest) -> Result<Rec
         Ok(Decoded::MessagesApi) => return vonage_messages(state, request).await,
         Err(error) => return Err(reject(state, provider, error)),
     };
+    unambiguous_vonage_names(&fields).map_err(|e| reject(state, provider, e.into()))?;
     let authenticity = check(state, provider, &request, state.signatures.vonage_mode, || {
         let secrets = state.signatures.vonage_secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
         signature::vonage_sms::verify(
@@ -78,6 +74,12 @@ pub async fn vonage_messages(state: &AppState, request: WebhookRequest) -> Resul
     let provider = Provider::VonageMessages;
     require_body(&request, &["application/json"]).map_err(|e| reject(state, provider, e))?;
     let authorization = request.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if state.signatures.vonage_mode == Some(SignatureMode::Enforce) && authorization.is_none() {
+        // Counted as a missing signature, answered 503 so that Vonage
+        // retries, and not quarantined: the retry is the genuine copy.
+        state.metrics.signature_failures.with_label_values(&[provider.as_str(), "missing"]).inc();
+        return Err(reject(state, provider, IngestError::UnsignedRetry));
+    }
     let authenticity = check(state, provider, &request, state.signatures.vonage_mode, || {
         let secrets = state.signatures.vonage_secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
         signature::vonage_jwt::verify(
@@ -109,7 +111,8 @@ pub async fn twilio(state: &AppState, request: WebhookRequest) -> Result<Receipt
         signature::twilio::verify(&url, fields.pairs(), signature_header, settings_header, tokens)
     })
     .await?;
-    let parsed = providers::twilio::parse(&fields, Utc::now());
+    let parsed =
+        providers::twilio::unambiguous(&fields).and_then(|()| providers::twilio::parse(&fields, Utc::now()));
     finish(state, provider, &request, authenticity, parsed).await
 }
 
@@ -129,19 +132,23 @@ pub(crate) async fn check(
     state: &AppState,
     provider: Provider,
     request: &WebhookRequest,
-    mode: SignatureMode,
+    mode: Option<SignatureMode>,
     verify: impl FnOnce() -> Result<(), SignatureError>,
 ) -> Result<Authenticity, IngestError> {
-    if mode == SignatureMode::Off {
-        return Ok(Authenticity::Unverified);
-    }
+    let mode = match mode {
+        // The router does not route to a provider that is not served; this
+        // keeps it so should a route be added by hand.
+        None => return Err(IngestError::NotServed),
+        Some(SignatureMode::Off) => return Ok(Authenticity::NotChecked),
+        Some(mode) => mode,
+    };
     match verify() {
         Ok(()) => Ok(Authenticity::Verified),
         Err(error) => {
             state.metrics.signature_failures.with_label_values(&[provider.as_str(), error.reason()]).inc();
             if mode == SignatureMode::LogOnly {
                 tracing::warn!(provider = %provider, reason = error.reason(), %error, "signature check failed (log-only: accepted)");
-                return Ok(Authenticity::Unverified);
+                return Ok(Authenticity::FailedLogOnly);
             }
             let error = IngestError::Signature(error);
             quarantine(state, provider, request, &error).await;
@@ -159,10 +166,11 @@ async fn finish(
     authenticity: Authenticity,
     parsed: Result<ReceiptEvent, ReceiptError>,
 ) -> Result<ReceiptEvent, IngestError> {
-    let event = match parsed {
+    let mut event = match parsed {
         Ok(event) => event,
         Err(error) => return Err(refuse(state, provider, request, authenticity, error).await),
     };
+    event.authenticity = Some(authenticity);
     if !event.status_recognised {
         tracing::warn!(provider = %provider, status = %event.status, "unrecognised status word; accepted as pending");
     }
@@ -292,6 +300,19 @@ fn decode_fields(request: &WebhookRequest) -> Result<Decoded, IngestError> {
     Ok(Decoded::Fields(providers::fields_from_json_object(object)?))
 }
 
+/// Refuses Vonage field names containing `&` or `=`: the `sig` string
+/// joins `&name=value` pairs, so such a name would let the signed text of
+/// one request be re-split into different fields with the same signature.
+fn unambiguous_vonage_names(fields: &Fields) -> Result<(), ReceiptError> {
+    let problems: Vec<providers::FieldProblem> = fields
+        .pairs()
+        .iter()
+        .filter(|(name, _)| name.contains(['&', '=']))
+        .map(|(name, _)| providers::FieldProblem::new(name, "field names must not contain '&' or '='"))
+        .collect();
+    if problems.is_empty() { Ok(()) } else { Err(ReceiptError::InvalidFields(problems)) }
+}
+
 /// Checks that a POST has a body of one of the `allowed` media types.
 pub(crate) fn require_body(request: &WebhookRequest, allowed: &[&str]) -> Result<(), IngestError> {
     let essence = media_type(&request.headers);
@@ -300,7 +321,7 @@ pub(crate) fn require_body(request: &WebhookRequest, allowed: &[&str]) -> Result
             || (*a == "application/json" && essence.starts_with("application/") && essence.ends_with("+json"))
     });
     if !accepted {
-        return Err(IngestError::UnsupportedMediaType(essence));
+        return Err(IngestError::UnsupportedMediaType { got: essence, accepted: allowed.join(" or ") });
     }
     if request.body.iter().all(u8::is_ascii_whitespace) {
         return Err(IngestError::Empty("body"));

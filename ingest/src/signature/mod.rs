@@ -128,6 +128,25 @@ impl SecretList {
             .map(Self)
     }
 
+    /// Parses one secret per line (a trailing line break is ignored), for
+    /// credentials that may contain commas or spaces (Basic passwords): a
+    /// line break cannot occur in an HTTP header, so it cannot be part of one.
+    pub fn parse_lines(s: &str) -> Result<Self, ConfigError> {
+        let s = s.strip_suffix('\n').unwrap_or(s);
+        if s.trim().is_empty() {
+            return Err(ConfigError::EmptySecretList);
+        }
+        s.split('\n')
+            .map(|line| line.strip_suffix('\r').unwrap_or(line))
+            .enumerate()
+            .map(|(i, item)| match item {
+                "" => Err(ConfigError::EmptySecret { position: i + 1 }),
+                secret => Ok(SecretString::from(secret)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+
     /// The secrets in priority order (current first).
     pub fn iter(&self) -> impl Iterator<Item = &SecretString> {
         self.0.iter()
