@@ -359,6 +359,27 @@ mod tests {
         assert!(err(log_only).starts_with("SINCH_WEBHOOK_SECRET"));
     }
 
+    /// The registry, `ingest --help` and the deploy checks name the same variables.
+    #[test]
+    fn every_listed_variable_is_a_setting_and_known_to_the_deploy_checks() {
+        use clap::CommandFactory;
+        let command = crate::Config::command();
+        let settings: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        let manifests = include_str!("../../deploy/checks/manifests.py");
+        for provider in &PROVIDERS {
+            for variable in std::iter::once(&provider.mode_variable).chain(provider.credential_variables) {
+                assert!(settings.iter().any(|s| s == variable), "{variable} is not a setting");
+                assert!(
+                    manifests.contains(&format!("\"{variable}\"")),
+                    "manifests.py does not know {variable}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn infobip_credentials_may_contain_commas() {
         let settings = ProviderSettings {
