@@ -280,3 +280,28 @@ async fn events_say_how_they_were_authenticated() {
     assert_eq!(events[0].authenticity, Some(dlr_shared::event::Authenticity::FailedLogOnly));
     h.finish().await;
 }
+
+/// With V2 accepted explicitly (`PLIVO_ACCEPT_V2`), a captured V2 header
+/// and nonce verify once: the genuine request, not a forgery made from it.
+#[tokio::test]
+async fn plivo_v2_nonce_verifies_once() {
+    let token = "plivo-token";
+    let h = Ingest::start(|c| {
+        c.providers.plivo_auth_token = Some(token.into());
+        c.providers.plivo_accept_v2 = true;
+    })
+    .await;
+    let url = format!("{PUBLIC_BASE}/dlr/plivo");
+    let v2 = plivo_sig::sign_v2(&url, "12345", token);
+    let genuine = include_str!("corpus/plivo-delivered.form");
+    let send = |body: String| {
+        h.request("/dlr/plivo", FORM, body)
+            .header("X-Plivo-Signature-V2", v2.clone())
+            .header("X-Plivo-Signature-V2-Nonce", "12345")
+    };
+    assert_eq!(h.send(send(genuine.to_owned())).await.0, 200, "the genuine callback");
+    let (status, body) = h.send(send(genuine.replace("delivered", "failed&ErrorCode=30"))).await;
+    assert_eq!((status, &body["reason"]), (401, &Value::from("replayed")), "{body}");
+    h.events(1).await;
+    h.finish().await;
+}

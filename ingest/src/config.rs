@@ -187,7 +187,7 @@ impl Config {
             twilio_tokens: twilio.secrets,
             public_base_url: s.public_base_url.clone(),
             freshness: Freshness { max_age: s.max_age, max_future: s.max_future },
-            providers: self.providers.validate(s.public_base_url.as_ref())?,
+            providers: self.providers.validate_with(s.public_base_url.as_ref(), s.max_age)?,
         })
     }
 }

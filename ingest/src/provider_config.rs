@@ -10,6 +10,7 @@
 //! error. [`PROVIDERS`] lists every provider once, so that the start-up
 //! log, the router and the deploy checks' variable list agree.
 
+use crate::signature::nonces::NonceCache;
 use crate::signature::telnyx::PublicKeys;
 use crate::signature::{SecretList, SignatureMode, basic};
 use clap::Args;
@@ -164,6 +165,8 @@ pub struct ProviderPolicy {
     pub plivo: Check<SecretList>,
     /// Whether Plivo's V2 signature is accepted too (explicit, weaker).
     pub plivo_accept_v2: bool,
+    /// V2 nonces seen within the freshness window: each verifies once.
+    pub plivo_v2_nonces: std::sync::Arc<NonceCache>,
     /// Sinch mode and credentials.
     pub sinch: Check<SinchCredentials>,
     /// Infobip mode and `user:password` pairs.
@@ -197,6 +200,15 @@ impl<T> Check<T> {
     }
 }
 
+impl Default for NonceCache {
+    fn default() -> Self {
+        NonceCache::new(std::time::Duration::from_secs(259_200), V2_NONCES)
+    }
+}
+
+/// Plivo V2 nonces remembered at most (about 10 MB).
+const V2_NONCES: usize = 100_000;
+
 impl<T> Default for Check<T> {
     fn default() -> Self {
         Self { mode: None, secrets: None }
@@ -207,6 +219,16 @@ impl ProviderSettings {
     /// Checks the rules clap cannot express; `public_base_url` is needed for
     /// Plivo, which signs the URL it called.
     pub fn validate(&self, public_base_url: Option<&Url>) -> Result<ProviderPolicy, ConfigError> {
+        self.validate_with(public_base_url, std::time::Duration::from_secs(259_200))
+    }
+
+    /// [`ProviderSettings::validate`] with the freshness window (`SIGNATURE_MAX_AGE_SECONDS`),
+    /// for how long a Plivo V2 nonce is remembered.
+    pub fn validate_with(
+        &self,
+        public_base_url: Option<&Url>,
+        max_age: std::time::Duration,
+    ) -> Result<ProviderPolicy, ConfigError> {
         let plivo =
             check(self.plivo_mode, exposed(&self.plivo_auth_token), "PLIVO_AUTH_TOKEN", SecretList::parse)?;
         if plivo.checks() && public_base_url.is_none() {
@@ -227,6 +249,7 @@ impl ProviderSettings {
             )?,
             plivo,
             plivo_accept_v2: self.plivo_accept_v2,
+            plivo_v2_nonces: std::sync::Arc::new(NonceCache::new(max_age, V2_NONCES)),
             sinch: self.sinch()?,
             infobip,
         })

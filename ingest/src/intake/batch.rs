@@ -91,7 +91,20 @@ pub async fn plivo(state: &AppState, request: WebhookRequest) -> Result<Stored, 
         };
         // A GET's parameters are in the URL, which is signed as such.
         let form = if method == signature::plivo::Method::Post { fields.clone() } else { Fields::default() };
-        signature::plivo::verify(method, &public_url(state, &request), &form, headers, tokens)
+        signature::plivo::verify(method, &public_url(state, &request), &form, headers, tokens)?;
+        let v3 = [headers.v3, headers.ma_v3].iter().flatten().any(|v| !v.trim().is_empty());
+        match headers.v2_nonce {
+            // V2 signs no parameters and no time: its nonce verifies once.
+            Some(nonce) if !v3 => {
+                let nonces = &state.signatures.providers.plivo_v2_nonces;
+                if nonces.first_use(nonce.trim(), std::time::Instant::now()) {
+                    Ok(())
+                } else {
+                    Err(SignatureError::Replayed)
+                }
+            }
+            _ => Ok(()),
+        }
     })
     .await?;
     let parsed = providers::plivo::unambiguous(&fields)

@@ -12,6 +12,7 @@
 //! values and the current time, which keeps the checks deterministic and testable.
 
 pub mod basic;
+pub mod nonces;
 pub mod plivo;
 pub mod sinch;
 pub mod telnyx;
@@ -199,11 +200,14 @@ pub enum SignatureError {
     /// The JWT issuer is not the provider.
     #[error("JWT issuer missing or not Vonage")]
     Issuer,
+    /// A signature without a timestamp whose nonce was already used (Plivo V2).
+    #[error("nonce already used")]
+    Replayed,
 }
 
 impl SignatureError {
     /// Low-cardinality label for metrics (`missing`, `malformed`, `mismatch`, `stale`, `future`,
-    /// `payload_hash`, `algorithm`, `issuer`).
+    /// `payload_hash`, `algorithm`, `issuer`, `replayed`).
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Missing(_) => "missing",
@@ -214,6 +218,7 @@ impl SignatureError {
             Self::PayloadHash => "payload_hash",
             Self::Algorithm => "algorithm",
             Self::Issuer => "issuer",
+            Self::Replayed => "replayed",
         }
     }
 }
