@@ -305,3 +305,50 @@ async fn plivo_v2_nonce_verifies_once() {
     h.events(1).await;
     h.finish().await;
 }
+
+/// With per-account secrets (`PROVIDER_ACCOUNTS_FILE`), a receipt naming
+/// account B verifies only with B's secrets: whoever holds A's token cannot
+/// sign for B. B's previous token still verifies during a rotation, and the
+/// metric says which entry matched.
+#[tokio::test]
+async fn account_a_secret_does_not_sign_account_b_receipts() {
+    const A: &str = "AC0123456789abcdef0123456789abcdef";
+    const B: &str = "ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    let file = std::env::temp_dir().join(format!("dlr-accounts-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &file,
+        format!("[twilio]\n{A} = [\"token-a\"]\n{B} = [\"token-b-new\", \"token-b-old\"]\n"),
+    )
+    .expect("write the accounts file");
+    let h = Ingest::start(|c| c.signatures.accounts_file = Some(file.clone())).await;
+    let url = format!("{PUBLIC_BASE}/dlr/twilio");
+    let receipt_b = dlr_tests::corpus::S7.replace(A, B);
+    let signed = |token: &str| {
+        let sig = twilio_sig::sign(&url, &pairs(&receipt_b), token, twilio_sig::Algorithm::HmacSha1);
+        h.request("/dlr/twilio", FORM, receipt_b.clone()).header("x-twilio-signature", sig)
+    };
+    let (status, body) = h.send(signed("token-a")).await;
+    assert_eq!(
+        (status, &body["reason"]),
+        (401, &Value::from("mismatch")),
+        "A's token on B's receipt: {body}"
+    );
+    let unknown = dlr_tests::corpus::S7.replace(A, "ACcccccccccccccccccccccccccccccccc");
+    let sig = twilio_sig::sign(&url, &pairs(&unknown), "token-a", twilio_sig::Algorithm::HmacSha1);
+    let (status, body) =
+        h.send(h.request("/dlr/twilio", FORM, unknown).header("x-twilio-signature", sig)).await;
+    assert_eq!((status, &body["reason"]), (401, &Value::from("unknown_account")), "{body}");
+    assert_eq!(h.send(signed("token-b-old")).await.0, 200, "B's previous token during a rotation");
+    h.events(1).await;
+    let metrics = h.ingest.metrics().await;
+    let verified = |entry| {
+        dlr_tests::metric_value(
+            &metrics,
+            "dlr_ingest_signature_verified_total",
+            &[("provider", "twilio"), ("entry", entry)],
+        )
+    };
+    assert_eq!((verified("current"), verified("previous")), (0.0, 1.0));
+    let _ = std::fs::remove_file(&file);
+    h.finish().await;
+}

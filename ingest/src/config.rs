@@ -2,7 +2,7 @@
 //!
 //! `ingest --help` prints every variable with its default.
 
-use crate::provider_config::check;
+use crate::provider_config::check_accounts;
 use crate::signature::vonage_sms::SigMethod;
 use crate::signature::{Freshness, SecretList, SignatureMode};
 use clap::{Args, Parser};
@@ -86,6 +86,10 @@ pub struct SignatureConfig {
     /// Twilio Auth Token(s), comma-separated: current first, previous during rotation.
     #[arg(long = "twilio-auth-token", env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub twilio_token: Option<SecretString>,
+    /// TOML file of per-account credentials (Vonage api key, Twilio AccountSid,
+    /// Plivo auth id -> secrets, current first), mounted from a Kubernetes Secret.
+    #[arg(long = "provider-accounts-file", env = "PROVIDER_ACCOUNTS_FILE")]
+    pub accounts_file: Option<std::path::PathBuf>,
     /// Scheme and host the providers call (e.g. https://dlr.example.com). Twilio
     /// signs the public URL, which differs from ours behind a load balancer.
     #[arg(long = "public-base-url", env = "PUBLIC_BASE_URL")]
@@ -136,6 +140,8 @@ pub struct SignaturePolicy {
     pub freshness: Freshness,
     /// Telnyx, Plivo, Sinch and Infobip checks.
     pub providers: crate::provider_config::ProviderPolicy,
+    /// Per-account secrets (`PROVIDER_ACCOUNTS_FILE`; empty without it).
+    pub accounts: std::sync::Arc<crate::accounts::Accounts>,
 }
 
 impl Config {
@@ -170,9 +176,25 @@ impl Config {
             ));
         }
         let s = &self.signatures;
-        let vonage =
-            check(s.vonage_mode, exposed(&s.vonage_secret), "VONAGE_SIGNATURE_SECRET", SecretList::parse)?;
-        let twilio = check(s.twilio_mode, exposed(&s.twilio_token), "TWILIO_AUTH_TOKEN", SecretList::parse)?;
+        let accounts = match &s.accounts_file {
+            Some(path) => crate::accounts::Accounts::load(&path.to_string_lossy())
+                .map_err(|e| invalid("PROVIDER_ACCOUNTS_FILE", e.to_string()))?,
+            None => crate::accounts::Accounts::default(),
+        };
+        let vonage = check_accounts(
+            s.vonage_mode,
+            exposed(&s.vonage_secret),
+            accounts.has("vonage"),
+            "VONAGE_SIGNATURE_SECRET",
+            SecretList::parse,
+        )?;
+        let twilio = check_accounts(
+            s.twilio_mode,
+            exposed(&s.twilio_token),
+            accounts.has("twilio"),
+            "TWILIO_AUTH_TOKEN",
+            SecretList::parse,
+        )?;
         if twilio.checks() && s.public_base_url.is_none() {
             return Err(invalid(
                 "PUBLIC_BASE_URL",
@@ -187,7 +209,8 @@ impl Config {
             twilio_tokens: twilio.secrets,
             public_base_url: s.public_base_url.clone(),
             freshness: Freshness { max_age: s.max_age, max_future: s.max_future },
-            providers: self.providers.validate_with(s.public_base_url.as_ref(), s.max_age)?,
+            providers: self.providers.validate_accounts(s.public_base_url.as_ref(), s.max_age, &accounts)?,
+            accounts: std::sync::Arc::new(accounts),
         })
     }
 }

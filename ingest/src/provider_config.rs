@@ -229,8 +229,24 @@ impl ProviderSettings {
         public_base_url: Option<&Url>,
         max_age: std::time::Duration,
     ) -> Result<ProviderPolicy, ConfigError> {
-        let plivo =
-            check(self.plivo_mode, exposed(&self.plivo_auth_token), "PLIVO_AUTH_TOKEN", SecretList::parse)?;
+        self.validate_accounts(public_base_url, max_age, &crate::accounts::Accounts::default())
+    }
+
+    /// [`ProviderSettings::validate_with`] where `accounts` (the accounts
+    /// file) may hold Plivo's credentials instead of `PLIVO_AUTH_TOKEN`.
+    pub fn validate_accounts(
+        &self,
+        public_base_url: Option<&Url>,
+        max_age: std::time::Duration,
+        accounts: &crate::accounts::Accounts,
+    ) -> Result<ProviderPolicy, ConfigError> {
+        let plivo = check_accounts(
+            self.plivo_mode,
+            exposed(&self.plivo_auth_token),
+            accounts.has("plivo"),
+            "PLIVO_AUTH_TOKEN",
+            SecretList::parse,
+        )?;
         if plivo.checks() && public_base_url.is_none() {
             return Err(ConfigError::Invalid {
                 variable: "PUBLIC_BASE_URL",
@@ -310,10 +326,23 @@ pub(crate) fn check<T>(
     variable: &'static str,
     parse: impl FnOnce(&str) -> Result<T, crate::signature::ConfigError>,
 ) -> Result<Check<T>, ConfigError> {
+    check_accounts(mode, raw, false, variable, parse)
+}
+
+/// [`check`] for a provider whose credentials may also come from the
+/// accounts file (`in_accounts_file`): then the variable may be unset.
+pub(crate) fn check_accounts<T>(
+    mode: Option<SignatureMode>,
+    raw: Option<&str>,
+    in_accounts_file: bool,
+    variable: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, crate::signature::ConfigError>,
+) -> Result<Check<T>, ConfigError> {
     let raw = raw.map(str::trim).filter(|s| !s.is_empty());
-    let mode = resolve(mode, raw.is_some());
+    let mode = resolve(mode, raw.is_some() || in_accounts_file);
     match (mode, raw) {
         (None | Some(SignatureMode::Off), _) => Ok(Check { mode, secrets: None }),
+        (Some(mode), None) if in_accounts_file => Ok(Check { mode: Some(mode), secrets: None }),
         (Some(mode), None) => {
             Err(ConfigError::Invalid { variable, problem: format!("is required when the mode is {mode}") })
         }

@@ -67,6 +67,7 @@ pub async fn telnyx(state: &AppState, request: WebhookRequest) -> Result<Stored,
             state.signatures.freshness.max_future,
             Utc::now().timestamp(),
         )
+        .map(|()| 0)
     })
     .await?;
     let parsed = providers::telnyx::parse(&request.body, Utc::now());
@@ -79,7 +80,11 @@ pub async fn plivo(state: &AppState, request: WebhookRequest) -> Result<Stored, 
     let (method, fields) = plivo_fields(&request).map_err(|e| reject(state, provider, e))?;
     let policy = &state.signatures.providers.plivo;
     let authenticity = check(state, provider, &request, policy.mode, || {
-        let tokens = policy.secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
+        let tokens = state.signatures.accounts.secrets_for(
+            "plivo",
+            fields.get("ParentAuthID"),
+            policy.secrets.as_ref(),
+        )?;
         let headers = signature::plivo::Headers {
             v3: header(&request, "x-plivo-signature-v3"),
             ma_v3: header(&request, "x-plivo-signature-ma-v3"),
@@ -91,19 +96,21 @@ pub async fn plivo(state: &AppState, request: WebhookRequest) -> Result<Stored, 
         };
         // A GET's parameters are in the URL, which is signed as such.
         let form = if method == signature::plivo::Method::Post { fields.clone() } else { Fields::default() };
-        signature::plivo::verify(method, &public_url(state, &request), &form, headers, tokens)?;
+        let url = public_url(state, &request);
+        let entry =
+            tokens.first_match(|token| signature::plivo::verify(method, &url, &form, headers, token))?;
         let v3 = [headers.v3, headers.ma_v3].iter().flatten().any(|v| !v.trim().is_empty());
         match headers.v2_nonce {
             // V2 signs no parameters and no time: its nonce verifies once.
             Some(nonce) if !v3 => {
                 let nonces = &state.signatures.providers.plivo_v2_nonces;
                 if nonces.first_use(nonce.trim(), std::time::Instant::now()) {
-                    Ok(())
+                    Ok(entry)
                 } else {
                     Err(SignatureError::Replayed)
                 }
             }
-            _ => Ok(()),
+            _ => Ok(entry),
         }
     })
     .await?;
@@ -142,21 +149,28 @@ pub async fn sinch(state: &AppState, request: WebhookRequest) -> Result<Stored, 
         // it carries no HMAC signature (or no secret is configured).
         let signed = signature::sinch::is_signed(signature);
         match (&credentials.basic, &credentials.hmac) {
-            (Some(basic), None) => signature::basic::verify(authorization, basic),
-            (Some(basic), Some(_)) if !signed => signature::basic::verify(authorization, basic),
-            (_, Some(secrets)) => signature::sinch::verify_with(
-                signature::sinch::Algorithm::from_header(header(
+            (Some(basic), None) => basic.first_match(|one| signature::basic::verify(authorization, one)),
+            (Some(basic), Some(_)) if !signed => {
+                basic.first_match(|one| signature::basic::verify(authorization, one))
+            }
+            (_, Some(secrets)) => {
+                let algorithm = signature::sinch::Algorithm::from_header(header(
                     &request,
                     signature::sinch::ALGORITHM_HEADER,
-                ))?,
-                &request.body,
-                signature,
-                header(&request, signature::sinch::NONCE_HEADER),
-                header(&request, signature::sinch::TIMESTAMP_HEADER),
-                secrets,
-                state.signatures.freshness,
-                Utc::now().timestamp(),
-            ),
+                ))?;
+                secrets.first_match(|secret| {
+                    signature::sinch::verify_with(
+                        algorithm,
+                        &request.body,
+                        signature,
+                        header(&request, signature::sinch::NONCE_HEADER),
+                        header(&request, signature::sinch::TIMESTAMP_HEADER),
+                        secret,
+                        state.signatures.freshness,
+                        Utc::now().timestamp(),
+                    )
+                })
+            }
             (None, None) => Err(SignatureError::Missing("secret")),
         }
     })
@@ -172,7 +186,8 @@ pub async fn infobip(state: &AppState, request: WebhookRequest) -> Result<Stored
     let policy = &state.signatures.providers.infobip;
     let authenticity = check(state, provider, &request, policy.mode, || {
         let credentials = policy.secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
-        signature::basic::verify(header(&request, header::AUTHORIZATION.as_str()), credentials)
+        let authorization = header(&request, header::AUTHORIZATION.as_str());
+        credentials.first_match(|one| signature::basic::verify(authorization, one))
     })
     .await?;
     let parsed = providers::infobip::parse(&request.body, Utc::now());

@@ -55,14 +55,20 @@ pub async fn vonage_sms(state: &AppState, request: WebhookRequest) -> Result<Rec
     };
     unambiguous_vonage_names(&fields).map_err(|e| reject(state, provider, e.into()))?;
     let authenticity = check(state, provider, &request, state.signatures.vonage_mode, || {
-        let secrets = state.signatures.vonage_secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
-        signature::vonage_sms::verify(
-            fields.pairs(),
-            secrets,
-            state.signatures.vonage_method,
-            state.signatures.freshness,
-            Utc::now().timestamp(),
-        )
+        let secrets = state.signatures.accounts.secrets_for(
+            "vonage",
+            fields.get("api-key"),
+            state.signatures.vonage_secrets.as_ref(),
+        )?;
+        secrets.first_match(|secret| {
+            signature::vonage_sms::verify(
+                fields.pairs(),
+                secret,
+                state.signatures.vonage_method,
+                state.signatures.freshness,
+                Utc::now().timestamp(),
+            )
+        })
     })
     .await?;
     let parsed = providers::vonage_sms::parse(&fields, Utc::now());
@@ -81,15 +87,22 @@ pub async fn vonage_messages(state: &AppState, request: WebhookRequest) -> Resul
         return Err(reject(state, provider, IngestError::UnsignedRetry));
     }
     let authenticity = check(state, provider, &request, state.signatures.vonage_mode, || {
-        let secrets = state.signatures.vonage_secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
-        signature::vonage_jwt::verify(
-            authorization,
-            &request.body,
-            secrets,
-            state.signatures.freshness,
-            Utc::now().timestamp(),
-        )
-        .map(|_| ())
+        let account = signature::vonage_jwt::unverified_api_key(authorization);
+        let secrets = state.signatures.accounts.secrets_for(
+            "vonage",
+            account.as_deref(),
+            state.signatures.vonage_secrets.as_ref(),
+        )?;
+        secrets.first_match(|secret| {
+            signature::vonage_jwt::verify(
+                authorization,
+                &request.body,
+                secret,
+                state.signatures.freshness,
+                Utc::now().timestamp(),
+            )
+            .map(|_| ())
+        })
     })
     .await?;
     let parsed = providers::vonage_messages::parse(&request.body, Utc::now());
@@ -106,9 +119,15 @@ pub async fn twilio(state: &AppState, request: WebhookRequest) -> Result<Receipt
     let settings_header =
         request.headers.get("x-twilio-webhooks-signature-settings").and_then(|v| v.to_str().ok());
     let authenticity = check(state, provider, &request, state.signatures.twilio_mode, || {
-        let tokens = state.signatures.twilio_tokens.as_ref().ok_or(SignatureError::Missing("secret"))?;
+        let tokens = state.signatures.accounts.secrets_for(
+            "twilio",
+            fields.get("AccountSid"),
+            state.signatures.twilio_tokens.as_ref(),
+        )?;
         let url = public_url(state, &request);
-        signature::twilio::verify(&url, fields.pairs(), signature_header, settings_header, tokens)
+        tokens.first_match(|token| {
+            signature::twilio::verify(&url, fields.pairs(), signature_header, settings_header, token)
+        })
     })
     .await?;
     let parsed =
@@ -126,14 +145,15 @@ pub(crate) fn public_url(state: &AppState, request: &WebhookRequest) -> String {
     }
 }
 
-/// Runs a signature check according to `mode`. In enforce mode a failure
+/// Runs a signature check according to `mode`; `verify` returns which
+/// secret matched (0: the current one). In enforce mode a failure
 /// is quarantined and rejected; in log-only mode it is counted and logged.
 pub(crate) async fn check(
     state: &AppState,
     provider: Provider,
     request: &WebhookRequest,
     mode: Option<SignatureMode>,
-    verify: impl FnOnce() -> Result<(), SignatureError>,
+    verify: impl FnOnce() -> Result<usize, SignatureError>,
 ) -> Result<Authenticity, IngestError> {
     let mode = match mode {
         // The router does not route to a provider that is not served; this
@@ -143,7 +163,11 @@ pub(crate) async fn check(
         Some(mode) => mode,
     };
     match verify() {
-        Ok(()) => Ok(Authenticity::Verified),
+        Ok(entry) => {
+            let entry = if entry == 0 { "current" } else { "previous" };
+            state.metrics.signature_verified.with_label_values(&[provider.as_str(), entry]).inc();
+            Ok(Authenticity::Verified)
+        }
         Err(error) => {
             state.metrics.signature_failures.with_label_values(&[provider.as_str(), error.reason()]).inc();
             if mode == SignatureMode::LogOnly {

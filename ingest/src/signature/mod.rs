@@ -148,6 +148,32 @@ impl SecretList {
             .map(Self)
     }
 
+    /// A list of already separated secrets (the accounts file); not empty.
+    pub(crate) fn from_secrets(secrets: Vec<SecretString>) -> Self {
+        Self(secrets)
+    }
+
+    /// Tries `verify` with each secret alone, current first, and returns the
+    /// index of the one that verified (0: current, more: previous), for the
+    /// metric that tells when an old secret can go. On failure the first
+    /// error other than a mismatch is returned (a secret that matched but, say,
+    /// too late), else the mismatch.
+    pub fn first_match(
+        &self,
+        mut verify: impl FnMut(&SecretList) -> Result<(), SignatureError>,
+    ) -> Result<usize, SignatureError> {
+        let mut error = SignatureError::Mismatch;
+        for (i, secret) in self.0.iter().enumerate() {
+            match verify(&Self(vec![secret.clone()])) {
+                Ok(()) => return Ok(i),
+                Err(SignatureError::Mismatch) => {}
+                Err(other) if error == SignatureError::Mismatch => error = other,
+                Err(_) => {}
+            }
+        }
+        Err(error)
+    }
+
     /// The secrets in priority order (current first).
     pub fn iter(&self) -> impl Iterator<Item = &SecretString> {
         self.0.iter()
@@ -200,6 +226,9 @@ pub enum SignatureError {
     /// The JWT issuer is not the provider.
     #[error("JWT issuer missing or not Vonage")]
     Issuer,
+    /// The request names an account the accounts file does not list.
+    #[error("account not configured")]
+    UnknownAccount,
     /// A signature without a timestamp whose nonce was already used (Plivo V2).
     #[error("nonce already used")]
     Replayed,
@@ -207,7 +236,7 @@ pub enum SignatureError {
 
 impl SignatureError {
     /// Low-cardinality label for metrics (`missing`, `malformed`, `mismatch`, `stale`, `future`,
-    /// `payload_hash`, `algorithm`, `issuer`, `replayed`).
+    /// `payload_hash`, `algorithm`, `issuer`, `replayed`, `unknown_account`).
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Missing(_) => "missing",
@@ -219,6 +248,7 @@ impl SignatureError {
             Self::Algorithm => "algorithm",
             Self::Issuer => "issuer",
             Self::Replayed => "replayed",
+            Self::UnknownAccount => "unknown_account",
         }
     }
 }
