@@ -352,3 +352,51 @@ async fn account_a_secret_does_not_sign_account_b_receipts() {
     let _ = std::fs::remove_file(&file);
     h.finish().await;
 }
+
+/// A flood of forged 1 MiB Sinch requests (a well-formed signature made with
+/// a wrong secret) costs the quarantine at most the per-minute copies, each
+/// cut to the body limit, and a genuine copy made during the flood survives.
+#[tokio::test]
+async fn forged_megabyte_floods_stay_within_the_quarantine_bounds() {
+    const PER_MINUTE: u32 = 20;
+    const BODY_LIMIT: usize = 65_536;
+    let secret = "sinch-secret";
+    let h = Ingest::start(|c| {
+        c.providers.sinch_webhook_secret = Some(secret.into());
+        c.quarantine_copies_per_minute = PER_MINUTE;
+        c.quarantine_body_limit_bytes = BODY_LIMIT;
+    })
+    .await;
+    let signed = |body: String, secret: &str| {
+        let ts = chrono::Utc::now().timestamp().to_string();
+        let signature = sinch_sig::sign(body.as_bytes(), "n", &ts, secret);
+        h.request("/dlr/sinch", JSON, body)
+            .header(sinch_sig::SIGNATURE_HEADER, signature)
+            .header(sinch_sig::NONCE_HEADER, "n")
+            .header(sinch_sig::TIMESTAMP_HEADER, ts)
+    };
+    let forged =
+        format!(r#"{{"type":"recipient_delivery_report_sms","padding":"{}"}}"#, "x".repeat((1 << 20) - 100));
+    for i in 0..200 {
+        let (status, _) = h.send(signed(forged.clone(), "guessed")).await;
+        assert_eq!(status, 401, "forged request {i}");
+        if i == 100 {
+            // Authenticated but not a receipt we can parse: kept for replay.
+            let genuine = r#"{"type":"recipient_delivery_report_sms","batch_id":"genuine-copy"}"#.to_owned();
+            assert_eq!(h.send(signed(genuine, secret)).await.0, 400);
+        }
+    }
+    let copies = h.app.quarantined(SETTLE).await;
+    let forged_copies: Vec<&Value> = copies.iter().filter(|c| c["reason"] == "signature").collect();
+    assert_eq!(forged_copies.len(), PER_MINUTE as usize, "copies of failed signatures are rate limited");
+    let bytes: usize = copies.iter().map(|c| c.to_string().len()).sum();
+    assert!(bytes < (PER_MINUTE as usize + 1) * BODY_LIMIT * 2, "{bytes} bytes in the quarantine");
+    assert!(forged_copies.iter().all(|c| c["request"]["body_truncated"] == true));
+    assert!(
+        copies.iter().any(|c| c.to_string().contains("genuine-copy") || c["reason"] != "signature"),
+        "the genuine copy survives: {} copies",
+        copies.len()
+    );
+    h.events(0).await;
+    h.finish().await;
+}

@@ -55,6 +55,22 @@ pub struct Config {
     /// accept queue. Bounds memory held by idle or slow connections.
     #[arg(long = "max-connections", env = "INGEST_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Bytes of a refused request's body kept in its quarantine copy; longer
+    /// bodies are cut (and marked so). Bounds the broker disk forged requests can use.
+    #[arg(
+        long = "quarantine-body-limit-bytes",
+        env = "INGEST_QUARANTINE_BODY_LIMIT_BYTES",
+        default_value_t = 65_536
+    )]
+    pub quarantine_body_limit_bytes: usize,
+    /// Quarantine copies of requests that failed their signature check, per
+    /// provider and minute; beyond it they are only refused (and counted).
+    #[arg(
+        long = "quarantine-copies-per-minute",
+        env = "INGEST_QUARANTINE_COPIES_PER_MINUTE",
+        default_value_t = 600
+    )]
+    pub quarantine_copies_per_minute: u32,
     /// Signature verification.
     #[command(flatten)]
     pub signatures: SignatureConfig,

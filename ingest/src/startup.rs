@@ -96,6 +96,10 @@ impl Application {
             draining: Arc::new(AtomicBool::new(false)),
             body_timeout: config.request_timeout,
             broker_readiness,
+            quarantine_limits: Arc::new(crate::intake::QuarantineLimits::new(
+                config.quarantine_body_limit_bytes,
+                config.quarantine_copies_per_minute,
+            )),
         };
         let limits = RouterLimits {
             body_limit_bytes: config.body_limit_bytes,

@@ -22,6 +22,7 @@ use crate::state::AppState;
 pub mod batch;
 mod quarantine;
 
+pub use quarantine::QuarantineLimits;
 pub(crate) use quarantine::quarantine;
 
 /// A webhook request as received, before any interpretation.
@@ -174,8 +175,14 @@ pub(crate) async fn check(
                 tracing::warn!(provider = %provider, reason = error.reason(), %error, "signature check failed (log-only: accepted)");
                 return Ok(Authenticity::FailedLogOnly);
             }
+            // Only a request carrying a well-formed signature of the provider's
+            // scheme can be a genuine one refused by our mistake (a rotated
+            // secret, a clock): one with none, or garbage, is just refused.
+            let copy = !matches!(error, SignatureError::Missing(_) | SignatureError::Malformed(_));
             let error = IngestError::Signature(error);
-            quarantine(state, provider, request, &error).await;
+            if copy && state.quarantine_limits.allow_signature_copy(provider, std::time::Instant::now()) {
+                quarantine(state, provider, request, &error).await;
+            }
             Err(reject(state, provider, error))
         }
     }
