@@ -13,6 +13,7 @@
 //! run alone with `-- --ignored --test-threads=1`.
 
 mod alarm_worker;
+mod amqp_edges;
 mod broker_addresses;
 mod deploy;
 mod fixture;
@@ -24,6 +25,7 @@ mod postgres;
 mod postgres_tls;
 mod providers;
 mod readiness;
+mod safety_nets;
 mod signatures;
 mod startup_errors;
 mod topology_errors;

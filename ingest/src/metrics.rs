@@ -54,6 +54,8 @@ pub struct IngestMetrics {
     pub broker_connected: IntGauge,
     /// Publishes awaiting their confirm.
     pub publishes_in_flight: IntGauge,
+    /// Publish channels closed and replaced, by reason (see amqp::publisher).
+    pub publish_channels_replaced: IntCounterVec,
     /// Signature checks that failed, by provider and reason (all modes).
     pub signature_failures: IntCounterVec,
     /// Signature checks that passed, by provider and which secret matched
@@ -110,6 +112,11 @@ impl IngestMetrics {
                 .gauge("dlr_ingest_broker_connected", "1 while the broker connection is up.")?,
             publishes_in_flight: b
                 .gauge("dlr_ingest_publishes_in_flight", "Publishes waiting for their broker confirm.")?,
+            publish_channels_replaced: b.counter_vec(
+                "dlr_ingest_publish_channels_replaced_total",
+                "Publish channels closed after a nack, a confirm timeout, a channel error or an abandoned publish, by reason.",
+                &["reason"],
+            )?,
             signature_failures: b.counter_vec(
                 "dlr_ingest_signature_failures_total",
                 "Failed signature checks by provider and reason (log-only mode included).",
@@ -168,6 +175,9 @@ impl IngestMetrics {
         }
         for reason in ["unavailable", "blocked", "nacked", "returned", "timeout", "channel_error"] {
             metrics.publish_failures.with_label_values(&[reason]);
+        }
+        for reason in ["nacked", "timeout", "channel_error", "return_mismatch", "abandoned"] {
+            metrics.publish_channels_replaced.with_label_values(&[reason]);
         }
         Ok(metrics)
     }

@@ -42,6 +42,10 @@ pub enum StartupError {
     /// Serving failed.
     #[error("server: {0}")]
     Serve(#[from] std::io::Error),
+    /// The broker refused the configuration at start-up (credentials,
+    /// vhost, permissions): no retry can fix that.
+    #[error("broker refused the configuration: {0}")]
+    BrokerRefused(String),
 }
 
 /// A bound, not yet serving, ingest.
@@ -86,10 +90,21 @@ impl Application {
             metrics.broker_connected.clone(),
             broker_shutdown.clone(),
         );
+        let publisher = Arc::new(
+            Publisher::new(broker, config.confirm_timeout)
+                .with_channels(config.publish_channels)
+                .with_replaced_counter(metrics.publish_channels_replaced.clone()),
+        );
         let broker_readiness = Arc::new(BrokerReadiness::new(config.readiness_broker_grace));
-        tokio::spawn(readiness::watch(broker_readiness.clone(), broker.clone(), broker_shutdown.clone()));
+        tokio::spawn(readiness::watch(
+            broker_readiness.clone(),
+            publisher.clone(),
+            topology.clone(),
+            config.confirm_timeout,
+            broker_shutdown.clone(),
+        ));
         let state = AppState {
-            publisher: Arc::new(Publisher::new(broker, config.confirm_timeout)),
+            publisher,
             topology,
             signatures: Arc::new(signatures),
             metrics: Arc::new(metrics),
@@ -137,9 +152,17 @@ impl Application {
         http.timer(TokioTimer::new()).header_read_timeout(self.limits.request_timeout);
         let graceful = GracefulShutdown::new();
         let connections = Arc::new(Semaphore::new(self.max_connections));
+        let broker = self.state.publisher.broker().clone();
+        let gave_up = broker.gave_up();
+        tokio::pin!(gave_up);
+        let mut refused = None;
         loop {
             let permit = tokio::select! {
                 () = shutdown.cancelled() => break,
+                reason = &mut gave_up => {
+                    refused = Some(reason);
+                    break;
+                }
                 permit = connections.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
@@ -179,6 +202,9 @@ impl Application {
             tracing::warn!("the broker connection did not close in time");
         }
         tracing::info!("ingest stopped");
-        Ok(())
+        match refused {
+            Some(reason) => Err(StartupError::BrokerRefused(reason)),
+            None => Ok(()),
+        }
     }
 }

@@ -179,6 +179,12 @@ pub struct Config {
     /// (unfinished ones are redelivered by the broker).
     #[arg(long = "drain-timeout-seconds", env = "WORKER_DRAIN_TIMEOUT_SECONDS", default_value = "30", value_parser = parse_nonzero_seconds)]
     pub drain_timeout: Duration,
+    /// How long an event waits for the broker to take its retry or park copy
+    /// (while it blocks publishers or cannot be reached) before its delivery
+    /// is given back to the queue. Keep it well under RabbitMQ's consumer
+    /// timeout (30 min by default), past which the broker closes the channel.
+    #[arg(long = "settle-patience-ms", env = "WORKER_SETTLE_PATIENCE_MS", default_value = "300000", value_parser = parse_nonzero_millis)]
+    pub settle_patience: Duration,
     /// Logging.
     #[command(flatten)]
     pub log: LogConfig,

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod parking;
 pub mod probes;
 pub mod replay;
+pub mod requeued;
 pub mod retry;
 pub mod startup;
 

@@ -100,12 +100,15 @@ impl OneShotBroker {
         let metrics = WorkerMetrics::new().context("metrics")?;
         let retry = RetryPolicy::new(config.max_attempts, config.retry_initial_delay, config.retry_max_delay);
         let addresses = config.broker.addresses().context("invalid configuration")?;
-        let (broker, task, stop) = dlr_worker::startup::start_broker(
+        let stop = CancellationToken::new();
+        let (broker, task) = dlr_worker::startup::start_broker(
             config,
             addresses,
             Arc::new(config.broker.topology.clone()),
             retry.delays(),
-            metrics,
+            dlr_worker::startup::ConnectionPurpose::Publish,
+            metrics.publisher_connected,
+            stop.clone(),
         );
         Ok(Self { broker, task, stop })
     }

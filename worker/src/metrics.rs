@@ -39,6 +39,15 @@ pub struct WorkerMetrics {
     /// Frames sent to settle deliveries, by kind (ack_multiple, ack, nack):
     /// against events consumed, shows how well acks are coalesced.
     pub settle_frames: IntCounterVec,
+    /// 1 while the publishing connection (retries, parking, events) is up.
+    pub publisher_connected: IntGauge,
+    /// Publish channels closed and replaced, by reason (see amqp::publisher).
+    pub publish_channels_replaced: IntCounterVec,
+    /// Deliveries whose channel closed while they were being handled: left
+    /// to the broker's redelivery, neither settled nor copied.
+    pub abandoned: IntCounter,
+    /// Readiness probes of ingest pods taken off the receipts queue.
+    pub probes_dropped: IntCounter,
 }
 
 impl WorkerMetrics {
@@ -100,8 +109,28 @@ impl WorkerMetrics {
                 "Frames sent to the broker to settle deliveries: ack_multiple (covers a run of deliveries), ack, nack (requeue).",
                 &["kind"],
             )?,
+            publisher_connected: b.gauge(
+                "dlr_worker_publisher_connected",
+                "1 while the publishing connection (retries, parking, amqp handler) is up.",
+            )?,
+            publish_channels_replaced: b.counter_vec(
+                "dlr_worker_publish_channels_replaced_total",
+                "Publish channels closed after a nack, a confirm timeout, a channel error or an abandoned publish, by reason.",
+                &["reason"],
+            )?,
+            abandoned: b.counter(
+                "dlr_worker_deliveries_abandoned_total",
+                "Deliveries whose channel closed while they were handled: left to the broker's redelivery.",
+            )?,
+            probes_dropped: b.counter(
+                "dlr_worker_probes_dropped_total",
+                "Readiness probes of ingest pods (no receipt in them) taken off the receipts queue and dropped.",
+            )?,
             registry,
         };
+        for reason in ["nacked", "timeout", "channel_error", "return_mismatch", "abandoned"] {
+            metrics.publish_channels_replaced.with_label_values(&[reason]);
+        }
         for kind in ["ack_multiple", "ack", "nack"] {
             metrics.settle_frames.with_label_values(&[kind]);
         }

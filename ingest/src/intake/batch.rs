@@ -17,13 +17,12 @@ use crate::signature::{self, SignatureError};
 use axum::http::{Method, header};
 use chrono::Utc;
 use dlr_shared::{EventId, Outcome, Provider};
-use futures_util::future::join_all;
 use serde::Serialize;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::error::IngestError;
 use crate::intake::{
-    Authenticity, WebhookRequest, check, public_url, publish, quarantine, refuse, reject, require_body,
+    Authenticity, WebhookRequest, check, public_url, publish_all, quarantine, refuse, reject, require_body,
 };
 use crate::state::AppState;
 
@@ -235,12 +234,10 @@ async fn store(
     for event in batch.events.iter().filter(|e| !e.status_recognised) {
         tracing::warn!(provider = %provider, status = %event.status, "unrecognised status word; accepted as pending");
     }
-    // Every receipt at once: the confirms arrive together, so a batch costs
-    // about one round trip, not one per receipt.
-    let results = join_all(batch.events.iter().map(|event| publish(state, event))).await;
-    if let Some(error) = results.into_iter().find_map(Result::err) {
-        return Err(error);
-    }
+    // Every receipt at once, in order, on one channel: the confirms arrive
+    // together, so a batch costs about one round trip, not one per receipt,
+    // and its receipts reach the queue in the provider's order.
+    publish_all(state, &batch.events).await?;
     for event in &batch.events {
         state.metrics.accepted.with_label_values(&[provider.as_str(), event.outcome.as_str()]).inc();
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use dlr_shared::Provider;
 use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
-use dlr_shared::amqp::{PublishError, receipt_properties};
+use dlr_shared::amqp::{Outgoing, PublishError, receipt_properties};
 use dlr_shared::event::ReceiptEvent;
 use std::time::Instant;
 
@@ -228,19 +228,34 @@ pub(crate) async fn refuse(
 
 /// Publishes the event and waits for the broker's confirm.
 pub(crate) async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<(), IngestError> {
-    let properties = receipt_properties(event);
+    publish_all(state, std::slice::from_ref(event)).await
+}
+
+/// Publishes the events of one request, in order, and waits for every
+/// confirm: `Ok` only if every one of them is stored.
+pub(crate) async fn publish_all(state: &AppState, events: &[ReceiptEvent]) -> Result<(), IngestError> {
+    let bodies: Vec<Vec<u8>> = events.iter().map(ReceiptEvent::to_json).collect();
+    let messages: Vec<Outgoing<'_>> = events
+        .iter()
+        .zip(&bodies)
+        .map(|(event, body)| Outgoing {
+            exchange: &state.topology.exchange,
+            routing_key: RECEIPT_ROUTING_KEY,
+            body,
+            properties: receipt_properties(event),
+        })
+        .collect();
     let metrics = &state.metrics;
-    let in_flight = InFlight::start(&metrics.publishes_in_flight);
+    let in_flight = InFlight::start(&metrics.publishes_in_flight, events.len());
     let started = Instant::now();
-    let result = state
-        .publisher
-        .publish(&state.topology.exchange, RECEIPT_ROUTING_KEY, &event.to_json(), properties)
-        .await;
+    let result = state.publisher.publish_all(&messages).await;
     drop(in_flight);
     match result {
         Ok(()) => {
             metrics.confirm_duration.observe(started.elapsed().as_secs_f64());
-            tracing::debug!(event_id = %event.event_id, provider = %event.provider, outcome = %event.outcome, "receipt stored");
+            for event in events {
+                tracing::debug!(event_id = %event.event_id, provider = %event.provider, outcome = %event.outcome, "receipt stored");
+            }
             Ok(())
         }
         Err(error) => {
@@ -250,7 +265,9 @@ pub(crate) async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<()
                 state.publisher.broker().request_redeclare();
             }
             metrics.publish_failures.with_label_values(&[error.reason()]).inc();
-            tracing::warn!(event_id = %event.event_id, provider = %event.provider, reason = error.reason(), %error, "receipt not stored; answering 503");
+            for event in events {
+                tracing::warn!(event_id = %event.event_id, provider = %event.provider, reason = error.reason(), %error, "receipt not stored; answering 503");
+            }
             Err(IngestError::Unavailable(error))
         }
     }
@@ -259,18 +276,19 @@ pub(crate) async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<()
 /// Counts a publish as in flight until it is dropped: a request future can
 /// be dropped mid-confirm (client gone, drain timeout), and the gauge must
 /// come down then too.
-struct InFlight<'a>(&'a prometheus::IntGauge);
+struct InFlight<'a>(&'a prometheus::IntGauge, i64);
 
 impl<'a> InFlight<'a> {
-    fn start(gauge: &'a prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
+    fn start(gauge: &'a prometheus::IntGauge, publishes: usize) -> Self {
+        let publishes = i64::try_from(publishes).unwrap_or(i64::MAX);
+        gauge.add(publishes);
+        Self(gauge, publishes)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.sub(self.1);
     }
 }
 
