@@ -33,6 +33,7 @@ if [[ -z "$bin_dir" ]]; then
 fi
 
 export LOG_FORMAT="${LOG_FORMAT:-text}"
+if [[ -z "${VONAGE_SIGNATURE_MODE:-}${VONAGE_SIGNATURE_SECRET:-}" ]]; then export VONAGE_SIGNATURE_MODE=off; echo "run.sh: VONAGE_SIGNATURE_MODE=off for the README's unsigned demo (a provider without credentials is not served otherwise; production sets VONAGE_SIGNATURE_SECRET)" >&2; fi
 ingest_addr="${INGEST_ADDR:-0.0.0.0:8080}"
 worker_addr="${WORKER_ADDR:-0.0.0.0:9090}"
 

@@ -206,7 +206,8 @@ type Sample =
 const SAMPLES: [Sample; 6] = [
     ("Vonage SMS", "/dlr/vonage", "", corpus::S2_QUERY, ("status=", "failed", "&")),
     ("Vonage Messages", "/dlr/vonage-messages", JSON, corpus::S5, (STATUS, "submitted", "\"")),
-    ("Twilio", "/dlr/twilio", FORM, corpus::S8, ("MessageStatus=", "sent", "&")),
+    // Samples with an ErrorCode: ingest refuses a failed status without one (Twilio and Plivo send it).
+    ("Twilio", "/dlr/twilio", FORM, corpus::S7, ("MessageStatus=", "undelivered", "&")),
     (
         "Telnyx",
         "/dlr/telnyx",
@@ -214,7 +215,13 @@ const SAMPLES: [Sample; 6] = [
         include_str!("corpus/telnyx-message-finalized-failed.json"),
         (STATUS, "delivery_failed", "\""),
     ),
-    ("Plivo", "/dlr/plivo", FORM, include_str!("corpus/plivo-delivered.form"), ("Status=", "delivered", "&")),
+    (
+        "Plivo",
+        "/dlr/plivo",
+        "",
+        include_str!("corpus/plivo-undelivered.query"),
+        ("Status=", "undelivered", "&"),
+    ),
     (
         "Sinch",
         "/dlr/sinch",

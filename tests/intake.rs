@@ -5,7 +5,7 @@
 
 use dlr_shared::ReceiptEvent;
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
-use dlr_tests::{SEED_FORM, SEED_JSON, TestApp, eventually, ingest_config, metric_value, vonage_form};
+use dlr_tests::{SEED_FORM, SEED_JSON, TestApp, eventually, metric_value, vonage_form};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -192,7 +192,7 @@ async fn unreachable_broker_gets_a_fast_503_and_recovery_needs_no_restart() {
     let app = TestApp::new().await;
     let (topology, broker) = (&app.topology, &app.broker);
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
-    let ingest = app.spawn_ingest(ingest_config(topology, &proxy.amqp_url())).await;
+    let ingest = app.spawn_ingest(app.ingest_config_at(&proxy.amqp_url())).await;
 
     let started = Instant::now();
     let response = ingest.post_vonage_form(SEED_FORM).await;
@@ -300,7 +300,7 @@ async fn a_broker_outage_under_load_never_acknowledges_a_lost_receipt() {
     let (topology, broker) = (&app.topology, &app.broker);
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
-    let ingest = app.spawn_ingest(ingest_config(topology, &proxy.amqp_url())).await;
+    let ingest = app.spawn_ingest(app.ingest_config_at(&proxy.amqp_url())).await;
     assert!(ingest.wait_ready(READY).await);
 
     let accepted_so_far = Arc::new(AtomicUsize::new(0));

@@ -17,6 +17,7 @@ mod amqp_edges;
 mod broker_addresses;
 mod deploy;
 mod fixture;
+mod forgeries;
 mod intake;
 mod logs;
 mod method_metrics;

@@ -68,18 +68,21 @@ async fn a_full_quarantine_drops_its_oldest_copy() {
     })
     .await;
     let (topology, broker) = (&app.topology, &app.broker);
-    // Signatures enforced, receipts sent unsigned: each is refused and a
-    // copy of the request goes to the quarantine.
+    // Signatures enforced, receipts sent with a wrong signature: each is
+    // refused and a copy of the request goes to the quarantine.
     let mut config = app.ingest_config();
-    config.signatures.vonage_mode = SignatureMode::Enforce;
+    config.signatures.vonage_mode = Some(SignatureMode::Enforce);
     config.signatures.vonage_method = SigMethod::Md5Hash;
     config.signatures.vonage_secret = Some("the-secret".to_owned().into());
     let ingest = app.start_ingest(config, WITHIN).await;
     let ids: Vec<String> = (0..=BOUND).map(|n| format!("0F0000000000000{n}")).collect();
     for id in &ids {
         // One at a time, so the copies arrive in this order.
-        let status = ingest.post_vonage_form(&vonage_form(id, "delivered")).await.status();
-        assert_eq!(status, 401, "{id} refused for its missing signature");
+        // A well-formed signature made with the wrong secret: copied (an unsigned one is not).
+        let now = chrono::Utc::now().timestamp();
+        let form = format!("{}&timestamp={now}&sig={}", vonage_form(id, "delivered"), "0".repeat(32));
+        let status = ingest.post_vonage_form(&form).await.status();
+        assert_eq!(status, 401, "{id} refused for its wrong signature");
     }
     let copies = broker.drain(&topology.quarantine_queue, Duration::from_millis(500)).await;
     ingest.stop().await;

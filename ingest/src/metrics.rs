@@ -18,8 +18,18 @@ const REJECT_REASONS: [&str; 8] = [
     "unreadable_body",
 ];
 /// Reasons a signature check fails (`SignatureError::reason`).
-const SIGNATURE_REASONS: [&str; 8] =
-    ["missing", "malformed", "mismatch", "stale", "future", "payload_hash", "algorithm", "issuer"];
+const SIGNATURE_REASONS: [&str; 10] = [
+    "missing",
+    "malformed",
+    "mismatch",
+    "stale",
+    "future",
+    "payload_hash",
+    "algorithm",
+    "issuer",
+    "replayed",
+    "unknown_account",
+];
 /// Reasons a request is copied to the quarantine.
 const QUARANTINE_REASONS: [&str; 4] = ["signature", "invalid_fields", "not_a_receipt", "malformed_body"];
 
@@ -48,6 +58,10 @@ pub struct IngestMetrics {
     pub publish_channels_replaced: IntCounterVec,
     /// Signature checks that failed, by provider and reason (all modes).
     pub signature_failures: IntCounterVec,
+    /// Signature checks that passed, by provider and which secret matched
+    /// (`current`: the first listed, `previous`: a later one), so an operator
+    /// sees when a rotated-out secret is no longer used.
+    pub signature_verified: IntCounterVec,
     /// Requests copied to the quarantine queue.
     pub quarantined: IntCounterVec,
     /// Requests refused with 429 because the concurrency limit was reached.
@@ -108,6 +122,11 @@ impl IngestMetrics {
                 "Failed signature checks by provider and reason (log-only mode included).",
                 &["provider", "reason"],
             )?,
+            signature_verified: b.counter_vec(
+                "dlr_ingest_signature_verified_total",
+                "Passed signature checks by provider and the secret that matched (current or previous).",
+                &["provider", "entry"],
+            )?,
             quarantined: b.counter_vec(
                 "dlr_ingest_quarantined_total",
                 "Rejected requests copied to the quarantine queue, by provider and reason.",
@@ -134,6 +153,9 @@ impl IngestMetrics {
             }
             for reason in SIGNATURE_REASONS {
                 metrics.signature_failures.with_label_values(&[p, reason]);
+            }
+            for entry in ["current", "previous"] {
+                metrics.signature_verified.with_label_values(&[p, entry]);
             }
             for reason in QUARANTINE_REASONS {
                 metrics.quarantined.with_label_values(&[p, reason]);

@@ -65,6 +65,7 @@ impl Application {
     /// for the broker: ingest must start (unready) while the broker is down.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let signatures = config.validate()?;
+        signatures.log_serving();
         let broker_addresses = config.broker.addresses()?;
         let metrics = IngestMetrics::new()?;
         let listener = TcpListener::bind(config.addr)
@@ -110,6 +111,10 @@ impl Application {
             draining: Arc::new(AtomicBool::new(false)),
             body_timeout: config.request_timeout,
             broker_readiness,
+            quarantine_limits: Arc::new(crate::intake::QuarantineLimits::new(
+                config.quarantine_body_limit_bytes,
+                config.quarantine_copies_per_minute,
+            )),
         };
         let limits = RouterLimits {
             body_limit_bytes: config.body_limit_bytes,

@@ -26,6 +26,8 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// Broker side of readiness: connected once, not lost for longer than the grace.
     pub broker_readiness: Arc<BrokerReadiness>,
+    /// Limits on what a refused request may cost the quarantine.
+    pub quarantine_limits: Arc<crate::intake::QuarantineLimits>,
 }
 
 impl AppState {

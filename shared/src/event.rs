@@ -69,6 +69,10 @@ pub struct ReceiptEvent {
     /// providers do not state its time zone, so it is informational only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carrier_timestamp: Option<String>,
+    /// How ingest authenticated the webhook, so that consumers can ignore
+    /// what was not verified. Absent in events written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticity: Option<Authenticity>,
     /// When ingest received the webhook.
     pub received_at: DateTime<Utc>,
     /// Every field as received, including unknown ones, for audit and re-processing.
@@ -116,6 +120,26 @@ pub struct Network {
     /// to one country.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
+}
+
+/// How a receipt's authenticity was established at ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Authenticity {
+    /// The provider's signature (or credentials) verified.
+    Verified,
+    /// Verification failed, and the provider's mode is `log-only`.
+    FailedLogOnly,
+    /// Not checked: the provider's mode is `off`.
+    NotChecked,
+}
+
+impl Authenticity {
+    /// The wire word (`verified`, `failed_log_only`, `not_checked`).
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 /// A provider error code with what we know about it.

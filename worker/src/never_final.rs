@@ -178,5 +178,7 @@ fn synthetic_receipt(row: &Overdue, windows: &NeverFinalWindows, now: DateTime<U
         raw,
         synthetic: true,
         destination,
+        // Made here, not received: there is no request to authenticate.
+        authenticity: None,
     })
 }

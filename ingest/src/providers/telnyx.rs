@@ -220,6 +220,7 @@ impl Common {
             account: self.account.clone(),
             provider_timestamp: self.provider_timestamp,
             carrier_timestamp: None,
+            authenticity: None,
             received_at: self.received_at,
             raw: raw.clone(),
             synthetic: false,

@@ -27,6 +27,7 @@ pub fn receipt_properties(event: &ReceiptEvent) -> BasicProperties {
     let mut headers = FieldTable::default();
     insert_str(&mut headers, "x-provider", event.provider.as_str());
     insert_str(&mut headers, "x-outcome", event.outcome.as_str());
+    insert_str(&mut headers, "x-authenticity", event.authenticity.map_or("unknown", |a| a.as_str()));
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
