@@ -421,6 +421,8 @@ async fn ingest_load(args: &Args) -> Result<IngestResult> {
     let mut envs = topology_env(&topology);
     envs.push(("INGEST_ADDR", format!("127.0.0.1:{port}")));
     envs.push(("RUST_LOG", "warn".to_owned()));
+    // The load is unsigned Vonage receipts.
+    envs.push(("VONAGE_SIGNATURE_MODE", "off".to_owned()));
     let child = spawn(args.bin_dir.join("ingest"), &envs)?;
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&reqwest::Client::new(), &format!("{base}/readyz")).await?;
@@ -919,6 +921,7 @@ async fn end_to_end_run(
     let mut ingest_envs = topology_env(&topology);
     ingest_envs.push(("INGEST_ADDR", format!("127.0.0.1:{ingest_port}")));
     ingest_envs.push(("RUST_LOG", "warn".to_owned()));
+    ingest_envs.push(("VONAGE_SIGNATURE_MODE", "off".to_owned()));
     let outcome = async {
         let ingest = spawn(args.bin_dir.join("ingest"), &ingest_envs)?;
         wait_ready(&client, &format!("http://127.0.0.1:{ingest_port}/readyz")).await?;

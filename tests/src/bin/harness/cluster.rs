@@ -187,6 +187,9 @@ impl Cluster {
         match service.role {
             Role::Ingest => {
                 env.push(("INGEST_ADDR", format!("127.0.0.1:{}", service.port)));
+                // The load is unsigned: serve both providers it uses without verification.
+                env.push(("VONAGE_SIGNATURE_MODE", "off".to_owned()));
+                env.push(("TWILIO_SIGNATURE_MODE", "off".to_owned()));
                 env.push(("INGEST_MAX_CONCURRENCY", s.ingest_max_concurrency.to_string()));
                 env.push(("INGEST_CONFIRM_TIMEOUT_MS", INGEST_CONFIRM_TIMEOUT_MS.to_string()));
                 env.push((

@@ -399,7 +399,9 @@ async fn drive(
     let mut runs = Vec::new();
     let mut stopped_early = None;
     for (index, kind) in scenarios.iter().enumerate() {
-        let tag = format!("H{}s{index}", context.run_id);
+        // "SM" and hex only: with the scenario's receipt number appended
+        // (provider.rs) it is a valid Twilio message SID, which ingest checks.
+        let tag = format!("SM{}{index:04x}", context.run_id);
         let run = scenario::run(context, cluster, rabbit, sink, &pool, &client, *kind, tag).await?;
         runs.push(run);
         // A process that died by itself ends the run, but the receipts

@@ -259,7 +259,8 @@ impl Shared {
     /// Sends the next receipt until it is settled, like a provider.
     async fn deliver_next(&self) {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
-        let message_id = format!("{}-{n:06}", self.tag);
+        // `SM` + 32 hex digits (see the tag in main.rs): a Twilio SID shape.
+        let message_id = format!("{}{n:020x}", self.tag);
         let (spec, bad) = self.spec(n, &message_id);
         let first_ms = self.clock.ms();
         let mut backoff = BACKOFF_START;
