@@ -26,4 +26,5 @@ mod readiness;
 mod signatures;
 mod startup_errors;
 mod topology_errors;
+mod webhooks;
 mod worker;

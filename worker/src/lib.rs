@@ -14,6 +14,7 @@
 //! - [`retry`]: the backoff schedule and the publish into a delay queue.
 //! - [`parking`]: the parking lot, for events retrying cannot help.
 //! - [`replay`]: the operator's `replay-parked` and `replay-quarantine`.
+//! - [`parked`]: the operator's `parked list`, which leaves the parking lot as it was.
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics`.
 
 pub mod acks;
@@ -23,6 +24,7 @@ pub mod dispatch;
 pub mod envelope;
 pub mod handlers;
 pub mod metrics;
+pub mod parked;
 pub mod parking;
 pub mod probes;
 pub mod replay;
