@@ -1,9 +1,11 @@
 //! One event through its handlers, and the decision that follows.
 //!
 //! Handlers of an outcome run in order, or all at once when configured
-//! ([`HandlerOrder`]). The names of those that already succeeded travel
-//! with a retried message (header `x-dlr-done-handlers`), so a retry
-//! resumes at the handlers that failed instead of repeating side effects;
+//! ([`HandlerOrder`]). The http handler fans out into one step per webhook
+//! endpoint that wants the event ([`Step`]). The steps that already
+//! succeeded travel with a retried message (header `x-dlr-done-handlers`),
+//! so a retry resumes at the steps that failed instead of repeating side
+//! effects (one endpoint failing never re-sends to another that succeeded);
 //! every handler is also idempotent on the event id, which covers the
 //! remaining window (a crash after a success, before the ack).
 

@@ -82,6 +82,15 @@ impl HttpHandler {
                 endpoints::shorthand(config.http_url.as_ref(), &per_outcome, &secret, defaults)?
             }
         };
+        for spec in &specs {
+            // The origin only: a URL's path or query may carry a token.
+            tracing::info!(
+                endpoint = spec.name.as_str(),
+                origin = %spec.url.origin().ascii_serialization(),
+                secrets = spec.keys.len(),
+                "webhook endpoint configured"
+            );
+        }
         let breaker = BreakerSettings {
             failures: config.webhook_breaker_failures,
             cooldown: config.webhook_breaker_cooldown,

@@ -72,6 +72,16 @@ impl SigningKeys {
         (!keys.is_empty()).then_some(Self(keys))
     }
 
+    /// How many secrets (for the start-up log; never the secrets).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true: a `SigningKeys` has at least one key.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The `webhook-signature` value: one signature per key.
     pub fn signature_header(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
         self.0.iter().map(|key| key.sign(id, timestamp, body)).collect::<Vec<_>>().join(" ")
