@@ -148,7 +148,9 @@ impl Breaker {
         let changed = next.label() != state.label();
         *state = next;
         drop(state);
+        // The gauge only moves with the state: no label lookups per request.
         if changed {
+            self.show(next);
             match next {
                 State::Open { .. } => tracing::warn!(
                     endpoint = self.endpoint,
@@ -159,7 +161,6 @@ impl Breaker {
                 State::HalfOpen { .. } => {}
             }
         }
-        self.show(next);
     }
 
     /// Consecutive failures before the circuit opens (for messages).

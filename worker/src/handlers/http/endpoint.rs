@@ -2,6 +2,7 @@
 //! metrics, and the signed POST of one event to it.
 
 use dlr_shared::ReceiptEvent;
+use prometheus::{Histogram, IntCounter};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use std::time::{Duration, Instant};
@@ -38,6 +39,37 @@ impl Attempt {
     }
 }
 
+/// An endpoint's series, looked up once: the label lookup (a hash of the
+/// label values under a lock) would otherwise run on every request.
+struct EndpointMetrics {
+    ok: IntCounter,
+    transient: IntCounter,
+    permanent: IntCounter,
+    duration: Histogram,
+    skipped: IntCounter,
+}
+
+impl EndpointMetrics {
+    fn new(metrics: &WorkerMetrics, name: &str) -> Self {
+        let result = |result: CallResult| metrics.webhook_requests.with_label_values(&[name, result.into()]);
+        Self {
+            ok: result(CallResult::Ok),
+            transient: result(CallResult::Transient),
+            permanent: result(CallResult::Permanent),
+            duration: metrics.webhook_duration.with_label_values(&[name]),
+            skipped: metrics.webhook_skipped.with_label_values(&[name]),
+        }
+    }
+
+    fn count(&self, result: &Result<(), HandlerError>) {
+        match result {
+            Ok(()) => self.ok.inc(),
+            Err(HandlerError::Transient(_)) => self.transient.inc(),
+            Err(HandlerError::Permanent(_)) => self.permanent.inc(),
+        }
+    }
+}
+
 /// A configured endpoint, ready to send to.
 pub struct Endpoint {
     spec: EndpointSpec,
@@ -46,7 +78,7 @@ pub struct Endpoint {
     in_flight: Option<Semaphore>,
     pacer: Option<Pacer>,
     breaker: Breaker,
-    metrics: WorkerMetrics,
+    metrics: EndpointMetrics,
 }
 
 impl Endpoint {
@@ -58,11 +90,7 @@ impl Endpoint {
         metrics: WorkerMetrics,
     ) -> Self {
         let name = spec.name.as_str();
-        for result in dlr_shared::words::names::<CallResult>() {
-            metrics.webhook_requests.with_label_values(&[name, result]);
-        }
-        metrics.webhook_duration.with_label_values(&[name]);
-        metrics.webhook_skipped.with_label_values(&[name]);
+        let endpoint_metrics = EndpointMetrics::new(&metrics, name);
         let breaker = Breaker::new(
             breaker.failures,
             breaker.cooldown,
@@ -75,7 +103,7 @@ impl Endpoint {
             pacer: spec.max_per_second.map(Pacer::per_second),
             client,
             breaker,
-            metrics,
+            metrics: endpoint_metrics,
             spec,
         }
     }
@@ -100,7 +128,7 @@ impl Endpoint {
         let name = self.spec.name.as_str();
         let admission = self.breaker.admit();
         if admission == Admission::Skip {
-            self.metrics.webhook_skipped.with_label_values(&[name]).inc();
+            self.metrics.skipped.inc();
             return Attempt::failed(
                 HandlerError::Transient(Failure::new(format!(
                     "endpoint {name}: circuit open after {} consecutive failures; not called",
@@ -133,7 +161,7 @@ impl Endpoint {
             .body(body)
             .send()
             .await;
-        self.metrics.webhook_duration.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        self.metrics.duration.observe(started.elapsed().as_secs_f64());
         let attempt = match sent {
             // Connect errors, timeouts, resets: the receiver may be back soon.
             Err(error) => {
@@ -151,11 +179,7 @@ impl Endpoint {
                 }
             }
         };
-        let label: &str = match &attempt.result {
-            Ok(()) => CallResult::Ok.into(),
-            Err(error) => error.result().into(),
-        };
-        self.metrics.webhook_requests.with_label_values(&[name, label]).inc();
+        self.metrics.count(&attempt.result);
         attempt
     }
 }
