@@ -2,13 +2,16 @@
 # Starts the whole service locally: RabbitMQ (the local one if it answers,
 # otherwise installed and started; PostgreSQL too when a WORKER_ROUTE_* names
 # postgres), then `ingest` on :8080 and `worker` with probes on :9090, both
-# built in release mode (target/release/). Configuration comes from the
+# built in release mode into cargo's target directory (`target/release/`, or
+# `$CARGO_TARGET_DIR/release/` when that is set). Configuration comes from the
 # environment (see README).
 #
-# Every output line starts with the name of the binary that wrote it. The
-# script returns only once both answer /readyz (then runs until Ctrl-C,
-# which stops both after their drain) or as soon as one of them exits,
-# with that binary's status: a misconfiguration never looks like a start.
+# Runs in the foreground. Every output line starts with the name of the
+# binary that wrote it; once both answer /readyz it prints `run.sh: ready: ...`
+# and keeps running until Ctrl-C or SIGTERM, which stop both after their
+# drain. If one of them exits first (before or after being ready), the script
+# stops the other and exits with that binary's status: a misconfiguration
+# never looks like a start.
 #
 # DLR_BIN_DIR=target/debug runs already built binaries from there instead
 # (no release build). RUN_READY_TIMEOUT_SECONDS bounds the wait (default 60).
@@ -22,10 +25,15 @@ bash deploy/services.sh "${services[@]}"
 bin_dir="${DLR_BIN_DIR:-}"
 if [[ -z "$bin_dir" ]]; then
   cargo build --release --locked -p dlr-ingest -p dlr-worker
-  bin_dir=target/release
+  # Where cargo put them: `target/` unless CARGO_TARGET_DIR (or a cargo
+  # config's build.target-dir) says otherwise; cargo metadata knows which.
+  target_dir=$(cargo metadata --format-version 1 --no-deps --locked |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+  bin_dir="${target_dir:-target}/release"
 fi
 
 export LOG_FORMAT="${LOG_FORMAT:-text}"
+if [[ -z "${VONAGE_SIGNATURE_MODE:-}${VONAGE_SIGNATURE_SECRET:-}" ]]; then export VONAGE_SIGNATURE_MODE=off; echo "run.sh: VONAGE_SIGNATURE_MODE=off for the README's unsigned demo (a provider without credentials is not served otherwise; production sets VONAGE_SIGNATURE_SECRET)" >&2; fi
 ingest_addr="${INGEST_ADDR:-0.0.0.0:8080}"
 worker_addr="${WORKER_ADDR:-0.0.0.0:9090}"
 

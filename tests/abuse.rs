@@ -14,7 +14,7 @@
 
 use dlr_shared::ReceiptEvent;
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
-use dlr_tests::{TestApp, TestIngest, ingest_config, metric_value, vonage_form};
+use dlr_tests::{TestApp, TestIngest, metric_value, vonage_form};
 use std::collections::HashSet;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -646,7 +646,7 @@ async fn a_slow_confirm_after_a_slow_body_is_503_not_408() {
     let app = TestApp::new().await;
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
-    let mut config = ingest_config(&app.topology, &proxy.amqp_url());
+    let mut config = app.ingest_config_at(&proxy.amqp_url());
     config.request_timeout = REQUEST_TIMEOUT;
     config.confirm_timeout = Duration::from_millis(1500);
     let ingest = app.start_ingest(config, READY).await;

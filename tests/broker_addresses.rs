@@ -6,7 +6,7 @@
 //! wrong, without printing the password it holds.
 
 use dlr_shared::config::AmqpUrls;
-use dlr_tests::{SEED_FORM, TestApp, amqp_url, ingest_config, unique_topology};
+use dlr_tests::{SEED_FORM, TestApp, amqp_url, unique_topology};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use std::process::{Command, Stdio};
@@ -26,7 +26,7 @@ fn closed_port_url() -> String {
 async fn ingest_skips_an_address_that_does_not_answer_and_serves_through_the_next() {
     let app = TestApp::new().await;
     let urls = format!("{},{}", closed_port_url(), amqp_url());
-    let ingest = app.spawn_ingest(ingest_config(&app.topology, &urls)).await;
+    let ingest = app.spawn_ingest(app.ingest_config_at(&urls)).await;
     let ready = ingest.wait_ready(READY).await;
     let status = if ready { ingest.post_vonage_form(SEED_FORM).await.status().as_u16() } else { 0 };
     let stored = app.broker.drain(&app.topology.queue, Duration::from_millis(300)).await.len();

@@ -1,5 +1,6 @@
 //! The fixture itself: a test that panics leaves nothing on the broker.
 
+use dlr_shared::amqp::topology::broker_reply_code;
 use dlr_tests::{TestApp, TestBroker};
 use lapin::ExchangeKind;
 use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
@@ -7,22 +8,34 @@ use lapin::types::FieldTable;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The broker's answer to a passive declare: `NOT_FOUND` means absent,
+/// success present. Anything else (no probe channel, a connection error)
+/// says nothing about the object and fails the test rather than count it
+/// as deleted.
+fn existence(name: &str, declared: Result<(), lapin::Error>) -> bool {
+    const NOT_FOUND: u16 = 404;
+    match declared {
+        Ok(()) => true,
+        Err(error) if broker_reply_code(&error) == Some(NOT_FOUND) => false,
+        Err(error) => panic!("could not tell whether {name} exists: {error}"),
+    }
+}
+
 /// Whether `queue` exists (a passive declare, on a channel of its own:
 /// a failed one closes the channel).
 async fn queue_exists(broker: &TestBroker, queue: &str) -> bool {
-    let Ok(channel) = broker.channel_for_probe().await else { return false };
+    let channel = broker.channel_for_probe().await.expect("a probe channel");
     let passive = QueueDeclareOptions { passive: true, ..Default::default() };
-    channel.queue_declare(queue.into(), passive, FieldTable::default()).await.is_ok()
+    existence(queue, channel.queue_declare(queue.into(), passive, FieldTable::default()).await.map(|_| ()))
 }
 
 /// Whether `exchange` exists.
 async fn exchange_exists(broker: &TestBroker, exchange: &str) -> bool {
-    let Ok(channel) = broker.channel_for_probe().await else { return false };
+    let channel = broker.channel_for_probe().await.expect("a probe channel");
     let passive = ExchangeDeclareOptions { passive: true, ..Default::default() };
-    channel
-        .exchange_declare(exchange.into(), ExchangeKind::Direct, passive, FieldTable::default())
-        .await
-        .is_ok()
+    let declared =
+        channel.exchange_declare(exchange.into(), ExchangeKind::Direct, passive, FieldTable::default()).await;
+    existence(exchange, declared)
 }
 
 #[test]

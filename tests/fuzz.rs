@@ -487,21 +487,65 @@ fn check_batch(parsed: Result<Batch, ReceiptError>) -> Result<(), TestCaseError>
     }
 }
 
-/// The same bytes as header values and URLs.
-fn exercise_text(text: &str) {
-    let _ = vonage_jwt::verify(Some(text), S6.as_bytes(), &VONAGE_SECRETS, window(), NOW);
+/// The same bytes as header values and URLs. Each verifier gets the text
+/// where a credential or the signed URL belongs, so it must refuse it
+/// (the text is never the sample's real URL, signature or token). The one
+/// call where the text is only the signature-settings header is not
+/// judged: settings a verifier ignores leave a genuine signature genuine.
+fn exercise_text(text: &str) -> Result<(), TestCaseError> {
+    let refused = |name: &str, verified: bool| -> Result<(), TestCaseError> {
+        prop_assert!(!verified, "{} accepted {:?} in a credential's place", name, text);
+        Ok(())
+    };
+    let ok = |r: Result<_, SignatureError>| r.is_ok();
+    // The corpus holds genuine credentials (a Vonage token, a Twilio
+    // signature); those, and only those, may pass.
+    if !jwt_is_genuine(text, S6.as_bytes()) {
+        let verified = vonage_jwt::verify(Some(text), S6.as_bytes(), &VONAGE_SECRETS, window(), NOW);
+        refused("vonage jwt", ok(verified.map(|_| ())))?;
+    }
     let s7 = form_pairs(S7);
-    let _ = twilio_sig::verify(text, &s7, Some(S7_SIGNATURE), None, &TWILIO_TOKENS);
-    let _ = twilio_sig::verify(S7_URL, &s7, Some(text), None, &TWILIO_TOKENS);
+    if text.trim() != S7_URL {
+        refused(
+            "twilio url",
+            ok(twilio_sig::verify(text, &s7, Some(S7_SIGNATURE), None, &TWILIO_TOKENS).map(|_| ())),
+        )?;
+    }
+    if text.trim() != S7_SIGNATURE {
+        refused(
+            "twilio signature",
+            ok(twilio_sig::verify(S7_URL, &s7, Some(text), None, &TWILIO_TOKENS).map(|_| ())),
+        )?;
+    }
     let _ = twilio_sig::verify(S7_URL, &s7, Some(S7_SIGNATURE), Some(text), &TWILIO_TOKENS);
-    let _ = basic::verify(Some(text), &VONAGE_SECRETS);
-    let _ = telnyx_sig::verify(S6.as_bytes(), Some(text), Some(text), &TELNYX_KEYS, MAX_FUTURE_D, NOW);
-    let _ =
-        sinch_sig::verify(S6.as_bytes(), Some(text), Some(text), Some(text), &VONAGE_SECRETS, window(), NOW);
+    refused("basic", ok(basic::verify(Some(text), &VONAGE_SECRETS).map(|_| ())))?;
+    refused(
+        "telnyx",
+        ok(telnyx_sig::verify(S6.as_bytes(), Some(text), Some(text), &TELNYX_KEYS, MAX_FUTURE_D, NOW)
+            .map(|_| ())),
+    )?;
+    refused(
+        "sinch",
+        ok(sinch_sig::verify(
+            S6.as_bytes(),
+            Some(text),
+            Some(text),
+            Some(text),
+            &VONAGE_SECRETS,
+            window(),
+            NOW,
+        )
+        .map(|_| ())),
+    )?;
     let headers =
         plivo_sig::Headers { v3: Some(text), ma_v3: Some(text), v3_nonce: Some(text), ..Default::default() };
-    let _ = plivo_sig::verify(plivo_sig::Method::Get, text, &Fields::default(), headers, &TWILIO_TOKENS);
+    refused(
+        "plivo",
+        ok(plivo_sig::verify(plivo_sig::Method::Get, text, &Fields::default(), headers, &TWILIO_TOKENS)
+            .map(|_| ())),
+    )?;
     let _ = plivo_sig::v3_base(plivo_sig::Method::Post, text, &s7);
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -995,7 +1039,7 @@ fn mutated_corpus_files() {
             apply_bytes(&mut data, edit);
         }
         exercise_bytes(&data)?;
-        exercise_text(&String::from_utf8_lossy(&data));
+        exercise_text(&String::from_utf8_lossy(&data))?;
         Ok(())
     });
 }
@@ -1053,7 +1097,9 @@ fn vonage_sms_verify_arbitrary_sig_and_timestamp() {
             prop_assert_ne!(verified, Err(SignatureError::Mismatch));
         } else {
             params.push(("sig".to_owned(), sig));
-            let _ = vonage_sig::verify(&params, &VONAGE_SECRETS, method, window(), NOW);
+            // Nobody can guess a MAC: an arbitrary sig is always refused.
+            let verified = vonage_sig::verify(&params, &VONAGE_SECRETS, method, window(), NOW);
+            prop_assert!(verified.is_err(), "an arbitrary sig was accepted: {params:?}");
         }
         Ok(())
     });
@@ -1123,7 +1169,10 @@ fn twilio_verify_arbitrary_headers_and_urls() {
     ];
     let strategy = (url, pairs(), prop::option::of(signature), settings);
     fuzz("twilio verify", strategy, |(url, params, signature, settings)| {
-        let _ = twilio_sig::verify(&url, &params, signature.as_deref(), settings.as_deref(), &TWILIO_TOKENS);
+        // Arbitrary URL, parameters and signature: never a genuine signature.
+        let verified =
+            twilio_sig::verify(&url, &params, signature.as_deref(), settings.as_deref(), &TWILIO_TOKENS);
+        prop_assert!(verified.is_err(), "accepted: {url:?} {params:?} {signature:?} {settings:?}");
         Ok(())
     });
 }
@@ -1193,16 +1242,50 @@ fn handmade_token() -> impl Strategy<Value = (String, Vec<u8>)> {
 
 #[test]
 fn vonage_jwt_verify_arbitrary_tokens() {
+    // Whether the token was built by hand (it may be genuine) or is noise.
     let authorization = prop_oneof![
-        2 => handmade_token(),
-        1 => (any::<String>(), bytes(64)),
-        1 => ("(Bearer|bearer|Basic|) ?[A-Za-z0-9_=+/.-]{0,40}(\\.[A-Za-z0-9_=+/-]{0,40}){0,4}", bytes(64)),
+        2 => handmade_token().prop_map(|(a, b)| (a, b, true)),
+        1 => (any::<String>(), bytes(64), Just(false)),
+        1 => ("(Bearer|bearer|Basic|) ?[A-Za-z0-9_=+/.-]{0,40}(\\.[A-Za-z0-9_=+/-]{0,40}){0,4}", bytes(64), Just(false)),
     ];
-    fuzz("vonage jwt verify", authorization, |(authorization, body)| {
-        let _ = vonage_jwt::verify(Some(&authorization), &body, &VONAGE_SECRETS, window(), NOW);
-        let _ = vonage_jwt::verify(None, &body, &VONAGE_SECRETS, window(), NOW);
+    fuzz("vonage jwt verify", authorization, |(authorization, body, handmade)| {
+        let verified = vonage_jwt::verify(Some(&authorization), &body, &VONAGE_SECRETS, window(), NOW);
+        if verified.is_ok() {
+            prop_assert!(handmade, "noise accepted as a token: {authorization:?}");
+            prop_assert!(
+                jwt_is_genuine(&authorization, &body),
+                "accepted without HS256 over the right secret and the body's hash: {authorization:?}"
+            );
+        }
+        let missing = vonage_jwt::verify(None, &body, &VONAGE_SECRETS, window(), NOW);
+        prop_assert!(
+            matches!(missing, Err(SignatureError::Missing(_))),
+            "no Authorization: {:?}",
+            missing.map(|_| ())
+        );
         Ok(())
     });
+}
+
+/// What any correct verifier requires of a token it accepts, checked here
+/// from the token's text (not with the verifier's code): `alg` exactly
+/// HS256, the signature an HMAC-SHA256 of `header.claims` with the secret,
+/// and `payload_hash` the SHA-256 of the body.
+fn jwt_is_genuine(authorization: &str, body: &[u8]) -> bool {
+    let Some((scheme, token)) = authorization.trim().split_once(' ') else { return false };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let token = token.trim();
+    let parts: Vec<&str> = token.split('.').collect();
+    let [header, claims, signature] = parts[..] else { return false };
+    let decode =
+        |part: &str| -> Option<Value> { serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok() };
+    let (Some(header_json), Some(claims_json)) = (decode(header), decode(claims)) else { return false };
+    let hash: String = Sha256::digest(body).iter().map(|b| format!("{b:02x}")).collect();
+    header_json["alg"] == "HS256"
+        && b64url(&hs256(VONAGE_SECRET, &format!("{header}.{claims}"))) == signature
+        && claims_json["payload_hash"] == hash.as_str()
 }
 
 /// Every corpus file through every decoder, parser and verifier; the
@@ -1214,9 +1297,9 @@ fn corpus_replays_through_every_parser_and_verifier() {
         let outcome = std::panic::catch_unwind(|| {
             exercise_bytes(data)?;
             let text = String::from_utf8_lossy(data);
-            exercise_text(&text);
+            exercise_text(&text)?;
             for line in text.lines() {
-                exercise_text(line);
+                exercise_text(line)?;
             }
             Ok::<(), TestCaseError>(())
         });
@@ -1282,4 +1365,81 @@ fn raw_numbers_survive_the_broker_round_trip() {
     );
     let back = ReceiptEvent::from_json(&published).expect("the worker reads the event");
     assert_eq!(back, event, "the number changed between ingest and the worker");
+}
+
+/// The event id of one sample per provider (and per wire format where a
+/// provider has several), pinned: the id is what every sink deduplicates
+/// on, so a change to how it is derived turns every provider retry after a
+/// release into a second event. Such a change must fail here and come
+/// with a documented migration. The README's own sample id is pinned in
+/// `intake.rs` over GET, form and JSON.
+#[test]
+fn event_ids_are_pinned_per_provider() {
+    let file = |name: &str| -> &[u8] {
+        &CORPUS.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("corpus file {name} is missing")).1
+    };
+    let urlencoded = |name: &str| providers::decode_urlencoded(file(name), "form").expect(name);
+    let json = |name: &str| providers::decode_json_object(file(name)).expect(name);
+    let first = |batch: Result<Batch, ReceiptError>| -> String {
+        let batch = batch.expect("parses");
+        batch.events.first().expect("one receipt at least").event_id.as_str().to_owned()
+    };
+    let at = received_at();
+    let actual: Vec<(&str, String)> = vec![
+        (
+            "vonage-sms json",
+            vonage_dlr::parse(&json("s1-vonage-sms-delivered.json"), at)
+                .expect("s1")
+                .event_id
+                .as_str()
+                .to_owned(),
+        ),
+        (
+            "vonage-sms query",
+            vonage_dlr::parse(&urlencoded("s2-vonage-sms-failed.query"), at)
+                .expect("s2")
+                .event_id
+                .as_str()
+                .to_owned(),
+        ),
+        (
+            "vonage-messages",
+            vonage_messages::parse(file("s5-messages-submitted.json"), at)
+                .expect("s5")
+                .event_id
+                .as_str()
+                .to_owned(),
+        ),
+        (
+            "twilio",
+            twilio_dlr::parse(&urlencoded("s7-twilio-undelivered-signed.form"), at)
+                .expect("s7")
+                .event_id
+                .as_str()
+                .to_owned(),
+        ),
+        (
+            "plivo",
+            plivo::parse(&urlencoded("plivo-delivered.form"), at)
+                .expect("plivo")
+                .event_id
+                .as_str()
+                .to_owned(),
+        ),
+        ("telnyx", first(telnyx::parse(file("telnyx-message-finalized-delivered.json"), at))),
+        ("sinch", first(sinch::parse(file("sinch-recipient-delivered.json"), at))),
+        ("infobip", first(infobip::parse(file("infobip-results.json"), at))),
+    ];
+    let pinned: [(&str, &str); 8] = [
+        ("vonage-sms json", "623dcb19303d8f8fcca635cd48686180"),
+        ("vonage-sms query", "40da4b07c367ac775c9830bf890e6ba0"),
+        ("vonage-messages", "7a2476676fb43039c056052253e8ac36"),
+        ("twilio", "10720a4442e75979b94471f32c92631f"),
+        ("plivo", "5b9e9d7dc58a4e8893c9de4c9214e3bc"),
+        ("telnyx", "5e58cdc2ee8e1169edb26eb69ffcd8a4"),
+        ("sinch", "079697fe2e0b678ea45c46723e043733"),
+        ("infobip", "de421de5f7ca8fc83684f1e4508bf52b"),
+    ];
+    let pinned: Vec<(&str, String)> = pinned.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    assert_eq!(actual, pinned, "event ids changed: every sink would take a provider's retry for a new event");
 }

@@ -13,9 +13,11 @@
 //! run alone with `-- --ignored --test-threads=1`.
 
 mod alarm_worker;
+mod amqp_edges;
 mod broker_addresses;
 mod deploy;
 mod fixture;
+mod forgeries;
 mod intake;
 mod logs;
 mod method_metrics;
@@ -23,6 +25,8 @@ mod postgres;
 mod postgres_tls;
 mod providers;
 mod readiness;
+mod safety_nets;
+mod senders;
 mod signatures;
 mod startup_errors;
 mod topology_errors;

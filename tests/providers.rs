@@ -160,10 +160,7 @@ async fn telnyx_signed_webhooks_are_stored_and_forgeries_refused() {
         telnyx_request(&h, TELNYX_DELIVERED, 1, now()).body(TELNYX_DELIVERED.replace("delivered", "expired"));
     assert_eq!(
         h.send(tampered).await,
-        (
-            401,
-            json!({"error": "signature check failed: signature does not match any configured secret", "reason": "mismatch"})
-        )
+        (401, json!({"error": "signature check failed", "reason": "mismatch"}))
     );
     assert_eq!(h.send(telnyx_request(&h, TELNYX_DELIVERED, 3, now())).await.0, 401);
     // A signature moved to another timestamp (the timestamp is signed too).
@@ -180,7 +177,11 @@ async fn telnyx_signed_webhooks_are_stored_and_forgeries_refused() {
     assert_eq!(h.send(h.post("/dlr/telnyx", "application/json", TELNYX_DELIVERED)).await.0, 401);
     assert_eq!(h.metric(SIG_FAILURES, &[("provider", "telnyx"), ("reason", "mismatch")]).await, 3.0);
     assert_eq!(h.metric(SIG_FAILURES, &[("provider", "telnyx"), ("reason", "stale")]).await, 1.0);
-    assert_eq!(h.quarantined().await.len(), 5, "every refused request is kept for replay");
+    assert_eq!(
+        h.quarantined().await.len(),
+        4,
+        "every refused request with a well-formed signature is kept for replay (not the unsigned one)"
+    );
     h.events(0).await;
     h.finish().await;
 }
@@ -234,6 +235,7 @@ fn plivo_pairs(form: &str) -> Vec<(String, String)> {
 async fn plivo_v3_and_v2_signatures() {
     let h = start(|c| {
         c.providers.plivo_auth_token = Some("new-token,old-token".into());
+        c.providers.plivo_accept_v2 = true;
         c.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("url"));
     })
     .await;
@@ -356,7 +358,7 @@ fn infobip_report(i: usize) -> Value {
 
 #[tokio::test]
 async fn infobip_batches_with_basic_auth() {
-    let h = start(|c| c.providers.infobip_basic_auth = Some("infobip:new,infobip:old".into())).await;
+    let h = start(|c| c.providers.infobip_basic_auth = Some("infobip:new\ninfobip:old".into())).await;
     let (status, body) = h.send(infobip(&h, INFOBIP_RESULTS, "infobip:old")).await;
     assert_eq!(status, 200, "{body}");
     let events = h.events(3).await;
@@ -384,7 +386,7 @@ async fn infobip_batches_with_basic_auth() {
     assert_eq!(h.send(infobip(&h, INFOBIP_RESULTS, "infobip:wrong")).await.0, 401);
     assert_eq!(h.send(h.post("/dlr/infobip", "application/json", INFOBIP_RESULTS)).await.0, 401);
     let copies = h.quarantined().await;
-    assert_eq!(copies.len(), 2);
+    assert_eq!(copies.len(), 1, "a request without credentials is refused, not copied");
     assert_eq!(
         copies[0]["request"]["headers"]["authorization"], "Basic [redacted]",
         "passwords stay out of the queue"

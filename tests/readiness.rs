@@ -20,7 +20,7 @@ async fn a_short_broker_outage_keeps_ingest_ready_and_answers_503() {
     let app = TestApp::new().await;
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
-    let ingest = app.start_ingest(ingest_config(&app.topology, &proxy.amqp_url()), READY).await;
+    let ingest = app.start_ingest(app.ingest_config_at(&proxy.amqp_url()), READY).await;
 
     proxy.cut().await;
     let response = ingest.post_vonage_form(&vonage_form("0B00000000000001", "delivered")).await;
@@ -46,7 +46,7 @@ async fn a_broker_connection_down_past_the_grace_turns_readiness_false() {
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
     let grace = Duration::from_secs(2);
-    let mut config = ingest_config(&app.topology, &proxy.amqp_url());
+    let mut config = app.ingest_config_at(&proxy.amqp_url());
     config.readiness_broker_grace = grace;
     let ingest = app.start_ingest(config, READY).await;
 

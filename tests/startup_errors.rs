@@ -190,3 +190,74 @@ async fn run_sh_exits_with_the_failing_binarys_status_and_prefixes_its_lines() {
     assert!(!text.contains("Ctrl-C to stop"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(30), "{text}");
 }
+
+/// A broker that answers but refuses the configuration (wrong password,
+/// missing vhost) is no outage to wait out: both binaries exit non-zero at
+/// once, naming the `AMQP_URL` entry and the cause, never the password.
+/// With several entries, one that is merely unreachable does not hide the
+/// refusal of another. (Before, both retried for ever, unready.)
+#[test]
+fn a_broker_that_refuses_the_configuration_stops_start_up() {
+    let broker = dlr_tests::proxy::broker_addr();
+    let wrong_password = format!("amqp://guest:not-the-password-xyz@{broker}/%2f");
+    let missing_vhost = format!("amqp://guest:guest@{broker}/no-such-vhost");
+    let cases = [
+        (wrong_password.clone(), "AMQP_URL entry 1", "access refused"),
+        (missing_vhost, "AMQP_URL entry 1", "vhost"),
+        (format!("{NO_BROKER},{wrong_password}"), "AMQP_URL entry 2", "access refused"),
+    ];
+    for (binary, addr) in [("ingest", "INGEST_ADDR"), ("worker", "WORKER_ADDR")] {
+        for (url, entry, cause) in &cases {
+            let (status, text) = run_bounded(binary, &[("AMQP_URL", url), (addr, "127.0.0.1:0")], FAST * 2);
+            assert!(
+                status.is_some_and(|s| !s.success()),
+                "{binary} kept running or succeeded with {url}: {text}"
+            );
+            assert!(
+                text.lines()
+                    .any(|l| l.starts_with(&format!("{binary}: ")) && l.contains(entry) && l.contains(cause)),
+                "{binary}: no line names {entry} and {cause:?}: {text}"
+            );
+            assert!(!text.contains("not-the-password-xyz"), "{binary} printed the password: {text}");
+            assert!(!text.contains("panicked"), "a panic was printed: {text}");
+        }
+    }
+}
+
+/// Runs `binary` with exactly `env` (plus PATH) for at most `within`; its
+/// exit status (`None`: still running, then killed) and everything it printed.
+fn run_bounded(
+    binary: &str,
+    env: &[(&str, &str)],
+    within: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(dlr_tests::binaries::binary(binary))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+    let started = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait().expect("wait") {
+            Some(status) => break Some(status),
+            None if started.elapsed() > within => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut text);
+    }
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut text);
+    }
+    (status, text)
+}

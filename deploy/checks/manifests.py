@@ -23,7 +23,21 @@ import sys
 
 import yaml
 
-SECRET_ENV = {"AMQP_URL", "VONAGE_SIGNATURE_SECRET", "TWILIO_AUTH_TOKEN", "WORKER_HTTP_SECRET", "DATABASE_URL"}
+# Every provider ingest serves: its mode variable and its credential variables, as in
+# ingest/src/provider_config.rs PROVIDERS (a unit test there checks that this table names them all).
+# A provider is served when either is set; prod must serve each only with credentials, enforced.
+PROVIDERS = {
+    "vonage": ("VONAGE_SIGNATURE_MODE", ("VONAGE_SIGNATURE_SECRET",)),
+    "twilio": ("TWILIO_SIGNATURE_MODE", ("TWILIO_AUTH_TOKEN",)),
+    "telnyx": ("TELNYX_SIGNATURE_MODE", ("TELNYX_PUBLIC_KEY",)),
+    "plivo": ("PLIVO_SIGNATURE_MODE", ("PLIVO_AUTH_TOKEN",)),
+    "sinch": ("SINCH_SIGNATURE_MODE", ("SINCH_WEBHOOK_SECRET", "SINCH_BASIC_AUTH")),
+    "infobip": ("INFOBIP_AUTH_MODE", ("INFOBIP_BASIC_AUTH",)),
+}
+# Telnyx's public key is not a secret; every other credential is.
+SECRET_ENV = {"AMQP_URL", "WORKER_HTTP_SECRET", "DATABASE_URL"} | {
+    var for _, creds in PROVIDERS.values() for var in creds if var != "TELNYX_PUBLIC_KEY"
+}
 CORE_GROUPS = {"v1", "apps/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1", "storage.k8s.io/v1"}
 # Measured broker CPU per receipt (publish + consume), DEPLOY.md "Resources": the request must
 # cover the design peak with headroom.
@@ -433,6 +447,39 @@ def check(name, docs, work, errors):
         for rc in clusters.values():
             if get(rc, "spec.replicas") != 3:
                 err("prod: RabbitmqCluster needs 3 nodes for the quorum queues")
+        for n, d in deployments.items():
+            for c in get(d, "spec.template.spec.containers") or []:
+                if c["name"] == "ingest":
+                    for problem in served_unverified(c, configmaps):
+                        err(f"prod: Deployment/{n}/ingest: {problem}")
+
+
+def served_unverified(container, configmaps):
+    """Problems with the providers a prod ingest container serves: each needs required
+    credentials and the mode enforce (explicit or by default), never off or log-only."""
+    env = {}
+    for ref in container.get("envFrom") or []:
+        env.update((configmaps.get(get(ref, "configMapRef.name")) or {}).get("data") or {})
+    required, optional = set(env), set()
+    for var in container.get("env") or []:
+        ref = get(var, "valueFrom.secretKeyRef")
+        if "value" in var or (ref and not ref.get("optional", False)):
+            required.add(var["name"])
+        elif ref:
+            optional.add(var["name"])
+    problems = []
+    for provider, (mode_var, creds) in PROVIDERS.items():
+        mode = env.get(mode_var)
+        served = mode is not None or any(v in required | optional for v in creds)
+        if not served:
+            continue
+        if mode is not None and mode.strip().lower() != "enforce":
+            problems.append(f"{provider} is served with {mode_var}={mode}; prod must enforce")
+        if not any(v in required for v in creds):
+            problems.append(
+                f"{provider} is served without required credentials ({' or '.join(creds)} with optional: false)"
+            )
+    return problems
 
 
 def main():

@@ -2,6 +2,7 @@
 //!
 //! `ingest --help` prints every variable with its default.
 
+use crate::provider_config::check_accounts;
 use crate::signature::vonage_sms::SigMethod;
 use crate::signature::{Freshness, SecretList, SignatureMode};
 use clap::{Args, Parser};
@@ -46,6 +47,11 @@ pub struct Config {
     /// (providers retry 429) instead of queueing unbounded work.
     #[arg(long = "max-concurrency", env = "INGEST_MAX_CONCURRENCY", default_value_t = 1024)]
     pub max_concurrency: usize,
+    /// Receipts being published at once, each on its own broker channel (one
+    /// publish per channel is what attributes every return to its own
+    /// receipt); further receipts wait for a channel within the confirm timeout.
+    #[arg(long = "publish-channels", env = "INGEST_PUBLISH_CHANNELS", default_value_t = 128, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=2000), usize::from))]
+    pub publish_channels: usize,
     /// How long this pod stays ready after losing its broker connection. A
     /// blocked connection (broker-wide alarm) never makes it unready.
     #[arg(long = "readiness-broker-grace-seconds", env = "INGEST_READINESS_BROKER_GRACE_SECONDS", default_value = "30", value_parser = parse_seconds)]
@@ -54,6 +60,22 @@ pub struct Config {
     /// accept queue. Bounds memory held by idle or slow connections.
     #[arg(long = "max-connections", env = "INGEST_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Bytes of a refused request's body kept in its quarantine copy; longer
+    /// bodies are cut (and marked so). Bounds the broker disk forged requests can use.
+    #[arg(
+        long = "quarantine-body-limit-bytes",
+        env = "INGEST_QUARANTINE_BODY_LIMIT_BYTES",
+        default_value_t = 65_536
+    )]
+    pub quarantine_body_limit_bytes: usize,
+    /// Quarantine copies of requests that failed their signature check, per
+    /// provider and minute; beyond it they are only refused (and counted).
+    #[arg(
+        long = "quarantine-copies-per-minute",
+        env = "INGEST_QUARANTINE_COPIES_PER_MINUTE",
+        default_value_t = 600
+    )]
+    pub quarantine_copies_per_minute: u32,
     /// Signature verification.
     #[command(flatten)]
     pub signatures: SignatureConfig,
@@ -68,21 +90,27 @@ pub struct Config {
 /// Signature settings, named after the providers' own conventions.
 #[derive(Debug, Clone, Args)]
 pub struct SignatureConfig {
-    /// Vonage (SMS `sig` and Messages JWT) check: off, log-only or enforce.
-    #[arg(long = "vonage-signature-mode", env = "VONAGE_SIGNATURE_MODE", default_value = "off")]
-    pub vonage_mode: SignatureMode,
+    /// Vonage (SMS `sig` and Messages JWT) check: off, log-only or enforce
+    /// (default: enforce when a secret is set, route not served otherwise).
+    #[arg(long = "vonage-signature-mode", env = "VONAGE_SIGNATURE_MODE")]
+    pub vonage_mode: Option<SignatureMode>,
     /// Vonage SMS signature method configured in the dashboard: md5hash, md5, sha1, sha256, sha512.
     #[arg(long = "vonage-signature-method", env = "VONAGE_SIGNATURE_METHOD", default_value = "md5hash")]
     pub vonage_method: SigMethod,
     /// Vonage signature secret(s), comma-separated: current first, previous during rotation.
     #[arg(long = "vonage-signature-secret", env = "VONAGE_SIGNATURE_SECRET", hide_env_values = true)]
     pub vonage_secret: Option<SecretString>,
-    /// Twilio X-Twilio-Signature check: off, log-only or enforce.
-    #[arg(long = "twilio-signature-mode", env = "TWILIO_SIGNATURE_MODE", default_value = "off")]
-    pub twilio_mode: SignatureMode,
+    /// Twilio X-Twilio-Signature check: off, log-only or enforce
+    /// (default: enforce when a token is set, route not served otherwise).
+    #[arg(long = "twilio-signature-mode", env = "TWILIO_SIGNATURE_MODE")]
+    pub twilio_mode: Option<SignatureMode>,
     /// Twilio Auth Token(s), comma-separated: current first, previous during rotation.
     #[arg(long = "twilio-auth-token", env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
     pub twilio_token: Option<SecretString>,
+    /// TOML file of per-account credentials (Vonage api key, Twilio AccountSid,
+    /// Plivo auth id -> secrets, current first), mounted from a Kubernetes Secret.
+    #[arg(long = "provider-accounts-file", env = "PROVIDER_ACCOUNTS_FILE")]
+    pub accounts_file: Option<std::path::PathBuf>,
     /// Scheme and host the providers call (e.g. https://dlr.example.com). Twilio
     /// signs the public URL, which differs from ours behind a load balancer.
     #[arg(long = "public-base-url", env = "PUBLIC_BASE_URL")]
@@ -112,16 +140,19 @@ pub enum ConfigError {
 }
 
 /// Signature policy after validation: secrets present wherever checks are on.
+///
+/// A mode of `None` means the provider is not served: its routes do not
+/// exist (404), because nobody chose to accept its receipts unverified.
 #[derive(Clone)]
 pub struct SignaturePolicy {
-    /// Vonage mode.
-    pub vonage_mode: SignatureMode,
+    /// Vonage mode (`None`: not served).
+    pub vonage_mode: Option<SignatureMode>,
     /// Vonage SMS method.
     pub vonage_method: SigMethod,
     /// Vonage secrets (empty list only when mode is off).
     pub vonage_secrets: Option<SecretList>,
-    /// Twilio mode.
-    pub twilio_mode: SignatureMode,
+    /// Twilio mode (`None`: not served).
+    pub twilio_mode: Option<SignatureMode>,
     /// Twilio tokens.
     pub twilio_tokens: Option<SecretList>,
     /// Public base URL for Twilio.
@@ -130,6 +161,8 @@ pub struct SignaturePolicy {
     pub freshness: Freshness,
     /// Telnyx, Plivo, Sinch and Infobip checks.
     pub providers: crate::provider_config::ProviderPolicy,
+    /// Per-account secrets (`PROVIDER_ACCOUNTS_FILE`; empty without it).
+    pub accounts: std::sync::Arc<crate::accounts::Accounts>,
 }
 
 impl Config {
@@ -164,36 +197,42 @@ impl Config {
             ));
         }
         let s = &self.signatures;
-        let vonage_secrets = secrets(s.vonage_mode, exposed(&s.vonage_secret), "VONAGE_SIGNATURE_SECRET")?;
-        let twilio_tokens = secrets(s.twilio_mode, exposed(&s.twilio_token), "TWILIO_AUTH_TOKEN")?;
-        if s.twilio_mode != SignatureMode::Off && s.public_base_url.is_none() {
+        let accounts = match &s.accounts_file {
+            Some(path) => crate::accounts::Accounts::load(&path.to_string_lossy())
+                .map_err(|e| invalid("PROVIDER_ACCOUNTS_FILE", e.to_string()))?,
+            None => crate::accounts::Accounts::default(),
+        };
+        let vonage = check_accounts(
+            s.vonage_mode,
+            exposed(&s.vonage_secret),
+            accounts.has("vonage"),
+            "VONAGE_SIGNATURE_SECRET",
+            SecretList::parse,
+        )?;
+        let twilio = check_accounts(
+            s.twilio_mode,
+            exposed(&s.twilio_token),
+            accounts.has("twilio"),
+            "TWILIO_AUTH_TOKEN",
+            SecretList::parse,
+        )?;
+        if twilio.checks() && s.public_base_url.is_none() {
             return Err(invalid(
                 "PUBLIC_BASE_URL",
-                "is required when TWILIO_SIGNATURE_MODE is not off: Twilio signs the URL it called",
+                "is required when TWILIO_AUTH_TOKEN is set (or TWILIO_SIGNATURE_MODE is log-only/enforce): Twilio signs the URL it called",
             ));
         }
         Ok(SignaturePolicy {
-            vonage_mode: s.vonage_mode,
+            vonage_mode: vonage.mode,
             vonage_method: s.vonage_method,
-            vonage_secrets,
-            twilio_mode: s.twilio_mode,
-            twilio_tokens,
+            vonage_secrets: vonage.secrets,
+            twilio_mode: twilio.mode,
+            twilio_tokens: twilio.secrets,
             public_base_url: s.public_base_url.clone(),
             freshness: Freshness { max_age: s.max_age, max_future: s.max_future },
-            providers: self.providers.validate(s.public_base_url.as_ref())?,
+            providers: self.providers.validate_accounts(s.public_base_url.as_ref(), s.max_age, &accounts)?,
+            accounts: std::sync::Arc::new(accounts),
         })
-    }
-}
-
-fn secrets(
-    mode: SignatureMode,
-    raw: Option<&str>,
-    variable: &'static str,
-) -> Result<Option<SecretList>, ConfigError> {
-    match (mode, raw.map(str::trim).filter(|s| !s.is_empty())) {
-        (SignatureMode::Off, _) => Ok(None),
-        (_, None) => Err(invalid(variable, "is required when the signature mode is not off")),
-        (_, Some(raw)) => SecretList::parse(raw).map(Some).map_err(|e| invalid(variable, e.to_string())),
     }
 }
 

@@ -19,9 +19,22 @@ pub const RETRY_AFTER_SECONDS: &str = "5";
 /// Why ingest did not accept a request.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
-    /// Content type we cannot decode.
-    #[error("unsupported content type {0:?}: use application/x-www-form-urlencoded or application/json")]
-    UnsupportedMediaType(String),
+    /// Content type this route cannot decode.
+    #[error("unsupported content type {got:?}: this route accepts {accepted}")]
+    UnsupportedMediaType {
+        /// The media type sent.
+        got: String,
+        /// What the route accepts (`application/json`, ...).
+        accepted: String,
+    },
+    /// The provider is not served (no credentials, no explicit mode).
+    #[error("not found")]
+    NotServed,
+    /// A Vonage Messages callback without its JWT while signatures are
+    /// enforced: Vonage documents that a callback may go out unsigned after
+    /// an internal error, and that a 5xx makes it retry (signed, we hope).
+    #[error("unsigned callback; retry later")]
+    UnsignedRetry,
     /// A method the route does not serve (HEAD on a receipt route).
     #[error("method not allowed: use GET or POST")]
     MethodNotAllowed,
@@ -52,7 +65,9 @@ impl IngestError {
     /// HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            IngestError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            IngestError::NotServed => StatusCode::NOT_FOUND,
+            IngestError::UnsignedRetry => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             IngestError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -66,7 +81,9 @@ impl IngestError {
     /// Low-cardinality reason for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
-            IngestError::UnsupportedMediaType(_) => "unsupported_media_type",
+            IngestError::UnsupportedMediaType { .. } => "unsupported_media_type",
+            IngestError::NotServed => "not_served",
+            IngestError::UnsignedRetry => "unsigned_retry",
             IngestError::MethodNotAllowed => "method_not_allowed",
             IngestError::PayloadTooLarge => "payload_too_large",
             IngestError::BodyTimeout => "body_timeout",
@@ -92,7 +109,9 @@ impl IntoResponse for IngestError {
                 let fields: &[FieldProblem] = e.problems();
                 json!({ "error": e.to_string(), "reason": e.reason(), "fields": fields })
             }
-            IngestError::Signature(e) => json!({ "error": self.to_string(), "reason": e.reason() }),
+            // The reason code only: which secret, method or header did not
+            // fit is configuration detail for our log and metrics.
+            IngestError::Signature(e) => json!({ "error": "signature check failed", "reason": e.reason() }),
             other => json!({ "error": other.to_string(), "reason": other.reason() }),
         };
         let mut response = (status, Json(body)).into_response();

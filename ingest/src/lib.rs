@@ -15,6 +15,7 @@
 //! - [`error`]: every way a request can fail, and the status it gets.
 //! - [`readiness`]: `/readyz` follows pod-local trouble only, never a broker-wide alarm.
 
+pub mod accounts;
 pub mod config;
 pub mod error;
 pub mod intake;

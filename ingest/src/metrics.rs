@@ -18,8 +18,18 @@ const REJECT_REASONS: [&str; 8] = [
     "unreadable_body",
 ];
 /// Reasons a signature check fails (`SignatureError::reason`).
-const SIGNATURE_REASONS: [&str; 8] =
-    ["missing", "malformed", "mismatch", "stale", "future", "payload_hash", "algorithm", "issuer"];
+const SIGNATURE_REASONS: [&str; 10] = [
+    "missing",
+    "malformed",
+    "mismatch",
+    "stale",
+    "future",
+    "payload_hash",
+    "algorithm",
+    "issuer",
+    "replayed",
+    "unknown_account",
+];
 /// Reasons a request is copied to the quarantine.
 const QUARANTINE_REASONS: [&str; 4] = ["signature", "invalid_fields", "not_a_receipt", "malformed_body"];
 
@@ -44,8 +54,14 @@ pub struct IngestMetrics {
     pub broker_connected: IntGauge,
     /// Publishes awaiting their confirm.
     pub publishes_in_flight: IntGauge,
+    /// Publish channels closed and replaced, by reason (see amqp::publisher).
+    pub publish_channels_replaced: IntCounterVec,
     /// Signature checks that failed, by provider and reason (all modes).
     pub signature_failures: IntCounterVec,
+    /// Signature checks that passed, by provider and which secret matched
+    /// (`current`: the first listed, `previous`: a later one), so an operator
+    /// sees when a rotated-out secret is no longer used.
+    pub signature_verified: IntCounterVec,
     /// Requests copied to the quarantine queue.
     pub quarantined: IntCounterVec,
     /// Requests refused with 429 because the concurrency limit was reached.
@@ -96,10 +112,20 @@ impl IngestMetrics {
                 .gauge("dlr_ingest_broker_connected", "1 while the broker connection is up.")?,
             publishes_in_flight: b
                 .gauge("dlr_ingest_publishes_in_flight", "Publishes waiting for their broker confirm.")?,
+            publish_channels_replaced: b.counter_vec(
+                "dlr_ingest_publish_channels_replaced_total",
+                "Publish channels closed after a nack, a confirm timeout, a channel error or an abandoned publish, by reason.",
+                &["reason"],
+            )?,
             signature_failures: b.counter_vec(
                 "dlr_ingest_signature_failures_total",
                 "Failed signature checks by provider and reason (log-only mode included).",
                 &["provider", "reason"],
+            )?,
+            signature_verified: b.counter_vec(
+                "dlr_ingest_signature_verified_total",
+                "Passed signature checks by provider and the secret that matched (current or previous).",
+                &["provider", "entry"],
             )?,
             quarantined: b.counter_vec(
                 "dlr_ingest_quarantined_total",
@@ -128,6 +154,9 @@ impl IngestMetrics {
             for reason in SIGNATURE_REASONS {
                 metrics.signature_failures.with_label_values(&[p, reason]);
             }
+            for entry in ["current", "previous"] {
+                metrics.signature_verified.with_label_values(&[p, entry]);
+            }
             for reason in QUARANTINE_REASONS {
                 metrics.quarantined.with_label_values(&[p, reason]);
             }
@@ -146,6 +175,9 @@ impl IngestMetrics {
         }
         for reason in ["unavailable", "blocked", "nacked", "returned", "timeout", "channel_error"] {
             metrics.publish_failures.with_label_values(&[reason]);
+        }
+        for reason in ["nacked", "timeout", "channel_error", "return_mismatch", "abandoned"] {
+            metrics.publish_channels_replaced.with_label_values(&[reason]);
         }
         Ok(metrics)
     }

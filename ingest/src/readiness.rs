@@ -8,8 +8,19 @@
 //! Retry-After themselves), and a lost connection turns readiness false only
 //! after a grace period: a broker node restart or a network blip should not
 //! empty the Service either, while a pod that stays cut off should leave it.
+//!
+//! A live connection is not enough, though: a pod can be connected and still
+//! unable to store anything (its node cut off from the queue's quorum, a
+//! channel the broker keeps refusing). So publishes count too: when every
+//! publish has failed for longer than the grace (alarms and unroutable
+//! returns excepted), the pod is unready. Unready, it gets no traffic to
+//! learn from, so the watcher then publishes a probe message once a second
+//! (the worker drops probes, see [`dlr_shared::amqp::PROBE_MESSAGE_TYPE`]);
+//! the first one stored makes the pod ready again. Long before the grace,
+//! publishes failing while connected make the connection supervisor move to
+//! the next broker address, which is what heals a pod on a cut-off node.
 
-use dlr_shared::amqp::BrokerConnection;
+use dlr_shared::amqp::{Publisher, Topology};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +45,8 @@ enum Link {
 pub struct BrokerReadiness {
     grace: Duration,
     link: Mutex<Link>,
+    /// How long publishes had been failing at the last sample.
+    failing_for: Mutex<Option<Duration>>,
 }
 
 /// Why the pod is not ready (the `/readyz` body).
@@ -43,6 +56,8 @@ pub enum NotReady {
     NotConnectedYet,
     /// The connection has been down for longer than the grace period.
     BrokerDownTooLong,
+    /// Connected, but every publish has failed for longer than the grace.
+    PublishesFailing,
 }
 
 impl NotReady {
@@ -51,6 +66,7 @@ impl NotReady {
         match self {
             NotReady::NotConnectedYet => "broker not connected yet",
             NotReady::BrokerDownTooLong => "broker connection down longer than the readiness grace",
+            NotReady::PublishesFailing => "every publish has failed for longer than the readiness grace",
         }
     }
 }
@@ -58,7 +74,20 @@ impl NotReady {
 impl BrokerReadiness {
     /// Starts as never connected; `grace` is how long a lost connection is tolerated.
     pub fn new(grace: Duration) -> Self {
-        Self { grace, link: Mutex::new(Link::NeverConnected) }
+        Self { grace, link: Mutex::new(Link::NeverConnected), failing_for: Mutex::new(None) }
+    }
+
+    /// Records how long publishes have been failing (`None`: the last one succeeded).
+    pub fn observe_publishes(&self, failing_for: Option<Duration>) {
+        *self.failing_for.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = failing_for;
+    }
+
+    /// True when publishes have failed for longer than the grace.
+    fn publishes_failing(&self) -> bool {
+        self.failing_for
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some_and(|failing| failing > self.grace)
     }
 
     /// Records one sample of the connection state, taken at `now`.
@@ -75,6 +104,7 @@ impl BrokerReadiness {
     pub fn check(&self, now: Instant) -> Result<(), NotReady> {
         let link = *self.link.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match link {
+            Link::Up if self.publishes_failing() => Err(NotReady::PublishesFailing),
             Link::Up => Ok(()),
             Link::NeverConnected => Err(NotReady::NotConnectedYet),
             Link::DownSince(since) if now.saturating_duration_since(since) < self.grace => Ok(()),
@@ -83,21 +113,64 @@ impl BrokerReadiness {
     }
 }
 
-/// Samples `broker` into `readiness` until `cancel` fires. A blocked
-/// connection is still connected: it keeps the pod ready.
+/// Publishes failing this long while connected make the supervisor move to
+/// the next broker address (bounded below by the confirm timeout, so that
+/// one stalled confirm is not enough).
+const RECONNECT_AFTER_FAILING: Duration = Duration::from_secs(5);
+
+/// Samples the broker connection and the publisher into `readiness` until
+/// `cancel` fires. A blocked connection is still connected: it keeps the
+/// pod ready. See the module documentation for the probe and the reconnect.
 pub async fn watch(
     readiness: std::sync::Arc<BrokerReadiness>,
-    broker: BrokerConnection,
+    publisher: std::sync::Arc<Publisher>,
+    topology: std::sync::Arc<Topology>,
+    confirm_timeout: Duration,
     cancel: CancellationToken,
 ) {
+    let broker = publisher.broker().clone();
+    let reconnect_after = RECONNECT_AFTER_FAILING.max(confirm_timeout * 2);
+    let mut last_reconnect: Option<Instant> = None;
+    let mut last_probe: Option<Instant> = None;
     loop {
-        readiness.observe(broker.current().is_some(), Instant::now());
+        let now = Instant::now();
+        let connected = broker.current().is_some();
+        readiness.observe(connected, now);
+        let failing_for = publisher.failing_for(now);
+        readiness.observe_publishes(failing_for);
+        if let Some(failing) = failing_for
+            && connected
+        {
+            if failing > reconnect_after && last_reconnect.is_none_or(|at| now - at > reconnect_after) {
+                tracing::warn!(failing_for = ?failing, "every publish has been failing on this broker connection; moving to the next address");
+                broker.request_reconnect();
+                last_reconnect = Some(now);
+            }
+            if readiness.publishes_failing() && last_probe.is_none_or(|at| now - at >= PROBE_INTERVAL) {
+                last_probe = Some(now);
+                let (publisher, topology) = (publisher.clone(), topology.clone());
+                // Its result lands in the publisher's health, read at the next sample.
+                tokio::spawn(async move {
+                    let _ = publisher
+                        .publish(
+                            &topology.exchange,
+                            dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY,
+                            b"{}",
+                            dlr_shared::amqp::probe_properties(),
+                        )
+                        .await;
+                });
+            }
+        }
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(SAMPLE_INTERVAL) => {}
         }
     }
 }
+
+/// How often an unready pod probes the broker with a publish.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
@@ -114,6 +187,19 @@ mod tests {
         assert_eq!(r.check(t0 + GRACE * 2), Err(NotReady::NotConnectedYet));
         r.observe(true, t0 + GRACE * 2);
         assert_eq!(r.check(t0 + GRACE * 2), Ok(()));
+    }
+
+    #[test]
+    fn failing_publishes_make_a_connected_pod_unready_after_the_grace_only() {
+        let r = BrokerReadiness::new(GRACE);
+        let t0 = Instant::now();
+        r.observe(true, t0);
+        r.observe_publishes(Some(GRACE));
+        assert_eq!(r.check(t0), Ok(()));
+        r.observe_publishes(Some(GRACE + Duration::from_secs(1)));
+        assert_eq!(r.check(t0), Err(NotReady::PublishesFailing));
+        r.observe_publishes(None);
+        assert_eq!(r.check(t0), Ok(()));
     }
 
     #[test]

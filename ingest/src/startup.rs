@@ -2,7 +2,6 @@
 
 use dlr_shared::amqp::{BrokerConnection, Publisher};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::IngestMetrics;
@@ -42,6 +42,10 @@ pub enum StartupError {
     /// Serving failed.
     #[error("server: {0}")]
     Serve(#[from] std::io::Error),
+    /// The broker refused the configuration at start-up (credentials,
+    /// vhost, permissions): no retry can fix that.
+    #[error("broker refused the configuration: {0}")]
+    BrokerRefused(String),
 }
 
 /// A bound, not yet serving, ingest.
@@ -61,6 +65,7 @@ impl Application {
     /// for the broker: ingest must start (unready) while the broker is down.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let signatures = config.validate()?;
+        signatures.log_serving();
         let broker_addresses = config.broker.addresses()?;
         let metrics = IngestMetrics::new()?;
         let listener = TcpListener::bind(config.addr)
@@ -85,16 +90,31 @@ impl Application {
             metrics.broker_connected.clone(),
             broker_shutdown.clone(),
         );
+        let publisher = Arc::new(
+            Publisher::new(broker, config.confirm_timeout)
+                .with_channels(config.publish_channels)
+                .with_replaced_counter(metrics.publish_channels_replaced.clone()),
+        );
         let broker_readiness = Arc::new(BrokerReadiness::new(config.readiness_broker_grace));
-        tokio::spawn(readiness::watch(broker_readiness.clone(), broker.clone(), broker_shutdown.clone()));
+        tokio::spawn(readiness::watch(
+            broker_readiness.clone(),
+            publisher.clone(),
+            topology.clone(),
+            config.confirm_timeout,
+            broker_shutdown.clone(),
+        ));
         let state = AppState {
-            publisher: Arc::new(Publisher::new(broker, config.confirm_timeout)),
+            publisher,
             topology,
             signatures: Arc::new(signatures),
             metrics: Arc::new(metrics),
             draining: Arc::new(AtomicBool::new(false)),
             body_timeout: config.request_timeout,
             broker_readiness,
+            quarantine_limits: Arc::new(crate::intake::QuarantineLimits::new(
+                config.quarantine_body_limit_bytes,
+                config.quarantine_copies_per_minute,
+            )),
         };
         let limits = RouterLimits {
             body_limit_bytes: config.body_limit_bytes,
@@ -117,31 +137,81 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` fires, then drains: readiness turns false,
-    /// the listener stops accepting, in-flight requests finish (their
-    /// confirms awaited) within the drain timeout, and only then is the
-    /// broker connection closed.
+    /// Serves until `shutdown` fires, then drains: readiness turns false
+    /// and open connections are told to close after their current request
+    /// (idle ones close at once), but the listener keeps accepting while any
+    /// connection is still open, so that `/readyz` can say 503 to the load
+    /// balancer and a receipt sent before the endpoint was removed is still
+    /// stored rather than reset in the listen backlog; connections accepted
+    /// during the drain serve one request each. Once no connection is left
+    /// (or at the drain timeout) the listener closes: a later connect is
+    /// refused, which every provider retries. Only then is the broker
+    /// connection closed.
     ///
     /// The accept loop is ours rather than `axum::serve` because that sets
     /// no header-read timeout: a client trickling (or never finishing) its
     /// request head would hold a connection and its buffers forever. The
     /// number of open connections is capped the same way.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
-        let app = router(self.state.clone(), self.limits);
+        let app = router(self.state.clone(), self.limits)
+            .layer(axum::middleware::map_response_with_state(self.state.clone(), close_when_draining));
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(self.limits.request_timeout);
-        let graceful = GracefulShutdown::new();
+        let mut one_request = http.clone();
+        one_request.keep_alive(false);
         let connections = Arc::new(Semaphore::new(self.max_connections));
+        let open = TaskTracker::new();
+        let draining = CancellationToken::new();
+        let closing_idle = CancellationToken::new();
+        let mut drain_deadline = None;
+        let broker = self.state.publisher.broker().clone();
+        let gave_up = broker.gave_up();
+        tokio::pin!(gave_up);
+        let mut refused = None;
         loop {
+            if let Some(deadline) = drain_deadline {
+                if open.is_empty() {
+                    break;
+                }
+                // Connections still idle a while into the drain are closed;
+                // busy ones have been answering with `connection: close`.
+                let drain_started: tokio::time::Instant = deadline - self.drain_timeout;
+                if !closing_idle.is_cancelled() && drain_started.elapsed() >= DRAIN_IDLE_GRACE {
+                    closing_idle.cancel();
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(timeout = ?self.drain_timeout, "drain timeout reached; exiting with requests in flight");
+                    break;
+                }
+            }
             let permit = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled(), if drain_deadline.is_none() => {
+                    drain_deadline = Some(self.start_drain(&draining));
+                    continue;
+                }
+                reason = &mut gave_up, if refused.is_none() => {
+                    refused = Some(reason);
+                    drain_deadline.get_or_insert_with(|| self.start_drain(&draining));
+                    continue;
+                }
+                // While draining, look again at the open connections now and then.
+                () = tokio::time::sleep(DRAIN_CHECK_INTERVAL), if drain_deadline.is_some() => continue,
                 permit = connections.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
                 },
             };
             let stream = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled(), if drain_deadline.is_none() => {
+                    drain_deadline = Some(self.start_drain(&draining));
+                    continue;
+                }
+                reason = &mut gave_up, if refused.is_none() => {
+                    refused = Some(reason);
+                    drain_deadline.get_or_insert_with(|| self.start_drain(&draining));
+                    continue;
+                }
+                () = tokio::time::sleep(DRAIN_CHECK_INTERVAL), if drain_deadline.is_some() => continue,
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => stream,
                     Err(error) => {
@@ -153,20 +223,29 @@ impl Application {
                 },
             };
             let service = TowerToHyperService::new(app.clone());
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-            tokio::spawn(async move {
+            let closing_idle = closing_idle.clone();
+            let accepted_while_draining = draining.is_cancelled();
+            let builder = if accepted_while_draining { &one_request } else { &http };
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            open.spawn(async move {
+                tokio::pin!(connection);
                 // Client resets and timeouts end up here; nothing to do about them.
-                let _ = connection.await;
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    () = closing_idle.cancelled(), if !accepted_while_draining => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
                 drop(permit);
             });
         }
-        self.state.draining.store(true, Ordering::SeqCst);
         drop(self.listener);
-        tokio::select! {
-            () = graceful.shutdown() => {}
-            () = tokio::time::sleep(self.drain_timeout) => {
-                tracing::warn!(timeout = ?self.drain_timeout, "drain timeout reached; exiting with requests in flight");
-            }
+        open.close();
+        if let Some(deadline) = drain_deadline
+            && tokio::time::timeout_at(deadline, open.wait()).await.is_err()
+        {
+            tracing::warn!("connections still open at the drain timeout");
         }
         self.broker_shutdown.cancel();
         // The supervisor bounds its close; this bounds the rest of it.
@@ -174,6 +253,43 @@ impl Application {
             tracing::warn!("the broker connection did not close in time");
         }
         tracing::info!("ingest stopped");
-        Ok(())
+        match refused {
+            Some(reason) => Err(StartupError::BrokerRefused(reason)),
+            None => Ok(()),
+        }
     }
+
+    /// Turns readiness false and tells open connections to finish; returns
+    /// when the drain must end at the latest.
+    fn start_drain(&self, draining: &CancellationToken) -> tokio::time::Instant {
+        self.state.draining.store(true, Ordering::SeqCst);
+        draining.cancel();
+        tracing::info!(timeout = ?self.drain_timeout, "draining: unready, finishing open requests");
+        tokio::time::Instant::now() + self.drain_timeout
+    }
+}
+
+/// How often a draining ingest looks whether connections are still open.
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How long into a drain idle keep-alive connections stay open. Closing an
+/// idle connection races with a client that has just picked it from its
+/// pool to send a request (which then sees a reset); for this long every
+/// answer says `connection: close` instead, so busy clients move off by
+/// themselves and only connections idle for this long are closed.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// While draining, every answer asks the client to close its connection,
+/// so that it opens the next one elsewhere (or gets a refused connect once
+/// this pod stopped listening, which providers retry).
+async fn close_when_draining(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    if state.draining.load(Ordering::SeqCst) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
 }

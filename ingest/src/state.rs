@@ -26,17 +26,26 @@ pub struct AppState {
     pub body_timeout: Duration,
     /// Broker side of readiness: connected once, not lost for longer than the grace.
     pub broker_readiness: Arc<BrokerReadiness>,
+    /// Limits on what a refused request may cost the quarantine.
+    pub quarantine_limits: Arc<crate::intake::QuarantineLimits>,
 }
 
 impl AppState {
     /// Should this pod be in the Service: not draining, and no pod-local
     /// broker trouble. A blocked connection (a cluster-wide resource alarm)
     /// keeps it ready; the receipt routes answer 503 + Retry-After meanwhile.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    pub fn readiness(&self) -> Result<(), String> {
         if self.draining.load(Ordering::SeqCst) {
-            return Err("draining");
+            return Err("draining".to_owned());
         }
-        self.broker_readiness.check(std::time::Instant::now()).map_err(|reason| reason.as_str())
+        self.broker_readiness.check(std::time::Instant::now()).map_err(|reason| {
+            // Not connected: say why, so that a wrong address or a broker
+            // that refuses us shows in the probe, not only in the log.
+            match self.publisher.broker().last_error() {
+                Some(cause) => format!("{}: {cause}", reason.as_str()),
+                None => reason.as_str().to_owned(),
+            }
+        })
     }
 
     /// [`AppState::readiness`] as a yes/no.

@@ -186,6 +186,16 @@ fn schema_properties_are_exactly_the_event_members() {
     event.account = Some("a1b2c3d4".to_owned());
     event.carrier_timestamp = Some("2503140926".to_owned());
     event.provider_timestamp = Some(now());
+    event.synthetic = true;
+    event.destination = Some(dlr_shared::Destination {
+        country: Some("GB".to_owned()),
+        network: Some(dlr_shared::Network {
+            mcc: "234".to_owned(),
+            mnc: "15".to_owned(),
+            country: Some("GB".to_owned()),
+        }),
+    });
+    event.authenticity = Some(dlr_shared::event::Authenticity::FailedLogOnly);
     let serialised: Value = serde_json::from_slice(&event.to_json()).expect("event is JSON");
     let mut members: Vec<&String> = serialised.as_object().expect("an object").keys().collect();
     let schema = schema();
@@ -222,6 +232,7 @@ fn events_with_wrong_members_do_not_validate() {
         ("float price", |v| v["price"] = json!({"amount": 0.5})),
         ("exponent price", |v| v["price"] = json!({"amount": "1e-3"})),
         ("raw not an object", |v| v["raw"] = json!("a=1")),
+        ("unknown authenticity", |v| v["authenticity"] = json!("trusted")),
         ("missing raw", |v| _ = v.as_object_mut().expect("an object").remove("raw")),
         ("unrecognised status that is not pending", |v| {
             v["status_recognised"] = json!(false);

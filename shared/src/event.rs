@@ -69,10 +69,77 @@ pub struct ReceiptEvent {
     /// providers do not state its time zone, so it is informational only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub carrier_timestamp: Option<String>,
+    /// How ingest authenticated the webhook, so that consumers can ignore
+    /// what was not verified. Absent in events written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticity: Option<Authenticity>,
     /// When ingest received the webhook.
     pub received_at: DateTime<Utc>,
     /// Every field as received, including unknown ones, for audit and re-processing.
     pub raw: Map<String, Value>,
+    /// True only on a receipt this service made up, never on one a provider
+    /// sent: the worker's never-final sweep publishes one (status
+    /// [`NO_FINAL_RECEIPT`], outcome failed) for a message still pending
+    /// after its provider's window, so that senders hear about it. Absent
+    /// (false) on every genuine receipt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub synthetic: bool,
+    /// Where the message went: the recipient's country and mobile network,
+    /// derived by the worker from `recipient` and `network_code` (absent
+    /// when neither says anything, and in events ingest publishes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+}
+
+/// The status word of a synthetic receipt: the provider never sent a final
+/// status within its window.
+pub const NO_FINAL_RECEIPT: &str = "no_final_receipt";
+
+/// The recipient's country and network, for delivery rates by country and
+/// network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    /// ISO 3166-1 alpha-2 code of the recipient's number by the numbering
+    /// plan (`+1` resolved by area code); absent when the number does not
+    /// parse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// The mobile network the provider reported (`network_code`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+}
+
+/// A mobile network as ITU-T E.212 identifies it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Mobile country code, three digits.
+    pub mcc: String,
+    /// Mobile network code, two or three digits.
+    pub mnc: String,
+    /// ISO 3166-1 alpha-2 code of the MCC; absent for an MCC not assigned
+    /// to one country.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+}
+
+/// How a receipt's authenticity was established at ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr)]
+#[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
+pub enum Authenticity {
+    /// The provider's signature (or credentials) verified.
+    Verified,
+    /// Verification failed, and the provider's mode is `log-only`.
+    FailedLogOnly,
+    /// Not checked: the provider's mode is `off`.
+    NotChecked,
+}
+
+impl Authenticity {
+    /// The wire word (`verified`, `failed_log_only`, `not_checked`).
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 /// A provider error code with what we know about it.

@@ -22,4 +22,4 @@ pub mod telemetry;
 pub mod words;
 
 pub use domain::{EventId, MessageId, Msisdn, Outcome, Provider};
-pub use event::ReceiptEvent;
+pub use event::{Destination, Network, ReceiptEvent};

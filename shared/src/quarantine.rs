@@ -59,6 +59,10 @@ pub struct RequestCopy {
     /// not a re-encoding.
     #[serde(rename = "body_base64", serialize_with = "to_base64", deserialize_with = "from_base64")]
     pub body: Vec<u8>,
+    /// True when the body was longer than ingest's copy limit and only its
+    /// start is kept (for diagnosis; such a copy cannot verify on replay).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_truncated: bool,
 }
 
 impl QuarantinedRequest {
@@ -112,6 +116,7 @@ mod tests {
                 query: None,
                 headers: BTreeMap::from([("x-twilio-signature".into(), Some("abc=".into()))]),
                 body: b"MessageSid=SM1&MessageStatus=delivered\xff".to_vec(),
+                body_truncated: false,
             },
         }
     }

@@ -19,6 +19,19 @@ use std::time::Duration;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Opts every provider out of signature checks (explicit `off`), as an
+/// operator would for a demo: without credentials or an explicit mode a
+/// provider is not served at all.
+pub fn serve_unsigned(config: &mut dlr_ingest::Config) {
+    use dlr_ingest::signature::SignatureMode::Off;
+    config.signatures.vonage_mode = Some(Off);
+    config.signatures.twilio_mode = Some(Off);
+    config.providers.telnyx_mode = Some(Off);
+    config.providers.plivo_mode = Some(Off);
+    config.providers.sinch_mode = Some(Off);
+    config.providers.infobip_mode = Some(Off);
+}
+
 /// How long the clean-up of a dropped (panicked) test may take.
 pub const DROP_CLEANUP_WITHIN: Duration = Duration::from_secs(10);
 
@@ -70,14 +83,26 @@ impl TestApp {
         self.owned.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Ingest's test config ([`crate::ingest_config`]) on this topology and `amqp_url()`.
+    /// Ingest's test config ([`crate::ingest_config`]) on this topology and
+    /// `amqp_url()`, with every provider served unsigned ([`serve_unsigned`]):
+    /// most tests post unsigned receipts. Tests of the signature checks set
+    /// their provider's mode and secret on top.
     pub fn ingest_config(&self) -> dlr_ingest::Config {
-        crate::ingest_config(&self.topology, &amqp_url())
+        let mut config = crate::ingest_config(&self.topology, &amqp_url());
+        serve_unsigned(&mut config);
+        config
     }
 
     /// The worker's test config ([`crate::worker_config`]) on this topology and `amqp_url()`.
     pub fn worker_config(&self) -> dlr_worker::Config {
         crate::worker_config(&self.topology, &amqp_url())
+    }
+
+    /// [`TestApp::ingest_config`] reaching the broker at `amqp_url` (a proxy, several addresses).
+    pub fn ingest_config_at(&self, amqp_url: &str) -> dlr_ingest::Config {
+        let mut config = crate::ingest_config(&self.topology, amqp_url);
+        serve_unsigned(&mut config);
+        config
     }
 
     /// Starts ingest with `config`; it is stopped by the drop clean-up.

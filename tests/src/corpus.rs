@@ -1,7 +1,8 @@
-//! The sample receipts of `tests/corpus/`, one copy each: the reference
-//! samples of receipts.md section 6 (S1..S8, sent byte for byte) and the
-//! providers' documentation samples. The fuzzer also reads the whole
-//! directory at run time.
+//! The sample receipts of `tests/corpus/`, one copy each: eight samples
+//! with invented values in the providers' documented wire formats (S1..S8:
+//! Vonage SMS, Vonage Messages, Twilio; the signed ones signed with test
+//! secrets; sent byte for byte) and the samples of the providers' own
+//! documentation. The fuzzer also reads the whole directory at run time.
 
 /// S1: Vonage SMS, delivered, POST-JSON.
 pub const S1: &str = include_str!("../corpus/s1-vonage-sms-delivered.json");

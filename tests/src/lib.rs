@@ -211,10 +211,24 @@ impl TestIngest {
             .expect("metrics body")
     }
 
-    /// Fires shutdown and waits for the drain to finish.
+    /// Fires shutdown and waits for the drain to finish. A panic or error
+    /// of the serving task (`run_until_stopped` failing panics it) fails
+    /// the calling test here, instead of being dropped with the handle.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let _ = self.handle.await;
+        ended_cleanly("ingest", self.handle.await);
+    }
+}
+
+/// Fails the calling test unless an app's task returned normally: its
+/// panic (the task panics when `run_until_stopped` returns an error) is
+/// re-raised here with its own message, and a task aborted before its
+/// drain ended is a failure too.
+pub fn ended_cleanly(app: &str, joined: Result<(), tokio::task::JoinError>) {
+    match joined {
+        Ok(()) => {}
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(error) => panic!("the {app} task did not end by itself: {error}"),
     }
 }
 
@@ -364,10 +378,11 @@ impl TestWorker {
             .expect("metrics body")
     }
 
-    /// Fires shutdown and waits for the drain.
+    /// Fires shutdown and waits for the drain; like [`TestIngest::stop`],
+    /// a task that panicked or failed fails the calling test.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let _ = self.handle.await;
+        ended_cleanly("worker", self.handle.await);
     }
 }
 
@@ -445,9 +460,20 @@ impl Drop for MemoryAlarm {
     }
 }
 
+/// `rabbitmqctl`, or the command in `DLR_RABBITMQCTL` (split on spaces,
+/// e.g. `bash deploy/cluster.sh ctl 1`): the alarm tests then alter a node
+/// of the local cluster instead of the machine's broker.
+fn rabbitmqctl() -> std::process::Command {
+    let configured = std::env::var("DLR_RABBITMQCTL").unwrap_or_default();
+    let mut words = configured.split_whitespace();
+    let mut command = std::process::Command::new(words.next().unwrap_or("rabbitmqctl"));
+    command.args(words);
+    command
+}
+
 /// The broker's memory watermark as `rabbitmqctl set_vm_memory_high_watermark` takes it.
 fn current_watermark() -> Vec<String> {
-    let output = std::process::Command::new("rabbitmqctl")
+    let output = rabbitmqctl()
         .args(["eval", "vm_memory_monitor:get_vm_memory_high_watermark()."])
         .output()
         .expect("rabbitmqctl runs (the broker is local)");
@@ -466,11 +492,7 @@ fn current_watermark() -> Vec<String> {
 }
 
 fn set_watermark(args: &[String]) -> bool {
-    std::process::Command::new("rabbitmqctl")
-        .arg("set_vm_memory_high_watermark")
-        .args(args)
-        .output()
-        .is_ok_and(|o| o.status.success())
+    rabbitmqctl().arg("set_vm_memory_high_watermark").args(args).output().is_ok_and(|o| o.status.success())
 }
 
 #[cfg(test)]

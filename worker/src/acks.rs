@@ -163,6 +163,7 @@ pub struct Settler {
 /// The settler's task, kept by the drain so it can write the last acks
 /// before the channel closes.
 pub struct SettlerTask {
+    releasing: CancellationToken,
     closing: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -171,9 +172,9 @@ impl Settler {
     /// Starts the task that settles deliveries on `channel`.
     pub fn start(channel: lapin::Channel, metrics: WorkerMetrics) -> (Self, SettlerTask) {
         let (notes, inbox) = mpsc::unbounded_channel();
-        let closing = CancellationToken::new();
-        let task = tokio::spawn(write_frames(channel, inbox, closing.clone(), metrics));
-        (Self { notes }, SettlerTask { closing, task })
+        let (releasing, closing) = (CancellationToken::new(), CancellationToken::new());
+        let task = tokio::spawn(write_frames(channel, inbox, releasing.clone(), closing.clone(), metrics));
+        (Self { notes }, SettlerTask { releasing, closing, task })
     }
 
     /// Reports a delivery; called before its task starts.
@@ -201,6 +202,13 @@ impl Settler {
 }
 
 impl SettlerTask {
+    /// From now on holds nothing back: every ack that is due, and every
+    /// delivery settled later, is written at once (the drain's last phase,
+    /// when nothing is left to coalesce with but the channel is still open).
+    pub fn release(&self) {
+        self.releasing.cancel();
+    }
+
     /// Writes every ack that is due now, without holding any back, and ends
     /// the task; waits for that up to `timeout`. Deliveries still in flight
     /// stay unsettled (the broker redelivers them when the channel closes).
@@ -217,12 +225,14 @@ impl SettlerTask {
 async fn write_frames(
     channel: lapin::Channel,
     mut inbox: mpsc::UnboundedReceiver<Note>,
+    releasing: CancellationToken,
     closing: CancellationToken,
     metrics: WorkerMetrics,
 ) {
     let mut window = AckWindow::default();
     let mut failed = false;
     let mut open = true;
+    let mut holding = true;
     while open {
         let mut frames = Vec::new();
         tokio::select! {
@@ -232,14 +242,15 @@ async fn write_frames(
                 None => open = false,
             },
             () = closing.cancelled() => open = false,
-            () = sleep_until(window.next_deadline(HOLD)) => {}
+            () = releasing.cancelled(), if holding => holding = false,
+            () = sleep_until(window.next_deadline(HOLD)), if holding => {}
         }
         // Whatever else has arrived meanwhile goes into the same frames:
         // under load this is what makes one ack cover many deliveries.
         while let Ok(note) = inbox.try_recv() {
             frames.extend(apply(&mut window, note));
         }
-        let hold = if open { HOLD } else { Duration::ZERO };
+        let hold = if open && holding { HOLD } else { Duration::ZERO };
         frames.extend(window.due(Instant::now(), hold));
         for frame in frames {
             match send(&channel, frame).await {

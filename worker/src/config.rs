@@ -16,7 +16,10 @@ use std::time::Duration;
 use url::Url;
 
 use crate::handlers::HandlerKind;
+use crate::maintenance::MaintenanceSettings;
+use crate::never_final::NeverFinalWindows;
 use crate::parking::ParkReason;
+use std::collections::HashMap;
 
 /// `WORKER_PREFETCH` when unset; the benchmark measures the broker's consume
 /// ceiling at the same window.
@@ -54,6 +57,21 @@ pub enum Command {
     /// Look at the parking lot without changing it.
     #[command(subcommand)]
     Parked(ParkedCommand),
+    /// Print delivery numbers from the status store (DATABASE_URL): messages,
+    /// delivered %, failed %, pending, never-final and the median time to the
+    /// final receipt, grouped by provider, country and/or network.
+    Report(ReportArgs),
+}
+
+/// Options of `report`.
+#[derive(Debug, Clone, Args)]
+pub struct ReportArgs {
+    /// The period, back from now: a number and s, m, h or d (messages first seen in it).
+    #[arg(long, default_value = "24h", value_parser = crate::report::parse_period)]
+    pub since: Duration,
+    /// Group by these, comma-separated: provider, country, network.
+    #[arg(long, default_value = "provider", value_delimiter = ',')]
+    pub by: Vec<crate::report::GroupBy>,
 }
 
 /// `worker parked ...`.
@@ -266,6 +284,31 @@ pub struct Config {
     /// (unfinished ones are redelivered by the broker).
     #[arg(long = "drain-timeout-seconds", env = "WORKER_DRAIN_TIMEOUT_SECONDS", default_value = "30", value_parser = parse_nonzero_seconds)]
     pub drain_timeout: Duration,
+    /// How long an event waits for the broker to take its retry or park copy
+    /// (while it blocks publishers or cannot be reached) before its delivery
+    /// is given back to the queue. Keep it well under RabbitMQ's consumer
+    /// timeout (30 min by default), past which the broker closes the channel.
+    #[arg(long = "settle-patience-ms", env = "WORKER_SETTLE_PATIENCE_MS", default_value = "300000", value_parser = parse_nonzero_millis)]
+    pub settle_patience: Duration,
+    /// How long a message may stay pending in the status store before the
+    /// never-final sweep publishes a synthetic failed `no_final_receipt` for it.
+    #[arg(long = "never-final-window-seconds", env = "WORKER_NEVER_FINAL_WINDOW_SECONDS", default_value = "172800", value_parser = parse_nonzero_seconds)]
+    pub never_final_window: Duration,
+    /// Per-provider windows overriding WORKER_NEVER_FINAL_WINDOW_SECONDS, as
+    /// provider=seconds,... (e.g. `twilio=259200,telnyx=86400`).
+    #[arg(long = "never-final-windows", env = "WORKER_NEVER_FINAL_WINDOWS", default_value = "")]
+    pub never_final_windows: String,
+    /// Time between two rounds of the status store's maintenance (never-final
+    /// sweep, history retention); the first runs at start-up.
+    #[arg(long = "maintenance-interval-seconds", env = "WORKER_MAINTENANCE_INTERVAL_SECONDS", default_value = "300", value_parser = parse_nonzero_seconds)]
+    pub maintenance_interval: Duration,
+    /// Pending messages per never-final sweep batch (100 batches per round at most).
+    #[arg(long = "never-final-batch-size", env = "WORKER_NEVER_FINAL_BATCH_SIZE", default_value_t = 500)]
+    pub never_final_batch_size: u32,
+    /// Days of receipt history (whole months, dropped as partitions) and of final
+    /// statuses kept in the status store.
+    #[arg(long = "retention-days", env = "WORKER_RETENTION_DAYS", default_value_t = 90)]
+    pub retention_days: u32,
     /// Logging.
     #[command(flatten)]
     pub log: LogConfig,
@@ -381,7 +424,35 @@ impl Config {
                 "must be above 0 (0 would mean no limit)",
             ));
         }
+        self.maintenance_settings()?;
         Ok(routes)
+    }
+
+    /// The status store's maintenance settings, checked.
+    pub fn maintenance_settings(&self) -> Result<MaintenanceSettings, ConfigError> {
+        if self.never_final_batch_size == 0 {
+            return Err(invalid("WORKER_NEVER_FINAL_BATCH_SIZE", "must be at least 1"));
+        }
+        if !(1..=36_500).contains(&self.retention_days) {
+            return Err(invalid("WORKER_RETENTION_DAYS", "must be between 1 and 36500"));
+        }
+        let mut per_provider = HashMap::new();
+        for entry in self.never_final_windows.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let problem = |why: String| invalid("WORKER_NEVER_FINAL_WINDOWS", format!("{entry:?}: {why}"));
+            let (name, seconds) =
+                entry.split_once('=').ok_or_else(|| problem("expected provider=seconds".to_owned()))?;
+            let provider: Provider = words::parse(name.trim())
+                .ok_or_else(|| problem(format!("not a provider; one of {}", words::list::<Provider>())))?;
+            let window = parse_nonzero_seconds(seconds.trim()).map_err(problem)?;
+            per_provider.insert(provider, window);
+        }
+        Ok(MaintenanceSettings {
+            interval: self.maintenance_interval,
+            batch_size: self.never_final_batch_size,
+            max_batches: 100,
+            windows: NeverFinalWindows { default: self.never_final_window, per_provider },
+            retention: Duration::from_secs(u64::from(self.retention_days) * 86_400),
+        })
     }
 
     /// The endpoints come from the file or from the shorthand, not both;
@@ -499,6 +570,21 @@ mod tests {
         assert_eq!(parse_ago("2d"), chrono::Duration::try_days(2));
         for bad in ["yesterday", "5", "h", "-3h", "3w"] {
             assert!(parse_instant(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn never_final_windows_parse_per_provider() {
+        let mut config = Cli::parse_from(["worker"]).config;
+        config.never_final_windows = "twilio=60, telnyx=120".to_owned();
+        let settings = config.maintenance_settings().expect("valid windows");
+        assert_eq!(settings.windows.of(Provider::Twilio), Duration::from_secs(60));
+        assert_eq!(settings.windows.of(Provider::Telnyx), Duration::from_secs(120));
+        assert_eq!(settings.windows.of(Provider::Plivo), Duration::from_secs(172_800));
+        for bad in ["twilio", "smtp=5", "twilio=0", "twilio=soon"] {
+            config.never_final_windows = bad.to_owned();
+            let error = config.maintenance_settings().err().map(|e| e.variable);
+            assert_eq!(error, Some("WORKER_NEVER_FINAL_WINDOWS"), "{bad}");
         }
     }
 }

@@ -1,12 +1,20 @@
 //! The consume loop: manual acks, bounded concurrency, reconnects, drain.
 //!
-//! Concurrency is bounded by the prefetch count itself: the broker never
-//! hands this consumer more unacked deliveries than that, and each one is
-//! handled in its own task. Several worker processes on the same queue share
-//! the work as competing consumers.
+//! Concurrency is bounded by the prefetch count: the broker never hands a
+//! consumer channel more unacked deliveries than that, and across channels
+//! (a delivery of a channel that died may still be finishing when the next
+//! channel's deliveries arrive) a semaphore of the same size bounds the
+//! deliveries being handled at once. Several worker processes on the same
+//! queue share the work as competing consumers.
+//!
+//! A delivery belongs to the channel it arrived on. When that channel is
+//! gone, the broker has already given the message back to the queue (and
+//! perhaps to another consumer), so the delivery's task stops where it is:
+//! it publishes no retry or park copy and attempts no ack, and the broker's
+//! redelivery is the only copy left.
 
 use dlr_shared::ReceiptEvent;
-use dlr_shared::amqp::{BrokerConnection, PublishError, Publisher, Topology};
+use dlr_shared::amqp::{BrokerConnection, PROBE_MESSAGE_TYPE, PublishError, Publisher, Topology};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -14,6 +22,7 @@ use lapin::types::FieldTable;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -22,6 +31,7 @@ use crate::dispatch::{Decision, Dispatcher};
 use crate::envelope::Progress;
 use crate::metrics::WorkerMetrics;
 use crate::parking::{self, Park, ParkReason};
+use crate::requeued::RequeueMemory;
 use crate::retry;
 
 /// Everything a delivery's task needs.
@@ -40,6 +50,13 @@ pub struct ConsumerContext {
     pub prefetch: u16,
     /// True while a consumer is registered (readiness).
     pub consuming: Arc<AtomicBool>,
+    /// One permit per delivery being handled, `prefetch` in all.
+    pub slots: Arc<Semaphore>,
+    /// How long a delivery waits for the broker to take its retry or park
+    /// copy before it is given back to the queue.
+    pub settle_patience: Duration,
+    /// Handlers already done for deliveries given back to the queue.
+    pub requeued: RequeueMemory,
 }
 
 /// Consumes until `shutdown`, reconnecting as needed; then cancels the
@@ -54,13 +71,17 @@ pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_t
     let tracker = TaskTracker::new();
     let mut draining = None;
     while let Some(conn) = ctx.broker.wait_connected(&shutdown).await {
-        match consume(&ctx, &conn, &tracker, &shutdown).await {
+        let channel_gone = CancellationToken::new();
+        match consume(&ctx, &conn, &tracker, &shutdown, &channel_gone).await {
             Ok(subscription) => {
-                draining = Some(subscription);
+                draining = Some((subscription, channel_gone));
                 break;
             }
             Err(ConsumerStopped::ShutdownWhileSubscribing) => break,
             Err(error) => {
+                // The broker requeues this channel's unacked deliveries; their
+                // tasks must not publish copies of them or try to ack them.
+                channel_gone.cancel();
                 ctx.consuming.store(false, Ordering::SeqCst);
                 ctx.broker.report_failure();
                 tracing::warn!(%error, "consumer stopped; resubscribing when the broker is back");
@@ -85,10 +106,11 @@ pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_t
             "drain timeout reached; the broker redelivers what is still unsettled"
         );
     }
-    let Some((channel, settler)) = draining else { return };
-    // Written after the drain: until then the settler holds back acks it
-    // can still coalesce; now it acks every settled delivery at once.
-    settler.finish(BROKER_REPLY_TIMEOUT).await;
+    let Some(((channel, settler), channel_gone)) = draining else { return };
+    // From here on every settled delivery is acked at once, including those
+    // that finish while the channel is being closed: acked while it is open,
+    // not requeued (and handled twice) by its close.
+    settler.release();
     if channel.status().connected() {
         // The broker has read our acks, but for a quorum queue its channel
         // process forwards them to the queue's leader with a bounded number
@@ -96,17 +118,30 @@ pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_t
         // held back and requeues their messages (seen on RabbitMQ 3.10: 13 to
         // 17 of 50 acks sent in one burst). A round trip on the channel, then
         // a short pause, lets them reach the queue first.
-        let barrier = channel.basic_qos(ctx.prefetch, BasicQosOptions::default());
-        if tokio::time::timeout(BROKER_REPLY_TIMEOUT, barrier).await.is_err() {
-            tracing::debug!("no reply to the barrier before closing the consumer channel");
-        }
+        barrier(&ctx, &channel).await;
         tokio::time::sleep(SETTLE_PAUSE).await;
+    }
+    settler.finish(BROKER_REPLY_TIMEOUT).await;
+    if channel.status().connected() {
+        // Acks of deliveries that finished during the pause.
+        barrier(&ctx, &channel).await;
+        tokio::time::sleep(LAST_SETTLE_PAUSE).await;
         // Bounded: a connection that died unnoticed never answers close-ok.
         match tokio::time::timeout(BROKER_REPLY_TIMEOUT, channel.close(200, "worker drained".into())).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::debug!(%error, "closing the consumer channel after the drain"),
             Err(_) => tracing::debug!("no close-ok for the consumer channel; the connection closes it"),
         }
+    }
+    // Deliveries still in flight now belong to the broker again.
+    channel_gone.cancel();
+}
+
+/// One round trip on `channel`: the broker has read every frame before it.
+async fn barrier(ctx: &ConsumerContext, channel: &lapin::Channel) {
+    let barrier = channel.basic_qos(ctx.prefetch, BasicQosOptions::default());
+    if tokio::time::timeout(BROKER_REPLY_TIMEOUT, barrier).await.is_err() {
+        tracing::debug!("no reply to the barrier before closing the consumer channel");
     }
 }
 
@@ -135,6 +170,7 @@ async fn consume(
     conn: &lapin::Connection,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
+    channel_gone: &CancellationToken,
 ) -> Result<(lapin::Channel, SettlerTask), ConsumerStopped> {
     let tag = format!("worker-{}", uuid::Uuid::new_v4());
     // Bounded, and given up on shutdown: on a connection that died without
@@ -167,11 +203,11 @@ async fn consume(
         tokio::select! {
             _ = shutdown.cancelled() => {
                 ctx.consuming.store(false, Ordering::SeqCst);
-                stop_deliveries(ctx, &channel, &tag, &mut consumer, tracker, &settler).await;
+                stop_deliveries(ctx, &channel, &tag, &mut consumer, tracker, &settler, channel_gone).await;
                 return Ok((channel, settler_task));
             }
             next = consumer.next() => match next {
-                Some(Ok(delivery)) => spawn_delivery(ctx, tracker, &settler, delivery),
+                Some(Ok(delivery)) => spawn_delivery(ctx, tracker, &settler, channel_gone, delivery),
                 Some(Err(error)) => return Err(ConsumerStopped::Broker(error)),
                 None => return Err(ConsumerStopped::StreamEnded),
             }
@@ -179,8 +215,12 @@ async fn consume(
     }
 }
 
-/// Pause between the last ack of a drain and the channel close (see run).
+/// Pause between the drain and the channel close (see run); deliveries
+/// finishing meanwhile are still acked.
 const SETTLE_PAUSE: Duration = Duration::from_millis(1000);
+
+/// Pause after the acks of those late deliveries, before the close.
+const LAST_SETTLE_PAUSE: Duration = Duration::from_millis(200);
 
 /// How long to wait for the broker's reply to a channel operation.
 const BROKER_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -199,6 +239,7 @@ async fn stop_deliveries(
     consumer: &mut lapin::Consumer,
     tracker: &TaskTracker,
     settler: &Settler,
+    channel_gone: &CancellationToken,
 ) {
     match tokio::time::timeout(
         BROKER_REPLY_TIMEOUT,
@@ -218,35 +259,85 @@ async fn stop_deliveries(
     }
     let deadline = tokio::time::Instant::now() + CANCEL_SETTLE;
     while let Ok(Some(Ok(delivery))) = tokio::time::timeout_at(deadline, consumer.next()).await {
-        spawn_delivery(ctx, tracker, settler, delivery);
+        spawn_delivery(ctx, tracker, settler, channel_gone, delivery);
     }
 }
 
 /// Registers a delivery with the channel's settler, then handles it in its
 /// own task. The order matters: the settler must know a delivery before
 /// any later one can be acked with `multiple`.
-fn spawn_delivery(ctx: &Arc<ConsumerContext>, tracker: &TaskTracker, settler: &Settler, delivery: Delivery) {
+fn spawn_delivery(
+    ctx: &Arc<ConsumerContext>,
+    tracker: &TaskTracker,
+    settler: &Settler,
+    channel_gone: &CancellationToken,
+    delivery: Delivery,
+) {
     settler.delivered(delivery.delivery_tag);
-    let (ctx, settler) = (ctx.clone(), settler.clone());
-    tracker.spawn(async move { handle_delivery(&ctx, delivery, &settler).await });
+    let (ctx, settler, channel_gone) = (ctx.clone(), settler.clone(), channel_gone.clone());
+    tracker.spawn(async move { handle_delivery(&ctx, delivery, &settler, &channel_gone).await });
 }
 
 /// Handles one delivery and settles it: ack after success, retry
 /// scheduling or parking; nack with requeue if even that cannot be done.
-/// The settler writes the frame (see [`crate::acks`]).
-async fn handle_delivery(ctx: &ConsumerContext, delivery: Delivery, settler: &Settler) {
-    ctx.metrics.in_flight.inc();
-    if settle(ctx, &delivery).await {
-        settler.ack(delivery.delivery_tag);
-    } else {
-        settler.requeue(delivery.delivery_tag);
+/// The settler writes the frame (see [`crate::acks`]). Stops wherever it is
+/// once the delivery's channel is gone.
+async fn handle_delivery(
+    ctx: &ConsumerContext,
+    delivery: Delivery,
+    settler: &Settler,
+    channel_gone: &CancellationToken,
+) {
+    let work = async {
+        // Never closed: the semaphore lives as long as the context.
+        let Ok(_slot) = ctx.slots.acquire().await else { return };
+        ctx.metrics.in_flight.inc();
+        let settlement = settle(ctx, &delivery).await;
+        ctx.metrics.in_flight.dec();
+        match settlement {
+            Settlement::Ack => settler.ack(delivery.delivery_tag),
+            Settlement::Requeue(progress) => {
+                if let Some(id) = delivery.properties.message_id() {
+                    ctx.requeued.remember(id.as_str(), progress);
+                }
+                settler.requeue(delivery.delivery_tag);
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        () = channel_gone.cancelled() => {
+            ctx.metrics.abandoned.inc();
+            tracing::debug!(delivery_tag = delivery.delivery_tag, "delivery's channel is gone; the broker redelivers it");
+        }
+        () = work => {}
     }
-    ctx.metrics.in_flight.dec();
 }
 
-/// Returns true when the message may be acked.
-async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> bool {
-    let Progress { attempt, done } = Progress::of(&delivery.properties);
+/// What becomes of a delivery once it has been handled.
+enum Settlement {
+    /// Done, retried or parked: the delivery may be acked.
+    Ack,
+    /// Give it back to the queue; `Progress` is what its redelivery should
+    /// not do again (the message itself still carries its old headers).
+    Requeue(Progress),
+}
+
+/// Handles the event and decides what becomes of its delivery.
+async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> Settlement {
+    if delivery.properties.kind().as_ref().is_some_and(|kind| kind.as_str() == PROBE_MESSAGE_TYPE) {
+        // An ingest pod checking that it can store receipts again.
+        ctx.metrics.probes_dropped.inc();
+        return Settlement::Ack;
+    }
+    let mut progress = Progress::of(&delivery.properties);
+    if delivery.redelivered
+        && let Some(id) = delivery.properties.message_id()
+        && let Some(earlier) = ctx.requeued.take(id.as_str())
+    {
+        progress = crate::requeued::merged(progress, earlier);
+    }
+    let Progress { attempt, done } = progress;
     let event = match ReceiptEvent::from_json(&delivery.data) {
         Ok(event) => event,
         Err(error) => {
@@ -261,7 +352,10 @@ async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> bool {
             return park(ctx, delivery, &park_note).await;
         }
     };
+    let requeue_keeping = |done: Vec<_>| Settlement::Requeue(Progress { attempt, done });
+    let event = ctx.metrics.analytics.enrich(event);
     if attempt == 1 && done.is_empty() {
+        ctx.metrics.analytics.observe(&event);
         ctx.metrics.consumed.with_label_values(&[event.provider.as_str(), event.outcome.as_str()]).inc();
         if let Some(sent) = event.provider_timestamp {
             let seconds = (event.received_at - sent).num_milliseconds() as f64 / 1000.0;
@@ -272,7 +366,7 @@ async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> bool {
         Decision::Done => {
             let seconds = (chrono::Utc::now() - event.received_at).num_milliseconds() as f64 / 1000.0;
             ctx.metrics.end_to_end.observe(seconds.max(0.0));
-            true
+            Settlement::Ack
         }
         Decision::Retry(retry) => {
             let scheduled = patiently(ctx, "scheduling a retry", || {
@@ -289,11 +383,11 @@ async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> bool {
                         delay = ?retry.delay,
                         "retry scheduled"
                     );
-                    true
+                    Settlement::Ack
                 }
                 Err(publish_error) => {
                     tracing::warn!(%publish_error, "could not schedule a retry; requeueing");
-                    false
+                    requeue_keeping(retry.done)
                 }
             }
         }
@@ -301,13 +395,9 @@ async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> bool {
     }
 }
 
-/// How long a delivery waits for the broker to take its retry or park
-/// publish before it is given back. Well under RabbitMQ's consumer timeout
-/// (30 min), past which the broker would close the channel itself.
-const BROKER_PATIENCE: Duration = Duration::from_secs(300);
-
 /// Runs a retry or park publish until it succeeds, waiting (with backoff)
-/// while the broker cannot take it, for up to [`BROKER_PATIENCE`].
+/// while the broker cannot take it, for up to the configured patience
+/// (`WORKER_SETTLE_PATIENCE_MS`).
 ///
 /// Nacking with requeue at once would be the wrong answer to a broker that
 /// blocks publishers (memory or disk alarm) or has no connection: the
@@ -335,7 +425,7 @@ where
             Err(error) => error,
         };
         failures += 1;
-        if started.elapsed() + backoff > BROKER_PATIENCE {
+        if started.elapsed() + backoff > ctx.settle_patience {
             return Err(error);
         }
         if failures == 1 {
@@ -347,7 +437,7 @@ where
     }
 }
 
-async fn park(ctx: &ConsumerContext, delivery: &Delivery, note: &Park) -> bool {
+async fn park(ctx: &ConsumerContext, delivery: &Delivery, note: &Park) -> Settlement {
     match patiently(ctx, "parking", || parking::park(&ctx.publisher, &ctx.topology, delivery, note)).await {
         Ok(()) => {
             ctx.metrics.parked.with_label_values(&[note.reason.as_str()]).inc();
@@ -357,11 +447,11 @@ async fn park(ctx: &ConsumerContext, delivery: &Delivery, note: &Park) -> bool {
                 attempts = note.attempts,
                 "message parked"
             );
-            true
+            Settlement::Ack
         }
         Err(publish_error) => {
             tracing::warn!(%publish_error, "could not park a message; requeueing");
-            false
+            Settlement::Requeue(Progress { attempt: note.attempts, done: note.done.clone() })
         }
     }
 }

@@ -15,19 +15,29 @@
 //! - [`parking`]: the parking lot, for events retrying cannot help.
 //! - [`replay`]: the operator's `replay-parked` and `replay-quarantine`.
 //! - [`parked`]: the operator's `parked list`, which leaves the parking lot as it was.
+//! - [`analytics`]: destination country/network of receipts and their metrics.
+//! - [`maintenance`], [`never_final`], [`retention`]: the status store's
+//!   background jobs (synthetic receipts for never-final messages, bounded history).
+//! - [`report`]: `worker report`, delivery numbers from the status store.
 //! - [`probes`]: `/healthz`, `/readyz` and `/metrics`.
 
 pub mod acks;
+pub mod analytics;
 pub mod config;
 pub mod consumer;
 pub mod dispatch;
 pub mod envelope;
 pub mod handlers;
+pub mod maintenance;
 pub mod metrics;
+pub mod never_final;
 pub mod parked;
 pub mod parking;
 pub mod probes;
 pub mod replay;
+pub mod report;
+pub mod requeued;
+pub mod retention;
 pub mod retry;
 pub mod startup;
 

@@ -101,6 +101,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 report.examined, report.replayed, report.kept
             );
         }
+        Command::Report(args) => {
+            use secrecy::ExposeSecret;
+            let url = config.database_url.as_ref().context("DATABASE_URL is required for the report")?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url.expose_secret())
+                .await
+                .context("connecting to the status store (DATABASE_URL)")?;
+            let rows = dlr_worker::report::read(&pool, args.since, &args.by).await;
+            pool.close().await;
+            let rows =
+                rows.context("reading the status store (has a worker with the postgres route migrated it?)")?;
+            print!("{}", dlr_worker::report::render(&rows, &args.by));
+        }
     }
     Ok(())
 }
@@ -120,12 +135,15 @@ impl OneShotBroker {
         let metrics = WorkerMetrics::new().context("metrics")?;
         let retry = config.retry_policy();
         let addresses = config.broker.addresses().context("invalid configuration")?;
-        let (broker, task, stop) = dlr_worker::startup::start_broker(
+        let stop = CancellationToken::new();
+        let (broker, task) = dlr_worker::startup::start_broker(
             config,
             addresses,
             Arc::new(config.broker.topology.clone()),
             retry.delays(),
-            metrics,
+            dlr_worker::startup::ConnectionPurpose::Publish,
+            metrics.publisher_connected,
+            stop.clone(),
         );
         Ok(Self { broker, task, stop })
     }

@@ -5,6 +5,7 @@ use dlr_shared::metrics::{LATENCY_BUCKETS, LONG_LATENCY_BUCKETS, MetricsBuilder,
 use dlr_shared::{Outcome, Provider, words};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
+use crate::analytics::ReceiptAnalytics;
 use crate::handlers::{CallResult, HandlerKind};
 use crate::parking::ParkReason;
 
@@ -48,6 +49,18 @@ pub struct WorkerMetrics {
     pub webhook_skipped: IntCounterVec,
     /// Each endpoint's circuit state, one series per state set to 1.
     pub webhook_circuit: IntGaugeVec,
+    /// 1 while the publishing connection (retries, parking, events) is up.
+    pub publisher_connected: IntGauge,
+    /// Publish channels closed and replaced, by reason (see amqp::publisher).
+    pub publish_channels_replaced: IntCounterVec,
+    /// Deliveries whose channel closed while they were being handled: left
+    /// to the broker's redelivery, neither settled nor copied.
+    pub abandoned: IntCounter,
+    /// Readiness probes of ingest pods taken off the receipts queue.
+    pub probes_dropped: IntCounter,
+    /// Delivery analytics: per-country receipts, delays, error codes,
+    /// never-final events (see [`crate::analytics`] for the budget).
+    pub analytics: ReceiptAnalytics,
 }
 
 impl WorkerMetrics {
@@ -136,8 +149,29 @@ impl WorkerMetrics {
                 registry.register(Box::new(gauge.clone()))?;
                 gauge
             },
+            publisher_connected: b.gauge(
+                "dlr_worker_publisher_connected",
+                "1 while the publishing connection (retries, parking, amqp handler) is up.",
+            )?,
+            publish_channels_replaced: b.counter_vec(
+                "dlr_worker_publish_channels_replaced_total",
+                "Publish channels closed after a nack, a confirm timeout, a channel error or an abandoned publish, by reason.",
+                &["reason"],
+            )?,
+            abandoned: b.counter(
+                "dlr_worker_deliveries_abandoned_total",
+                "Deliveries whose channel closed while they were handled: left to the broker's redelivery.",
+            )?,
+            probes_dropped: b.counter(
+                "dlr_worker_probes_dropped_total",
+                "Readiness probes of ingest pods (no receipt in them) taken off the receipts queue and dropped.",
+            )?,
+            analytics: ReceiptAnalytics::new(&registry)?,
             registry,
         };
+        for reason in ["nacked", "timeout", "channel_error", "return_mismatch", "abandoned"] {
+            metrics.publish_channels_replaced.with_label_values(&[reason]);
+        }
         for kind in ["ack_multiple", "ack", "nack"] {
             metrics.settle_frames.with_label_values(&[kind]);
         }

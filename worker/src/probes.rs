@@ -17,6 +17,8 @@ pub struct ProbeState {
     pub consuming: Arc<AtomicBool>,
     /// Metrics to render.
     pub metrics: WorkerMetrics,
+    /// The consuming connection, whose last failure `/readyz` shows.
+    pub broker: dlr_shared::amqp::BrokerConnection,
 }
 
 /// `/healthz` (process alive), `/readyz` (consuming), `/metrics`.
@@ -30,9 +32,13 @@ pub fn router(state: ProbeState) -> Router {
 
 async fn readyz(State(state): State<ProbeState>) -> impl IntoResponse {
     if state.consuming.load(Ordering::SeqCst) {
-        (StatusCode::OK, "consuming")
+        (StatusCode::OK, "consuming".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not consuming")
+        let reason = match state.broker.last_error() {
+            Some(cause) => format!("not consuming: {cause}"),
+            None => "not consuming".to_owned(),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, reason)
     }
 }
 

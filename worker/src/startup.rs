@@ -21,6 +21,7 @@ use crate::handlers::postgres::{PostgresHandler, PostgresSettings};
 use crate::handlers::{Handler, HandlerKind};
 use crate::metrics::WorkerMetrics;
 use crate::probes::{ProbeState, router};
+use crate::requeued::RequeueMemory;
 use crate::retry::RetryPolicy;
 
 /// Upper bound of each shutdown step after the drain.
@@ -28,6 +29,9 @@ const SHUTDOWN_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Confirm timeout for the worker's own publishes (retries, parking, events).
 const PUBLISH_CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Channels for retry and park publishes.
+const SETTLE_PUBLISH_CHANNELS: usize = 16;
 
 /// Why the worker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,13 @@ pub enum StartupError {
     /// Metric registration failed (a programming error).
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The broker refused the configuration at start-up (credentials,
+    /// vhost, permissions): no retry can fix that.
+    #[error("broker refused the configuration: {0}")]
+    BrokerRefused(String),
+    /// The probe server failed.
+    #[error("probe server: {0}")]
+    Probes(#[from] std::io::Error),
 }
 
 /// A worker ready to run.
@@ -65,6 +76,8 @@ pub struct Application {
     drain_timeout: Duration,
     broker_shutdown: CancellationToken,
     broker_task: JoinHandle<()>,
+    /// Both connections: either giving up for good stops the worker.
+    gave_up: [BrokerConnection; 2],
 }
 
 impl Application {
@@ -91,22 +104,58 @@ impl Application {
                 HttpHandler::from_config(&config, &metrics).map_err(|e| StartupError::Http(e.to_string()))?;
             handlers.insert(HandlerKind::Http, Arc::new(http));
         }
+        let mut status_store = None;
         if let (true, Some(url)) = (routes.uses(HandlerKind::Postgres), config.database_url.as_ref()) {
             check_database(url.expose_secret()).await?;
             let store =
                 PostgresHandler::connect(url.expose_secret(), &PostgresSettings::from(&config)).await?;
+            status_store = Some(store.pool());
             handlers.insert(HandlerKind::Postgres, Arc::new(store));
         }
 
-        let (broker, broker_task, broker_shutdown) =
-            start_broker(&config, broker_addresses, topology.clone(), retry.delays(), metrics.clone());
+        // Two connections: RabbitMQ blocks a connection that publishes while
+        // a resource alarm lasts, and a blocked connection carries no acks
+        // either. Consuming on a connection that never publishes keeps acks
+        // (and so the prefetch window) flowing during an alarm; see
+        // <https://www.rabbitmq.com/docs/connections#flow-control> and
+        // <https://www.rabbitmq.com/docs/alarms>.
+        let broker_shutdown = CancellationToken::new();
+        let (broker, consume_task) = start_broker(
+            &config,
+            broker_addresses.clone(),
+            topology.clone(),
+            retry.delays(),
+            ConnectionPurpose::Consume,
+            metrics.broker_connected.clone(),
+            broker_shutdown.clone(),
+        );
+        let (publishing, publish_task) = start_broker(
+            &config,
+            broker_addresses,
+            topology.clone(),
+            retry.delays(),
+            ConnectionPurpose::Publish,
+            metrics.publisher_connected.clone(),
+            broker_shutdown.clone(),
+        );
+        let broker_task = tokio::spawn(async move {
+            let _ = tokio::join!(consume_task, publish_task);
+        });
         // Retries and parking: a return there means our own queue is missing.
-        let publisher = Arc::new(Publisher::new(broker.clone(), PUBLISH_CONFIRM_TIMEOUT));
+        // Few at once (each is a failing event), so a small pool.
+        let publisher = Arc::new(
+            Publisher::new(publishing.clone(), PUBLISH_CONFIRM_TIMEOUT)
+                .with_channels(SETTLE_PUBLISH_CHANNELS)
+                .with_replaced_counter(metrics.publish_channels_replaced.clone()),
+        );
         if routes.uses(HandlerKind::Amqp) {
-            // Events nobody is bound for come back as returns, which is
-            // normal; their own channel keeps those returns away from the
-            // confirms of retry and park publishes (see amqp::publisher).
-            let events_publisher = Arc::new(Publisher::new(broker.clone(), PUBLISH_CONFIRM_TIMEOUT));
+            // One publish per event in flight at most: as many channels as
+            // the prefetch lets events be handled at once.
+            let events_publisher = Arc::new(
+                Publisher::new(publishing.clone(), PUBLISH_CONFIRM_TIMEOUT)
+                    .with_channels(usize::from(config.prefetch))
+                    .with_replaced_counter(metrics.publish_channels_replaced.clone()),
+            );
             let handler = AmqpHandler::new(
                 events_publisher,
                 config.events_exchange.clone(),
@@ -115,7 +164,17 @@ impl Application {
             handlers.insert(HandlerKind::Amqp, Arc::new(handler));
         }
 
+        crate::maintenance::start_if_stored(
+            status_store,
+            crate::maintenance::Intake { publisher: publisher.clone(), topology: topology.clone() },
+            config.maintenance_settings()?,
+            metrics.analytics.clone(),
+            broker_shutdown.clone(),
+        );
+
         let consuming = Arc::new(AtomicBool::new(false));
+        let broker_for_probes = broker.clone();
+        let gave_up = [broker.clone(), publishing.clone()];
         let context = Arc::new(ConsumerContext {
             broker,
             publisher,
@@ -124,14 +183,18 @@ impl Application {
             metrics: metrics.clone(),
             prefetch: config.prefetch,
             consuming: consuming.clone(),
+            slots: Arc::new(tokio::sync::Semaphore::new(usize::from(config.prefetch))),
+            settle_patience: config.settle_patience,
+            requeued: RequeueMemory::default(),
         });
         Ok(Self {
             listener,
-            probes: ProbeState { consuming, metrics },
+            probes: ProbeState { consuming, metrics, broker: broker_for_probes },
             context,
             drain_timeout: config.drain_timeout,
             broker_shutdown,
             broker_task,
+            gave_up,
         })
     }
 
@@ -141,7 +204,9 @@ impl Application {
     }
 
     /// Consumes until `shutdown`, drains, closes the broker connection.
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+    /// Ends early with an error when the broker refuses the configuration
+    /// at start-up.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
         let probe_shutdown = CancellationToken::new();
         let probe_signal = probe_shutdown.clone();
         let probes = tokio::spawn(
@@ -149,7 +214,24 @@ impl Application {
                 .with_graceful_shutdown(probe_signal.cancelled_owned())
                 .into_future(),
         );
-        consumer::run(self.context, shutdown, self.drain_timeout).await;
+        let stop = shutdown.child_token();
+        let [consume, publish] = self.gave_up;
+        let refused = Arc::new(std::sync::Mutex::new(None));
+        let watcher = {
+            let (stop, refused) = (stop.clone(), refused.clone());
+            tokio::spawn(async move {
+                let reason = tokio::select! {
+                    reason = consume.gave_up() => reason,
+                    reason = publish.gave_up() => reason,
+                    () = stop.cancelled() => return,
+                };
+                *refused.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                stop.cancel();
+            })
+        };
+        consumer::run(self.context, stop.clone(), self.drain_timeout).await;
+        stop.cancel();
+        let _ = watcher.await;
         self.broker_shutdown.cancel();
         // Both bounded: the process must exit after SIGTERM even if the
         // broker never confirms the close or a probe client keeps its
@@ -163,19 +245,44 @@ impl Application {
             Err(_) => Ok(()),
         };
         tracing::info!("worker stopped");
-        result
+        if let Some(reason) = refused.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(StartupError::BrokerRefused(reason));
+        }
+        Ok(result?)
     }
 }
 
-/// Starts the supervised connection, declaring the worker's topology on
-/// every (re)connect.
+/// What a worker connection is for; part of its name in the broker's
+/// connection list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionPurpose {
+    /// Consumes receipts and acks them; never publishes.
+    Consume,
+    /// Retries, parking, the amqp handler's events, replays.
+    Publish,
+}
+
+impl ConnectionPurpose {
+    fn as_str(self) -> &'static str {
+        match self {
+            ConnectionPurpose::Consume => "consume",
+            ConnectionPurpose::Publish => "publish",
+        }
+    }
+}
+
+/// Starts one supervised connection, declaring the worker's topology on
+/// every (re)connect (both connections do: whichever comes first, the
+/// queues exist before anything is consumed or published).
 pub fn start_broker(
     config: &Config,
     addresses: dlr_shared::config::AmqpUrls,
     topology: Arc<Topology>,
     retry_delays: Vec<Duration>,
-    metrics: WorkerMetrics,
-) -> (BrokerConnection, JoinHandle<()>, CancellationToken) {
+    purpose: ConnectionPurpose,
+    connected_gauge: prometheus::IntGauge,
+    shutdown: CancellationToken,
+) -> (BrokerConnection, JoinHandle<()>) {
     let events_exchange = config.events_exchange.clone();
     let setup: dlr_shared::amqp::connection::SetupHook = Arc::new(move |conn| {
         let topology = topology.clone();
@@ -187,15 +294,13 @@ pub fn start_broker(
             channel.close(200, "topology declared".into()).await
         })
     });
-    let shutdown = CancellationToken::new();
-    let (broker, task) = BrokerConnection::start(
+    BrokerConnection::start(
         addresses,
-        format!("worker@{}", config.broker.instance_name),
+        format!("worker-{}@{}", purpose.as_str(), config.broker.instance_name),
         setup,
-        metrics.broker_connected,
-        shutdown.clone(),
-    );
-    (broker, task, shutdown)
+        connected_gauge,
+        shutdown,
+    )
 }
 
 /// One direct connection before the pool: a pool that cannot connect says

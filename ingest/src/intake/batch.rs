@@ -17,13 +17,12 @@ use crate::signature::{self, SignatureError};
 use axum::http::{Method, header};
 use chrono::Utc;
 use dlr_shared::{EventId, Outcome, Provider};
-use futures_util::future::join_all;
 use serde::Serialize;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::error::IngestError;
 use crate::intake::{
-    Authenticity, WebhookRequest, check, public_url, publish, quarantine, refuse, reject, require_body,
+    Authenticity, WebhookRequest, check, public_url, publish_all, quarantine, refuse, reject, require_body,
 };
 use crate::state::AppState;
 
@@ -67,6 +66,7 @@ pub async fn telnyx(state: &AppState, request: WebhookRequest) -> Result<Stored,
             state.signatures.freshness.max_future,
             Utc::now().timestamp(),
         )
+        .map(|()| 0)
     })
     .await?;
     let parsed = providers::telnyx::parse(&request.body, Utc::now());
@@ -79,7 +79,11 @@ pub async fn plivo(state: &AppState, request: WebhookRequest) -> Result<Stored, 
     let (method, fields) = plivo_fields(&request).map_err(|e| reject(state, provider, e))?;
     let policy = &state.signatures.providers.plivo;
     let authenticity = check(state, provider, &request, policy.mode, || {
-        let tokens = policy.secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
+        let tokens = state.signatures.accounts.secrets_for(
+            "plivo",
+            fields.get("ParentAuthID"),
+            policy.secrets.as_ref(),
+        )?;
         let headers = signature::plivo::Headers {
             v3: header(&request, "x-plivo-signature-v3"),
             ma_v3: header(&request, "x-plivo-signature-ma-v3"),
@@ -87,13 +91,31 @@ pub async fn plivo(state: &AppState, request: WebhookRequest) -> Result<Stored, 
             v2: header(&request, "x-plivo-signature-v2"),
             ma_v2: header(&request, "x-plivo-signature-ma-v2"),
             v2_nonce: header(&request, "x-plivo-signature-v2-nonce"),
+            accept_v2: state.signatures.providers.plivo_accept_v2,
         };
         // A GET's parameters are in the URL, which is signed as such.
         let form = if method == signature::plivo::Method::Post { fields.clone() } else { Fields::default() };
-        signature::plivo::verify(method, &public_url(state, &request), &form, headers, tokens)
+        let url = public_url(state, &request);
+        let entry =
+            tokens.first_match(|token| signature::plivo::verify(method, &url, &form, headers, token))?;
+        let v3 = [headers.v3, headers.ma_v3].iter().flatten().any(|v| !v.trim().is_empty());
+        match headers.v2_nonce {
+            // V2 signs no parameters and no time: its nonce verifies once.
+            Some(nonce) if !v3 => {
+                let nonces = &state.signatures.providers.plivo_v2_nonces;
+                if nonces.first_use(nonce.trim(), std::time::Instant::now()) {
+                    Ok(entry)
+                } else {
+                    Err(SignatureError::Replayed)
+                }
+            }
+            _ => Ok(entry),
+        }
     })
     .await?;
-    let parsed = providers::plivo::parse(&fields, Utc::now()).map(Batch::one);
+    let parsed = providers::plivo::unambiguous(&fields)
+        .and_then(|()| providers::plivo::parse(&fields, Utc::now()))
+        .map(Batch::one);
     store(state, provider, &request, authenticity, parsed).await
 }
 
@@ -119,16 +141,37 @@ pub async fn sinch(state: &AppState, request: WebhookRequest) -> Result<Stored, 
     require_body(&request, &["application/json"]).map_err(|e| reject(state, provider, e))?;
     let policy = &state.signatures.providers.sinch;
     let authenticity = check(state, provider, &request, policy.mode, || {
-        let secrets = policy.secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
-        signature::sinch::verify(
-            &request.body,
-            header(&request, signature::sinch::SIGNATURE_HEADER),
-            header(&request, signature::sinch::NONCE_HEADER),
-            header(&request, signature::sinch::TIMESTAMP_HEADER),
-            secrets,
-            state.signatures.freshness,
-            Utc::now().timestamp(),
-        )
+        let credentials = policy.secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
+        let authorization = header(&request, header::AUTHORIZATION.as_str());
+        let signature = header(&request, signature::sinch::SIGNATURE_HEADER);
+        // A request is checked by the scheme it carries; Basic only when
+        // it carries no HMAC signature (or no secret is configured).
+        let signed = signature::sinch::is_signed(signature);
+        match (&credentials.basic, &credentials.hmac) {
+            (Some(basic), None) => basic.first_match(|one| signature::basic::verify(authorization, one)),
+            (Some(basic), Some(_)) if !signed => {
+                basic.first_match(|one| signature::basic::verify(authorization, one))
+            }
+            (_, Some(secrets)) => {
+                let algorithm = signature::sinch::Algorithm::from_header(header(
+                    &request,
+                    signature::sinch::ALGORITHM_HEADER,
+                ))?;
+                secrets.first_match(|secret| {
+                    signature::sinch::verify_with(
+                        algorithm,
+                        &request.body,
+                        signature,
+                        header(&request, signature::sinch::NONCE_HEADER),
+                        header(&request, signature::sinch::TIMESTAMP_HEADER),
+                        secret,
+                        state.signatures.freshness,
+                        Utc::now().timestamp(),
+                    )
+                })
+            }
+            (None, None) => Err(SignatureError::Missing("secret")),
+        }
     })
     .await?;
     let parsed = providers::sinch::parse(&request.body, Utc::now());
@@ -142,7 +185,8 @@ pub async fn infobip(state: &AppState, request: WebhookRequest) -> Result<Stored
     let policy = &state.signatures.providers.infobip;
     let authenticity = check(state, provider, &request, policy.mode, || {
         let credentials = policy.secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
-        signature::basic::verify(header(&request, header::AUTHORIZATION.as_str()), credentials)
+        let authorization = header(&request, header::AUTHORIZATION.as_str());
+        credentials.first_match(|one| signature::basic::verify(authorization, one))
     })
     .await?;
     let parsed = providers::infobip::parse(&request.body, Utc::now());
@@ -157,12 +201,15 @@ async fn store(
     authenticity: Authenticity,
     parsed: Result<Batch, ReceiptError>,
 ) -> Result<Stored, IngestError> {
-    let batch = match parsed {
+    let mut batch = match parsed {
         Ok(batch) if !(batch.events.is_empty() && batch.ignored == 0 && !batch.rejected.is_empty()) => batch,
         // Nothing usable at all: the same answer as one bad receipt.
         Ok(batch) => return Err(refuse(state, provider, request, authenticity, combined(&batch)).await),
         Err(error) => return Err(refuse(state, provider, request, authenticity, error).await),
     };
+    for event in &mut batch.events {
+        event.authenticity = Some(authenticity);
+    }
     if !batch.rejected.is_empty() {
         // The request is answered 200, so the provider will not send these
         // elements again: the quarantine copy is all that is left of them,
@@ -187,12 +234,10 @@ async fn store(
     for event in batch.events.iter().filter(|e| !e.status_recognised) {
         tracing::warn!(provider = %provider, status = %event.status, "unrecognised status word; accepted as pending");
     }
-    // Every receipt at once: the confirms arrive together, so a batch costs
-    // about one round trip, not one per receipt.
-    let results = join_all(batch.events.iter().map(|event| publish(state, event))).await;
-    if let Some(error) = results.into_iter().find_map(Result::err) {
-        return Err(error);
-    }
+    // Every receipt at once, in order, on one channel: the confirms arrive
+    // together, so a batch costs about one round trip, not one per receipt,
+    // and its receipts reach the queue in the provider's order.
+    publish_all(state, &batch.events).await?;
     for event in &batch.events {
         state.metrics.accepted.with_label_values(&[provider.as_str(), event.outcome.as_str()]).inc();
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use dlr_shared::Provider;
 use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
-use dlr_shared::amqp::{PublishError, receipt_properties};
+use dlr_shared::amqp::{Outgoing, PublishError, receipt_properties};
 use dlr_shared::event::ReceiptEvent;
 use std::time::Instant;
 
@@ -22,6 +22,7 @@ use crate::state::AppState;
 pub mod batch;
 mod quarantine;
 
+pub use quarantine::QuarantineLimits;
 pub(crate) use quarantine::quarantine;
 
 /// A webhook request as received, before any interpretation.
@@ -39,14 +40,9 @@ pub struct WebhookRequest {
     pub body: Bytes,
 }
 
-/// Result of a signature check that did not reject the request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Authenticity {
-    /// Checked and valid: a parse failure afterwards is probably our bug.
-    Verified,
-    /// Not checked (mode off) or failed in log-only mode.
-    Unverified,
-}
+/// Result of a signature check that did not reject the request; written
+/// into every event. `Verified`: a parse failure afterwards is probably our bug.
+pub(crate) use dlr_shared::event::Authenticity;
 
 /// Accepts a Vonage SMS API receipt (GET query, POST form or POST JSON).
 pub async fn vonage_sms(state: &AppState, request: WebhookRequest) -> Result<ReceiptEvent, IngestError> {
@@ -58,15 +54,22 @@ pub async fn vonage_sms(state: &AppState, request: WebhookRequest) -> Result<Rec
         Ok(Decoded::MessagesApi) => return vonage_messages(state, request).await,
         Err(error) => return Err(reject(state, provider, error)),
     };
+    unambiguous_vonage_names(&fields).map_err(|e| reject(state, provider, e.into()))?;
     let authenticity = check(state, provider, &request, state.signatures.vonage_mode, || {
-        let secrets = state.signatures.vonage_secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
-        signature::vonage_sms::verify(
-            fields.pairs(),
-            secrets,
-            state.signatures.vonage_method,
-            state.signatures.freshness,
-            Utc::now().timestamp(),
-        )
+        let secrets = state.signatures.accounts.secrets_for(
+            "vonage",
+            fields.get("api-key"),
+            state.signatures.vonage_secrets.as_ref(),
+        )?;
+        secrets.first_match(|secret| {
+            signature::vonage_sms::verify(
+                fields.pairs(),
+                secret,
+                state.signatures.vonage_method,
+                state.signatures.freshness,
+                Utc::now().timestamp(),
+            )
+        })
     })
     .await?;
     let parsed = providers::vonage_sms::parse(&fields, Utc::now());
@@ -78,16 +81,29 @@ pub async fn vonage_messages(state: &AppState, request: WebhookRequest) -> Resul
     let provider = Provider::VonageMessages;
     require_body(&request, &["application/json"]).map_err(|e| reject(state, provider, e))?;
     let authorization = request.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if state.signatures.vonage_mode == Some(SignatureMode::Enforce) && authorization.is_none() {
+        // Counted as a missing signature, answered 503 so that Vonage
+        // retries, and not quarantined: the retry is the genuine copy.
+        state.metrics.signature_failures.with_label_values(&[provider.as_str(), "missing"]).inc();
+        return Err(reject(state, provider, IngestError::UnsignedRetry));
+    }
     let authenticity = check(state, provider, &request, state.signatures.vonage_mode, || {
-        let secrets = state.signatures.vonage_secrets.as_ref().ok_or(SignatureError::Missing("secret"))?;
-        signature::vonage_jwt::verify(
-            authorization,
-            &request.body,
-            secrets,
-            state.signatures.freshness,
-            Utc::now().timestamp(),
-        )
-        .map(|_| ())
+        let account = signature::vonage_jwt::unverified_api_key(authorization);
+        let secrets = state.signatures.accounts.secrets_for(
+            "vonage",
+            account.as_deref(),
+            state.signatures.vonage_secrets.as_ref(),
+        )?;
+        secrets.first_match(|secret| {
+            signature::vonage_jwt::verify(
+                authorization,
+                &request.body,
+                secret,
+                state.signatures.freshness,
+                Utc::now().timestamp(),
+            )
+            .map(|_| ())
+        })
     })
     .await?;
     let parsed = providers::vonage_messages::parse(&request.body, Utc::now());
@@ -104,12 +120,19 @@ pub async fn twilio(state: &AppState, request: WebhookRequest) -> Result<Receipt
     let settings_header =
         request.headers.get("x-twilio-webhooks-signature-settings").and_then(|v| v.to_str().ok());
     let authenticity = check(state, provider, &request, state.signatures.twilio_mode, || {
-        let tokens = state.signatures.twilio_tokens.as_ref().ok_or(SignatureError::Missing("secret"))?;
+        let tokens = state.signatures.accounts.secrets_for(
+            "twilio",
+            fields.get("AccountSid"),
+            state.signatures.twilio_tokens.as_ref(),
+        )?;
         let url = public_url(state, &request);
-        signature::twilio::verify(&url, fields.pairs(), signature_header, settings_header, tokens)
+        tokens.first_match(|token| {
+            signature::twilio::verify(&url, fields.pairs(), signature_header, settings_header, token)
+        })
     })
     .await?;
-    let parsed = providers::twilio::parse(&fields, Utc::now());
+    let parsed =
+        providers::twilio::unambiguous(&fields).and_then(|()| providers::twilio::parse(&fields, Utc::now()));
     finish(state, provider, &request, authenticity, parsed).await
 }
 
@@ -123,28 +146,43 @@ pub(crate) fn public_url(state: &AppState, request: &WebhookRequest) -> String {
     }
 }
 
-/// Runs a signature check according to `mode`. In enforce mode a failure
+/// Runs a signature check according to `mode`; `verify` returns which
+/// secret matched (0: the current one). In enforce mode a failure
 /// is quarantined and rejected; in log-only mode it is counted and logged.
 pub(crate) async fn check(
     state: &AppState,
     provider: Provider,
     request: &WebhookRequest,
-    mode: SignatureMode,
-    verify: impl FnOnce() -> Result<(), SignatureError>,
+    mode: Option<SignatureMode>,
+    verify: impl FnOnce() -> Result<usize, SignatureError>,
 ) -> Result<Authenticity, IngestError> {
-    if mode == SignatureMode::Off {
-        return Ok(Authenticity::Unverified);
-    }
+    let mode = match mode {
+        // The router does not route to a provider that is not served; this
+        // keeps it so should a route be added by hand.
+        None => return Err(IngestError::NotServed),
+        Some(SignatureMode::Off) => return Ok(Authenticity::NotChecked),
+        Some(mode) => mode,
+    };
     match verify() {
-        Ok(()) => Ok(Authenticity::Verified),
+        Ok(entry) => {
+            let entry = if entry == 0 { "current" } else { "previous" };
+            state.metrics.signature_verified.with_label_values(&[provider.as_str(), entry]).inc();
+            Ok(Authenticity::Verified)
+        }
         Err(error) => {
             state.metrics.signature_failures.with_label_values(&[provider.as_str(), error.reason()]).inc();
             if mode == SignatureMode::LogOnly {
                 tracing::warn!(provider = %provider, reason = error.reason(), %error, "signature check failed (log-only: accepted)");
-                return Ok(Authenticity::Unverified);
+                return Ok(Authenticity::FailedLogOnly);
             }
+            // Only a request carrying a well-formed signature of the provider's
+            // scheme can be a genuine one refused by our mistake (a rotated
+            // secret, a clock): one with none, or garbage, is just refused.
+            let copy = !matches!(error, SignatureError::Missing(_) | SignatureError::Malformed(_));
             let error = IngestError::Signature(error);
-            quarantine(state, provider, request, &error).await;
+            if copy && state.quarantine_limits.allow_signature_copy(provider, std::time::Instant::now()) {
+                quarantine(state, provider, request, &error).await;
+            }
             Err(reject(state, provider, error))
         }
     }
@@ -159,10 +197,11 @@ async fn finish(
     authenticity: Authenticity,
     parsed: Result<ReceiptEvent, ReceiptError>,
 ) -> Result<ReceiptEvent, IngestError> {
-    let event = match parsed {
+    let mut event = match parsed {
         Ok(event) => event,
         Err(error) => return Err(refuse(state, provider, request, authenticity, error).await),
     };
+    event.authenticity = Some(authenticity);
     if !event.status_recognised {
         tracing::warn!(provider = %provider, status = %event.status, "unrecognised status word; accepted as pending");
     }
@@ -189,19 +228,34 @@ pub(crate) async fn refuse(
 
 /// Publishes the event and waits for the broker's confirm.
 pub(crate) async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<(), IngestError> {
-    let properties = receipt_properties(event);
+    publish_all(state, std::slice::from_ref(event)).await
+}
+
+/// Publishes the events of one request, in order, and waits for every
+/// confirm: `Ok` only if every one of them is stored.
+pub(crate) async fn publish_all(state: &AppState, events: &[ReceiptEvent]) -> Result<(), IngestError> {
+    let bodies: Vec<Vec<u8>> = events.iter().map(ReceiptEvent::to_json).collect();
+    let messages: Vec<Outgoing<'_>> = events
+        .iter()
+        .zip(&bodies)
+        .map(|(event, body)| Outgoing {
+            exchange: &state.topology.exchange,
+            routing_key: RECEIPT_ROUTING_KEY,
+            body,
+            properties: receipt_properties(event),
+        })
+        .collect();
     let metrics = &state.metrics;
-    let in_flight = InFlight::start(&metrics.publishes_in_flight);
+    let in_flight = InFlight::start(&metrics.publishes_in_flight, events.len());
     let started = Instant::now();
-    let result = state
-        .publisher
-        .publish(&state.topology.exchange, RECEIPT_ROUTING_KEY, &event.to_json(), properties)
-        .await;
+    let result = state.publisher.publish_all(&messages).await;
     drop(in_flight);
     match result {
         Ok(()) => {
             metrics.confirm_duration.observe(started.elapsed().as_secs_f64());
-            tracing::debug!(event_id = %event.event_id, provider = %event.provider, outcome = %event.outcome, "receipt stored");
+            for event in events {
+                tracing::debug!(event_id = %event.event_id, provider = %event.provider, outcome = %event.outcome, "receipt stored");
+            }
             Ok(())
         }
         Err(error) => {
@@ -211,7 +265,9 @@ pub(crate) async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<()
                 state.publisher.broker().request_redeclare();
             }
             metrics.publish_failures.with_label_values(&[error.reason()]).inc();
-            tracing::warn!(event_id = %event.event_id, provider = %event.provider, reason = error.reason(), %error, "receipt not stored; answering 503");
+            for event in events {
+                tracing::warn!(event_id = %event.event_id, provider = %event.provider, reason = error.reason(), %error, "receipt not stored; answering 503");
+            }
             Err(IngestError::Unavailable(error))
         }
     }
@@ -220,18 +276,19 @@ pub(crate) async fn publish(state: &AppState, event: &ReceiptEvent) -> Result<()
 /// Counts a publish as in flight until it is dropped: a request future can
 /// be dropped mid-confirm (client gone, drain timeout), and the gauge must
 /// come down then too.
-struct InFlight<'a>(&'a prometheus::IntGauge);
+struct InFlight<'a>(&'a prometheus::IntGauge, i64);
 
 impl<'a> InFlight<'a> {
-    fn start(gauge: &'a prometheus::IntGauge) -> Self {
-        gauge.inc();
-        Self(gauge)
+    fn start(gauge: &'a prometheus::IntGauge, publishes: usize) -> Self {
+        let publishes = i64::try_from(publishes).unwrap_or(i64::MAX);
+        gauge.add(publishes);
+        Self(gauge, publishes)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.sub(self.1);
     }
 }
 
@@ -292,6 +349,19 @@ fn decode_fields(request: &WebhookRequest) -> Result<Decoded, IngestError> {
     Ok(Decoded::Fields(providers::fields_from_json_object(object)?))
 }
 
+/// Refuses Vonage field names containing `&` or `=`: the `sig` string
+/// joins `&name=value` pairs, so such a name would let the signed text of
+/// one request be re-split into different fields with the same signature.
+fn unambiguous_vonage_names(fields: &Fields) -> Result<(), ReceiptError> {
+    let problems: Vec<providers::FieldProblem> = fields
+        .pairs()
+        .iter()
+        .filter(|(name, _)| name.contains(['&', '=']))
+        .map(|(name, _)| providers::FieldProblem::new(name, "field names must not contain '&' or '='"))
+        .collect();
+    if problems.is_empty() { Ok(()) } else { Err(ReceiptError::InvalidFields(problems)) }
+}
+
 /// Checks that a POST has a body of one of the `allowed` media types.
 pub(crate) fn require_body(request: &WebhookRequest, allowed: &[&str]) -> Result<(), IngestError> {
     let essence = media_type(&request.headers);
@@ -300,7 +370,7 @@ pub(crate) fn require_body(request: &WebhookRequest, allowed: &[&str]) -> Result
             || (*a == "application/json" && essence.starts_with("application/") && essence.ends_with("+json"))
     });
     if !accepted {
-        return Err(IngestError::UnsupportedMediaType(essence));
+        return Err(IngestError::UnsupportedMediaType { got: essence, accepted: allowed.join(" or ") });
     }
     if request.body.iter().all(u8::is_ascii_whitespace) {
         return Err(IngestError::Empty("body"));

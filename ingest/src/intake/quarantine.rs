@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, header};
 use chrono::Utc;
 use dlr_shared::Provider;
 use dlr_shared::quarantine::{QuarantinedRequest, REPLAY_HEADER, RequestCopy};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::WebhookRequest;
 use crate::error::IngestError;
@@ -39,6 +41,37 @@ const COPIED_HEADERS: [&str; 16] = [
     "x-sinch-webhook-signature-algorithm",
 ];
 
+/// What a refused request may cost the quarantine: a body cap per copy and,
+/// for requests that failed their signature check (anyone on the internet
+/// can send those), a number of copies per provider and minute.
+#[derive(Debug)]
+pub struct QuarantineLimits {
+    body_limit_bytes: usize,
+    per_minute: u32,
+    windows: Mutex<HashMap<Provider, (Instant, u32)>>,
+}
+
+impl QuarantineLimits {
+    /// Limits from `INGEST_QUARANTINE_BODY_LIMIT_BYTES` and `INGEST_QUARANTINE_COPIES_PER_MINUTE`.
+    pub fn new(body_limit_bytes: usize, per_minute: u32) -> Self {
+        Self { body_limit_bytes, per_minute, windows: Mutex::new(HashMap::new()) }
+    }
+
+    /// True while `provider` has copies of failed signatures left in the current minute.
+    pub(crate) fn allow_signature_copy(&self, provider: Provider, now: Instant) -> bool {
+        let mut windows = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (start, used) = windows.entry(provider).or_insert((now, 0));
+        if now.saturating_duration_since(*start) >= Duration::from_secs(60) {
+            (*start, *used) = (now, 0);
+        }
+        if *used >= self.per_minute {
+            return false;
+        }
+        *used += 1;
+        true
+    }
+}
+
 /// Copies a rejected request to the quarantine queue. Best effort: the
 /// answer is a 4xx either way, and a broker problem must not turn it into a 5xx.
 pub(crate) async fn quarantine(
@@ -51,6 +84,7 @@ pub(crate) async fn quarantine(
         // `worker replay-quarantine` keeps its copy when we refuse it again.
         return;
     }
+    let limit = state.quarantine_limits.body_limit_bytes;
     let copy = QuarantinedRequest {
         quarantined_at: Utc::now(),
         provider,
@@ -61,7 +95,8 @@ pub(crate) async fn quarantine(
             path: request.path.clone(),
             query: request.query.clone(),
             headers: copied_headers(&request.headers),
-            body: request.body.to_vec(),
+            body: request.body.get(..limit).unwrap_or(&request.body).to_vec(),
+            body_truncated: request.body.len() > limit,
         },
     };
     match state
@@ -101,6 +136,17 @@ fn is_basic(authorization: &str) -> bool {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn signature_copies_are_limited_per_provider_and_minute() {
+        let limits = QuarantineLimits::new(10, 2);
+        let t0 = Instant::now();
+        assert!(limits.allow_signature_copy(Provider::Sinch, t0));
+        assert!(limits.allow_signature_copy(Provider::Sinch, t0));
+        assert!(!limits.allow_signature_copy(Provider::Sinch, t0));
+        assert!(limits.allow_signature_copy(Provider::Twilio, t0), "per provider");
+        assert!(limits.allow_signature_copy(Provider::Sinch, t0 + Duration::from_secs(60)));
+    }
 
     #[test]
     fn basic_credentials_are_redacted_and_signatures_kept() {

@@ -141,8 +141,11 @@ pub fn report(element: &Value, received_at: DateTime<Utc>) -> Result<ReceiptEven
             .or(text(report.get("sentAt")).as_deref())
             .and_then(parse_timestamp),
         carrier_timestamp: None,
+        authenticity: None,
         received_at,
         raw: report.clone(),
+        synthetic: false,
+        destination: None,
     })
 }
 

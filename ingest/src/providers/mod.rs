@@ -12,6 +12,7 @@ mod fields;
 pub mod infobip;
 mod json;
 pub mod plivo;
+mod shapes;
 pub mod sinch;
 pub mod telnyx;
 pub mod twilio;

@@ -8,6 +8,7 @@
 use chrono::{DateTime, Utc};
 
 use super::json::address;
+use super::shapes::{Rule, Shapes, digits, status_word, uuid};
 use super::vonage_sms::is_decimal;
 use super::{FieldProblem, Fields, ReceiptError};
 use dlr_shared::domain::{EventId, MessageId, Outcome, Provider};
@@ -43,6 +44,31 @@ fn describe_error_code(code: &str) -> (Option<&'static str>, bool) {
         "1000" => (Some("Unknown error"), true),
         _ => (None, false),
     }
+}
+
+/// The documented shapes of Plivo's identifying parameters (Plivo's
+/// "Message object" and status callback reference: message UUIDs are
+/// UUIDs, auth IDs 20 capitals and digits, error codes numbers).
+const SHAPES: Shapes = Shapes {
+    rules: &[
+        Rule { name: "MessageUUID", valid: uuid, shape: "a lower-case UUID" },
+        Rule { name: "Status", valid: status_word, shape: "a lower-case status word" },
+        Rule { name: "ErrorCode", valid: digits, shape: "a number" },
+        Rule {
+            name: "ParentAuthID",
+            valid: |v| v.len() == 20 && v.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()),
+            shape: "20 capital letters and digits",
+        },
+    ],
+    status_fields: &["Status"],
+    failure_statuses: &["failed", "undelivered", "rejected"],
+    error_code: "ErrorCode",
+};
+
+/// Refuses a callback whose signed text could have been re-split: see
+/// [`super::shapes`]. Run before [`parse`] on every Plivo request.
+pub fn unambiguous(fields: &Fields) -> Result<(), ReceiptError> {
+    SHAPES.check(fields)
 }
 
 /// Parses a Plivo status callback. `MessageUUID` and `Status` are required;
@@ -117,8 +143,11 @@ pub fn parse(fields: &Fields, received_at: DateTime<Utc>) -> Result<ReceiptEvent
         // kept verbatim like the carriers' done dates.
         provider_timestamp: done.and_then(parse_with_offset),
         carrier_timestamp: done.filter(|d| parse_with_offset(d).is_none()).map(str::to_owned),
+        authenticity: None,
         received_at,
         raw: fields.to_raw(),
+        synthetic: false,
+        destination: None,
     })
 }
 

@@ -212,8 +212,11 @@ fn event(
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc)),
         carrier_timestamp: None,
+        authenticity: None,
         received_at,
         raw: raw.clone(),
+        synthetic: false,
+        destination: None,
     })
 }
 

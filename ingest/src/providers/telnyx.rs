@@ -220,8 +220,11 @@ impl Common {
             account: self.account.clone(),
             provider_timestamp: self.provider_timestamp,
             carrier_timestamp: None,
+            authenticity: None,
             received_at: self.received_at,
             raw: raw.clone(),
+            synthetic: false,
+            destination: None,
         })
     }
 }

@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::shapes::{Rule, Shapes, digits, sid, status_word};
 use super::{FieldProblem, Fields, ReceiptError};
 use dlr_shared::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
 use dlr_shared::event::{ProviderError, ReceiptEvent, SCHEMA_VERSION};
@@ -113,6 +114,35 @@ fn describe_error_code(code: u32) -> (Option<&'static str>, bool) {
 /// which status?). Other repeated fields are kept in `raw` as arrays.
 const IDENTIFYING_FIELDS: [&str; 5] = ["MessageSid", "SmsSid", "MessageStatus", "SmsStatus", "ErrorCode"];
 
+/// The documented shapes of Twilio's identifying parameters (Twilio's
+/// "Message resource" reference: SIDs are a two-letter prefix and 32 hex
+/// digits; `ErrorCode` is set for `failed` and `undelivered` messages).
+const SHAPES: Shapes = Shapes {
+    rules: &[
+        Rule {
+            name: "MessageSid",
+            valid: |v| sid(v, &["SM", "MM"], 32),
+            shape: "SM or MM and 32 hex digits",
+        },
+        Rule { name: "SmsSid", valid: |v| sid(v, &["SM", "MM"], 32), shape: "SM or MM and 32 hex digits" },
+        Rule { name: "AccountSid", valid: |v| sid(v, &["AC"], 32), shape: "AC and 32 hex digits" },
+        Rule { name: "MessagingServiceSid", valid: |v| sid(v, &["MG"], 32), shape: "MG and 32 hex digits" },
+        Rule { name: "MessageStatus", valid: status_word, shape: "a lower-case status word" },
+        Rule { name: "SmsStatus", valid: status_word, shape: "a lower-case status word" },
+        Rule { name: "ErrorCode", valid: digits, shape: "a number" },
+        Rule { name: "ApiVersion", valid: |v| v == "2010-04-01", shape: "2010-04-01" },
+    ],
+    status_fields: &["MessageStatus", "SmsStatus"],
+    failure_statuses: &["failed", "undelivered"],
+    error_code: "ErrorCode",
+};
+
+/// Refuses a callback whose signed text could have been re-split: see
+/// [`super::shapes`]. Run before [`parse`] on every Twilio request.
+pub fn unambiguous(fields: &Fields) -> Result<(), ReceiptError> {
+    SHAPES.check(fields)
+}
+
 /// Interprets decoded form fields as a Twilio status callback.
 ///
 /// Required: `MessageSid` (or its legacy twin `SmsSid`) and `MessageStatus`
@@ -184,8 +214,11 @@ pub fn parse(fields: &Fields, received_at: DateTime<Utc>) -> Result<ReceiptEvent
         account: fields.get("AccountSid").map(str::to_owned),
         provider_timestamp: None,
         carrier_timestamp: fields.get("RawDlrDoneDate").map(str::to_owned),
+        authenticity: None,
         received_at,
         raw: fields.to_raw(),
+        synthetic: false,
+        destination: None,
     })
 }
 

@@ -163,8 +163,11 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<ReceiptEvent, Re
         account: text(object.get("api_key")),
         provider_timestamp: timestamp.as_deref().and_then(parse_timestamp),
         carrier_timestamp: None,
+        authenticity: None,
         received_at,
         raw: object,
+        synthetic: false,
+        destination: None,
     })
 }
 

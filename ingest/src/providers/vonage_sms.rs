@@ -177,8 +177,11 @@ pub fn parse(fields: &Fields, received_at: DateTime<Utc>) -> Result<ReceiptEvent
         account: fields.get("api-key").map(str::to_owned),
         provider_timestamp: message_timestamp.and_then(parse_message_timestamp),
         carrier_timestamp: scts.map(str::to_owned),
+        authenticity: None,
         received_at,
         raw: fields.to_raw(),
+        synthetic: false,
+        destination: None,
     })
 }
 

@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use dlr_shared::Provider;
 
+use crate::config::SignaturePolicy;
 use crate::error::IngestError;
 use crate::intake::batch::{Stored, infobip, plivo, sinch, telnyx};
 use crate::intake::{WebhookRequest, reject};
@@ -20,17 +21,29 @@ use crate::state::AppState;
 /// more than the 64 KiB default of `INGEST_BODY_LIMIT_BYTES`.
 pub const BATCH_BODY_LIMIT_BYTES: usize = 1 << 20;
 
-/// `/dlr/telnyx`, `/dlr/plivo` (GET and POST), `/dlr/sinch`, `/dlr/infobip`.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/dlr/telnyx", post(telnyx_route))
-        .route("/dlr/plivo", get(plivo_route).post(plivo_route))
+/// `/dlr/telnyx`, `/dlr/plivo` (GET and POST), each only when served.
+pub fn router(policy: &SignaturePolicy) -> Router<AppState> {
+    let mut router = Router::new();
+    if policy.serves("/dlr/telnyx") {
+        router = router.route("/dlr/telnyx", post(telnyx_route));
+    }
+    if policy.serves("/dlr/plivo") {
+        router = router.route("/dlr/plivo", get(plivo_route).post(plivo_route));
+    }
+    router
 }
 
 /// The routes whose requests carry up to a hundred receipts and need
-/// [`BATCH_BODY_LIMIT_BYTES`].
-pub fn batch_router() -> Router<AppState> {
-    Router::new().route("/dlr/sinch", post(sinch_route)).route("/dlr/infobip", post(infobip_route))
+/// [`BATCH_BODY_LIMIT_BYTES`]: `/dlr/sinch`, `/dlr/infobip`, each only when served.
+pub fn batch_router(policy: &SignaturePolicy) -> Router<AppState> {
+    let mut router = Router::new();
+    if policy.serves("/dlr/sinch") {
+        router = router.route("/dlr/sinch", post(sinch_route));
+    }
+    if policy.serves("/dlr/infobip") {
+        router = router.route("/dlr/infobip", post(infobip_route));
+    }
+    router
 }
 
 async fn telnyx_route(

@@ -27,7 +27,7 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.readiness() {
-        Ok(()) => (StatusCode::OK, "ready"),
+        Ok(()) => (StatusCode::OK, "ready".to_owned()),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
     }
 }

@@ -50,14 +50,14 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
 
     // RequestBodyLimitLayer refuses an oversize Content-Length before any
     // byte is read; DefaultBodyLimit covers chunked bodies as they arrive.
-    let webhooks = receipts::router()
-        .merge(batches::router())
+    let webhooks = receipts::router(&state.signatures)
+        .merge(batches::router(&state.signatures))
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(RequestBodyLimitLayer::new(limits.body_limit_bytes))
         .layer(load_shedding.clone());
     // Infobip and Sinch `full` batch up to 100 reports per request.
     let batch_limit = limits.body_limit_bytes.max(batches::BATCH_BODY_LIMIT_BYTES);
-    let batch_webhooks = batches::batch_router()
+    let batch_webhooks = batches::batch_router(&state.signatures)
         .layer(DefaultBodyLimit::max(batch_limit))
         .layer(RequestBodyLimitLayer::new(batch_limit))
         .layer(load_shedding);

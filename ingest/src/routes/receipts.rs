@@ -11,17 +11,26 @@ use serde::Serialize;
 
 use dlr_shared::{EventId, Outcome, Provider};
 
+use crate::config::SignaturePolicy;
 use crate::error::IngestError;
 use crate::intake::{self, WebhookRequest};
 use crate::state::AppState;
 
-/// `/dlr/vonage` (GET and POST), `/dlr/vonage-messages` and `/dlr/twilio` (POST).
+/// `/dlr/vonage` (GET and POST), `/dlr/vonage-messages` and `/dlr/twilio` (POST),
+/// each only when its provider is served (otherwise 404).
 /// Other methods get 405 from the router.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/dlr/vonage", get(vonage_sms).post(vonage_sms))
-        .route("/dlr/vonage-messages", post(vonage_messages))
-        .route("/dlr/twilio", post(twilio))
+pub fn router(policy: &SignaturePolicy) -> Router<AppState> {
+    let mut router = Router::new();
+    if policy.serves("/dlr/vonage") {
+        router = router.route("/dlr/vonage", get(vonage_sms).post(vonage_sms));
+    }
+    if policy.serves("/dlr/vonage-messages") {
+        router = router.route("/dlr/vonage-messages", post(vonage_messages));
+    }
+    if policy.serves("/dlr/twilio") {
+        router = router.route("/dlr/twilio", post(twilio));
+    }
+    router
 }
 
 async fn vonage_sms(State(state): State<AppState>, request: Result<WebhookRequest, IngestError>) -> Response {

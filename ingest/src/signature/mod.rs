@@ -12,6 +12,7 @@
 //! values and the current time, which keeps the checks deterministic and testable.
 
 pub mod basic;
+pub mod nonces;
 pub mod plivo;
 pub mod sinch;
 pub mod telnyx;
@@ -128,6 +129,51 @@ impl SecretList {
             .map(Self)
     }
 
+    /// Parses one secret per line (a trailing line break is ignored), for
+    /// credentials that may contain commas or spaces (Basic passwords): a
+    /// line break cannot occur in an HTTP header, so it cannot be part of one.
+    pub fn parse_lines(s: &str) -> Result<Self, ConfigError> {
+        let s = s.strip_suffix('\n').unwrap_or(s);
+        if s.trim().is_empty() {
+            return Err(ConfigError::EmptySecretList);
+        }
+        s.split('\n')
+            .map(|line| line.strip_suffix('\r').unwrap_or(line))
+            .enumerate()
+            .map(|(i, item)| match item {
+                "" => Err(ConfigError::EmptySecret { position: i + 1 }),
+                secret => Ok(SecretString::from(secret)),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self)
+    }
+
+    /// A list of already separated secrets (the accounts file); not empty.
+    pub(crate) fn from_secrets(secrets: Vec<SecretString>) -> Self {
+        Self(secrets)
+    }
+
+    /// Tries `verify` with each secret alone, current first, and returns the
+    /// index of the one that verified (0: current, more: previous), for the
+    /// metric that tells when an old secret can go. On failure the first
+    /// error other than a mismatch is returned (a secret that matched but, say,
+    /// too late), else the mismatch.
+    pub fn first_match(
+        &self,
+        mut verify: impl FnMut(&SecretList) -> Result<(), SignatureError>,
+    ) -> Result<usize, SignatureError> {
+        let mut error = SignatureError::Mismatch;
+        for (i, secret) in self.0.iter().enumerate() {
+            match verify(&Self(vec![secret.clone()])) {
+                Ok(()) => return Ok(i),
+                Err(SignatureError::Mismatch) => {}
+                Err(other) if error == SignatureError::Mismatch => error = other,
+                Err(_) => {}
+            }
+        }
+        Err(error)
+    }
+
     /// The secrets in priority order (current first).
     pub fn iter(&self) -> impl Iterator<Item = &SecretString> {
         self.0.iter()
@@ -180,11 +226,17 @@ pub enum SignatureError {
     /// The JWT issuer is not the provider.
     #[error("JWT issuer missing or not Vonage")]
     Issuer,
+    /// The request names an account the accounts file does not list.
+    #[error("account not configured")]
+    UnknownAccount,
+    /// A signature without a timestamp whose nonce was already used (Plivo V2).
+    #[error("nonce already used")]
+    Replayed,
 }
 
 impl SignatureError {
     /// Low-cardinality label for metrics (`missing`, `malformed`, `mismatch`, `stale`, `future`,
-    /// `payload_hash`, `algorithm`, `issuer`).
+    /// `payload_hash`, `algorithm`, `issuer`, `replayed`, `unknown_account`).
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Missing(_) => "missing",
@@ -195,6 +247,8 @@ impl SignatureError {
             Self::PayloadHash => "payload_hash",
             Self::Algorithm => "algorithm",
             Self::Issuer => "issuer",
+            Self::Replayed => "replayed",
+            Self::UnknownAccount => "unknown_account",
         }
     }
 }

@@ -39,6 +39,10 @@ pub struct Headers<'a> {
     pub ma_v2: Option<&'a str>,
     /// `X-Plivo-Signature-V2-Nonce`.
     pub v2_nonce: Option<&'a str>,
+    /// Whether V2 may verify (`PLIVO_ACCEPT_V2`). V2 signs the URL without
+    /// its query plus a nonce, not the parameters: one captured header and
+    /// nonce would authenticate any parameters, so it is off by default.
+    pub accept_v2: bool,
 }
 
 /// Whether the callback was a GET (query) or a POST (form).
@@ -101,7 +105,8 @@ pub fn sign_v2(url: &str, nonce: &str, token: &str) -> String {
     STANDARD.encode(hmac::<Hmac<Sha256>>(token.as_bytes(), format!("{base}{nonce}").as_bytes()))
 }
 
-/// Verifies a Plivo callback: V3 when a V3 header is present, else V2.
+/// Verifies a Plivo callback: V3 when a V3 header is present, else V2 if
+/// [`Headers::accept_v2`] allows it.
 ///
 /// `url` is the public URL Plivo called (query included); `form` the decoded
 /// POST body fields (empty for a GET, whose parameters are in `url`).
@@ -117,7 +122,11 @@ pub fn verify(
     let (candidates, signed) = if v3.is_empty() {
         let v2: Vec<String> = [headers.v2, headers.ma_v2].into_iter().filter_map(present).collect();
         if v2.is_empty() {
-            return Err(SignatureError::Missing("X-Plivo-Signature-V3 or X-Plivo-Signature-V2"));
+            return Err(SignatureError::Missing("X-Plivo-Signature-V3"));
+        }
+        if !headers.accept_v2 {
+            // A downgrade: V2 does not sign the parameters.
+            return Err(SignatureError::Algorithm);
         }
         let nonce = present(headers.v2_nonce).ok_or(SignatureError::Missing("X-Plivo-Signature-V2-Nonce"))?;
         let base = url.split_once('?').map_or(url, |(base, _)| base);
@@ -162,9 +171,15 @@ mod tests {
         let headers = Headers {
             v2: Some("ehV3IKhLysWBxC1sy8INm0qGoQYdYsHwuoKjsX7FsXc="),
             v2_nonce: Some("12345"),
+            accept_v2: true,
             ..Headers::default()
         };
         let empty = Fields::default();
+        let v3_only = Headers { accept_v2: false, ..headers };
+        assert_eq!(
+            verify(Method::Post, "https://answer.url", &empty, v3_only, &tokens("my_auth_token")),
+            Err(SignatureError::Algorithm)
+        );
         assert_eq!(
             verify(Method::Post, "https://answer.url", &empty, headers, &tokens("my_auth_token")),
             Ok(())

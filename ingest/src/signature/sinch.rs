@@ -7,12 +7,15 @@
 //! HMAC-SHA256(secret, `"{raw body}.{nonce}.{timestamp}"`), the nonce and the
 //! Unix-seconds timestamp in `x-sinch-webhook-signature-nonce` and
 //! `x-sinch-webhook-signature-timestamp`. The SDK checks no freshness; we do.
+//! `x-sinch-webhook-signature-algorithm` names the HMAC (`HmacSHA256`, the
+//! default when absent, or `HmacSHA512`), as Sinch's webhook documentation
+//! (<https://developers.sinch.com/docs/conversation/callbacks/#validating-callbacks>) describes.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::Hmac;
 use secrecy::ExposeSecret;
-use sha2::Sha256;
+use sha2::{Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
 use super::{Freshness, SecretList, SignatureError, hmac};
@@ -23,6 +26,43 @@ pub const SIGNATURE_HEADER: &str = "x-sinch-webhook-signature";
 pub const NONCE_HEADER: &str = "x-sinch-webhook-signature-nonce";
 /// The timestamp header (Unix seconds).
 pub const TIMESTAMP_HEADER: &str = "x-sinch-webhook-signature-timestamp";
+/// The algorithm header (`HmacSHA256` or `HmacSHA512`).
+pub const ALGORITHM_HEADER: &str = "x-sinch-webhook-signature-algorithm";
+
+/// The HMAC a callback names in [`ALGORITHM_HEADER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// `HmacSHA256` (also when the header is absent).
+    Sha256,
+    /// `HmacSHA512`.
+    Sha512,
+}
+
+impl Algorithm {
+    /// Reads the header; an unknown name is refused rather than guessed.
+    pub fn from_header(value: Option<&str>) -> Result<Self, SignatureError> {
+        match present(value) {
+            None => Ok(Self::Sha256),
+            Some(v) if v.eq_ignore_ascii_case("HmacSHA256") => Ok(Self::Sha256),
+            Some(v) if v.eq_ignore_ascii_case("HmacSHA512") => Ok(Self::Sha512),
+            Some(_) => Err(SignatureError::Algorithm),
+        }
+    }
+
+    fn mac(self, key: &[u8], data: &[u8]) -> Vec<u8> {
+        match self {
+            Self::Sha256 => hmac::<Hmac<Sha256>>(key, data),
+            Self::Sha512 => hmac::<Hmac<Sha512>>(key, data),
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Self::Sha256 => 32,
+            Self::Sha512 => 64,
+        }
+    }
+}
 
 fn signed_data(body: &[u8], nonce: &str, timestamp: &str) -> Vec<u8> {
     let mut data = Vec::with_capacity(body.len() + nonce.len() + timestamp.len() + 2);
@@ -41,12 +81,37 @@ fn present(value: Option<&str>) -> Option<&str> {
 /// Computes the signature header value as the SDK does. For tests and the
 /// test client.
 pub fn sign(body: &[u8], nonce: &str, timestamp: &str, secret: &str) -> String {
-    STANDARD.encode(hmac::<Hmac<Sha256>>(secret.as_bytes(), &signed_data(body, nonce, timestamp)))
+    sign_with(Algorithm::Sha256, body, nonce, timestamp, secret)
 }
 
-/// Verifies the three headers against the raw body with any of `secrets`,
-/// then the timestamp against `freshness`.
+/// [`sign`] with the HMAC named by `algorithm`.
+pub fn sign_with(algorithm: Algorithm, body: &[u8], nonce: &str, timestamp: &str, secret: &str) -> String {
+    STANDARD.encode(algorithm.mac(secret.as_bytes(), &signed_data(body, nonce, timestamp)))
+}
+
+/// True when the request carries this scheme's signature header at all.
+pub fn is_signed(signature: Option<&str>) -> bool {
+    present(signature).is_some()
+}
+
+/// Verifies the three headers against the raw body with any of `secrets`
+/// (HMAC-SHA256), then the timestamp against `freshness`.
 pub fn verify(
+    body: &[u8],
+    signature: Option<&str>,
+    nonce: Option<&str>,
+    timestamp: Option<&str>,
+    secrets: &SecretList,
+    freshness: Freshness,
+    now_unix: i64,
+) -> Result<(), SignatureError> {
+    verify_with(Algorithm::Sha256, body, signature, nonce, timestamp, secrets, freshness, now_unix)
+}
+
+/// [`verify`] with the HMAC the request named ([`Algorithm::from_header`]).
+#[allow(clippy::too_many_arguments)]
+pub fn verify_with(
+    algorithm: Algorithm,
     body: &[u8],
     signature: Option<&str>,
     nonce: Option<&str>,
@@ -63,12 +128,12 @@ pub fn verify(
     let received = STANDARD
         .decode(signature)
         .ok()
-        .filter(|r| r.len() == 32)
-        .ok_or(SignatureError::Malformed("x-sinch-webhook-signature: not base64 of 32 bytes"))?;
+        .filter(|r| r.len() == algorithm.len())
+        .ok_or(SignatureError::Malformed("x-sinch-webhook-signature"))?;
     let data = signed_data(body, nonce, timestamp);
-    let matched = secrets.iter().any(|secret| {
-        bool::from(hmac::<Hmac<Sha256>>(secret.expose_secret().as_bytes(), &data).ct_eq(&received))
-    });
+    let matched = secrets
+        .iter()
+        .any(|secret| bool::from(algorithm.mac(secret.expose_secret().as_bytes(), &data).ct_eq(&received)));
     if !matched {
         return Err(SignatureError::Mismatch);
     }
@@ -125,6 +190,23 @@ mod tests {
             verify(body, Some(&sig), Some("abc"), Some(&ts), &only_new, WINDOW, NOW),
             Err(SignatureError::Mismatch)
         );
+    }
+
+    #[test]
+    fn sha512_when_the_algorithm_header_says_so() {
+        let body = br#"{"batch_id":"01W4","status":"Delivered"}"#;
+        let ts = NOW.to_string();
+        let secrets = SecretList::parse("s").unwrap();
+        let algorithm = Algorithm::from_header(Some("HmacSHA512")).unwrap();
+        let sig = sign_with(algorithm, body, "n", &ts, "s");
+        assert_eq!(
+            verify_with(algorithm, body, Some(&sig), Some("n"), Some(&ts), &secrets, WINDOW, NOW),
+            Ok(())
+        );
+        // A SHA-512 signature is not a SHA-256 one, and unknown names are refused.
+        assert!(verify(body, Some(&sig), Some("n"), Some(&ts), &secrets, WINDOW, NOW).is_err());
+        assert_eq!(Algorithm::from_header(Some("HmacMD5")), Err(SignatureError::Algorithm));
+        assert_eq!(Algorithm::from_header(None), Ok(Algorithm::Sha256));
     }
 
     #[test]

@@ -90,6 +90,17 @@ pub fn sign(body: &[u8], secret: &str, api_key: &str, iat: i64, jti: &str) -> St
 }
 
 /// Extracts the token from `Bearer <token>` (scheme case-insensitive, RFC 7235).
+/// The `api_key` claim read **before** verification, only to choose which
+/// account's secret verifies the token (the signature covers the claim, so a
+/// changed `api_key` fails with any other account's secret).
+pub fn unverified_api_key(authorization: Option<&str>) -> Option<String> {
+    let token = bearer_token(authorization).ok()?;
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("api_key")?.as_str().map(str::to_owned)
+}
+
 fn bearer_token(authorization: Option<&str>) -> Result<&str, SignatureError> {
     let value = authorization
         .map(str::trim)

@@ -15,6 +15,14 @@
 //! one it lost: a node that just went away is the least likely to answer, so
 //! losing it costs a reconnect to a sibling rather than an outage. Only after
 //! every address failed does it back off.
+//!
+//! Before the first connection, an answer that no retry can change (the
+//! broker refused the credentials, the vhost does not exist, the user may
+//! not declare our queues) ends the supervisor instead: the process exits
+//! with a line naming the `AMQP_URL` entry and the cause, rather than
+//! retrying a typo for ever behind an unready probe. Once connected, every
+//! loss is retried, whatever the cause: a broker being reconfigured or
+//! restarted answers all sorts of things for a while.
 
 use futures_util::future::BoxFuture;
 use lapin::{Connection, ConnectionProperties};
@@ -64,6 +72,48 @@ impl std::fmt::Display for NoBroker {
 
 impl std::error::Error for NoBroker {}
 
+impl NoBroker {
+    /// The failures no retry can fix, one line, or `None` when some address
+    /// may still answer differently (down, timed out, refused by a vhost
+    /// that is only starting).
+    fn permanent(&self) -> Option<String> {
+        let permanent: Vec<String> = self
+            .failures
+            .iter()
+            .enumerate()
+            .filter_map(|(index, (address, error))| {
+                error.permanent().map(|why| format!("AMQP_URL entry {} ({address}): {why}", index + 1))
+            })
+            .collect();
+        (!permanent.is_empty()).then(|| permanent.join("; "))
+    }
+}
+
+/// AMQP reply codes that say the configuration is wrong.
+const ACCESS_REFUSED: u16 = 403;
+const NOT_ALLOWED: u16 = 530;
+
+impl ConnectError {
+    /// Why no retry can help, or `None` when one may.
+    fn permanent(&self) -> Option<String> {
+        let (error, during) = match self {
+            ConnectError::TimedOut => return None,
+            ConnectError::Connect(error) => (error, "connecting"),
+            ConnectError::Setup(error) => (error, "declaring the topology"),
+        };
+        let lapin::ErrorKind::ProtocolError(amqp) = error.kind() else { return None };
+        let text = amqp.get_message().as_str();
+        match amqp.get_id() {
+            ACCESS_REFUSED => Some(format!("access refused while {during} ({text})")),
+            // "vhost x is down" happens while a node starts: retried.
+            NOT_ALLOWED if text.contains("not found") => {
+                Some(format!("{text} (check the vhost in AMQP_URL)"))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// How often the supervisor re-checks a connection that nobody reported.
 const HEALTH_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// Retry delays while the broker is unreachable: fast first, then every 2 s.
@@ -81,6 +131,18 @@ pub struct BrokerConnection {
     current: watch::Receiver<Option<Arc<Connection>>>,
     wake: Arc<Notify>,
     redeclare: Arc<std::sync::atomic::AtomicBool>,
+    reconnect: Arc<std::sync::atomic::AtomicBool>,
+    status: Arc<Status>,
+}
+
+/// What the supervisor says about itself beyond the live connection.
+#[derive(Default)]
+struct Status {
+    /// The last failure to connect, shown by readiness while not connected.
+    last_error: std::sync::Mutex<Option<String>>,
+    /// Set (with its reason) when the supervisor gave up for good.
+    gave_up: std::sync::Mutex<Option<String>>,
+    gave_up_signal: CancellationToken,
 }
 
 impl BrokerConnection {
@@ -96,6 +158,8 @@ impl BrokerConnection {
         let (sender, current) = watch::channel(None);
         let wake = Arc::new(Notify::new());
         let redeclare = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reconnect = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let status = Arc::new(Status::default());
         let supervisor = Supervisor {
             addresses,
             connection_name,
@@ -104,10 +168,12 @@ impl BrokerConnection {
             sender,
             wake: wake.clone(),
             redeclare: redeclare.clone(),
+            reconnect: reconnect.clone(),
+            status: status.clone(),
             shutdown,
         };
         let handle = tokio::spawn(supervisor.run());
-        (Self { current, wake, redeclare }, handle)
+        (Self { current, wake, redeclare, reconnect, status }, handle)
     }
 
     /// The live connection, if there is one right now.
@@ -137,6 +203,31 @@ impl BrokerConnection {
         self.wake.notify_one();
     }
 
+    /// Why the last connection attempt failed (no password in it), while
+    /// there is no connection; for readiness to show.
+    pub fn last_error(&self) -> Option<String> {
+        if self.current().is_some() {
+            return None;
+        }
+        self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Resolves, with the reason, if the supervisor gives up for good: a
+    /// permanent error (refused credentials, missing vhost, no permission)
+    /// before the first connection. The process should exit then.
+    pub async fn gave_up(&self) -> String {
+        self.status.gave_up_signal.cancelled().await;
+        self.status.gave_up.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
+    }
+
+    /// Asks the supervisor to give up the live connection and connect to the
+    /// next address: the connection is up but nothing can be stored through
+    /// it (its node is cut off from the queue's quorum, say).
+    pub fn request_reconnect(&self) {
+        self.reconnect.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
     /// Asks the supervisor to run the setup hook again on the live connection
     /// (a queue was deleted behind our back and a publish came back unroutable).
     pub fn request_redeclare(&self) {
@@ -153,6 +244,8 @@ struct Supervisor {
     sender: watch::Sender<Option<Arc<Connection>>>,
     wake: Arc<Notify>,
     redeclare: Arc<std::sync::atomic::AtomicBool>,
+    reconnect: Arc<std::sync::atomic::AtomicBool>,
+    status: Arc<Status>,
     shutdown: CancellationToken,
 }
 
@@ -161,6 +254,7 @@ impl Supervisor {
         let mut backoff = MIN_BACKOFF;
         let mut failures: u64 = 0;
         let mut first = 0;
+        let mut ever_connected = false;
         while !self.shutdown.is_cancelled() {
             match self.connect_any(first).await {
                 Ok((conn, index)) => {
@@ -173,6 +267,7 @@ impl Supervisor {
                     // After a loss, the node we were on is tried last.
                     first = index + 1;
                     failures = 0;
+                    ever_connected = true;
                     backoff = MIN_BACKOFF;
                     self.gauge.set(1);
                     self.sender.send_replace(Some(conn.clone()));
@@ -186,10 +281,28 @@ impl Supervisor {
                         let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, "shutdown".into())).await;
                         return;
                     }
-                    tracing::warn!(%address, "broker connection lost; reconnecting");
+                    if self.reconnect.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                        // Still open: close it, bounded, so the broker frees it.
+                        let _ = tokio::time::timeout(
+                            CLOSE_TIMEOUT,
+                            conn.close(200, "moving to another node".into()),
+                        )
+                        .await;
+                        tracing::warn!(%address, "giving up a broker connection that stores nothing; reconnecting");
+                    } else {
+                        tracing::warn!(%address, "broker connection lost; reconnecting");
+                    }
                 }
                 Err(error) => {
                     failures += 1;
+                    if !ever_connected && let Some(reason) = error.permanent() {
+                        tracing::error!(%reason, "the broker refused this configuration; no retry can fix it");
+                        *self.status.gave_up.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                        self.status.gave_up_signal.cancel();
+                        return;
+                    }
+                    *self.status.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(error.to_string());
                     // Log the first failure loudly and then every 30th, not every 2 s.
                     if failures == 1 || failures.is_multiple_of(30) {
                         tracing::warn!(%error, attempts = failures, "broker connection or topology set-up failed; retrying");
@@ -234,6 +347,7 @@ impl Supervisor {
                 .map_err(ConnectError::Connect)?;
         let conn = Arc::new(conn);
         self.redeclare.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.reconnect.store(false, std::sync::atomic::Ordering::SeqCst);
         if let Err(error) = (self.setup)(conn.clone()).await {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(320, "setup failed".into())).await;
             return Err(ConnectError::Setup(error));
@@ -249,7 +363,7 @@ impl Supervisor {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
             }
-            if !conn.status().connected() {
+            if !conn.status().connected() || self.reconnect.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
             if self.redeclare.swap(false, std::sync::atomic::Ordering::SeqCst) {

@@ -11,7 +11,7 @@ pub mod publisher;
 pub mod topology;
 
 pub use connection::BrokerConnection;
-pub use publisher::{PublishError, Publisher};
+pub use publisher::{Outgoing, PublishError, Publisher};
 pub use topology::Topology;
 
 use lapin::BasicProperties;
@@ -27,6 +27,7 @@ pub fn receipt_properties(event: &ReceiptEvent) -> BasicProperties {
     let mut headers = FieldTable::default();
     insert_str(&mut headers, "x-provider", event.provider.as_str());
     insert_str(&mut headers, "x-outcome", event.outcome.as_str());
+    insert_str(&mut headers, "x-authenticity", event.authenticity.map_or("unknown", |a| a.as_str()));
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
@@ -34,6 +35,28 @@ pub fn receipt_properties(event: &ReceiptEvent) -> BasicProperties {
         .with_timestamp(u64::try_from(event.received_at.timestamp()).unwrap_or(0))
         .with_type("receipt.v1".into())
         .with_headers(headers)
+}
+
+/// `type` of a readiness probe: a message ingest publishes to the receipts
+/// queue, once a second and only while its own publishes keep failing, to
+/// learn when it can store receipts again. It carries no receipt; the
+/// worker acks and drops it.
+pub const PROBE_MESSAGE_TYPE: &str = "probe.v1";
+
+/// Properties of a readiness probe (see [`PROBE_MESSAGE_TYPE`]): transient,
+/// with its own message id so that its return can be told apart.
+pub fn probe_properties() -> BasicProperties {
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    BasicProperties::default()
+        .with_delivery_mode(1)
+        .with_content_type("application/json".into())
+        .with_message_id(format!("probe-{}-{started}-{n}", std::process::id()).as_str().into())
+        .with_type(PROBE_MESSAGE_TYPE.into())
 }
 
 /// Reads a string header (either AMQP string type) from message headers.

@@ -90,6 +90,12 @@ impl PostgresHandler {
         Ok(Self { store, batcher })
     }
 
+    /// The handler's pool, shared with the status store's maintenance
+    /// ([`crate::maintenance`]).
+    pub fn pool(&self) -> PgPool {
+        self.store.pool.clone()
+    }
+
     /// Writes `events` as one batch, in this order, exactly as the batcher
     /// writes what it collected, and returns each event's result. Public so
     /// that tests and benchmarks can drive batches deterministically.
@@ -148,6 +154,9 @@ struct EventRow {
     provider_timestamp: Option<DateTime<Utc>>,
     received_at: DateTime<Utc>,
     event_json: String,
+    country: Option<String>,
+    network: Option<String>,
+    synthetic: bool,
 }
 
 impl EventRow {
@@ -164,6 +173,13 @@ impl EventRow {
             received_at: event.received_at,
             event_json: serde_json::to_string(event)
                 .map_err(|e| HandlerError::permanent("serialising the event", e))?,
+            country: event.destination.as_ref().and_then(|d| d.country.clone()),
+            network: event
+                .destination
+                .as_ref()
+                .and_then(|d| d.network.as_ref())
+                .map(|n| format!("{}{}", n.mcc, n.mnc)),
+            synthetic: event.synthetic,
         })
     }
 }
@@ -229,14 +245,19 @@ async fn run_batcher(
 ///   a later time, then the larger event id, so that the result does not
 ///   depend on the order in which events of the same rank and time arrive;
 /// - the stored status is Vonage's ambiguous `unknown` (mapped to failed) and
-///   the new one is delivered (reference J1).
+///   the new one is delivered;
+/// - the stored status is the never-final sweep's synthetic
+///   `no_final_receipt` and the new one is a genuine final status: what the
+///   provider says, however late, beats what we assumed.
 ///
-/// Otherwise the first final status stays (J6); the history keeps the rest.
+/// Otherwise the first final status stays; the history keeps the rest.
+/// `first_received_at` keeps the earliest receipt time the row has seen.
 macro_rules! status_upsert {
     ($source:literal) => {
         concat!(
             "INSERT INTO message_status AS current
-    (provider, message_id, outcome, status, error_code, client_ref, event_id, provider_timestamp, received_at) ",
+    (provider, message_id, outcome, status, error_code, client_ref, event_id, provider_timestamp, received_at,
+     country, network, synthetic, first_received_at) ",
             $source,
             "
 ON CONFLICT (provider, message_id) DO UPDATE SET
@@ -247,6 +268,10 @@ ON CONFLICT (provider, message_id) DO UPDATE SET
     event_id = EXCLUDED.event_id,
     provider_timestamp = EXCLUDED.provider_timestamp,
     received_at = EXCLUDED.received_at,
+    country = COALESCE(EXCLUDED.country, current.country),
+    network = COALESCE(EXCLUDED.network, current.network),
+    synthetic = EXCLUDED.synthetic,
+    first_received_at = LEAST(COALESCE(current.first_received_at, current.received_at), EXCLUDED.received_at),
     updated_at = now()
 WHERE current.event_id <> EXCLUDED.event_id AND (
        (current.outcome = 'pending' AND EXCLUDED.outcome <> 'pending')
@@ -258,6 +283,7 @@ WHERE current.event_id <> EXCLUDED.event_id AND (
              COALESCE(current.provider_timestamp, current.received_at),
              current.event_id))
     OR (current.outcome = 'failed' AND lower(current.status) = 'unknown' AND EXCLUDED.outcome = 'delivered')
+    OR (current.synthetic AND NOT EXCLUDED.synthetic AND EXCLUDED.outcome <> 'pending')
 )"
         )
     };
@@ -265,20 +291,25 @@ WHERE current.event_id <> EXCLUDED.event_id AND (
 
 /// History insert and current-status upsert of one event in one statement
 /// (one round trip, one implicit transaction). The history insert is a
-/// no-op for a replayed event (same id).
+/// no-op for an event id already stored: a replay (same id and time, which
+/// the primary key catches) or a provider's retry of the receipt (same id,
+/// later time; the history is partitioned by time, so only the `NOT
+/// EXISTS` across partitions catches it).
 const RECORD_EVENT: &str = concat!(
     "WITH history AS (
     INSERT INTO receipt_events
         (event_id, provider, message_id, outcome, status, error_code, client_ref, provider_timestamp, received_at, event)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb)
-    ON CONFLICT (event_id) DO NOTHING
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb
+    WHERE NOT EXISTS (SELECT 1 FROM receipt_events r WHERE r.event_id = $1)
+    ON CONFLICT (event_id, received_at) DO NOTHING
 )
 ",
-    status_upsert!("VALUES ($2, $3, $4, $5, $6, $7, $1, $8, $9)")
+    status_upsert!("VALUES ($2, $3, $4, $5, $6, $7, $1, $8, $9, $11, $12, $13, $9)")
 );
 
 /// The history of a whole batch ($1..$10, one array per column, distinct
-/// event ids) and the first status round ($11..$19) in one statement.
+/// event ids; see [`RECORD_EVENT`] for the `NOT EXISTS`) and the first
+/// status round ($11..$22) in one statement.
 const RECORD_BATCH: &str = concat!(
     "WITH history AS (
     INSERT INTO receipt_events
@@ -286,19 +317,22 @@ const RECORD_BATCH: &str = concat!(
     SELECT e, p, m, o, s, ec, cr, pt, ra, ev::jsonb
     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                 $8::timestamptz[], $9::timestamptz[], $10::text[]) AS h(e, p, m, o, s, ec, cr, pt, ra, ev)
-    ON CONFLICT (event_id) DO NOTHING
+    WHERE NOT EXISTS (SELECT 1 FROM receipt_events r WHERE r.event_id = h.e)
+    ON CONFLICT (event_id, received_at) DO NOTHING
 )
 ",
     status_upsert!(
-        "SELECT * FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
-                     $17::text[], $18::timestamptz[], $19::timestamptz[])"
+        "SELECT *, ra FROM UNNEST($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[],
+                     $17::text[], $18::timestamptz[], $19::timestamptz[], $20::text[], $21::text[], $22::bool[])
+             AS u(p, m, o, s, ec, cr, e, pt, ra, c, n, sy)"
     )
 );
 
-/// A later status round of a batch ($1..$9).
+/// A later status round of a batch ($1..$12).
 const UPSERT_ROUND: &str = status_upsert!(
-    "SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                 $7::text[], $8::timestamptz[], $9::timestamptz[])"
+    "SELECT *, ra FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                 $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::bool[])
+         AS u(p, m, o, s, ec, cr, e, pt, ra, c, n, sy)"
 );
 
 /// The pool and the statements.
@@ -335,7 +369,10 @@ impl Store {
             .bind(row.client_ref.as_deref())
             .bind(row.provider_timestamp)
             .bind(row.received_at)
-            .bind(&row.event_json);
+            .bind(&row.event_json)
+            .bind(row.country.as_deref())
+            .bind(row.network.as_deref())
+            .bind(row.synthetic);
         self.bounded(query.execute(&self.pool)).await.map(|_| ()).map_err(failure_for_error)
     }
 
@@ -398,7 +435,7 @@ impl Store {
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Binds one status round's nine arrays, in the upsert's column order.
+/// Binds one status round's twelve arrays, in the upsert's column order.
 fn bind_status<'q>(query: PgQuery<'q>, round: &[&'q EventRow]) -> PgQuery<'q> {
     query
         .bind(round.iter().map(|r| r.provider).collect::<Vec<_>>())
@@ -410,6 +447,9 @@ fn bind_status<'q>(query: PgQuery<'q>, round: &[&'q EventRow]) -> PgQuery<'q> {
         .bind(round.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
         .bind(round.iter().map(|r| r.provider_timestamp).collect::<Vec<_>>())
         .bind(round.iter().map(|r| r.received_at).collect::<Vec<_>>())
+        .bind(round.iter().map(|r| r.country.as_deref()).collect::<Vec<_>>())
+        .bind(round.iter().map(|r| r.network.as_deref()).collect::<Vec<_>>())
+        .bind(round.iter().map(|r| r.synthetic).collect::<Vec<_>>())
 }
 
 /// The history rows of a batch: the first of each event id (what inserting
@@ -492,6 +532,9 @@ mod tests {
             provider_timestamp: None,
             received_at: DateTime::<Utc>::UNIX_EPOCH,
             event_json: "{}".to_owned(),
+            country: None,
+            network: None,
+            synthetic: false,
         }
     }
 

@@ -1,0 +1,532 @@
+//! The cluster scenarios (`--cluster`): node crashes, restarts and the
+//! loss of a majority on the local 3-node cluster of `deploy/cluster.sh`,
+//! with ingests and workers given all three addresses. The service and
+//! the load are the same as in the single-broker scenarios; only the
+//! faults differ, and a few things are checked while a fault is on
+//! (readiness, answers), recorded as [`Findings`] for the report.
+
+use super::cluster::Role;
+use super::*;
+use std::process::Stdio;
+
+/// Node `n` of the cluster listens for AMQP on `AMQP_PORT_BASE + n`.
+const AMQP_PORT_BASE: u16 = 5700;
+const NODES: [usize; 3] = [1, 2, 3];
+/// How long a majority loss may take to make every ingest unready:
+/// RabbitMQ's pause_minority stops the last node's listener at once, and
+/// an ingest then stays ready for its readiness grace (so that a node
+/// restart does not empty the Service); 10 s more for sampling and probes.
+const UNREADY_WITHIN: Duration = Duration::from_secs(INGEST_READINESS_GRACE_SECONDS + 10);
+/// How soon after its leader's node is killed (and stays down) ingest
+/// must answer 200 again: the survivors elect a leader within a second
+/// or two, and a publish that failed must not make the failure last.
+pub const BACK_WITHIN: Duration = Duration::from_secs(10);
+/// After [`BACK_WITHIN`], the share of 5xx answers allowed while the
+/// node is still down: a publish caught on a channel that is being
+/// replaced, not a pod that refuses everything.
+pub const STRAY_5XX_PERCENT: usize = 1;
+/// Bound of one rabbitmqctl query through deploy/cluster.sh.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub fn is_cluster_scenario(kind: ScenarioKind) -> bool {
+    matches!(
+        kind,
+        ScenarioKind::LeaderKill
+            | ScenarioKind::LeaderKillStaysDown
+            | ScenarioKind::ConnectedNodeKill
+            | ScenarioKind::FollowerRestart
+            | ScenarioKind::NodesRollingRestart
+            | ScenarioKind::MajorityLoss
+    )
+}
+
+/// The scenarios of this run: `--cluster` runs only cluster scenarios
+/// (leader kill, leader kill with the node staying down, and follower
+/// restart with `--short`, for CI), a normal run only the single-broker
+/// ones.
+pub fn select(scenarios: Vec<ScenarioKind>, args: &Args) -> Result<Vec<ScenarioKind>> {
+    if args.only.is_empty() {
+        if args.cluster && args.short {
+            return Ok(vec![
+                ScenarioKind::LeaderKill,
+                ScenarioKind::LeaderKillStaysDown,
+                ScenarioKind::FollowerRestart,
+            ]);
+        }
+        return Ok(scenarios.into_iter().filter(|k| k.on_cluster() == args.cluster).collect());
+    }
+    if let Some(wrong) = scenarios.iter().find(|k| k.on_cluster() != args.cluster) {
+        if args.cluster {
+            bail!("{} is a single-broker scenario: run it without --cluster", wrong.name());
+        }
+        bail!("{} needs --cluster (deploy/reliability.sh --cluster)", wrong.name());
+    }
+    Ok(scenarios)
+}
+
+/// What a cluster scenario saw during its fault.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// (from, to) in harness ms: no receipt may be answered 200 by a
+    /// request made entirely within (a majority of nodes is down).
+    pub no_200: Option<(u64, u64)>,
+    /// (from, to): no 5xx and no unanswered request expected within (a
+    /// node without clients restarts).
+    pub no_5xx: Option<(u64, u64)>,
+    /// (from, to): at least one request made within must be answered
+    /// 200 within (ingest is back although the node is still down).
+    pub some_200: Option<(u64, u64)>,
+    /// (from, to): at most [`STRAY_5XX_PERCENT`] of the answers to
+    /// requests made within may be 5xx or missing (ingest stays back).
+    pub mostly_200: Option<(u64, u64)>,
+    /// Failed checks.
+    pub problems: Vec<String>,
+}
+
+impl Findings {
+    /// The recorded problems plus the answers that broke a window's rule.
+    pub fn problems(&self, attempts: &[provider::Attempt]) -> Vec<String> {
+        let mut problems = self.problems.clone();
+        let inside = |(from, to): (u64, u64)| {
+            attempts.iter().filter(move |a| !a.bad && a.start_ms >= from && a.end_ms <= to)
+        };
+        if let Some(window) = self.no_200 {
+            let ok = inside(window).filter(|a| a.code == 200).count();
+            if ok > 0 {
+                problems.push(format!("{ok} receipts were answered 200 while a majority of nodes was down"));
+            }
+        }
+        if let Some(window) = self.no_5xx {
+            let failed = inside(window).filter(|a| a.code >= 500 || a.code == 0).count();
+            if failed > 0 {
+                problems.push(format!(
+                    "{failed} requests got a 5xx or no answer while a node without clients restarted"
+                ));
+            }
+        }
+        if let Some(window) = self.some_200
+            && inside(window).all(|a| a.code != 200)
+        {
+            problems.push(format!(
+                "no receipt was answered 200 within {} s of the kill while the node stayed down",
+                (window.1 - window.0) / 1000
+            ));
+        }
+        if let Some(window) = self.mostly_200 {
+            let answers = inside(window).count();
+            let failed = inside(window).filter(|a| a.code >= 500 || a.code == 0).count();
+            if answers == 0 || failed * 100 > answers * STRAY_5XX_PERCENT {
+                problems.push(format!(
+                    "{failed} of {answers} requests got a 5xx or no answer from {} s after the kill while the node \
+                     stayed down (at most {STRAY_5XX_PERCENT} % allowed)",
+                    BACK_WITHIN.as_secs()
+                ));
+            }
+        }
+        problems
+    }
+}
+
+fn record(context: &RunContext<'_>, change: impl FnOnce(&mut Findings)) {
+    if let Ok(mut findings) = context.findings.lock() {
+        change(&mut findings);
+    }
+}
+
+/// Runs a rabbitmqctl query through `deploy/cluster.sh`. Each call boots
+/// an Erlang VM, which takes tens of seconds on a loaded two-core
+/// machine: queries get a generous bound and one retry.
+async fn query(context: &RunContext<'_>, args: &[&str]) -> Result<String> {
+    match script(context, args, QUERY_TIMEOUT).await {
+        Ok(output) => Ok(output),
+        Err(error) => {
+            context.clock.say(format!("{error:#}; trying again"));
+            script(context, args, QUERY_TIMEOUT).await
+        }
+    }
+}
+
+/// Runs `deploy/cluster.sh ARGS` and returns its standard output.
+async fn script(context: &RunContext<'_>, args: &[&str], within: Duration) -> Result<String> {
+    let output = tokio::time::timeout(
+        within,
+        tokio::process::Command::new("bash")
+            .arg(&context.args.cluster_script)
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .map_err(|_| anyhow!("cluster.sh {} did not finish within {within:?}", args.join(" ")))?
+    .context("running deploy/cluster.sh")?;
+    if !output.status.success() {
+        bail!(
+            "cluster.sh {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout).trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+async fn node(context: &RunContext<'_>, action: &str, n: usize) -> Result<()> {
+    script(context, &[action, &n.to_string()], Duration::from_secs(240)).await.map(|_| ())
+}
+
+/// `dlr2@localhost` → 2.
+fn node_number(name: &str) -> Option<usize> {
+    name.strip_prefix("dlr")?.split('@').next()?.parse().ok()
+}
+
+fn numbers(value: &serde_json::Value) -> Vec<usize> {
+    let mut nodes: Vec<usize> =
+        value.as_array().into_iter().flatten().filter_map(|n| n.as_str().and_then(node_number)).collect();
+    nodes.sort_unstable();
+    nodes
+}
+
+/// Where a quorum queue's replicas are.
+#[derive(Debug)]
+struct Placement {
+    name: String,
+    leader: Option<usize>,
+    members: Vec<usize>,
+    online: Vec<usize>,
+}
+
+/// The run's quorum queues as any running node sees them.
+async fn placements(context: &RunContext<'_>) -> Result<Vec<Placement>> {
+    let listing = query(
+        context,
+        &[
+            "ctl",
+            "any",
+            "list_queues",
+            "name",
+            "type",
+            "leader",
+            "members",
+            "online",
+            "--formatter",
+            "json",
+            "-q",
+        ],
+    )
+    .await?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(listing.trim()).context("reading list_queues output")?;
+    let prefix = format!("test.harness-{}", context.run_id);
+    Ok(rows
+        .iter()
+        .filter(|r| r["type"] == "quorum" && r["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+        .map(|r| Placement {
+            name: r["name"].as_str().unwrap_or_default().to_owned(),
+            leader: r["leader"].as_str().and_then(node_number),
+            members: numbers(&r["members"]),
+            online: numbers(&r["online"]),
+        })
+        .collect())
+}
+
+async fn receipts_placement(context: &RunContext<'_>, queue: &str) -> Result<Placement> {
+    placements(context)
+        .await?
+        .into_iter()
+        .find(|p| p.name == queue)
+        .ok_or_else(|| anyhow!("{queue} is not in the cluster's queue list"))
+}
+
+/// Waits until every quorum queue of the run has all three replicas
+/// online (the restarted node rejoined and caught up), returns how long.
+async fn wait_replicated(context: &RunContext<'_>, within: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let last = match placements(context).await {
+            Ok(queues) if !queues.is_empty() && queues.iter().all(|q| q.online == NODES) => {
+                return Ok(started.elapsed());
+            }
+            Ok(queues) => format!("{queues:?}"),
+            Err(error) => format!("{error:#}"),
+        };
+        if started.elapsed() >= within {
+            bail!("queues not fully replicated within {within:?}: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The nodes (with repetitions) that hold the run's ingest or worker connections.
+async fn client_nodes(context: &RunContext<'_>, role: &str) -> Result<Vec<usize>> {
+    let listing = query(
+        context,
+        &["ctl", "any", "list_connections", "port", "client_properties", "--formatter", "json", "-q"],
+    )
+    .await?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(listing.trim()).context("reading list_connections output")?;
+    // Connection names are `<binary>[-<purpose>]@<HOSTNAME>` and each
+    // process's HOSTNAME is `harness-<run>-<role>-<n>`: the worker's
+    // consuming and publishing connections both count.
+    let marker = format!("@harness-{}-{role}-", context.run_id);
+    Ok(rows
+        .iter()
+        .filter(|r| r["client_properties"].to_string().contains(&marker))
+        .filter_map(|r| r["port"].as_u64())
+        .filter_map(|port| usize::try_from(port.checked_sub(u64::from(AMQP_PORT_BASE))?).ok())
+        .collect())
+}
+
+fn most_common(nodes: &[usize]) -> Option<usize> {
+    NODES.into_iter().filter(|n| nodes.contains(n)).max_by_key(|n| nodes.iter().filter(|m| *m == n).count())
+}
+
+/// Transfers `queue`'s leadership from node `from` to another node and
+/// waits until the cluster reports the new leader; returns it.
+async fn move_leader(context: &RunContext<'_>, queue: &str, from: usize) -> Result<usize> {
+    let to = NODES.into_iter().find(|n| *n != from).unwrap_or(1);
+    move_leader_to(context, queue, from, to).await
+}
+
+/// Transfers `queue`'s leadership from node `from` to node `to` and
+/// waits until the cluster reports it there.
+async fn move_leader_to(context: &RunContext<'_>, queue: &str, from: usize, to: usize) -> Result<usize> {
+    // A quorum queue's Raft cluster is named after vhost and queue.
+    let server = |n: usize| format!("{{'%2F_{queue}', 'dlr{n}@localhost'}}");
+    let call = format!("ra:transfer_leadership({}, {}).", server(from), server(to));
+    query(context, &["ctl", &from.to_string(), "eval", &call]).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(placement) = receipts_placement(context, queue).await
+            && placement.leader == Some(to)
+        {
+            context.clock.say(format!("moved the leader of {queue} from dlr{from} to dlr{to}"));
+            return Ok(to);
+        }
+        if Instant::now() >= deadline {
+            bail!("the leader of {queue} did not move from dlr{from} to dlr{to}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn any_ingest_ready(cluster: &cluster::Cluster) -> bool {
+    for n in 0..2 {
+        if cluster.wait_ready(Role::Ingest, n, Duration::from_millis(300)).await.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Injects one cluster fault and heals it: the node(s) are back, every
+/// queue fully replicated and every instance ready before it returns.
+pub async fn inject(
+    context: &RunContext<'_>,
+    cluster: &mut cluster::Cluster,
+    sink: &sink::Sink,
+    kind: ScenarioKind,
+) -> Result<String> {
+    let (profile, clock) = (&context.profile, context.clock);
+    let name = kind.name();
+    let ready = Duration::from_secs(120);
+    let replicated = Duration::from_secs(180);
+    let down = profile.broker_down;
+    let queue = cluster.topology.queue.clone();
+    let before = receipts_placement(context, &queue).await?;
+    if before.members != NODES {
+        record(context, |f| {
+            f.problems.push(format!("{queue} has replicas on {:?}, not on all three nodes", before.members))
+        });
+    }
+    let leader = before.leader.ok_or_else(|| anyhow!("{queue} has no leader before the fault"))?;
+    let ingests = client_nodes(context, "ingest").await?;
+    let workers = client_nodes(context, "worker").await?;
+    let ingest_node = most_common(&ingests).unwrap_or(1);
+    clock.say(format!("{name}: leader dlr{leader}, ingests on {ingests:?}, workers on {workers:?}"));
+    match kind {
+        ScenarioKind::LeaderKill | ScenarioKind::ConnectedNodeKill => {
+            let victim = if kind == ScenarioKind::LeaderKill { leader } else { ingest_node };
+            // The ingests' node is a different fault from the leader's
+            // only when it holds no leader: move the receipts queue's away.
+            let leader = if kind == ScenarioKind::ConnectedNodeKill && leader == ingest_node {
+                move_leader(context, &queue, leader).await?
+            } else {
+                leader
+            };
+            let role = match (victim == leader, ingests.contains(&victim)) {
+                (true, true) => "the leader, with ingest connections",
+                (true, false) => "the leader, no ingest connection",
+                (false, true) => "a follower, with ingest connections",
+                (false, false) => "a follower, no ingest connection",
+            };
+            clock.say(format!("{name}: kill -9 dlr{victim} ({role})"));
+            node(context, "kill-node", victim).await?;
+            tokio::time::sleep(down).await;
+            let new_leader = receipts_placement(context, &queue).await.ok().and_then(|p| p.leader);
+            node(context, "start-node", victim).await?;
+            let caught_up = wait_replicated(context, replicated).await?;
+            cluster.wait_all_ready(ready).await?;
+            clock.say(format!(
+                "{name}: dlr{victim} back, replicas caught up in {:.1} s",
+                caught_up.as_secs_f64()
+            ));
+            Ok(format!(
+                "kill -9 dlr{victim} ({role}), start it after {:.0} s; leader then {}; replicas complete {:.1} s after the start",
+                down.as_secs_f64(),
+                new_leader.map_or("?".to_owned(), |n| format!("dlr{n}")),
+                caught_up.as_secs_f64()
+            ))
+        }
+        ScenarioKind::LeaderKillStaysDown => {
+            // The victim holds connections of both ingest and worker (all
+            // processes get all three addresses; they take the first that
+            // answers) and, moved there if need be, the leader.
+            let victim =
+                most_common(&ingests.iter().copied().filter(|n| workers.contains(n)).collect::<Vec<_>>())
+                    .ok_or_else(|| {
+                        anyhow!("no node holds both ingest and worker connections: {ingests:?} / {workers:?}")
+                    })?;
+            if leader != victim {
+                move_leader_to(context, &queue, leader, victim).await?;
+            }
+            let stays = profile.node_stays_down.max(BACK_WITHIN * 2);
+            clock.say(format!("{name}: kill -9 dlr{victim} (the leader, ingest and worker connections); it stays down {:.0} s", stays.as_secs_f64()));
+            node(context, "kill-node", victim).await?;
+            let kill_ms = clock.ms();
+            let delivered = || sink.calls("").values().filter(|c| c.ok > 0).count();
+            tokio::time::sleep(BACK_WITHIN).await;
+            let delivered_at_back = delivered();
+            tokio::time::sleep(stays - BACK_WITHIN).await;
+            let delivered_later = delivered();
+            let new_leader = receipts_placement(context, &queue).await.ok().and_then(|p| p.leader);
+            let judged_ms = clock.ms();
+            let back_ms = kill_ms + u64::try_from(BACK_WITHIN.as_millis()).unwrap_or(u64::MAX);
+            record(context, |f| {
+                f.some_200 = Some((kill_ms, back_ms));
+                f.mostly_200 = Some((back_ms, judged_ms));
+                if delivered_later <= delivered_at_back {
+                    f.problems.push(format!(
+                        "the workers delivered nothing over HTTP from {} s after the kill while dlr{victim} stayed down",
+                        BACK_WITHIN.as_secs()
+                    ));
+                }
+                if new_leader.is_none_or(|n| n == victim) {
+                    f.problems.push(format!("no new leader of {queue} while dlr{victim} was down"));
+                }
+            });
+            // Judged; started again only so that the next scenario has
+            // three nodes.
+            node(context, "start-node", victim).await?;
+            let caught_up = wait_replicated(context, replicated).await?;
+            cluster.wait_all_ready(ready).await?;
+            Ok(format!(
+                "kill -9 dlr{victim} (the leader, with ingest and worker connections), down {:.0} s; leader then {}; {} events delivered over HTTP from {} s after the kill to the restart; replicas complete {:.1} s after the start",
+                stays.as_secs_f64(),
+                new_leader.map_or("?".to_owned(), |n| format!("dlr{n}")),
+                delivered_later.saturating_sub(delivered_at_back),
+                BACK_WITHIN.as_secs(),
+                caught_up.as_secs_f64()
+            ))
+        }
+        ScenarioKind::FollowerRestart => {
+            let followers: Vec<usize> = NODES.into_iter().filter(|n| *n != leader).collect();
+            // A follower without clients: its restart must go unnoticed.
+            let quiet = followers.iter().copied().find(|n| !ingests.contains(n) && !workers.contains(n));
+            let victim = quiet
+                .or_else(|| followers.iter().copied().find(|n| !ingests.contains(n)))
+                .unwrap_or(followers[0]);
+            let from = clock.ms();
+            clock.say(format!("{name}: rabbitmqctl stop dlr{victim} (follower)"));
+            node(context, "stop-node", victim).await?;
+            tokio::time::sleep(down).await;
+            node(context, "start-node", victim).await?;
+            let caught_up = wait_replicated(context, replicated).await?;
+            if !ingests.contains(&victim) {
+                let to = clock.ms();
+                record(context, |f| f.no_5xx = Some((from, to)));
+            }
+            cluster.wait_all_ready(ready).await?;
+            Ok(format!(
+                "stop follower dlr{victim} ({}), start after {:.0} s; replicas complete {:.1} s after the start",
+                if quiet.is_some() { "no clients" } else { "with clients" },
+                down.as_secs_f64(),
+                caught_up.as_secs_f64()
+            ))
+        }
+        ScenarioKind::NodesRollingRestart => {
+            let mut steps = Vec::new();
+            for n in NODES {
+                clock.say(format!("{name}: rabbitmqctl stop dlr{n}"));
+                let started = Instant::now();
+                node(context, "stop-node", n).await?;
+                node(context, "start-node", n).await?;
+                let caught_up = wait_replicated(context, replicated).await?;
+                cluster.wait_all_ready(ready).await?;
+                steps.push(format!("{:.0}", started.elapsed().as_secs_f64()));
+                clock.say(format!(
+                    "{name}: dlr{n} rejoined, replicas complete ({:.1} s)",
+                    caught_up.as_secs_f64()
+                ));
+            }
+            Ok(format!(
+                "stop, start, wait for full replication: dlr1, dlr2, dlr3 in turn ({} s each)",
+                steps.join(" / ")
+            ))
+        }
+        ScenarioKind::MajorityLoss => {
+            let survivor = NODES.into_iter().find(|n| *n != leader).unwrap_or(1);
+            let victims: Vec<usize> = NODES.into_iter().filter(|n| *n != survivor).collect();
+            clock.say(format!("{name}: kill -9 dlr{} and dlr{} (leader among them)", victims[0], victims[1]));
+            for n in &victims {
+                node(context, "kill-node", *n).await?;
+            }
+            let lost_ms = clock.ms();
+            let lost = Instant::now();
+            let mut unready_after = None;
+            while lost.elapsed() < UNREADY_WITHIN.max(down) {
+                let ready_now = any_ingest_ready(cluster).await;
+                if !ready_now && unready_after.is_none() {
+                    unready_after = Some(lost.elapsed());
+                }
+                if ready_now && unready_after.is_some() {
+                    record(context, |f| {
+                        f.problems.push("an ingest became ready again while the majority was down".to_owned())
+                    });
+                    break;
+                }
+                if unready_after.is_some() && lost.elapsed() >= down {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if unready_after.is_none() {
+                record(context, |f| {
+                    f.problems
+                        .push(format!("ingest stayed ready {UNREADY_WITHIN:?} after losing the majority"))
+                });
+            }
+            let restart_ms = clock.ms();
+            record(context, |f| f.no_200 = Some((lost_ms, restart_ms)));
+            clock.say(format!("{name}: starting dlr{} and dlr{}", victims[0], victims[1]));
+            let (a, b) = tokio::join!(
+                node(context, "start-node", victims[0]),
+                node(context, "start-node", victims[1])
+            );
+            a?;
+            b?;
+            let caught_up = wait_replicated(context, replicated).await?;
+            cluster.wait_all_ready(ready).await?;
+            Ok(format!(
+                "kill -9 dlr{} and dlr{} for {:.0} s: every ingest unready after {}; replicas complete {:.1} s after the start",
+                victims[0],
+                victims[1],
+                (restart_ms - lost_ms) as f64 / 1000.0,
+                unready_after.map_or("never".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+                caught_up.as_secs_f64()
+            ))
+        }
+        other => bail!("{} is not a cluster scenario", other.name()),
+    }
+}
