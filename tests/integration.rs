@@ -30,4 +30,5 @@ mod senders;
 mod signatures;
 mod startup_errors;
 mod topology_errors;
+mod webhooks;
 mod worker;

@@ -17,6 +17,8 @@ pub struct Received {
     pub headers: HeaderMap,
     /// Raw body.
     pub body: Bytes,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 /// How the receiver answers, call by call.
@@ -35,6 +37,8 @@ pub enum Script {
     SlowFirst(u64),
     /// This redirect status (3xx) to `/moved`, which itself answers 200.
     Redirect(u16),
+    /// This status with `Retry-After: <seconds>` for the first call, then 200.
+    RetryAfterFirst(u16, u64),
 }
 
 #[derive(Clone)]
@@ -119,7 +123,7 @@ async fn record(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
             Ok(c) => c,
             Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         };
-        calls.push(Received { headers, body });
+        calls.push(Received { headers, body, at: std::time::Instant::now() });
         calls.len()
     };
     let script = shared.script.lock().map(|s| *s).unwrap_or(Script::Ok);
@@ -139,6 +143,11 @@ async fn record(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
             StatusCode::OK.into_response()
         }
         Script::SlowFirst(_) => StatusCode::OK.into_response(),
+        Script::RetryAfterFirst(code, seconds) if index == 1 => {
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            (status, [(header::RETRY_AFTER, seconds.to_string())]).into_response()
+        }
+        Script::RetryAfterFirst(..) => StatusCode::OK.into_response(),
         Script::Redirect(code) => {
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::FOUND);
             (status, [(header::LOCATION, "/moved")]).into_response()

@@ -10,6 +10,7 @@ use dlr_shared::{Outcome, Provider, words};
 use secrecy::SecretString;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 use url::Url;
@@ -53,6 +54,9 @@ pub enum Command {
     /// signature) to ingest, which verifies them again with its current
     /// secrets; the ones it accepts leave the quarantine.
     ReplayQuarantine(QuarantineArgs),
+    /// Look at the parking lot without changing it.
+    #[command(subcommand)]
+    Parked(ParkedCommand),
     /// Print delivery numbers from the status store (DATABASE_URL): messages,
     /// delivered %, failed %, pending, never-final and the median time to the
     /// final receipt, grouped by provider, country and/or network.
@@ -70,16 +74,79 @@ pub struct ReportArgs {
     pub by: Vec<crate::report::GroupBy>,
 }
 
+/// `worker parked ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ParkedCommand {
+    /// One line per parked event (event id, provider, outcome, reason,
+    /// handler or endpoint, attempts, parked at, last error), oldest first.
+    /// The parking lot keeps its messages, in their order.
+    List(ListArgs),
+}
+
+/// Which parked messages a command looks at: filters and a time window.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ParkedSelection {
+    /// Only messages matching all filters, as key=value with key one of
+    /// reason, handler, endpoint, provider, outcome (repeatable).
+    #[arg(long = "filter", value_parser = parse_filter)]
+    pub filters: Vec<(String, String)>,
+    /// Only messages parked at or after this time: RFC 3339
+    /// (2026-12-07T10:00:00Z) or a duration ago (90s, 30m, 6h, 2d).
+    #[arg(long, value_parser = parse_instant)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only messages parked before this time (same forms as --since).
+    #[arg(long, value_parser = parse_instant)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Options of `replay-parked`.
 #[derive(Debug, Clone, Args)]
 pub struct ReplayArgs {
     /// Replay at most this many messages.
     #[arg(long)]
     pub limit: Option<u64>,
-    /// Only messages matching all filters, as key=value with key one of
-    /// reason, handler, provider, outcome (repeatable).
-    #[arg(long = "filter", value_parser = parse_filter)]
-    pub filters: Vec<(String, String)>,
+    /// Which messages.
+    #[command(flatten)]
+    pub selection: ParkedSelection,
+}
+
+/// Options of `parked list`.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Print at most this many lines (the whole parking lot is still
+    /// cycled, which is what keeps its order).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Which messages.
+    #[command(flatten)]
+    pub selection: ParkedSelection,
+}
+
+/// An instant given as RFC 3339 or as a duration before now.
+fn parse_instant(value: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(instant) = chrono::DateTime::parse_from_rfc3339(value) {
+        return Ok(instant.with_timezone(&chrono::Utc));
+    }
+    let ago = parse_ago(value).ok_or_else(|| {
+        format!(
+            "{value:?}: expected an RFC 3339 time (2026-12-07T10:00:00Z) or a duration ago (90s, 30m, 6h, 2d)"
+        )
+    })?;
+    Ok(chrono::Utc::now() - ago)
+}
+
+fn parse_ago(value: &str) -> Option<chrono::Duration> {
+    let value = value.trim();
+    let split = value.len().checked_sub(1)?;
+    let (number, unit) = value.split_at(split);
+    let number: i64 = number.parse().ok().filter(|n| *n >= 0)?;
+    match unit {
+        "s" => chrono::Duration::try_seconds(number),
+        "m" => chrono::Duration::try_minutes(number),
+        "h" => chrono::Duration::try_hours(number),
+        "d" => chrono::Duration::try_days(number),
+        _ => None,
+    }
 }
 
 /// Options of `replay-quarantine`.
@@ -99,6 +166,8 @@ fn filter_values(key: &str) -> Option<Vec<&'static str>> {
     Some(match key {
         "reason" => words::names::<ParkReason>().collect(),
         "handler" => words::names::<HandlerKind>().collect(),
+        // Names from the endpoints file, not known to the command line.
+        "endpoint" => Vec::new(),
         "provider" => words::names::<Provider>().collect(),
         "outcome" => words::names::<Outcome>().collect(),
         _ => return None,
@@ -108,8 +177,11 @@ fn filter_values(key: &str) -> Option<Vec<&'static str>> {
 fn parse_filter(value: &str) -> Result<(String, String), String> {
     let (key, wanted) = value.split_once('=').ok_or_else(|| format!("{value:?}: expected key=value"))?;
     let allowed = filter_values(key)
-        .ok_or_else(|| format!("{key:?}: filter keys are reason, handler, provider, outcome"))?;
-    if !allowed.contains(&wanted) {
+        .ok_or_else(|| format!("{key:?}: filter keys are reason, handler, endpoint, provider, outcome"))?;
+    if wanted.is_empty() {
+        return Err(format!("{key}: the value is empty"));
+    }
+    if !allowed.is_empty() && !allowed.contains(&wanted) {
         return Err(format!("{wanted:?} is not a {key}; one of {}", allowed.join(", ")));
     }
     Ok((key.to_owned(), wanted.to_owned()))
@@ -157,7 +229,8 @@ pub struct Config {
     /// URL for pending events (overrides WORKER_HTTP_URL).
     #[arg(long = "http-url-pending", env = "WORKER_HTTP_URL_PENDING")]
     pub http_url_pending: Option<Url>,
-    /// Standard Webhooks signing secret (`whsec_<base64>`) for the http handler.
+    /// Standard Webhooks signing secret (`whsec_<base64>` or base64) for the http
+    /// handler; several, space-separated, during a rotation (the first signs, all are sent).
     #[arg(long = "http-secret", env = "WORKER_HTTP_SECRET", hide_env_values = true)]
     pub http_secret: Option<SecretString>,
     /// Timeout of one forwarding request.
@@ -167,6 +240,18 @@ pub struct Config {
     /// many concurrent calls as the worker handles events (unset: up to the prefetch).
     #[arg(long = "http-max-in-flight", env = "WORKER_HTTP_MAX_IN_FLIGHT")]
     pub http_max_in_flight: Option<NonZeroUsize>,
+    /// TOML file listing the webhook endpoints of the http handler (name, url,
+    /// secrets, filters, limits; README "Webhook endpoints"). Replaces
+    /// WORKER_HTTP_URL and WORKER_HTTP_SECRET, which describe one endpoint.
+    #[arg(long = "webhooks-file", env = "WORKER_WEBHOOKS_FILE")]
+    pub webhooks_file: Option<PathBuf>,
+    /// Consecutive failures (connect errors, timeouts, 5xx) after which an endpoint's
+    /// circuit opens: its events wait for their next retry without a request. 0: never.
+    #[arg(long = "webhook-breaker-failures", env = "WORKER_WEBHOOK_BREAKER_FAILURES", default_value_t = 10)]
+    pub webhook_breaker_failures: u32,
+    /// How long an open circuit waits before one event probes the endpoint.
+    #[arg(long = "webhook-breaker-cooldown-ms", env = "WORKER_WEBHOOK_BREAKER_COOLDOWN_MS", default_value = "30000", value_parser = parse_nonzero_millis)]
+    pub webhook_breaker_cooldown: Duration,
     /// PostgreSQL URL for the postgres handler (migrations run at start-up).
     #[arg(long = "database-url", env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<SecretString>,
@@ -184,14 +269,16 @@ pub struct Config {
     /// that takes longer fails as transient and is retried.
     #[arg(long = "postgres-statement-timeout-ms", env = "WORKER_POSTGRES_STATEMENT_TIMEOUT_MS", default_value = "5000", value_parser = parse_millis)]
     pub postgres_statement_timeout: Duration,
-    /// Attempts per handler before an event is parked (first try included).
-    #[arg(long = "max-attempts", env = "WORKER_MAX_ATTEMPTS", default_value_t = 8)]
+    /// Attempts per handler before an event is parked (first try included). With the
+    /// default delays, 19 attempts retry for about 31 h (at least 24.7 h after jitter).
+    #[arg(long = "max-attempts", env = "WORKER_MAX_ATTEMPTS", default_value_t = 19)]
     pub max_attempts: u32,
     /// Delay before the first retry.
     #[arg(long = "retry-initial-delay-ms", env = "WORKER_RETRY_INITIAL_DELAY_MS", default_value = "1000", value_parser = parse_nonzero_millis)]
     pub retry_initial_delay: Duration,
-    /// Delay before the last retry; the delays in between grow geometrically.
-    #[arg(long = "retry-max-delay-ms", env = "WORKER_RETRY_MAX_DELAY_MS", default_value = "600000", value_parser = parse_millis)]
+    /// Longest delay between attempts (up to 49 days): the delays grow geometrically
+    /// over the first 12 retries to it, and later retries wait this long.
+    #[arg(long = "retry-max-delay-ms", env = "WORKER_RETRY_MAX_DELAY_MS", default_value = "14400000", value_parser = parse_millis)]
     pub retry_max_delay: Duration,
     /// After SIGTERM, how long in-flight events may take before the worker exits
     /// (unfinished ones are redelivered by the broker).
@@ -318,17 +405,13 @@ impl Config {
                 "must be at least WORKER_RETRY_INITIAL_DELAY_MS, which must be above 0",
             ));
         }
-        for &outcome in Outcome::ALL {
-            if routes.handlers(outcome).contains(&HandlerKind::Http) && self.http_url_for(outcome).is_none() {
-                return Err(invalid(
-                    "WORKER_HTTP_URL",
-                    format!("is required: {outcome} events are routed to http"),
-                ));
-            }
+        if self.retry_max_delay > crate::retry::MAX_DELAY {
+            return Err(invalid(
+                "WORKER_RETRY_MAX_DELAY_MS",
+                "must be at most 4294967295 (RabbitMQ's longest TTL)",
+            ));
         }
-        if routes.uses(HandlerKind::Http) && self.http_secret.is_none() {
-            return Err(invalid("WORKER_HTTP_SECRET", "is required when the http handler is used"));
-        }
+        self.validate_webhooks(&routes)?;
         if routes.uses(HandlerKind::Postgres) && self.database_url.is_none() {
             return Err(invalid("DATABASE_URL", "is required when the postgres handler is used"));
         }
@@ -372,14 +455,52 @@ impl Config {
         })
     }
 
-    /// The forwarding URL for `outcome`.
+    /// The endpoints come from the file or from the shorthand, not both;
+    /// with the shorthand, every outcome routed to http needs a URL.
+    fn validate_webhooks(&self, routes: &RouteTable) -> Result<(), ConfigError> {
+        let shorthand = self.http_url.is_some()
+            || Outcome::ALL.iter().any(|&o| self.http_url_override(o).is_some())
+            || self.http_secret.is_some();
+        if self.webhooks_file.is_some() {
+            if shorthand {
+                return Err(invalid(
+                    "WORKER_WEBHOOKS_FILE",
+                    "is set together with WORKER_HTTP_URL(_*) or WORKER_HTTP_SECRET: list every endpoint in the file",
+                ));
+            }
+            return Ok(());
+        }
+        for &outcome in Outcome::ALL {
+            if routes.handlers(outcome).contains(&HandlerKind::Http) && self.http_url_for(outcome).is_none() {
+                return Err(invalid(
+                    "WORKER_HTTP_URL",
+                    format!("is required: {outcome} events are routed to http (or set WORKER_WEBHOOKS_FILE)"),
+                ));
+            }
+        }
+        if routes.uses(HandlerKind::Http) && self.http_secret.is_none() {
+            return Err(invalid("WORKER_HTTP_SECRET", "is required when the http handler is used"));
+        }
+        Ok(())
+    }
+
+    /// The forwarding URL for `outcome` in the shorthand.
     pub fn http_url_for(&self, outcome: Outcome) -> Option<&Url> {
-        let specific = match outcome {
-            Outcome::Delivered => &self.http_url_delivered,
-            Outcome::Failed => &self.http_url_failed,
-            Outcome::Pending => &self.http_url_pending,
-        };
-        specific.as_ref().or(self.http_url.as_ref())
+        self.http_url_override(outcome).or(self.http_url.as_ref())
+    }
+
+    /// `WORKER_HTTP_URL_<OUTCOME>`, if set.
+    pub fn http_url_override(&self, outcome: Outcome) -> Option<&Url> {
+        match outcome {
+            Outcome::Delivered => self.http_url_delivered.as_ref(),
+            Outcome::Failed => self.http_url_failed.as_ref(),
+            Outcome::Pending => self.http_url_pending.as_ref(),
+        }
+    }
+
+    /// The retry schedule these settings describe.
+    pub fn retry_policy(&self) -> crate::retry::RetryPolicy {
+        crate::retry::RetryPolicy::new(self.max_attempts, self.retry_initial_delay, self.retry_max_delay)
     }
 }
 
@@ -436,6 +557,20 @@ mod tests {
         let error = parse_filter("reason=bogus").err().unwrap_or_default();
         assert!(error.contains("permanent_failure, retries_exhausted, unparseable"), "{error}");
         assert!(parse_filter("outcome=Delivered").is_err());
+        assert!(parse_filter("endpoint=crm").is_ok());
+        assert!(parse_filter("endpoint=").is_err());
+    }
+
+    #[test]
+    fn instants_are_rfc3339_or_a_duration_ago() {
+        assert!(parse_instant("2026-12-07T10:00:00Z").is_ok());
+        let hour_ago = parse_instant("1h").unwrap_or_default();
+        let delta = chrono::Utc::now() - hour_ago;
+        assert!((delta - chrono::Duration::hours(1)).num_seconds().abs() < 5, "{delta}");
+        assert_eq!(parse_ago("2d"), chrono::Duration::try_days(2));
+        for bad in ["yesterday", "5", "h", "-3h", "3w"] {
+            assert!(parse_instant(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

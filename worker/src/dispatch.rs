@@ -1,9 +1,11 @@
 //! One event through its handlers, and the decision that follows.
 //!
 //! Handlers of an outcome run in order, or all at once when configured
-//! ([`HandlerOrder`]). The names of those that already succeeded travel
-//! with a retried message (header `x-dlr-done-handlers`), so a retry
-//! resumes at the handlers that failed instead of repeating side effects;
+//! ([`HandlerOrder`]). The http handler fans out into one step per webhook
+//! endpoint that wants the event ([`Step`]). The steps that already
+//! succeeded travel with a retried message (header `x-dlr-done-handlers`),
+//! so a retry resumes at the steps that failed instead of repeating side
+//! effects (one endpoint failing never re-sends to another that succeeded);
 //! every handler is also idempotent on the event id, which covers the
 //! remaining window (a crash after a success, before the ack).
 
@@ -11,9 +13,11 @@ use dlr_shared::ReceiptEvent;
 use futures_util::future::join_all;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::config::{HandlerOrder, RouteTable};
+use crate::envelope::Step;
+use crate::handlers::http::Endpoint;
 use crate::handlers::{CallResult, Handler, HandlerError, HandlerKind};
 use crate::metrics::WorkerMetrics;
 use crate::parking::{Park, ParkReason};
@@ -32,6 +36,29 @@ pub enum Decision {
     Retry(Retry),
     /// Move to the parking lot, then ack.
     Park(Park),
+}
+
+/// One step to run for an event.
+#[derive(Clone, Copy)]
+enum Work<'a> {
+    Handler(HandlerKind, &'a dyn Handler),
+    Endpoint(&'a Endpoint),
+}
+
+impl Work<'_> {
+    fn step(&self) -> Step {
+        match self {
+            Work::Handler(kind, _) => Step::Handler(*kind),
+            Work::Endpoint(endpoint) => endpoint.step(),
+        }
+    }
+}
+
+/// A step that failed, and how long its receiver asked us to wait.
+struct Failed {
+    step: Step,
+    error: HandlerError,
+    retry_after: Option<Duration>,
 }
 
 /// Runs handlers according to the routing table.
@@ -53,110 +80,145 @@ impl Dispatcher {
         Self { routes, handlers, retry, metrics }
     }
 
-    /// Runs the handlers of `event`'s outcome that are not in `done`.
+    /// Runs the steps of `event`'s outcome that are not in `done`.
     /// `attempt` is 1 for the first delivery.
-    pub async fn dispatch(&self, event: &ReceiptEvent, attempt: u32, mut done: Vec<HandlerKind>) -> Decision {
-        let mut pending = Vec::new();
+    ///
+    /// A handler with endpoints (http) is one group of steps, one per
+    /// endpoint that wants the event, run at once: in sequential order the
+    /// next handler waits for the whole group, but the endpoints never wait
+    /// for each other, and each one's success is kept on its own.
+    pub async fn dispatch(&self, event: &ReceiptEvent, attempt: u32, mut done: Vec<Step>) -> Decision {
+        let mut groups: Vec<Vec<Work<'_>>> = Vec::new();
         for &kind in self.routes.handlers(event.outcome) {
-            if done.contains(&kind) {
+            if done.contains(&Step::Handler(kind)) {
                 continue;
             }
             let Some(handler) = self.handlers.get(&kind) else {
                 // Validated at start-up; kept as a park, not a panic.
                 return Decision::Park(Park {
                     reason: ParkReason::PermanentFailure,
-                    handler: Some(kind),
+                    handler: Some(Step::Handler(kind)),
                     attempts: attempt,
                     done,
                     error: format!("handler {kind} is not configured"),
                 });
             };
-            pending.push((kind, handler.as_ref()));
+            let endpoints = handler.endpoints();
+            if endpoints.is_empty() {
+                groups.push(vec![Work::Handler(kind, handler.as_ref())]);
+            } else {
+                let group: Vec<Work<'_>> = endpoints
+                    .iter()
+                    .filter(|e| e.wants(event) && !done.contains(&e.step()))
+                    .map(Work::Endpoint)
+                    .collect();
+                if !group.is_empty() {
+                    groups.push(group);
+                }
+            }
         }
-        let failure = match self.routes.order() {
+        let mut failures = Vec::new();
+        match self.routes.order() {
             HandlerOrder::Sequential => {
-                let mut failure = None;
-                for (kind, handler) in pending {
-                    match self.call(kind, handler, event, attempt).await {
-                        Ok(()) => done.push(kind),
-                        Err(error) => {
-                            failure = Some((kind, error));
-                            break;
-                        }
+                for group in groups {
+                    failures = self.run(&group, event, attempt, &mut done).await;
+                    if !failures.is_empty() {
+                        break;
                     }
                 }
-                failure
             }
             HandlerOrder::Concurrent => {
-                let calls = pending.iter().map(|&(kind, handler)| self.call(kind, handler, event, attempt));
-                let results = join_all(calls).await;
-                let mut failure: Option<(HandlerKind, HandlerError)> = None;
-                for (&(kind, _), result) in pending.iter().zip(results) {
-                    match result {
-                        Ok(()) => done.push(kind),
-                        // The first failure in route order decides, except that
-                        // a permanent one wins: retrying cannot cure it, so the
-                        // event parks (the handlers that failed transiently run
-                        // again when it is replayed).
-                        Err(error) => match &failure {
-                            Some((_, HandlerError::Permanent(_))) => {}
-                            Some(_) if matches!(error, HandlerError::Transient(_)) => {}
-                            _ => failure = Some((kind, error)),
-                        },
-                    }
-                }
-                failure
+                let all: Vec<Work<'_>> = groups.into_iter().flatten().collect();
+                failures = self.run(&all, event, attempt, &mut done).await;
             }
-        };
-        match failure {
-            Some((kind, error)) => self.after_failure(kind, error, attempt, done),
-            None => Decision::Done,
         }
+        if failures.is_empty() { Decision::Done } else { self.after_failures(failures, attempt, done) }
     }
 
-    /// One handler call, measured and counted.
-    async fn call(
+    /// Runs `work` at once; successes go to `done`, failures come back in
+    /// `work`'s order.
+    async fn run(
         &self,
-        kind: HandlerKind,
-        handler: &dyn Handler,
+        work: &[Work<'_>],
         event: &ReceiptEvent,
         attempt: u32,
-    ) -> Result<(), HandlerError> {
+        done: &mut Vec<Step>,
+    ) -> Vec<Failed> {
+        let results = join_all(work.iter().map(|&w| self.call(w, event, attempt))).await;
+        let mut failures = Vec::new();
+        for (w, (result, retry_after)) in work.iter().zip(results) {
+            match result {
+                Ok(()) => done.push(w.step()),
+                Err(error) => failures.push(Failed { step: w.step(), error, retry_after }),
+            }
+        }
+        failures
+    }
+
+    /// One step, measured and counted under its handler.
+    async fn call(
+        &self,
+        work: Work<'_>,
+        event: &ReceiptEvent,
+        attempt: u32,
+    ) -> (Result<(), HandlerError>, Option<Duration>) {
         let started = Instant::now();
-        let result = handler.handle(event).await;
-        self.metrics
-            .handler_duration
-            .with_label_values(&[kind.as_str()])
-            .observe(started.elapsed().as_secs_f64());
+        let (result, retry_after) = match work {
+            Work::Handler(_, handler) => (handler.handle(event).await, None),
+            Work::Endpoint(endpoint) => {
+                let attempt = endpoint.deliver(event).await;
+                (attempt.result, attempt.retry_after)
+            }
+        };
+        let step = work.step();
+        let kind = step.handler().as_str();
+        self.metrics.handler_duration.with_label_values(&[kind]).observe(started.elapsed().as_secs_f64());
         let label: &str = match &result {
             Ok(()) => CallResult::Ok.into(),
             Err(error) => error.result().into(),
         };
-        self.metrics.handler_results.with_label_values(&[kind.as_str(), label]).inc();
+        self.metrics.handler_results.with_label_values(&[kind, label]).inc();
         if let Err(error) = &result {
-            tracing::warn!(event_id = %event.event_id, handler = %kind, attempt, %error, "handler failed");
+            tracing::warn!(event_id = %event.event_id, handler = %step, attempt, %error, "handler failed");
         }
-        result
+        (result, retry_after)
     }
 
-    fn after_failure(
-        &self,
-        handler: HandlerKind,
-        error: HandlerError,
-        attempt: u32,
-        done: Vec<HandlerKind>,
-    ) -> Decision {
+    /// A permanent failure parks the event (retrying cannot cure it; the
+    /// steps that failed transiently run again when it is replayed).
+    /// Otherwise the first failure in route order decides, and the longest
+    /// `Retry-After` of any failed endpoint moves the retry later.
+    fn after_failures(&self, failures: Vec<Failed>, attempt: u32, done: Vec<Step>) -> Decision {
+        let retry_after = failures.iter().filter_map(|f| f.retry_after).max();
+        let first = failures.iter().position(|f| matches!(f.error, HandlerError::Permanent(_))).unwrap_or(0);
+        let Some(Failed { step, error, .. }) = failures.into_iter().nth(first) else {
+            return Decision::Done;
+        };
         let (reason, error) = match error {
             HandlerError::Transient(failure) => match self.retry.delay_after(attempt) {
-                Some(delay) => {
-                    let error = failure.to_string();
-                    return Decision::Retry(Retry { next_attempt: attempt + 1, delay, done, handler, error });
+                Some(scheduled) => {
+                    let (delay, not_before) = match retry_after {
+                        Some(asked) => {
+                            let delay = self.retry.delay_at_least(scheduled, asked);
+                            (delay, asked.min(delay))
+                        }
+                        None => (scheduled, Duration::ZERO),
+                    };
+                    return Decision::Retry(Retry {
+                        next_attempt: attempt + 1,
+                        delay,
+                        not_before,
+                        done,
+                        handler: step.handler(),
+                        step,
+                        error: failure.to_string(),
+                    });
                 }
                 None => (ParkReason::RetriesExhausted, failure.to_string()),
             },
             HandlerError::Permanent(failure) => (ParkReason::PermanentFailure, failure.to_string()),
         };
-        Decision::Park(Park { reason, handler: Some(handler), attempts: attempt, done, error })
+        Decision::Park(Park { reason, handler: Some(step), attempts: attempt, done, error })
     }
 }
 
@@ -172,7 +234,7 @@ mod tests {
     type Answer = fn() -> Result<(), HandlerError>;
 
     /// One scripted handler: its kind, its answer, and the barrier it waits at.
-    type Step = (HandlerKind, Answer, Option<Arc<Barrier>>);
+    type ScriptStep = (HandlerKind, Answer, Option<Arc<Barrier>>);
 
     /// A handler whose answer is scripted; it counts its calls and can wait
     /// at a barrier shared with other handlers.
@@ -217,7 +279,7 @@ mod tests {
     }
 
     /// A dispatcher whose delivered route is `script`'s handlers in order.
-    fn dispatcher(order: HandlerOrder, script: Vec<Step>) -> (Dispatcher, Vec<Arc<Scripted>>) {
+    fn dispatcher(order: HandlerOrder, script: Vec<ScriptStep>) -> (Dispatcher, Vec<Arc<Scripted>>) {
         let kinds: Vec<HandlerKind> = script.iter().map(|(kind, _, _)| *kind).collect();
         let scripted: Vec<Arc<Scripted>> = script
             .into_iter()
@@ -257,7 +319,7 @@ mod tests {
             panic!("a transient failure is retried");
         };
         assert_eq!(retry.handler, HandlerKind::Postgres);
-        assert_eq!(retry.done, vec![HandlerKind::Amqp, HandlerKind::Http]);
+        assert_eq!(retry.done, vec![Step::Handler(HandlerKind::Amqp), Step::Handler(HandlerKind::Http)]);
         assert_eq!(retry.next_attempt, 2);
         assert!(handlers.iter().all(|h| h.calls.load(Ordering::SeqCst) == 1));
 
@@ -282,8 +344,8 @@ mod tests {
             panic!("a permanent failure parks");
         };
         assert_eq!(park.reason, ParkReason::PermanentFailure);
-        assert_eq!(park.handler, Some(HandlerKind::Http));
-        assert_eq!(park.done, vec![HandlerKind::Log]);
+        assert_eq!(park.handler, Some(Step::Handler(HandlerKind::Http)));
+        assert_eq!(park.done, vec![Step::Handler(HandlerKind::Log)]);
     }
 
     #[tokio::test]
@@ -300,7 +362,7 @@ mod tests {
             panic!("a transient failure is retried");
         };
         assert_eq!(retry.handler, HandlerKind::Amqp);
-        assert_eq!(retry.done, vec![HandlerKind::Postgres]);
+        assert_eq!(retry.done, vec![Step::Handler(HandlerKind::Postgres)]);
         assert_eq!(handlers[2].calls.load(Ordering::SeqCst), 0, "http must wait for amqp");
     }
 }

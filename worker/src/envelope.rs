@@ -5,20 +5,28 @@
 //! the bookkeeping travels in headers: which attempt this is, which
 //! handlers already succeeded, and why it was parked. This module owns
 //! those headers and the rebuilt properties that carry them.
+//!
+//! A *step* is what the done list records: a handler, or one webhook
+//! endpoint of the http handler (`http:<endpoint>`), so that a retry after
+//! one endpoint failed never re-sends to another endpoint that succeeded.
 
 use dlr_shared::amqp::{PublishError, Publisher, header_str, header_u64};
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Mutex, OnceLock};
+
 use crate::handlers::HandlerKind;
 
 /// Attempt number of this delivery (1 on first delivery).
 pub const HEADER_ATTEMPT: &str = "x-dlr-attempt";
-/// Comma-separated handlers that already succeeded for this event.
+/// Comma-separated steps that already succeeded for this event (`postgres,http:crm`).
 pub const HEADER_DONE: &str = "x-dlr-done-handlers";
 /// Last error text (truncated).
 pub const HEADER_LAST_ERROR: &str = "x-dlr-last-error";
-/// Handler that failed last.
+/// Step that failed last (`postgres`, `http:crm`).
 pub const HEADER_HANDLER: &str = "x-dlr-handler";
 /// Why a message was parked.
 pub const HEADER_PARK_REASON: &str = "x-dlr-park-reason";
@@ -32,14 +40,123 @@ pub const HEADER_REPLAY_RUN: &str = "x-dlr-replay-run";
 /// Error texts can be long (HTML error pages); headers should not be.
 const MAX_ERROR_LEN: usize = 512;
 
-/// Where a delivery stands: its attempt number and the handlers that need
+/// The name of a configured webhook endpoint, as metrics, logs and headers
+/// carry it.
+///
+/// Interned: names come from the configuration only (a bounded set), and a
+/// `&'static str` keeps [`Step`] `Copy` and its label borrow-free, like the
+/// handler names it stands beside. A name read back from a header is only
+/// recognised if it is configured ([`EndpointName::known`]), so message
+/// input never grows the table.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EndpointName {
+    name: &'static str,
+    /// `http:<name>`, the step's label.
+    step: &'static str,
+}
+
+/// Every endpoint name configured in this process.
+fn endpoint_names() -> &'static Mutex<HashMap<String, EndpointName>> {
+    static NAMES: OnceLock<Mutex<HashMap<String, EndpointName>>> = OnceLock::new();
+    NAMES.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+impl EndpointName {
+    /// Registers a configured name (once per distinct name and process).
+    pub fn configured(name: &str) -> Self {
+        let mut names = endpoint_names().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *names.entry(name.to_owned()).or_insert_with(|| EndpointName {
+            name: Box::leak(name.to_owned().into_boxed_str()),
+            step: Box::leak(format!("{}:{name}", HandlerKind::Http.as_str()).into_boxed_str()),
+        })
+    }
+
+    /// The name, if it was configured in this process.
+    pub fn known(name: &str) -> Option<Self> {
+        let names = endpoint_names().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        names.get(name).copied()
+    }
+
+    /// The name as configured.
+    pub fn as_str(self) -> &'static str {
+        self.name
+    }
+}
+
+impl fmt::Debug for EndpointName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+impl fmt::Display for EndpointName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// One unit of work for an event that succeeds or fails on its own: a
+/// handler, or one endpoint of the http handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Step {
+    /// A whole handler. `Handler(Http)` in a done list (written before
+    /// endpoints existed) means every endpoint is done.
+    Handler(HandlerKind),
+    /// One webhook endpoint.
+    Endpoint(EndpointName),
+}
+
+impl Step {
+    /// The header, log and metrics word: `postgres`, `http:crm`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Handler(kind) => kind.as_str(),
+            Step::Endpoint(name) => name.step,
+        }
+    }
+
+    /// The handler this step belongs to.
+    pub fn handler(self) -> HandlerKind {
+        match self {
+            Step::Handler(kind) => kind,
+            Step::Endpoint(_) => HandlerKind::Http,
+        }
+    }
+
+    /// Reads a word back; `None` for unknown handlers and for endpoints
+    /// no longer configured (nothing can be sent to them anyway).
+    pub fn parse(word: &str) -> Option<Self> {
+        let word = word.trim();
+        match word.split_once(':') {
+            Some((handler, endpoint)) if handler == HandlerKind::Http.as_str() => {
+                EndpointName::known(endpoint).map(Step::Endpoint)
+            }
+            Some(_) => None,
+            None => word.parse().ok().map(Step::Handler),
+        }
+    }
+}
+
+impl From<HandlerKind> for Step {
+    fn from(kind: HandlerKind) -> Self {
+        Step::Handler(kind)
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a delivery stands: its attempt number and the steps that need
 /// not run again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
     /// 1 on first delivery.
     pub attempt: u32,
-    /// Handlers that already succeeded for this event.
-    pub done: Vec<HandlerKind>,
+    /// Steps that already succeeded for this event.
+    pub done: Vec<Step>,
 }
 
 impl Progress {
@@ -50,15 +167,15 @@ impl Progress {
         let attempt =
             header_u64(headers, HEADER_ATTEMPT).and_then(|a| u32::try_from(a).ok()).unwrap_or(1).max(1);
         let done = header_str(headers, HEADER_DONE)
-            .map(|list| list.split(',').filter_map(|name| name.trim().parse().ok()).collect())
+            .map(|list| list.split(',').filter_map(Step::parse).collect())
             .unwrap_or_default();
         Self { attempt, done }
     }
 }
 
-/// The header value of a done-handler list.
-pub fn done_list(done: &[HandlerKind]) -> String {
-    done.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(",")
+/// The header value of a done list.
+pub fn done_list(done: &[Step]) -> String {
+    done.iter().map(|step| step.as_str()).collect::<Vec<_>>().join(",")
 }
 
 /// An error text short enough for a header.
@@ -140,11 +257,26 @@ mod tests {
     fn progress_reads_back_what_a_retry_wrote() {
         let properties = rebuilt(&BasicProperties::default(), |h| {
             h.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(3));
-            insert_str(h, HEADER_DONE, &done_list(&[HandlerKind::Postgres, HandlerKind::Amqp]));
+            let crm = Step::Endpoint(EndpointName::configured("crm-envelope-test"));
+            insert_str(
+                h,
+                HEADER_DONE,
+                &done_list(&[HandlerKind::Postgres.into(), crm, HandlerKind::Amqp.into()]),
+            );
         });
         let progress = Progress::of(&properties);
         assert_eq!(progress.attempt, 3);
-        assert_eq!(progress.done, vec![HandlerKind::Postgres, HandlerKind::Amqp]);
+        let crm = Step::Endpoint(EndpointName::configured("crm-envelope-test"));
+        assert_eq!(progress.done, vec![HandlerKind::Postgres.into(), crm, HandlerKind::Amqp.into()]);
+    }
+
+    #[test]
+    fn endpoints_no_longer_configured_are_dropped_from_the_done_list() {
+        let mut headers = FieldTable::default();
+        insert_str(&mut headers, HEADER_DONE, "log,http:never-configured-here,http");
+        let progress = Progress::of(&BasicProperties::default().with_headers(headers));
+        assert_eq!(progress.done, vec![HandlerKind::Log.into(), HandlerKind::Http.into()]);
+        assert_eq!(Step::Endpoint(EndpointName::configured("a")).as_str(), "http:a");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`retry`]: the backoff schedule and the publish into a delay queue.
 //! - [`parking`]: the parking lot, for events retrying cannot help.
 //! - [`replay`]: the operator's `replay-parked` and `replay-quarantine`.
+//! - [`parked`]: the operator's `parked list`, which leaves the parking lot as it was.
 //! - [`analytics`]: destination country/network of receipts and their metrics.
 //! - [`maintenance`], [`never_final`], [`retention`]: the status store's
 //!   background jobs (synthetic receipts for never-final messages, bounded history).
@@ -30,6 +31,7 @@ pub mod handlers;
 pub mod maintenance;
 pub mod metrics;
 pub mod never_final;
+pub mod parked;
 pub mod parking;
 pub mod probes;
 pub mod replay;

@@ -6,10 +6,9 @@
 use anyhow::Context;
 use dlr_shared::amqp::Publisher;
 use dlr_worker::Application;
-use dlr_worker::config::{Cli, Command};
+use dlr_worker::config::{Cli, Command, ParkedCommand};
 use dlr_worker::metrics::WorkerMetrics;
-use dlr_worker::replay;
-use dlr_worker::retry::RetryPolicy;
+use dlr_worker::{parked, replay};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +55,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let result = async {
                 let (channel, publisher) = broker.connect().await?;
                 let topology = &config.broker.topology;
-                replay::replay_parked(&channel, &publisher, topology, args.limit, &args.filters)
+                replay::replay_parked_selected(&channel, &publisher, topology, args.limit, &args.selection)
                     .await
                     .context("replaying parked messages")
             }
@@ -64,6 +63,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             broker.stop().await;
             let report = result?;
             println!("examined {}, replayed {}, kept {}", report.examined, report.replayed, report.kept);
+        }
+        Command::Parked(ParkedCommand::List(args)) => {
+            let broker = OneShotBroker::start(&config)?;
+            let result = async {
+                let (channel, _publisher) = broker.connect().await?;
+                parked::list(&channel, &config.broker.topology, &args.selection, args.limit, |entry| {
+                    println!("{}", entry.line())
+                })
+                .await
+                .context("listing parked messages")
+            }
+            .await;
+            broker.stop().await;
+            let report = result?;
+            eprintln!("examined {}, listed {}", report.examined, report.listed);
+            if report.parked_meanwhile > 0 {
+                eprintln!(
+                    "{} messages were parked while listing; they are now ahead of the listed ones",
+                    report.parked_meanwhile
+                );
+            }
         }
         Command::ReplayQuarantine(args) => {
             let broker = OneShotBroker::start(&config)?;
@@ -113,7 +133,7 @@ struct OneShotBroker {
 impl OneShotBroker {
     fn start(config: &dlr_worker::Config) -> anyhow::Result<Self> {
         let metrics = WorkerMetrics::new().context("metrics")?;
-        let retry = RetryPolicy::new(config.max_attempts, config.retry_initial_delay, config.retry_max_delay);
+        let retry = config.retry_policy();
         let addresses = config.broker.addresses().context("invalid configuration")?;
         let stop = CancellationToken::new();
         let (broker, task) = dlr_worker::startup::start_broker(

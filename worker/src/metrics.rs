@@ -3,7 +3,7 @@
 
 use dlr_shared::metrics::{LATENCY_BUCKETS, LONG_LATENCY_BUCKETS, MetricsBuilder, new_registry};
 use dlr_shared::{Outcome, Provider, words};
-use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::analytics::ReceiptAnalytics;
 use crate::handlers::{CallResult, HandlerKind};
@@ -40,6 +40,15 @@ pub struct WorkerMetrics {
     /// Frames sent to settle deliveries, by kind (ack_multiple, ack, nack):
     /// against events consumed, shows how well acks are coalesced.
     pub settle_frames: IntCounterVec,
+    /// Webhook requests by endpoint and result (ok, transient, permanent).
+    /// The endpoint label comes from the configuration (a bounded set).
+    pub webhook_requests: IntCounterVec,
+    /// Webhook request latency by endpoint.
+    pub webhook_duration: HistogramVec,
+    /// Webhook attempts not made because the endpoint's circuit was open.
+    pub webhook_skipped: IntCounterVec,
+    /// Each endpoint's circuit state, one series per state set to 1.
+    pub webhook_circuit: IntGaugeVec,
     /// 1 while the publishing connection (retries, parking, events) is up.
     pub publisher_connected: IntGauge,
     /// Publish channels closed and replaced, by reason (see amqp::publisher).
@@ -113,6 +122,33 @@ impl WorkerMetrics {
                 "Frames sent to the broker to settle deliveries: ack_multiple (covers a run of deliveries), ack, nack (requeue).",
                 &["kind"],
             )?,
+            webhook_requests: b.counter_vec(
+                "dlr_worker_webhook_requests_total",
+                "Webhook requests by endpoint and result (ok, transient, permanent).",
+                &["endpoint", "result"],
+            )?,
+            webhook_duration: b.histogram_vec(
+                "dlr_worker_webhook_request_duration_seconds",
+                "Webhook request latency by endpoint, from sending to the answer.",
+                &["endpoint"],
+                LATENCY_BUCKETS,
+            )?,
+            webhook_skipped: b.counter_vec(
+                "dlr_worker_webhook_requests_skipped_total",
+                "Webhook attempts not made because the endpoint's circuit was open; the event's next retry was scheduled instead.",
+                &["endpoint"],
+            )?,
+            webhook_circuit: {
+                let gauge = IntGaugeVec::new(
+                    Opts::new(
+                        "dlr_worker_webhook_circuit_state",
+                        "Circuit breaker state of each webhook endpoint: 1 on the series of the current state (closed, open, half_open).",
+                    ),
+                    &["endpoint", "state"],
+                )?;
+                registry.register(Box::new(gauge.clone()))?;
+                gauge
+            },
             publisher_connected: b.gauge(
                 "dlr_worker_publisher_connected",
                 "1 while the publishing connection (retries, parking, amqp handler) is up.",

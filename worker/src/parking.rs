@@ -10,11 +10,11 @@ use dlr_shared::amqp::{PublishError, Publisher, Topology, insert_str};
 use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 
+use crate::envelope::Step;
 use crate::envelope::{
     self, HEADER_ATTEMPT, HEADER_DONE, HEADER_HANDLER, HEADER_LAST_ERROR, HEADER_PARK_REASON,
     HEADER_PARKED_AT,
 };
-use crate::handlers::HandlerKind;
 
 /// Why a message went to the parking lot (header and metrics value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
@@ -40,12 +40,12 @@ impl ParkReason {
 pub struct Park {
     /// Why.
     pub reason: ParkReason,
-    /// The handler that failed, if any.
-    pub handler: Option<HandlerKind>,
+    /// The step (handler or webhook endpoint) that failed, if any.
+    pub handler: Option<Step>,
     /// Attempts made.
     pub attempts: u32,
     /// Handlers that need not run again after a replay.
-    pub done: Vec<HandlerKind>,
+    pub done: Vec<Step>,
     /// The last error.
     pub error: String,
 }
@@ -60,7 +60,7 @@ pub async fn park(
 ) -> Result<(), PublishError> {
     let properties = envelope::rebuilt(&message.properties, |h| {
         insert_str(h, HEADER_PARK_REASON, park.reason.as_str());
-        insert_str(h, HEADER_HANDLER, park.handler.map(HandlerKind::as_str).unwrap_or("none"));
+        insert_str(h, HEADER_HANDLER, park.handler.map(Step::as_str).unwrap_or("none"));
         h.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(park.attempts)));
         insert_str(h, HEADER_DONE, &envelope::done_list(&park.done));
         insert_str(h, HEADER_LAST_ERROR, envelope::truncated(&park.error));

@@ -6,18 +6,19 @@
 //! publish-confirm first, ack second: a crash in between leaves a
 //! duplicate (handled by idempotent handlers), never a loss.
 
+use crate::config::ParkedSelection;
+use crate::parked::{ParkedEntry, queue_length};
 use dlr_shared::amqp::{Publisher, Topology, header_str, insert_str};
 use dlr_shared::quarantine::{QuarantinedRequest, REPLAY_HEADER};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::types::AMQPValue;
+use lapin::{Channel, Confirmation};
 use std::time::Duration;
 
-use crate::envelope::{self, HEADER_ATTEMPT, HEADER_HANDLER, HEADER_PARK_REASON, HEADER_REPLAY_RUN};
+use crate::envelope::{self, HEADER_ATTEMPT, HEADER_REPLAY_RUN};
 
 /// Counts of a replay run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -44,34 +45,6 @@ pub enum ReplayError {
     Ingest(String),
 }
 
-fn matches(properties: &BasicProperties, body: &[u8], filters: &[(String, String)]) -> bool {
-    let headers = properties.headers().as_ref();
-    let event = dlr_shared::ReceiptEvent::from_json(body).ok();
-    filters.iter().all(|(key, wanted)| {
-        let actual = match key.as_str() {
-            "reason" => header_str(headers, HEADER_PARK_REASON).map(str::to_owned),
-            "handler" => header_str(headers, HEADER_HANDLER).map(str::to_owned),
-            "provider" => event.as_ref().map(|e| e.provider.as_str().to_owned()),
-            "outcome" => event.as_ref().map(|e| e.outcome.as_str().to_owned()),
-            _ => None,
-        };
-        actual.as_deref() == Some(wanted.as_str())
-    })
-}
-
-/// Messages in `queue` now: a replay run examines at most these, so it ends
-/// even while replayed messages keep coming back.
-async fn queue_length(channel: &Channel, queue: &str) -> Result<u64, ReplayError> {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions { passive: true, ..Default::default() },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(u64::from(declared.message_count()))
-}
-
 /// Moves parked messages matching `filters` back to the receipts queue,
 /// with a fresh attempt count and their done-handlers kept. One pass: only
 /// messages parked when the run started are examined. Messages that do not
@@ -82,6 +55,18 @@ pub async fn replay_parked(
     topology: &Topology,
     limit: Option<u64>,
     filters: &[(String, String)],
+) -> Result<ReplayReport, ReplayError> {
+    let selection = ParkedSelection { filters: filters.to_vec(), ..Default::default() };
+    replay_parked_selected(channel, publisher, topology, limit, &selection).await
+}
+
+/// [`replay_parked`] with the time window of `--since` and `--until` too.
+pub async fn replay_parked_selected(
+    channel: &Channel,
+    publisher: &Publisher,
+    topology: &Topology,
+    limit: Option<u64>,
+    selection: &ParkedSelection,
 ) -> Result<ReplayReport, ReplayError> {
     let run = uuid::Uuid::new_v4().to_string();
     let parked = queue_length(channel, &topology.parked_queue).await?;
@@ -100,7 +85,7 @@ pub async fn replay_parked(
             break;
         }
         report.examined += 1;
-        if !matches(&delivery.properties, &delivery.data, filters) {
+        if !ParkedEntry::of(&delivery.properties, &delivery.data).selected(selection) {
             report.kept += 1;
             skipped.push(delivery);
             continue;

@@ -77,8 +77,8 @@ mod tests {
     #[test]
     fn a_remembered_progress_is_taken_once() {
         let memory = RequeueMemory::default();
-        memory.remember("e1", Progress { attempt: 2, done: vec![HandlerKind::Amqp] });
-        assert_eq!(memory.take("e1"), Some(Progress { attempt: 2, done: vec![HandlerKind::Amqp] }));
+        memory.remember("e1", Progress { attempt: 2, done: vec![HandlerKind::Amqp.into()] });
+        assert_eq!(memory.take("e1"), Some(Progress { attempt: 2, done: vec![HandlerKind::Amqp.into()] }));
         assert_eq!(memory.take("e1"), None);
     }
 
@@ -94,11 +94,12 @@ mod tests {
 
     #[test]
     fn merging_keeps_every_done_handler_once_and_the_later_attempt() {
-        let own = Progress { attempt: 1, done: vec![HandlerKind::Postgres] };
-        let earlier = Progress { attempt: 3, done: vec![HandlerKind::Postgres, HandlerKind::Amqp] };
+        let own = Progress { attempt: 1, done: vec![HandlerKind::Postgres.into()] };
+        let earlier =
+            Progress { attempt: 3, done: vec![HandlerKind::Postgres.into(), HandlerKind::Amqp.into()] };
         assert_eq!(
             merged(own, earlier),
-            Progress { attempt: 3, done: vec![HandlerKind::Postgres, HandlerKind::Amqp] }
+            Progress { attempt: 3, done: vec![HandlerKind::Postgres.into(), HandlerKind::Amqp.into()] }
         );
     }
 }

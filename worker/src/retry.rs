@@ -2,10 +2,20 @@
 //! publish that puts a message into its delay queue.
 //!
 //! Delays grow geometrically from the initial to the maximum delay over the
-//! configured attempts (defaults: 8 attempts, 1 s ... 10 min). Waiting is
-//! done by RabbitMQ, not in memory: a message sits in a delay queue with a
-//! fixed TTL and dead-letters back into the receipts queue, so a retry
-//! survives a worker crash or a deploy.
+//! first [`RAMP_RETRIES`] retries, then stay at the maximum until the
+//! attempts are used up. The plateau is what makes a long horizon cheap:
+//! the defaults (19 attempts, 1 s ... 4 h) keep retrying for about 31 hours
+//! (at least 24.7 h after jitter) with 12 delay queues, where a geometric
+//! schedule over the same time would need dozens of queues or hour-long gaps
+//! early on. Schedules of at most 13 attempts are purely geometric, as they
+//! were before the plateau existed. Waiting is done by RabbitMQ, not in
+//! memory: a message sits in a delay queue with a fixed TTL and
+//! dead-letters back into the receipts queue, so a retry survives a worker
+//! crash or a deploy.
+//!
+//! A receiver's `Retry-After` (429, 503) moves the retry to the first
+//! delay of the schedule at or above it, never above the schedule's
+//! maximum, and jitter never brings it below what the receiver asked for.
 //!
 //! Jitter: each message also carries a per-message expiration up to 20 %
 //! shorter than its queue's TTL, so retries of one outage spread out
@@ -19,11 +29,19 @@ use lapin::types::{AMQPValue, ShortString};
 use rand::Rng;
 use std::time::Duration;
 
-use crate::envelope::{self, HEADER_ATTEMPT, HEADER_DONE, HEADER_HANDLER, HEADER_LAST_ERROR};
+use crate::envelope::{self, HEADER_ATTEMPT, HEADER_DONE, HEADER_HANDLER, HEADER_LAST_ERROR, Step};
 use crate::handlers::HandlerKind;
 
 /// Share of a delay removed at random.
 const JITTER: f64 = 0.2;
+
+/// Retries over which the delays grow from the initial to the maximum
+/// delay; later retries wait the maximum.
+pub const RAMP_RETRIES: usize = 12;
+
+/// The longest delay a queue can hold: RabbitMQ's message TTL is an
+/// unsigned 32-bit count of milliseconds (about 49 days).
+pub const MAX_DELAY: Duration = Duration::from_millis(u32::MAX as u64);
 
 /// The delays between attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +54,8 @@ impl RetryPolicy {
     /// retries, the first after `initial`, the last after `max`.
     pub fn new(max_attempts: u32, initial: Duration, max: Duration) -> Self {
         let retries = max_attempts.saturating_sub(1) as usize;
-        let delays = match retries {
+        let ramp = retries.min(RAMP_RETRIES);
+        let delays = match ramp {
             0 => Vec::new(),
             1 => vec![initial],
             n => {
@@ -50,7 +69,34 @@ impl RetryPolicy {
                     .collect()
             }
         };
+        let plateau = delays.last().copied().into_iter().cycle().take(retries - ramp);
+        let delays = delays.iter().copied().chain(plateau).collect();
         Self { delays }
+    }
+
+    /// The longest a failing step keeps being retried before it parks:
+    /// every delay at its shortest after jitter.
+    pub fn horizon_after_jitter(&self) -> Duration {
+        self.delays.iter().map(|d| d.mul_f64(1.0 - JITTER)).sum()
+    }
+
+    /// The same without jitter.
+    pub fn horizon(&self) -> Duration {
+        self.delays.iter().sum()
+    }
+
+    /// The delay to use instead of `scheduled` when the receiver asked to
+    /// wait `retry_after`: the first delay of the schedule at or above it,
+    /// at most the schedule's longest (the delay names a queue, so only
+    /// the schedule's delays exist).
+    pub fn delay_at_least(&self, scheduled: Duration, retry_after: Duration) -> Duration {
+        if retry_after <= scheduled {
+            return scheduled;
+        }
+        let longest = self.delays.iter().copied().max().unwrap_or(scheduled);
+        let mut distinct = self.delays();
+        distinct.sort();
+        distinct.into_iter().find(|&d| d >= retry_after).unwrap_or(longest).max(scheduled)
     }
 
     /// Every distinct delay, for declaring the delay queues.
@@ -83,10 +129,15 @@ pub struct Retry {
     pub next_attempt: u32,
     /// Delay queue to use.
     pub delay: Duration,
-    /// Handlers that need not run again.
-    pub done: Vec<HandlerKind>,
-    /// The handler that failed.
+    /// The shortest wait jitter may leave: what a receiver asked for with
+    /// `Retry-After` (zero when nobody asked).
+    pub not_before: Duration,
+    /// Steps that need not run again.
+    pub done: Vec<Step>,
+    /// The handler that failed (metrics label).
     pub handler: HandlerKind,
+    /// The step that failed: the handler, or its endpoint.
+    pub step: Step,
     /// Its error.
     pub error: String,
 }
@@ -103,17 +154,87 @@ pub async fn schedule(
     let properties = envelope::rebuilt(&message.properties, |h| {
         h.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(i64::from(retry.next_attempt)));
         insert_str(h, HEADER_DONE, &envelope::done_list(&retry.done));
-        insert_str(h, HEADER_HANDLER, retry.handler.as_str());
+        insert_str(h, HEADER_HANDLER, retry.step.as_str());
         insert_str(h, HEADER_LAST_ERROR, envelope::truncated(&retry.error));
     })
-    .with_expiration(ShortString::from(RetryPolicy::jittered(retry.delay).as_millis().to_string()));
+    .with_expiration(ShortString::from(expiration(retry).as_millis().to_string()));
     envelope::publish_to_own_queue(publisher, &topology.retry_queue(retry.delay), &message.data, properties)
         .await
+}
+
+/// The message's own expiration: the delay less jitter, but never less
+/// than the receiver asked for (and never more than the queue's TTL).
+fn expiration(retry: &Retry) -> Duration {
+    RetryPolicy::jittered(retry.delay).max(retry.not_before.min(retry.delay))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_schedule_retries_for_a_day_even_after_jitter() {
+        let policy = RetryPolicy::new(19, Duration::from_secs(1), Duration::from_secs(4 * 3600));
+        assert!(policy.horizon_after_jitter() >= Duration::from_secs(24 * 3600), "{:?}", policy.horizon());
+        assert_eq!(
+            policy.delays().len(),
+            RAMP_RETRIES,
+            "one queue per ramp step, the plateau reuses the last"
+        );
+        assert_eq!(policy.delay_after(18), Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(policy.delay_after(19), None);
+        assert_eq!(policy.delays().first(), Some(&Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn short_schedules_stay_geometric() {
+        // 13 attempts: 12 retries, all on the ramp, as before the plateau.
+        let policy = RetryPolicy::new(13, Duration::from_millis(100), Duration::from_secs(10));
+        let delays = policy.delays();
+        assert_eq!(delays.len(), 12);
+        assert!(delays.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(delays.last(), Some(&Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn retry_after_picks_the_next_delay_at_or_above_it() {
+        let policy = RetryPolicy::new(4, Duration::from_secs(1), Duration::from_secs(100));
+        // Delays 1 s, 10 s, 100 s.
+        assert_eq!(
+            policy.delay_at_least(Duration::from_secs(1), Duration::from_secs(3)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            policy.delay_at_least(Duration::from_secs(1), Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            policy.delay_at_least(Duration::from_secs(10), Duration::from_secs(2)),
+            Duration::from_secs(10)
+        );
+        // Bounded by the schedule's maximum.
+        assert_eq!(
+            policy.delay_at_least(Duration::from_secs(1), Duration::from_secs(86_400)),
+            Duration::from_secs(100)
+        );
+    }
+
+    #[test]
+    fn jitter_never_undercuts_retry_after() {
+        let retry = Retry {
+            next_attempt: 2,
+            delay: Duration::from_secs(10),
+            not_before: Duration::from_secs(9),
+            done: vec![],
+            handler: HandlerKind::Http,
+            step: HandlerKind::Http.into(),
+            error: String::new(),
+        };
+        for _ in 0..1000 {
+            let e = expiration(&retry);
+            assert!(e >= Duration::from_secs(9) && e <= Duration::from_secs(10), "{e:?}");
+        }
+    }
 
     #[test]
     fn default_schedule_spans_one_second_to_ten_minutes() {

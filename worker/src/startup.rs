@@ -1,6 +1,5 @@
 //! Building and running the worker; `main` and the tests share this code.
 
-use dlr_shared::Outcome;
 use dlr_shared::amqp::{BrokerConnection, Publisher, Topology};
 use secrecy::ExposeSecret;
 use std::collections::HashMap;
@@ -16,7 +15,7 @@ use crate::config::{Config, ConfigError};
 use crate::consumer::{self, ConsumerContext};
 use crate::dispatch::Dispatcher;
 use crate::handlers::amqp::AmqpHandler;
-use crate::handlers::http::{HttpHandler, SigningKey};
+use crate::handlers::http::HttpHandler;
 use crate::handlers::log::LogHandler;
 use crate::handlers::postgres::{PostgresHandler, PostgresSettings};
 use crate::handlers::{Handler, HandlerKind};
@@ -101,7 +100,9 @@ impl Application {
         let mut handlers: HashMap<HandlerKind, Arc<dyn Handler>> = HashMap::new();
         handlers.insert(HandlerKind::Log, Arc::new(LogHandler));
         if routes.uses(HandlerKind::Http) {
-            handlers.insert(HandlerKind::Http, Arc::new(http_handler(&config)?));
+            let http =
+                HttpHandler::from_config(&config, &metrics).map_err(|e| StartupError::Http(e.to_string()))?;
+            handlers.insert(HandlerKind::Http, Arc::new(http));
         }
         let mut status_store = None;
         if let (true, Some(url)) = (routes.uses(HandlerKind::Postgres), config.database_url.as_ref()) {
@@ -320,22 +321,4 @@ async fn check_database(url: &str) -> Result<(), StartupError> {
             format!("no answer within {timeout:?}"),
         )))),
     }
-}
-
-fn http_handler(config: &Config) -> Result<HttpHandler, StartupError> {
-    let secret = config.http_secret.as_ref().map(|s| s.expose_secret().to_owned()).unwrap_or_default();
-    let key = SigningKey::parse(&secret).map_err(StartupError::Http)?;
-    let client = reqwest::Client::builder()
-        .timeout(config.http_timeout)
-        .connect_timeout(config.http_timeout.min(Duration::from_secs(3)))
-        .user_agent(concat!("dlr-worker/", env!("CARGO_PKG_VERSION")))
-        // A 3xx is an answer to judge (handlers::http::failure_for_status), not a hop to take.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| StartupError::Http(e.to_string()))?;
-    let urls = Outcome::ALL
-        .iter()
-        .filter_map(|&outcome| config.http_url_for(outcome).map(|url| (outcome, url.clone())))
-        .collect();
-    Ok(HttpHandler::new(client, urls, key, config.http_max_in_flight))
 }

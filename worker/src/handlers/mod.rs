@@ -146,4 +146,9 @@ pub trait Handler: Send + Sync {
     fn kind(&self) -> HandlerKind;
     /// Delivers `event`. Must be idempotent on `event.event_id`.
     async fn handle(&self, event: &ReceiptEvent) -> Result<(), HandlerError>;
+    /// The webhook endpoints a handler fans out to, each a step of its own
+    /// for the dispatcher (only the http handler has any).
+    fn endpoints(&self) -> &[http::Endpoint] {
+        &[]
+    }
 }
