@@ -625,7 +625,7 @@ async fn slow_or_idle_request_heads_are_cut_off() {
 }
 
 // ---------------------------------------------------------------------------
-// Deadlines and limits on the production path (issue 10)
+// Deadlines and limits on the production path
 
 /// A form POST head for `/dlr/vonage` announcing `body`'s length.
 fn vonage_head(body: &str) -> Vec<u8> {

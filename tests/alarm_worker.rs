@@ -1,4 +1,4 @@
-//! The worker during a broker resource alarm (issue 10, item 6).
+//! The worker during a broker resource alarm.
 //!
 //! A memory alarm makes RabbitMQ block every publishing connection, so the
 //! worker can neither republish events nor schedule retries. It must wait

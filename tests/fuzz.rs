@@ -14,7 +14,7 @@
 //! samples (drop, repeat, rename a field; swap a value for unicode, a long
 //! string, a number, a timestamp at chrono's limits), so the fuzzer reaches
 //! the paths behind "required fields present". Every file in
-//! `tests/corpus/` (the reference samples of receipts.md section 6 plus
+//! `tests/corpus/` (the providers' documented sample receipts plus
 //! hostile inputs) is replayed through every parser and verifier and also
 //! seeds a byte-mutation property.
 //!
@@ -855,7 +855,7 @@ fn arbitrary_pairs_through_flat_parsers_and_verifiers() {
     fuzz("arbitrary pairs", pairs(), |pairs| exercise_fields(&Fields::from_pairs(pairs)));
 }
 
-/// What the decoders refuse on purpose (issue 10 item 8): control
+/// What the decoders refuse on purpose : control
 /// characters other than tab and line breaks, status words over
 /// `MAX_STATUS_BYTES`, any other value over `MAX_VALUE_BYTES`.
 fn refused_at_the_edge(name: &str, value: &str) -> bool {

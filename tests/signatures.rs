@@ -8,7 +8,7 @@
 //! Signatures are produced with the `sign()` helpers of `dlr_ingest::signature`
 //! over exactly the (name, value) pairs that are sent, and encoded as the
 //! provider would (GET query, form body, JSON). The reference samples S1..S8
-//! (receipts.md section 6) are sent byte for byte.
+//! (the providers' documented sample requests) are sent byte for byte.
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -40,7 +40,7 @@ const QUARANTINED: &str = "dlr_ingest_quarantined_total";
 const REJECTED: &str = "dlr_ingest_receipts_rejected_total";
 
 // ---------------------------------------------------------------------------
-// Reference samples (receipts.md section 6), byte for byte.
+// The providers' documented sample requests, byte for byte.
 
 const S4_SECRET: &str = "example_signature_secret_0123456789";
 const S4_TIMESTAMP: i64 = 1_741_944_413;

@@ -970,7 +970,7 @@ async fn readiness_follows_the_broker_and_consuming_resumes_after_an_outage() {
 }
 
 // ---------------------------------------------------------------------------
-// Production paths (issue 10): drain on SIGTERM, returns, redirects
+// Production paths: drain on SIGTERM, returns, redirects
 // ---------------------------------------------------------------------------
 
 /// SIGTERM while 50 events are in the hands of a slow receiver: the worker

@@ -50,7 +50,7 @@ pub async fn vonage_sms(state: &AppState, request: WebhookRequest) -> Result<Rec
     let fields = match decode_fields(&request) {
         Ok(Decoded::Fields(fields)) => fields,
         // An account switched to the Messages API sends Messages-format JSON
-        // to the same URL (reference §1.1): take it rather than 400 it away.
+        // to the same URL (Vonage sends inbound SMS and receipts to whatever URL the account names): take it rather than 400 it away.
         Ok(Decoded::MessagesApi) => return vonage_messages(state, request).await,
         Err(error) => return Err(reject(state, provider, error)),
     };

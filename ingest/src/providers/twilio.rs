@@ -1,4 +1,4 @@
-//! Twilio Programmable Messaging status callbacks (reference receipts.md §4).
+//! Twilio Programmable Messaging status callbacks (<https://www.twilio.com/docs/messaging/guides/track-outbound-message-status>).
 //!
 //! Twilio POSTs a form body; the HTTP layer decodes it into [`Fields`] (the
 //! same pairs its signature covers) and this module interprets them. Twilio
@@ -12,7 +12,7 @@ use super::{FieldProblem, Fields, ReceiptError};
 use dlr_shared::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
 use dlr_shared::event::{ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
-/// Twilio's `MessageStatus` words (§4.2), plus any word we have never seen.
+/// Twilio's `MessageStatus` words (<https://www.twilio.com/docs/messaging/api/message-resource#message-status-values>), plus any word we have never seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TwilioStatus {
     /// A Messaging Service accepted the message.
@@ -72,7 +72,7 @@ impl TwilioStatus {
         matches!(self, Self::Receiving | Self::Received)
     }
 
-    /// The business outcome (reference §5); `None` for inbound statuses,
+    /// The business outcome (delivered / failed / pending); `None` for inbound statuses,
     /// which have no delivery outcome and are refused before this is asked.
     pub fn outcome(&self) -> Option<Outcome> {
         match self {
@@ -91,7 +91,7 @@ impl TwilioStatus {
     }
 }
 
-/// Common `ErrorCode`s (§4.1) and whether a resend may succeed.
+/// Common `ErrorCode`s (<https://www.twilio.com/docs/api/errors>) and whether a resend may succeed.
 ///
 /// Retryable is a judgement: 30003 (handset switched off or out of
 /// coverage) and 30008 (unknown error, for which Twilio itself suggests
@@ -183,7 +183,7 @@ pub fn parse(fields: &Fields, received_at: DateTime<Utc>) -> Result<ReceiptEvent
         return Err(ReceiptError::NotAReceipt("this is an inbound message (status receiving/received)"));
     };
     // Lower-cased like the Vonage parsers, so that a retry spelled
-    // differently still de-duplicates (reference §5 dedupe key).
+    // differently still de-duplicates (the event id is derived from the provider, message id and status).
     let event_id = EventId::derive(
         Provider::Twilio,
         &[message_id.as_str(), &status.to_ascii_lowercase(), error_code_text.unwrap_or("")],

@@ -1,4 +1,4 @@
-//! Vonage Messages API message-status webhooks (reference receipts.md §3).
+//! Vonage Messages API message-status webhooks (<https://developer.vonage.com/en/api/messages#message-status>).
 //!
 //! Unlike the SMS API, the Messages API always POSTs JSON, and its body is
 //! nested (`error{}`, `usage{}`, `destination{}`), so this module reads the
@@ -22,7 +22,7 @@ use super::{FieldProblem, ReceiptError};
 use dlr_shared::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
 use dlr_shared::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
-/// Messages API `status` words (§3.2), plus any word we have never seen.
+/// Messages API `status` words (<https://developer.vonage.com/en/api/messages#message-status>), plus any word we have never seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessagesStatus {
     /// Handed to the provider or carrier; for SMS this is the charged event.
@@ -53,7 +53,7 @@ impl MessagesStatus {
         }
     }
 
-    /// The business outcome (reference §5).
+    /// The business outcome (delivered / failed / pending).
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::Delivered | Self::Read => Outcome::Delivered,
@@ -63,7 +63,7 @@ impl MessagesStatus {
     }
 }
 
-/// Frequent Messages API error codes (§3.2) and whether a resend may succeed.
+/// Frequent Messages API error codes (<https://developer.vonage.com/en/api-errors/messages>) and whether a resend may succeed.
 ///
 /// Only the transient ones (absent subscriber for now, handset busy, network
 /// or provider error) are retryable; the rest will fail the same way again.
@@ -244,7 +244,7 @@ fn is_code(value: &str) -> bool {
     (1..=9).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// `timestamp` is ISO 8601 / RFC 3339 in UTC with milliseconds (§3.1).
+/// `timestamp` is ISO 8601 / RFC 3339 in UTC with milliseconds.
 fn parse_timestamp(value: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(value).ok().map(|t| t.with_timezone(&Utc))
 }

@@ -1,4 +1,4 @@
-//! Vonage SMS API delivery receipts (reference receipts.md §1).
+//! Vonage SMS API delivery receipts (<https://developer.vonage.com/en/messaging/sms/guides/delivery-receipts>).
 //!
 //! The same fields arrive as a query string, a form body or a flat JSON
 //! object depending on an account setting; the HTTP layer decodes any of them
@@ -10,7 +10,7 @@ use super::{FieldProblem, Fields, ReceiptError};
 use dlr_shared::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
 use dlr_shared::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
-/// Vonage's DLR `status` words (§1.3), plus spellings seen in older docs and
+/// Vonage's DLR `status` words (<https://developer.vonage.com/en/messaging/sms/guides/delivery-receipts>), plus spellings seen in older docs and
 /// SMPP-style help pages, plus any word we have never seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VonageStatus {
@@ -53,7 +53,7 @@ impl VonageStatus {
         }
     }
 
-    /// The business outcome (reference §5).
+    /// The business outcome (delivered / failed / pending).
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::Delivered => Outcome::Delivered,
@@ -68,7 +68,7 @@ impl VonageStatus {
     }
 }
 
-/// DLR `err-code` meanings (§1.4) and whether a resend may succeed.
+/// DLR `err-code` meanings (<https://developer.vonage.com/en/messaging/sms/guides/delivery-receipts#dlr-error-codes>) and whether a resend may succeed.
 fn describe_err_code(code: u32) -> (Option<&'static str>, bool) {
     let description = match code {
         1 => "Unknown",
@@ -106,7 +106,7 @@ pub fn parse(fields: &Fields, received_at: DateTime<Utc>) -> Result<ReceiptEvent
             FieldProblem::new("msisdn", "is missing"),
         ]));
     }
-    // Inbound SMS share field names with receipts but carry text/type (§1.7).
+    // Inbound SMS share field names with receipts but carry text/type.
     if !fields.contains("status") && (fields.contains("text") || fields.contains("type")) {
         return Err(ReceiptError::NotAReceipt("this is an inbound SMS (has text/type, no status)"));
     }
@@ -194,7 +194,7 @@ fn required<'a>(fields: &'a Fields, name: &str, problems: &mut Vec<FieldProblem>
     value
 }
 
-/// `message-timestamp` is `YYYY-MM-DD HH:MM:SS` in UTC (§1.2).
+/// `message-timestamp` is `YYYY-MM-DD HH:MM:SS` in UTC.
 fn parse_message_timestamp(value: &str) -> Option<DateTime<Utc>> {
     NaiveDateTime::parse_from_str(value, "%Y-%m-%d %H:%M:%S").ok().map(|t| t.and_utc())
 }

@@ -2,7 +2,7 @@
 //!
 //! lapin 4 can recover connections by itself, but a publish that was in
 //! flight is not re-sent and a channel closed by a channel-level error stays
-//! closed (stack.md §1.4). Rather than mixing its recovery with our own
+//! closed (lapin does not reopen a channel the broker closed). Rather than mixing its recovery with our own
 //! channel bookkeeping, one supervisor task owns the connection: it connects
 //! with capped exponential backoff, runs a setup hook (declare topology) on
 //! every new connection, publishes the live connection through a `watch`
