@@ -208,6 +208,11 @@ impl Cluster {
                 env.push(("WORKER_HTTP_URL", s.receiver_url.clone()));
                 env.push(("WORKER_HTTP_SECRET", WEBHOOK_SECRET.to_owned()));
                 env.push(("WORKER_HTTP_TIMEOUT_MS", "5000".to_owned()));
+                // No circuit breaker: the harness's retry schedule lasts seconds,
+                // less than any cool-down, so an open circuit would park events
+                // that a day-long production schedule would deliver. The breaker
+                // has its own tests (tests/webhooks.rs).
+                env.push(("WORKER_WEBHOOK_BREAKER_FAILURES", "0".to_owned()));
                 env.push(("WORKER_RETRY_INITIAL_DELAY_MS", WORKER_RETRY_INITIAL_DELAY_MS.to_string()));
                 env.push(("WORKER_RETRY_MAX_DELAY_MS", WORKER_RETRY_MAX_DELAY_MS.to_string()));
                 env.push(("WORKER_MAX_ATTEMPTS", WORKER_MAX_ATTEMPTS.to_string()));

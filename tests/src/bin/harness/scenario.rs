@@ -70,7 +70,8 @@ pub async fn run(
     let recorded = load.finish(profile.retry_window).await;
     let settled_ms = clock.ms();
 
-    let prefix = format!("{tag}-");
+    // Every message id of the scenario is the tag followed by its number.
+    let prefix = tag.clone();
     let acknowledged: HashSet<String> = recorded
         .receipts
         .iter()
