@@ -198,8 +198,17 @@ case "$cmd" in
   kill-node)
     n=$(node_arg "${2:-}")
     pid=$(as_root cat "$base/dlr$n/rabbitmq.pid" 2>/dev/null || true)
-    if [ -n "$pid" ]; then as_root kill -9 "$pid" 2>/dev/null || true; fi
-    echo "cluster: killed $(node_name "$n")"
+    if [ -z "$pid" ]; then
+      # No pid file (an interrupted start, a hand-made node): ask the node.
+      # A kill that silently did nothing would make a fault scenario pass.
+      pid=$(ctl "$n" eval 'os:getpid().' 2>/dev/null | tr -dc '0-9' || true)
+    fi
+    if [ -z "$pid" ]; then
+      echo "cluster: cannot kill $(node_name "$n"): not running, or its pid is unknown" >&2
+      exit 1
+    fi
+    as_root kill -9 "$pid" 2>/dev/null || true
+    echo "cluster: killed $(node_name "$n") (pid $pid)"
     ;;
   stop-node)
     n=$(node_arg "${2:-}")
