@@ -78,10 +78,16 @@ async fn post(ingest: &TestIngest, message_id: &str, status: &str) -> u16 {
     ingest.post_vonage_form(&vonage_form(message_id, status)).await.status().as_u16()
 }
 
-fn quorum_args() -> FieldTable {
+/// Declares a durable quorum queue of the test's own, removed by its cleanup.
+async fn declare_quorum_queue(app: &TestApp, queue: &str) {
+    app.own_queue(queue);
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    args
+    app.broker
+        .channel
+        .queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+        .await
+        .expect("declare a queue of the test's own");
 }
 
 /// With the amqp handler routing delivered and failed events and a queue
@@ -101,17 +107,9 @@ async fn unbound_events_are_counted_once_and_bound_ones_arrive_once() {
     let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
     let worker = app.start_worker(config.clone(), WITHIN).await;
     let bound = format!("{}.delivered-only", app.topology.exchange);
-    app.own_queue(&bound);
-    let channel = &app.broker.channel;
-    channel
-        .queue_declare(
-            bound.as_str().into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
-            quorum_args(),
-        )
-        .await
-        .expect("declare the bound queue");
-    channel
+    declare_quorum_queue(&app, &bound).await;
+    app.broker
+        .channel
         .queue_bind(
             bound.as_str().into(),
             app.events_exchange.as_str().into(),
@@ -187,16 +185,7 @@ async fn a_publish_to_a_missing_queue_is_never_reported_stored() {
     let app = TestApp::new().await;
     let present = format!("{}.present", app.topology.exchange);
     let missing = format!("{}.missing", app.topology.exchange);
-    app.own_queue(&present);
-    app.broker
-        .channel
-        .queue_declare(
-            present.as_str().into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
-            quorum_args(),
-        )
-        .await
-        .expect("declare");
+    declare_quorum_queue(&app, &present).await;
     let publisher = Arc::new(publisher(&app, &dlr_tests::amqp_url()).await);
 
     let mut tasks = Vec::new();
@@ -238,16 +227,7 @@ async fn a_publish_to_a_missing_queue_is_never_reported_stored() {
 async fn a_batch_keeps_its_order_and_fails_as_a_whole() {
     let app = TestApp::new().await;
     let queue = format!("{}.batch", app.topology.exchange);
-    app.own_queue(&queue);
-    app.broker
-        .channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
-            quorum_args(),
-        )
-        .await
-        .expect("declare");
+    declare_quorum_queue(&app, &queue).await;
     let publisher = publisher(&app, &dlr_tests::amqp_url()).await;
     let bodies: Vec<Vec<u8>> = (0..50).map(|n| format!("{{\"n\":{n}}}").into_bytes()).collect();
     let batch: Vec<Outgoing<'_>> = bodies
@@ -278,16 +258,7 @@ async fn a_batch_keeps_its_order_and_fails_as_a_whole() {
 async fn a_timed_out_confirm_replaces_its_channel() {
     let app = TestApp::new().await;
     let queue = format!("{}.stall", app.topology.exchange);
-    app.own_queue(&queue);
-    app.broker
-        .channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions { durable: true, ..Default::default() },
-            quorum_args(),
-        )
-        .await
-        .expect("declare");
+    declare_quorum_queue(&app, &queue).await;
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
     let metrics = WorkerMetrics::new().expect("metrics");
