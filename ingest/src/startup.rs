@@ -184,7 +184,13 @@ impl Application {
                     break;
                 }
             }
-            let permit = tokio::select! {
+            // A connection slot, then a connection. Both are cancel-safe, so
+            // a shutdown or a refused broker interrupts either wait.
+            let next = async {
+                let permit = connections.clone().acquire_owned().await;
+                (permit, self.listener.accept().await)
+            };
+            let (permit, stream) = tokio::select! {
                 () = shutdown.cancelled(), if drain_deadline.is_none() => {
                     drain_deadline = Some(self.start_drain(&draining));
                     continue;
@@ -196,25 +202,10 @@ impl Application {
                 }
                 // While draining, look again at the open connections now and then.
                 () = tokio::time::sleep(DRAIN_CHECK_INTERVAL), if drain_deadline.is_some() => continue,
-                permit = connections.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let stream = tokio::select! {
-                () = shutdown.cancelled(), if drain_deadline.is_none() => {
-                    drain_deadline = Some(self.start_drain(&draining));
-                    continue;
-                }
-                reason = &mut gave_up, if refused.is_none() => {
-                    refused = Some(reason);
-                    drain_deadline.get_or_insert_with(|| self.start_drain(&draining));
-                    continue;
-                }
-                () = tokio::time::sleep(DRAIN_CHECK_INTERVAL), if drain_deadline.is_some() => continue,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
+                (permit, accepted) = next => match (permit, accepted) {
+                    (Err(_), _) => break,
+                    (Ok(permit), Ok((stream, _))) => (permit, stream),
+                    (Ok(_), Err(error)) => {
                         // Out of file descriptors and the like: back off, keep serving.
                         tracing::warn!(%error, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
