@@ -76,11 +76,7 @@ impl Application {
         let declare_topology = topology.clone();
         let setup: dlr_shared::amqp::connection::SetupHook = Arc::new(move |conn| {
             let topology = declare_topology.clone();
-            Box::pin(async move {
-                let channel = conn.create_channel().await?;
-                topology.declare_intake(&channel).await?;
-                channel.close(200, "topology declared".into()).await
-            })
+            Box::pin(async move { topology.declare_intake(&conn).await })
         });
         let broker_shutdown = CancellationToken::new();
         let (broker, broker_task) = BrokerConnection::start(
