@@ -179,3 +179,45 @@ async fn replay_headers_from_outside_gain_nothing() {
     h.stop().await;
     app.cleanup().await;
 }
+
+/// A Vonage SMS receipt (GET, signed query) refused because ingest lacked
+/// the account's current secret is replayed after the secret is added,
+/// when its `timestamp` is older than `SIGNATURE_MAX_AGE_SECONDS` (2 s here):
+/// the query is sealed as the replay sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vonage_get_copy_older_than_the_window_is_replayed_once_the_secret_is_added() {
+    use dlr_ingest::signature::SignatureMode;
+    use dlr_ingest::signature::vonage_sms::{self, SigMethod};
+    let app = TestApp::new().await;
+    let vonage = |secrets: &'static str| {
+        move |c: &mut dlr_ingest::Config| {
+            c.signatures.vonage_mode = Some(SignatureMode::Enforce);
+            c.signatures.vonage_method = SigMethod::Sha256Hmac;
+            c.signatures.vonage_secret = Some(secrets.into());
+            c.signatures.max_age = Duration::from_secs(2);
+        }
+    };
+    let old = ingest(&app, vonage("old-secret")).await;
+    let mut fields: Vec<(String, String)> =
+        url::form_urlencoded::parse(dlr_tests::vonage_form("0B000000000000C1", "delivered").as_bytes())
+            .into_owned()
+            .collect();
+    fields.push(("timestamp".into(), now().to_string()));
+    let sig = vonage_sms::sign(&fields, "new-secret", SigMethod::Sha256Hmac);
+    fields.push(("sig".into(), sig));
+    let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&fields).finish();
+    let (status, body) = send(old.client.get(format!("{}/dlr/vonage?{query}", old.base_url))).await;
+    assert_eq!((status, &body["reason"]), (401, &Value::from("mismatch")), "{body}");
+    old.stop().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let fixed = ingest(&app, vonage("new-secret,old-secret")).await;
+    let (status, body) = send(fixed.client.get(format!("{}/dlr/vonage?{query}", fixed.base_url))).await;
+    assert_eq!((status, &body["reason"]), (401, &Value::from("stale")), "sent again by anyone: too old");
+    let report = replay(&app, &fixed).await;
+    assert_eq!((report.examined, report.replayed, report.kept), (2, 1, 1), "{report:?}");
+    let events = app.receipts(1, WAIT, SETTLE).await;
+    assert_eq!(events[0].message_id.as_str(), "0B000000000000C1");
+    fixed.stop().await;
+    app.cleanup().await;
+}

@@ -196,9 +196,18 @@ async fn resend(client: &reqwest::Client, ingest_url: &url::Url, copy: &[u8]) ->
         }
     }
     let response = builder.send().await.map_err(|e| e.to_string())?;
-    if response.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("ingest answered {}", response.status()))
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
     }
+    // Ingest's answer names the reason (`mismatch`, `stale`, `replay_seal`, ...).
+    let reason = response
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|body| body.get("reason").and_then(serde_json::Value::as_str).map(str::to_owned));
+    Err(match reason {
+        Some(reason) => format!("ingest answered {status} ({reason})"),
+        None => format!("ingest answered {status}"),
+    })
 }

@@ -165,10 +165,11 @@ pub(crate) fn seal(
     let credential = basic_credential(original.get(header::AUTHORIZATION))
         .map(|c| credential_digest(key, &c))
         .unwrap_or_default();
+    let query = copy.query.as_deref().map(as_replayed);
     let covered = Covered {
         method: &copy.method,
         path: &copy.path,
-        query: copy.query.as_deref(),
+        query: query.as_deref(),
         headers: &copy.headers,
         body: &copy.body,
     };
@@ -179,6 +180,15 @@ pub(crate) fn seal(
         URL_SAFE_NO_PAD.encode(&credential),
         URL_SAFE_NO_PAD.encode(mac)
     ))
+}
+
+/// The query as the worker's replay will send it: its URL library
+/// percent-encodes what a URL may not hold raw (a space, `"`, `'`, `<`,
+/// `>`), so the seal covers that form, which is what ingest receives.
+fn as_replayed(query: &str) -> String {
+    let mut url = url::Url::parse("http://replay.invalid/").unwrap_or_else(|_| unreachable!("a valid URL"));
+    url.set_query(Some(query));
+    url.query().unwrap_or(query).to_owned()
 }
 
 /// Opens the seal of a replayed request, if it carries one: on success the
@@ -318,6 +328,16 @@ mod tests {
         let cut = RequestCopy { body_truncated: true, ..copy() };
         assert_eq!(seal(Some(&keys), &cut, &axum::http::HeaderMap::new(), Utc::now()), None);
         assert_eq!(seal(None, &copy(), &axum::http::HeaderMap::new(), Utc::now()), None);
+    }
+
+    #[test]
+    fn a_query_is_sealed_as_the_replay_sends_it() {
+        let keys = ReplayKeys::parse(KEY).expect("key");
+        let raw = RequestCopy { query: Some("a=it's here&b=%27".into()), ..copy() };
+        let sealed = seal_of(&raw, &keys);
+        let sent = RequestCopy { query: Some("a=it%27s%20here&b=%27".into()), ..copy() };
+        assert!(opens(&sent, &keys, &sealed), "the re-encoded query the worker sends");
+        assert_eq!(as_replayed("a=1&b=%20"), "a=1&b=%20", "an encoded query is left alone");
     }
 
     #[test]
