@@ -322,8 +322,8 @@ mod tests {
 
     #[test]
     fn short_keys_and_cut_copies_are_refused() {
-        assert!(ReplayKeys::parse("short").unwrap_err().contains("key 1"));
-        assert!(ReplayKeys::parse(&format!("{KEY},short")).unwrap_err().contains("key 2"));
+        assert!(ReplayKeys::parse("short").expect_err("too short").contains("key 1"));
+        assert!(ReplayKeys::parse(&format!("{KEY},short")).expect_err("second too short").contains("key 2"));
         let keys = ReplayKeys::parse(KEY).expect("key");
         let cut = RequestCopy { body_truncated: true, ..copy() };
         assert_eq!(seal(Some(&keys), &cut, &axum::http::HeaderMap::new(), Utc::now()), None);
