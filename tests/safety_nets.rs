@@ -15,7 +15,8 @@ use dlr_ingest::signature::vonage_sms::SigMethod;
 use dlr_shared::ReceiptEvent;
 use dlr_shared::quarantine::QuarantinedRequest;
 use dlr_tests::{OperatorPolicy, TestApp, TestBroker, unique_topology, vonage_form};
-use lapin::options::{BasicGetOptions, QueueDeclareOptions};
+use lapin::BasicProperties;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use std::time::Duration;
 
@@ -107,10 +108,27 @@ async fn a_full_quarantine_drops_its_oldest_copy() {
 const COPIES: u8 = 10;
 const COPY_BYTES: usize = 60 * 1024;
 
+/// Each publish is confirmed before the next, so the queue has applied its
+/// bound to all of them before anything is taken.
 async fn publish_large_copies(broker: &TestBroker, queue: &str) {
+    let channel = broker.channel_for_probe().await.expect("a channel");
+    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     for n in 0..COPIES {
-        broker.publish_raw(queue, &vec![b'a' + n; COPY_BYTES]).await;
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &vec![b'a' + n; COPY_BYTES],
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "copy {n} confirmed");
     }
+    channel.close(200, "published".into()).await.expect("close");
 }
 
 /// What is left of [`publish_large_copies`]: total body bytes and the fill byte of each copy.
@@ -168,11 +186,15 @@ async fn a_quarantine_created_without_a_byte_bound_is_kept_and_a_policy_bounds_i
     assert_eq!(app.broker.queue_depth(&quarantine).await, u32::from(COPIES), "the existing copies are kept");
 
     let policy = OperatorPolicy::on_queue(&quarantine, &format!(r#"{{"max-length-bytes":{BOUND}}}"#));
-    // A policy reaches the queue asynchronously: wait until it trimmed it.
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    while app.broker.queue_depth(&quarantine).await > 4 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // A policy reaches the queue asynchronously (slowly on a loaded
+    // machine): wait until it trimmed what was there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut depth = app.broker.queue_depth(&quarantine).await;
+    while depth > 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        depth = app.broker.queue_depth(&quarantine).await;
     }
+    assert_eq!(depth, 4, "the policy trimmed the existing copies to its bound");
     publish_large_copies(&app.broker, &quarantine).await;
     let (bytes, kept) = left_in(&app.broker, &quarantine).await;
     drop(policy);
