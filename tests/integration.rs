@@ -24,6 +24,7 @@ mod method_metrics;
 mod postgres;
 mod postgres_tls;
 mod providers;
+mod quarantine_replay;
 mod readiness;
 mod safety_nets;
 mod senders;

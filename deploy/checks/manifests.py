@@ -34,8 +34,10 @@ PROVIDERS = {
     "sinch": ("SINCH_SIGNATURE_MODE", ("SINCH_WEBHOOK_SECRET", "SINCH_BASIC_AUTH")),
     "infobip": ("INFOBIP_AUTH_MODE", ("INFOBIP_BASIC_AUTH",)),
 }
+# Seals ingest's quarantine copies (ingest/src/intake/replay.rs); prod requires it.
+REPLAY_KEY_ENV = "INGEST_QUARANTINE_REPLAY_KEY"
 # Telnyx's public key is not a secret; every other credential is.
-SECRET_ENV = {"AMQP_URL", "WORKER_HTTP_SECRET", "DATABASE_URL"} | {
+SECRET_ENV = {"AMQP_URL", "WORKER_HTTP_SECRET", "DATABASE_URL", REPLAY_KEY_ENV} | {
     var for _, creds in PROVIDERS.values() for var in creds if var != "TELNYX_PUBLIC_KEY"
 }
 CORE_GROUPS = {"v1", "apps/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1", "storage.k8s.io/v1"}
@@ -468,6 +470,11 @@ def served_unverified(container, configmaps):
         elif ref:
             optional.add(var["name"])
     problems = []
+    if REPLAY_KEY_ENV not in required:
+        problems.append(
+            f"{REPLAY_KEY_ENV} must come from a required secretKeyRef: without it quarantined copies "
+            "cannot be replayed after a freshness window or with a Basic credential"
+        )
     for provider, (mode_var, creds) in PROVIDERS.items():
         mode = env.get(mode_var)
         served = mode is not None or any(v in required | optional for v in creds)

@@ -78,6 +78,12 @@ pub struct Config {
         default_value_t = 600
     )]
     pub quarantine_copies_per_minute: u32,
+    /// Keys (comma-separated, current first, each at least 32 bytes) that
+    /// seal quarantine copies, so that `worker replay-quarantine` can replay
+    /// them after the freshness window and with their Basic credential.
+    /// Unset: copies are not sealed and are verified on replay as new requests.
+    #[arg(long = "quarantine-replay-key", env = "INGEST_QUARANTINE_REPLAY_KEY", hide_env_values = true)]
+    pub quarantine_replay_key: Option<SecretString>,
     /// Signature verification.
     #[command(flatten)]
     pub signatures: SignatureConfig,
@@ -168,6 +174,14 @@ pub struct SignaturePolicy {
 }
 
 impl Config {
+    /// The quarantine replay keys, checked (`None` when unset).
+    pub fn replay_keys(&self) -> Result<Option<crate::intake::ReplayKeys>, ConfigError> {
+        exposed(&self.quarantine_replay_key)
+            .map(crate::intake::ReplayKeys::parse)
+            .transpose()
+            .map_err(|problem| invalid("INGEST_QUARANTINE_REPLAY_KEY", problem))
+    }
+
     /// Checks cross-field rules clap cannot express, once, at start-up.
     pub fn validate(&self) -> Result<SignaturePolicy, ConfigError> {
         if self.body_limit_bytes == 0 {

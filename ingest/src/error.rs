@@ -56,6 +56,10 @@ pub enum IngestError {
     /// Signature check failed in enforce mode.
     #[error("signature check failed: {0}")]
     Signature(#[from] SignatureError),
+    /// A replay seal (`x-dlr-replay-seal`) that ingest's replay keys do not
+    /// open for this request: forged, altered, or a key that was removed.
+    #[error("the replay seal does not verify")]
+    ReplaySeal,
     /// The broker did not confirm the receipt.
     #[error("receipt not stored: {0}")]
     Unavailable(#[from] PublishError),
@@ -73,7 +77,7 @@ impl IngestError {
             IngestError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             IngestError::UnreadableBody(_) => StatusCode::BAD_REQUEST,
             IngestError::Empty(_) | IngestError::Receipt(_) => StatusCode::BAD_REQUEST,
-            IngestError::Signature(_) => StatusCode::UNAUTHORIZED,
+            IngestError::Signature(_) | IngestError::ReplaySeal => StatusCode::UNAUTHORIZED,
             IngestError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -91,6 +95,7 @@ impl IngestError {
             IngestError::Empty(_) => "empty",
             IngestError::Receipt(e) => e.reason(),
             IngestError::Signature(_) => "signature",
+            IngestError::ReplaySeal => "replay_seal",
             IngestError::Unavailable(e) => e.reason(),
         }
     }

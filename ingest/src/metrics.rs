@@ -7,8 +7,9 @@ use dlr_shared::{Outcome, Provider};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
 /// Reasons a request is refused with a 4xx (`IngestError::reason`).
-const REJECT_REASONS: [&str; 8] = [
+const REJECT_REASONS: [&str; 9] = [
     "invalid_fields",
+    "replay_seal",
     "malformed_body",
     "not_a_receipt",
     "signature",

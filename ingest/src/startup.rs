@@ -66,6 +66,12 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let signatures = config.validate()?;
         signatures.log_serving();
+        let replay_keys = config.replay_keys()?;
+        if replay_keys.is_none() {
+            tracing::warn!(
+                "INGEST_QUARANTINE_REPLAY_KEY is not set: quarantine copies are not sealed, so a replay is checked as a new request (signatures older than their freshness window and Basic-authenticated copies cannot pass)"
+            );
+        }
         let broker_addresses = config.broker.addresses()?;
         let metrics = IngestMetrics::new()?;
         let listener = TcpListener::bind(config.addr)
@@ -76,11 +82,7 @@ impl Application {
         let declare_topology = topology.clone();
         let setup: dlr_shared::amqp::connection::SetupHook = Arc::new(move |conn| {
             let topology = declare_topology.clone();
-            Box::pin(async move {
-                let channel = conn.create_channel().await?;
-                topology.declare_intake(&channel).await?;
-                channel.close(200, "topology declared".into()).await
-            })
+            Box::pin(async move { topology.declare_intake(&conn).await })
         });
         let broker_shutdown = CancellationToken::new();
         let (broker, broker_task) = BrokerConnection::start(
@@ -115,6 +117,7 @@ impl Application {
                 config.quarantine_body_limit_bytes,
                 config.quarantine_copies_per_minute,
             )),
+            replay_keys: replay_keys.map(Arc::new),
         };
         let limits = RouterLimits {
             body_limit_bytes: config.body_limit_bytes,

@@ -28,6 +28,9 @@ pub struct AppState {
     pub broker_readiness: Arc<BrokerReadiness>,
     /// Limits on what a refused request may cost the quarantine.
     pub quarantine_limits: Arc<crate::intake::QuarantineLimits>,
+    /// Seals quarantine copies and opens replays' seals (`None`: copies are
+    /// not sealed and a sealed replay is refused).
+    pub replay_keys: Option<Arc<crate::intake::ReplayKeys>>,
 }
 
 impl AppState {

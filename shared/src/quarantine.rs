@@ -24,8 +24,16 @@ pub const MESSAGE_TYPE: &str = "quarantine.v1";
 ///
 /// Ingest writes no second copy of a replayed request it refuses again: the
 /// replay run keeps the original, and a copy per run would multiply it.
-/// Anyone can set the header; all it does is skip the copy.
+/// Anyone can set the header; all it does is skip the copy (the request is
+/// verified like any other, freshness included).
 pub const REPLAY_HEADER: &str = "x-dlr-replay";
+
+/// Request header carrying a copy's [`RequestCopy::seal`] on a replay.
+///
+/// Only a seal that ingest's own key opens for exactly this request lets
+/// ingest verify it as of the time it was first received (and restore a
+/// Basic credential); a seal that does not open is refused.
+pub const REPLAY_SEAL_HEADER: &str = "x-dlr-replay-seal";
 
 /// One refused request, as kept in the quarantine queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +71,12 @@ pub struct RequestCopy {
     /// start is kept (for diagnosis; such a copy cannot verify on replay).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub body_truncated: bool,
+    /// Ingest's seal over this copy and the time it received the request
+    /// (`INGEST_QUARANTINE_REPLAY_KEY`), sent back verbatim in
+    /// [`REPLAY_SEAL_HEADER`] on a replay. Absent without a key, on a cut
+    /// body and in copies written before seals existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
 impl QuarantinedRequest {
@@ -117,6 +131,7 @@ mod tests {
                 headers: BTreeMap::from([("x-twilio-signature".into(), Some("abc=".into()))]),
                 body: b"MessageSid=SM1&MessageStatus=delivered\xff".to_vec(),
                 body_truncated: false,
+                seal: Some("v1:1::AAAA".into()),
             },
         }
     }
@@ -135,6 +150,7 @@ mod tests {
         let copy = QuarantinedRequest::from_json(old).expect("old format reads");
         assert_eq!(copy.provider, Provider::VonageSms);
         assert_eq!(copy.request.headers.get("content-type"), Some(&None));
+        assert_eq!(copy.request.seal, None, "copies written before seals have none");
         assert!(copy.request.body.is_empty());
     }
 

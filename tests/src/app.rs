@@ -187,6 +187,7 @@ impl TestApp {
             ("AMQP_PARKED_QUEUE", topology.parked_queue.clone()),
             ("AMQP_QUARANTINE_QUEUE", topology.quarantine_queue.clone()),
             ("AMQP_QUARANTINE_MAX_LENGTH", topology.quarantine_max_length.to_string()),
+            ("AMQP_QUARANTINE_MAX_BYTES", topology.quarantine_max_bytes.to_string()),
         ]
     }
 

@@ -495,6 +495,38 @@ fn set_watermark(args: &[String]) -> bool {
     rabbitmqctl().arg("set_vm_memory_high_watermark").args(args).output().is_ok_and(|o| o.status.success())
 }
 
+/// An operator policy on the machine's broker for as long as the value
+/// lives, cleared on drop (also when the test panics). Its pattern is one
+/// queue's exact name, so a test's unique queue is the only one it touches:
+/// the way README tells operators to bound a queue created before a limit
+/// became a queue argument.
+pub struct OperatorPolicy {
+    name: String,
+}
+
+impl OperatorPolicy {
+    /// `rabbitmqctl set_operator_policy <name> ^<queue>$ <definition> --apply-to queues`.
+    pub fn on_queue(queue: &str, definition: &str) -> Self {
+        let name = format!("{queue}.limits");
+        let pattern = format!("^{}$", queue.replace('.', "\\."));
+        let output = rabbitmqctl()
+            .args(["set_operator_policy", &name, &pattern, definition, "--apply-to", "queues"])
+            .output()
+            .expect("rabbitmqctl runs (the broker is local)");
+        assert!(output.status.success(), "set_operator_policy: {}", String::from_utf8_lossy(&output.stderr));
+        Self { name }
+    }
+}
+
+impl Drop for OperatorPolicy {
+    fn drop(&mut self) {
+        let cleared = rabbitmqctl().args(["clear_operator_policy", &self.name]).output();
+        if !cleared.is_ok_and(|o| o.status.success()) {
+            eprintln!("CLEAR BY HAND: rabbitmqctl clear_operator_policy {}", self.name);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -9,7 +9,7 @@
 use crate::config::ParkedSelection;
 use crate::parked::{ParkedEntry, queue_length};
 use dlr_shared::amqp::{Publisher, Topology, header_str, insert_str};
-use dlr_shared::quarantine::{QuarantinedRequest, REPLAY_HEADER};
+use dlr_shared::quarantine::{QuarantinedRequest, REPLAY_HEADER, REPLAY_SEAL_HEADER};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
@@ -104,8 +104,8 @@ pub async fn replay_parked_selected(
 }
 
 /// Re-sends quarantined requests to ingest. Ingest verifies them again with
-/// its current secrets; accepted ones (2xx) leave the quarantine, the rest
-/// stay there.
+/// its current secrets (as of their first receipt when the copy is sealed);
+/// accepted ones (2xx) leave the quarantine, the rest stay there.
 pub async fn replay_quarantine(
     channel: &Channel,
     topology: &Topology,
@@ -184,15 +184,30 @@ async fn resend(client: &reqwest::Client, ingest_url: &url::Url, copy: &[u8]) ->
     // Marks the request as a replay, so that ingest does not quarantine it a
     // second time when it is still refused: this run keeps the original.
     let mut builder = client.request(method, url).body(request.body).header(REPLAY_HEADER, "1");
+    // Ingest's seal, verbatim: with it ingest verifies the request as of its
+    // first receipt (a signature older than the freshness window passes)
+    // and restores a Basic credential. The worker needs no key for this.
+    if let Some(seal) = &request.seal {
+        builder = builder.header(REPLAY_SEAL_HEADER, seal.as_str());
+    }
     for (name, value) in &request.headers {
         if let Some(value) = value {
             builder = builder.header(name.as_str(), value.as_str());
         }
     }
     let response = builder.send().await.map_err(|e| e.to_string())?;
-    if response.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("ingest answered {}", response.status()))
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
     }
+    // Ingest's answer names the reason (`mismatch`, `stale`, `replay_seal`, ...).
+    let reason = response
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|body| body.get("reason").and_then(serde_json::Value::as_str).map(str::to_owned));
+    Err(match reason {
+        Some(reason) => format!("ingest answered {status} ({reason})"),
+        None => format!("ingest answered {status}"),
+    })
 }

@@ -288,11 +288,7 @@ pub fn start_broker(
         let topology = topology.clone();
         let events_exchange = events_exchange.clone();
         let delays = retry_delays.clone();
-        Box::pin(async move {
-            let channel = conn.create_channel().await?;
-            topology.declare_worker(&channel, &events_exchange, &delays).await?;
-            channel.close(200, "topology declared".into()).await
-        })
+        Box::pin(async move { topology.declare_worker(&conn, &events_exchange, &delays).await })
     });
     BrokerConnection::start(
         addresses,

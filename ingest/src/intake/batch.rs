@@ -64,7 +64,7 @@ pub async fn telnyx(state: &AppState, request: WebhookRequest) -> Result<Stored,
             header(&request, "telnyx-timestamp"),
             keys,
             state.signatures.freshness.max_future,
-            Utc::now().timestamp(),
+            request.received_at.timestamp(),
         )
         .map(|()| 0)
     })
@@ -100,8 +100,9 @@ pub async fn plivo(state: &AppState, request: WebhookRequest) -> Result<Stored, 
             tokens.first_match(|token| signature::plivo::verify(method, &url, &form, headers, token))?;
         let v3 = [headers.v3, headers.ma_v3].iter().flatten().any(|v| !v.trim().is_empty());
         match headers.v2_nonce {
-            // V2 signs no parameters and no time: its nonce verifies once.
-            Some(nonce) if !v3 => {
+            // V2 signs no parameters and no time: its nonce verifies once
+            // (a sealed replay is a copy ingest made, maybe after the nonce was used).
+            Some(nonce) if !v3 && !request.sealed_replay => {
                 let nonces = &state.signatures.providers.plivo_v2_nonces;
                 if nonces.first_use(nonce.trim(), std::time::Instant::now()) {
                     Ok(entry)
@@ -166,7 +167,7 @@ pub async fn sinch(state: &AppState, request: WebhookRequest) -> Result<Stored, 
                         header(&request, signature::sinch::TIMESTAMP_HEADER),
                         secret,
                         state.signatures.freshness,
-                        Utc::now().timestamp(),
+                        request.received_at.timestamp(),
                     )
                 })
             }

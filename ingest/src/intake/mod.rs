@@ -9,7 +9,7 @@ use crate::providers::{self, Fields, ReceiptError};
 use crate::signature::{self, SignatureError, SignatureMode};
 use axum::http::{HeaderMap, Method, header};
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use dlr_shared::Provider;
 use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
 use dlr_shared::amqp::{Outgoing, PublishError, receipt_properties};
@@ -21,9 +21,12 @@ use crate::state::AppState;
 
 pub mod batch;
 mod quarantine;
+mod replay;
 
 pub use quarantine::QuarantineLimits;
 pub(crate) use quarantine::quarantine;
+pub use replay::ReplayKeys;
+pub(crate) use replay::open as open_replay;
 
 /// A webhook request as received, before any interpretation.
 #[derive(Debug)]
@@ -38,6 +41,12 @@ pub struct WebhookRequest {
     pub headers: HeaderMap,
     /// Raw body bytes.
     pub body: Bytes,
+    /// When ingest received it: now, or for a sealed replay the time of its
+    /// first receipt. Signature freshness is checked against this time.
+    pub received_at: DateTime<Utc>,
+    /// A replay whose quarantine seal opened ([`replay`]): freshness as of
+    /// `received_at`, no nonce memory, no second quarantine copy.
+    pub sealed_replay: bool,
 }
 
 /// Result of a signature check that did not reject the request; written
@@ -67,7 +76,7 @@ pub async fn vonage_sms(state: &AppState, request: WebhookRequest) -> Result<Rec
                 secret,
                 state.signatures.vonage_method,
                 state.signatures.freshness,
-                Utc::now().timestamp(),
+                request.received_at.timestamp(),
             )
         })
     })
@@ -100,7 +109,7 @@ pub async fn vonage_messages(state: &AppState, request: WebhookRequest) -> Resul
                 &request.body,
                 secret,
                 state.signatures.freshness,
-                Utc::now().timestamp(),
+                request.received_at.timestamp(),
             )
             .map(|_| ())
         })

@@ -4,7 +4,8 @@
 //! the cause is ours (a rotated secret not yet configured, a parser that is
 //! too strict), the copy in the bounded quarantine queue is all that is left
 //! of it; `worker replay-quarantine` sends it back through ingest once the
-//! cause is fixed. The format is [`dlr_shared::quarantine`].
+//! cause is fixed. The format is [`dlr_shared::quarantine`]; with a replay
+//! key each copy is sealed ([`super::replay`]).
 
 use axum::http::{HeaderMap, header};
 use chrono::Utc;
@@ -20,8 +21,8 @@ use crate::signature;
 use crate::state::AppState;
 
 /// The headers a re-verification needs, copied when present. A Basic
-/// password (Infobip) is copied redacted: unlike a signature it is the
-/// secret itself.
+/// password (Infobip, Sinch) is copied redacted: unlike a signature it is
+/// the secret itself (the seal keeps a keyed digest of it instead).
 const COPIED_HEADERS: [&str; 16] = [
     "content-type",
     "authorization",
@@ -80,12 +81,12 @@ pub(crate) async fn quarantine(
     request: &WebhookRequest,
     error: &IngestError,
 ) {
-    if request.headers.contains_key(REPLAY_HEADER) {
+    if request.sealed_replay || request.headers.contains_key(REPLAY_HEADER) {
         // `worker replay-quarantine` keeps its copy when we refuse it again.
         return;
     }
     let limit = state.quarantine_limits.body_limit_bytes;
-    let copy = QuarantinedRequest {
+    let mut copy = QuarantinedRequest {
         quarantined_at: Utc::now(),
         provider,
         reason: error.reason().to_owned(),
@@ -97,8 +98,15 @@ pub(crate) async fn quarantine(
             headers: copied_headers(&request.headers),
             body: request.body.get(..limit).unwrap_or(&request.body).to_vec(),
             body_truncated: request.body.len() > limit,
+            seal: None,
         },
     };
+    copy.request.seal = super::replay::seal(
+        state.replay_keys.as_deref(),
+        &copy.request,
+        &request.headers,
+        request.received_at,
+    );
     match state
         .publisher
         .publish("", &state.topology.quarantine_queue, &copy.to_json(), copy.properties())
@@ -113,7 +121,9 @@ pub(crate) async fn quarantine(
     }
 }
 
-fn copied_headers(headers: &HeaderMap) -> BTreeMap<String, Option<String>> {
+/// The copied headers of a request, as its copy holds them (also what a
+/// replay's seal is checked against).
+pub(super) fn copied_headers(headers: &HeaderMap) -> BTreeMap<String, Option<String>> {
     COPIED_HEADERS
         .iter()
         .filter_map(|name| {

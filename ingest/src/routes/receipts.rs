@@ -85,7 +85,17 @@ impl FromRequest<AppState> for WebhookRequest {
                     IngestError::UnreadableBody(rejection.body_text())
                 }
             })?;
-        Ok(WebhookRequest { method, path, query, headers, body })
+        let mut request = WebhookRequest {
+            method,
+            path,
+            query,
+            headers,
+            body,
+            received_at: chrono::Utc::now(),
+            sealed_replay: false,
+        };
+        intake::open_replay(state, &mut request)?;
+        Ok(request)
     }
 }
 

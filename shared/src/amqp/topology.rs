@@ -11,19 +11,29 @@
 //! worker --(parked with headers)--------------------> (dlr.parked, quorum)
 //! worker --(transient failure)--> (dlr.receipts.delay.<delay>, quorum) --TTL--> (dlr.receipts)
 //! worker --(events)--> [dlr.events, topic] --<outcome>.<provider>.<status>--> your queues
-//! ingest --(bad signature copy)--> (dlr.quarantine, bounded, drops oldest)
+//! ingest --(bad signature copy)--> (dlr.quarantine, bounded in count and bytes, drops oldest)
 //! ```
+//!
+//! The quarantine alone is declared passively first and with its arguments
+//! only when it does not exist yet: its bounds grew a byte limit after
+//! deployments had created it without one, and a full re-declaration would
+//! fail there. An existing quarantine keeps the arguments it was created
+//! with; a policy bounds it (README, "Changing queue arguments").
 
 use clap::Args;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use std::time::Duration;
 
 use crate::telemetry::LogEvery;
 
 /// Routing key of receipts on the intake exchange.
 pub const RECEIPT_ROUTING_KEY: &str = "receipt";
+
+/// `AMQP_QUARANTINE_MAX_BYTES` when unset: 100 MiB, the same as the
+/// Kubernetes policy, which bounds queues created before the argument existed.
+pub const DEFAULT_QUARANTINE_MAX_BYTES: u64 = 100 * 1024 * 1024;
 
 /// Names and limits of the broker objects; part of both binaries' config.
 #[derive(Debug, Clone, Args)]
@@ -44,6 +54,12 @@ pub struct Topology {
     /// a flood of forged requests cannot fill the broker.
     #[arg(long = "amqp-quarantine-max-length", env = "AMQP_QUARANTINE_MAX_LENGTH", default_value_t = 10_000)]
     pub quarantine_max_length: u32,
+    /// Quarantine size limit in bytes of message bodies (`x-max-length-bytes`),
+    /// oldest dropped first: what a flood of refused requests can cost the
+    /// broker's disk. Applied when the queue is created; an existing one
+    /// needs a policy.
+    #[arg(long = "amqp-quarantine-max-bytes", env = "AMQP_QUARANTINE_MAX_BYTES", default_value_t = DEFAULT_QUARANTINE_MAX_BYTES, value_parser = clap::value_parser!(u64).range(1..=i64::MAX as u64))]
+    pub quarantine_max_bytes: u64,
     /// Redeliveries of one receipt before the broker parks it by itself (a
     /// safety net for messages that crash the worker before it can decide).
     #[arg(long = "amqp-delivery-limit", env = "AMQP_DELIVERY_LIMIT", default_value_t = 20)]
@@ -67,6 +83,7 @@ impl Default for Topology {
             parked_queue: "dlr.parked".to_owned(),
             quarantine_queue: "dlr.quarantine".to_owned(),
             quarantine_max_length: 10_000,
+            quarantine_max_bytes: DEFAULT_QUARANTINE_MAX_BYTES,
             delivery_limit: 20,
             quorum_group_size: None,
         }
@@ -102,8 +119,16 @@ impl Topology {
 
     /// Declares what ingest needs and the worker consumes: the intake
     /// exchange, the receipts queue with its dead-letter safety net, the
-    /// parking lot and the quarantine. Idempotent.
-    pub async fn declare_intake(&self, channel: &Channel) -> Result<(), lapin::Error> {
+    /// parking lot and the quarantine. Idempotent. Takes the connection
+    /// because probing for the quarantine costs a channel when it is absent.
+    pub async fn declare_intake(&self, connection: &Connection) -> Result<(), lapin::Error> {
+        let channel = connection.create_channel().await?;
+        self.declare_intake_queues(&channel).await?;
+        channel.close(200, "topology declared".into()).await?;
+        self.declare_quarantine(connection).await
+    }
+
+    async fn declare_intake_queues(&self, channel: &Channel) -> Result<(), lapin::Error> {
         channel
             .exchange_declare(
                 ShortString::from(self.exchange.as_str()),
@@ -137,15 +162,46 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
+        Ok(())
+    }
 
+    /// The quarantine's arguments when it is created: bounded in count and
+    /// bytes, oldest dropped first.
+    pub fn quarantine_args(&self) -> FieldTable {
         let mut quarantine = self.quorum_args();
         quarantine.insert(
             "x-max-length".into(),
             AMQPValue::LongInt(i32::try_from(self.quarantine_max_length).unwrap_or(i32::MAX)),
         );
+        quarantine.insert(
+            "x-max-length-bytes".into(),
+            AMQPValue::LongLongInt(i64::try_from(self.quarantine_max_bytes).unwrap_or(i64::MAX)),
+        );
         quarantine.insert("x-overflow".into(), long_string("drop-head"));
-        self.declare_durable(channel, &self.quarantine_queue, quarantine).await?;
-        Ok(())
+        quarantine
+    }
+
+    /// Declares the quarantine with [`Self::quarantine_args`] only if it
+    /// does not exist. A passive declaration of an absent queue closes its
+    /// channel (NOT_FOUND), so the probe has a channel of its own.
+    async fn declare_quarantine(&self, connection: &Connection) -> Result<(), lapin::Error> {
+        let name = self.quarantine_queue.as_str();
+        let probe = connection.create_channel().await?;
+        let passive = QueueDeclareOptions { passive: true, durable: true, ..Default::default() };
+        match probe.queue_declare(name.into(), passive, FieldTable::default()).await {
+            Ok(_) => {
+                static LOG: LogEvery = LogEvery::new(Duration::from_secs(3600));
+                if LOG.ready() {
+                    tracing::info!(queue = %name, "quarantine exists: it keeps the bounds it was created with (a policy bounds a queue created without AMQP_QUARANTINE_MAX_BYTES)");
+                }
+                return probe.close(200, "quarantine exists".into()).await;
+            }
+            Err(error) if broker_reply_code(&error) == Some(NOT_FOUND) => {}
+            Err(error) => return Err(error),
+        }
+        let channel = connection.create_channel().await?;
+        self.declare_durable(&channel, name, self.quarantine_args()).await?;
+        channel.close(200, "quarantine declared".into()).await
     }
 
     /// Declares the worker's own objects: the events topic exchange and one
@@ -153,11 +209,22 @@ impl Topology {
     /// into the receipts queue through the default exchange.
     pub async fn declare_worker(
         &self,
+        connection: &Connection,
+        events_exchange: &str,
+        retry_delays: &[Duration],
+    ) -> Result<(), lapin::Error> {
+        self.declare_intake(connection).await?;
+        let channel = connection.create_channel().await?;
+        self.declare_worker_objects(&channel, events_exchange, retry_delays).await?;
+        channel.close(200, "topology declared".into()).await
+    }
+
+    async fn declare_worker_objects(
+        &self,
         channel: &Channel,
         events_exchange: &str,
         retry_delays: &[Duration],
     ) -> Result<(), lapin::Error> {
-        self.declare_intake(channel).await?;
         channel
             .exchange_declare(
                 ShortString::from(events_exchange),
@@ -217,6 +284,9 @@ pub fn broker_reply_code(error: &lapin::Error) -> Option<u16> {
 /// PRECONDITION_FAILED: the object exists with other arguments.
 const PRECONDITION_FAILED: u16 = 406;
 
+/// NOT_FOUND: a passive declaration named a queue that does not exist.
+const NOT_FOUND: u16 = 404;
+
 /// A queue or exchange that exists with other arguments is a configuration
 /// problem no retry can fix, so it gets its own message: which object, the
 /// broker's text (it names the argument and both values) and what to do.
@@ -230,7 +300,7 @@ fn report_inequivalent(object: &str, name: &str, error: &lapin::Error) {
             %error,
             "{object} {name} exists with other arguments than this process declares (the broker's message names the \
              argument and both values); this process stays unready until they agree. Set the same \
-             AMQP_DELIVERY_LIMIT / AMQP_QUARANTINE_MAX_LENGTH in ingest and worker, or migrate the {object} \
+             AMQP_DELIVERY_LIMIT / AMQP_QUARANTINE_MAX_LENGTH / AMQP_QUARANTINE_MAX_BYTES in ingest and worker, or migrate the {object} \
              (README, \"Changing queue arguments\")"
         );
     }

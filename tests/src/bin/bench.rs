@@ -277,7 +277,7 @@ async fn publish_ceiling(count: usize, window: usize, tasks: usize, shape: Shape
             (String::new(), queue, false, vec![plain])
         }
         Shape::Receipt => {
-            topology.declare_intake(&channel).await?;
+            topology.declare_intake(&conn).await?;
             let mut messages = Vec::new();
             // Built before the clock starts; distinct ids like real traffic.
             for i in 0..count.min(10_000) {

@@ -172,6 +172,7 @@ impl Cluster {
             ("AMQP_PARKED_QUEUE", t.parked_queue.clone()),
             ("AMQP_QUARANTINE_QUEUE", t.quarantine_queue.clone()),
             ("AMQP_QUARANTINE_MAX_LENGTH", t.quarantine_max_length.to_string()),
+            ("AMQP_QUARANTINE_MAX_BYTES", t.quarantine_max_bytes.to_string()),
             ("AMQP_DELIVERY_LIMIT", t.delivery_limit.to_string()),
             ("LOG_FORMAT", "text".to_owned()),
             // Warnings, plus start-up and the receipt of a shutdown signal.
