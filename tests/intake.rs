@@ -237,6 +237,42 @@ async fn unreachable_broker_gets_a_fast_503_and_recovery_needs_no_restart() {
     app.cleanup().await;
 }
 
+/// How much later than its confirm timeout ingest may answer: the HTTP
+/// stack and a loaded two-core machine (the reliability harness allows the
+/// same).
+const ANSWER_MARGIN: Duration = Duration::from_secs(2);
+
+/// A broker that stops answering (connection open, confirms held back) gets
+/// `503` with `Retry-After` once the confirm timeout has passed, and not
+/// much later (README: answered within `INGEST_CONFIRM_TIMEOUT_MS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_broker_gets_503_at_the_confirm_timeout() {
+    const CONFIRM_TIMEOUT: Duration = Duration::from_millis(1000);
+    let app = TestApp::new().await;
+    let mut proxy = BrokerProxy::reserve(broker_addr()).await;
+    proxy.start().await;
+    let mut config = app.ingest_config_at(&proxy.amqp_url());
+    config.confirm_timeout = CONFIRM_TIMEOUT;
+    let ingest = app.start_ingest(config, READY).await;
+    // A first receipt opens the publishing channel (that needs an answer).
+    let first = ingest.post_vonage_form(SEED_FORM).await.status().as_u16();
+    proxy.stall(true);
+    let started = Instant::now();
+    let response = ingest.post_vonage_form(&vonage_form("STALLED0001", "delivered")).await;
+    let took = started.elapsed();
+    proxy.stall(false);
+    let status = response.status().as_u16();
+    let retry_after = response.headers().contains_key("retry-after");
+    ingest.stop().await;
+    proxy.cut().await;
+    app.cleanup().await;
+
+    assert_eq!(first, 200);
+    assert_eq!((status, retry_after), (503, true), "answered after {took:?}");
+    assert!(took >= CONFIRM_TIMEOUT, "answered before the confirm timeout: {took:?}");
+    assert!(took < CONFIRM_TIMEOUT + ANSWER_MARGIN, "answered {took:?} after the request, past the bound");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_publish_is_never_acknowledged() {
     let app = TestApp::new().await;
