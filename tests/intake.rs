@@ -525,13 +525,18 @@ async fn past_the_concurrency_limit_ingest_sheds_with_429() {
         &SEED_FORM[..10]
     );
     slow.write_all(head.as_bytes()).await.expect("write");
-    // Nothing observable says the slow request holds the slot: give ingest a moment to take it.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The slow request holds the slot once a malformed receipt, which would
+    // get a 400 and publish nothing, is shed with 429 instead.
+    let malformed = vonage_form("SHEDPROBE01", "");
+    let shedding =
+        eventually(READY, async || ingest.post_vonage_form(&malformed).await.status() == 429).await;
+    assert!(shedding, "the slow request never held the only slot");
 
     let response = ingest.post_vonage_form(SEED_FORM).await;
     assert_eq!(response.status(), 429);
     assert!(response.headers().contains_key("retry-after"));
-    assert_eq!(metric_value(&ingest.metrics().await, "dlr_ingest_load_shed_total", &[]), 1.0);
+    // The probe that was shed and this receipt.
+    assert_eq!(metric_value(&ingest.metrics().await, "dlr_ingest_load_shed_total", &[]), 2.0);
 
     // Once the slow request completes, receipts flow again.
     slow.write_all(&SEED_FORM.as_bytes()[10..]).await.expect("write rest");
