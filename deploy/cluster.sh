@@ -105,10 +105,23 @@ start_node() {
     return 1
   fi
   # No inherited descriptors: a caller reading this script's output would
-  # otherwise wait for the node to exit.
-  as_rabbitmq "$n" sh -c "cd '$base/dlr$n' && exec '$rabbit_bin/rabbitmq-server'" \
-    </dev/null >>"$base/dlr$n/log/startup.log" 2>&1 &
+  # otherwise wait for the node to exit, and a lock the caller holds
+  # (`flock cluster.lock deploy/reliability.sh --cluster`: the harness
+  # restarts nodes) would be held by the node until it stops.
+  (
+    close_inherited
+    as_rabbitmq "$n" sh -c "cd '$base/dlr$n' && exec '$rabbit_bin/rabbitmq-server'"
+  ) </dev/null >>"$base/dlr$n/log/startup.log" 2>&1 &
   disown || true
+}
+
+# Closes every descriptor above 2 of the calling (sub)shell.
+close_inherited() {
+  local fd
+  for fd in /proc/"$BASHPID"/fd/*; do
+    fd=${fd##*/}
+    if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+  done
 }
 
 # await_startup fails outright while the node is still registering with epmd.

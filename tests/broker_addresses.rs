@@ -6,7 +6,8 @@
 //! wrong, without printing the password it holds.
 
 use dlr_shared::config::AmqpUrls;
-use dlr_tests::{SEED_FORM, TestApp, amqp_url, unique_topology};
+use dlr_tests::proxy::{BrokerProxy, broker_addr};
+use dlr_tests::{SEED_FORM, TestApp, amqp_url, eventually, unique_topology};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use std::process::{Command, Stdio};
@@ -35,6 +36,35 @@ async fn ingest_skips_an_address_that_does_not_answer_and_serves_through_the_nex
     assert!(ready, "ingest never became ready with a dead first address");
     assert_eq!(status, 200);
     assert_eq!(stored, 1, "the receipt reached the queue through the second address");
+}
+
+/// A node lost for good while ingest is connected to it: ingest moves to
+/// the next address and stores receipts again while the first stays down
+/// (README, "Broker cluster": after losing a connection, the next node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_moves_to_the_next_address_while_the_first_stays_down() {
+    let app = TestApp::new().await;
+    let mut first = BrokerProxy::reserve(broker_addr()).await;
+    let mut second = BrokerProxy::reserve(broker_addr()).await;
+    // Only the first answers at start-up, so that is where ingest connects.
+    first.start().await;
+    let urls = format!("{},{}", first.amqp_url(), second.amqp_url());
+    let ingest = app.spawn_ingest(app.ingest_config_at(&urls)).await;
+    let ready = ingest.wait_ready(READY).await;
+    let before = if ready { ingest.post_vonage_form(SEED_FORM).await.status().as_u16() } else { 0 };
+    second.start().await;
+    // The first node goes and never comes back.
+    first.cut().await;
+    let accepted =
+        eventually(READY, async || ingest.post_vonage_form(SEED_FORM).await.status().as_u16() == 200).await;
+    let stored = app.broker.drain(&app.topology.queue, Duration::from_millis(300)).await.len();
+    ingest.stop().await;
+    second.cut().await;
+    app.cleanup().await;
+    assert!(ready, "ingest never became ready through the first address");
+    assert_eq!(before, 200, "stored through the first address");
+    assert!(accepted, "no 200 through the second address while the first stayed down");
+    assert!(stored >= 2, "the receipts before and after the loss are in the queue ({stored})");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,8 @@
 //! what leaves the worker: HTTP calls, events republished to the topic
 //! exchange, database rows, the parking lot, probes and metrics. Waiting is
 //! always "poll until a condition holds or a deadline passes"; no test
-//! asserts anything about how long something took.
+//! asserts how fast anything is. The one duration asserted is a configured
+//! bound: a SIGTERM'd worker exits within `WORKER_DRAIN_TIMEOUT_SECONDS`.
 //!
 //! Run with `cargo test -p dlr-tests --test integration worker:: -- --test-threads=4`.
 

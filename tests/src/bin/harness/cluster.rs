@@ -101,6 +101,8 @@ pub struct Settings {
     pub database_url: String,
     pub receiver_url: String,
     pub ingest_max_concurrency: usize,
+    /// The ingests' `INGEST_READINESS_BROKER_GRACE_SECONDS`.
+    pub readiness_grace: Duration,
 }
 
 pub struct Cluster {
@@ -193,10 +195,7 @@ impl Cluster {
                 env.push(("TWILIO_SIGNATURE_MODE", "off".to_owned()));
                 env.push(("INGEST_MAX_CONCURRENCY", s.ingest_max_concurrency.to_string()));
                 env.push(("INGEST_CONFIRM_TIMEOUT_MS", INGEST_CONFIRM_TIMEOUT_MS.to_string()));
-                env.push((
-                    "INGEST_READINESS_BROKER_GRACE_SECONDS",
-                    INGEST_READINESS_GRACE_SECONDS.to_string(),
-                ));
+                env.push(("INGEST_READINESS_BROKER_GRACE_SECONDS", s.readiness_grace.as_secs().to_string()));
             }
             Role::Worker => {
                 env.push(("WORKER_ADDR", format!("127.0.0.1:{}", service.port)));

@@ -12,11 +12,12 @@ use std::process::Stdio;
 /// Node `n` of the cluster listens for AMQP on `AMQP_PORT_BASE + n`.
 const AMQP_PORT_BASE: u16 = 5700;
 const NODES: [usize; 3] = [1, 2, 3];
-/// How long a majority loss may take to make every ingest unready:
-/// RabbitMQ's pause_minority stops the last node's listener at once, and
-/// an ingest then stays ready for its readiness grace (so that a node
-/// restart does not empty the Service); 10 s more for sampling and probes.
-const UNREADY_WITHIN: Duration = Duration::from_secs(INGEST_READINESS_GRACE_SECONDS + 10);
+/// How long a majority loss may take to make every ingest unready beyond
+/// its readiness grace: RabbitMQ's pause_minority stops the last node's
+/// listener at once, and an ingest then stays ready for its grace (so
+/// that a node restart does not empty the Service); this is for sampling
+/// and probes.
+const UNREADY_MARGIN: Duration = Duration::from_secs(10);
 /// How soon after its leader's node is killed (and stays down) ingest
 /// must answer 200 again: the survivors elect a leader within a second
 /// or two, and a publish that failed must not make the failure last.
@@ -40,19 +41,11 @@ pub fn is_cluster_scenario(kind: ScenarioKind) -> bool {
     )
 }
 
-/// The scenarios of this run: `--cluster` runs only cluster scenarios
-/// (leader kill, leader kill with the node staying down, and follower
-/// restart with `--short`, for CI), a normal run only the single-broker
+/// The scenarios of this run: `--cluster` runs every cluster scenario
+/// (`--short` too: that is CI's), a normal run only the single-broker
 /// ones.
 pub fn select(scenarios: Vec<ScenarioKind>, args: &Args) -> Result<Vec<ScenarioKind>> {
     if args.only.is_empty() {
-        if args.cluster && args.short {
-            return Ok(vec![
-                ScenarioKind::LeaderKill,
-                ScenarioKind::LeaderKillStaysDown,
-                ScenarioKind::FollowerRestart,
-            ]);
-        }
         return Ok(scenarios.into_iter().filter(|k| k.on_cluster() == args.cluster).collect());
     }
     if let Some(wrong) = scenarios.iter().find(|k| k.on_cluster() != args.cluster) {
@@ -257,8 +250,9 @@ async fn wait_replicated(context: &RunContext<'_>, within: Duration) -> Result<D
     }
 }
 
-/// The nodes (with repetitions) that hold the run's ingest or worker connections.
-async fn client_nodes(context: &RunContext<'_>, role: &str) -> Result<Vec<usize>> {
+/// The nodes (with repetitions) that hold the run's ingest and worker
+/// connections: one rabbitmqctl call (each boots an Erlang VM) for both.
+async fn client_nodes(context: &RunContext<'_>) -> Result<(Vec<usize>, Vec<usize>)> {
     let listing = query(
         context,
         &["ctl", "any", "list_connections", "port", "client_properties", "--formatter", "json", "-q"],
@@ -269,13 +263,15 @@ async fn client_nodes(context: &RunContext<'_>, role: &str) -> Result<Vec<usize>
     // Connection names are `<binary>[-<purpose>]@<HOSTNAME>` and each
     // process's HOSTNAME is `harness-<run>-<role>-<n>`: the worker's
     // consuming and publishing connections both count.
-    let marker = format!("@harness-{}-{role}-", context.run_id);
-    Ok(rows
-        .iter()
-        .filter(|r| r["client_properties"].to_string().contains(&marker))
-        .filter_map(|r| r["port"].as_u64())
-        .filter_map(|port| usize::try_from(port.checked_sub(u64::from(AMQP_PORT_BASE))?).ok())
-        .collect())
+    let of = |role: &str| -> Vec<usize> {
+        let marker = format!("@harness-{}-{role}-", context.run_id);
+        rows.iter()
+            .filter(|r| r["client_properties"].to_string().contains(&marker))
+            .filter_map(|r| r["port"].as_u64())
+            .filter_map(|port| usize::try_from(port.checked_sub(u64::from(AMQP_PORT_BASE))?).ok())
+            .collect()
+    };
+    Ok((of("ingest"), of("worker")))
 }
 
 fn most_common(nodes: &[usize]) -> Option<usize> {
@@ -334,15 +330,15 @@ pub async fn inject(
     let replicated = Duration::from_secs(180);
     let down = profile.broker_down;
     let queue = cluster.topology.queue.clone();
-    let before = receipts_placement(context, &queue).await?;
+    // Two rabbitmqctl calls at once: each is mostly an Erlang VM booting.
+    let (before, clients) = tokio::join!(receipts_placement(context, &queue), client_nodes(context));
+    let (before, (ingests, workers)) = (before?, clients?);
     if before.members != NODES {
         record(context, |f| {
             f.problems.push(format!("{queue} has replicas on {:?}, not on all three nodes", before.members))
         });
     }
     let leader = before.leader.ok_or_else(|| anyhow!("{queue} has no leader before the fault"))?;
-    let ingests = client_nodes(context, "ingest").await?;
-    let workers = client_nodes(context, "worker").await?;
     let ingest_node = most_common(&ingests).unwrap_or(1);
     clock.say(format!("{name}: leader dlr{leader}, ingests on {ingests:?}, workers on {workers:?}"));
     match kind {
@@ -484,8 +480,9 @@ pub async fn inject(
             }
             let lost_ms = clock.ms();
             let lost = Instant::now();
+            let unready_within = readiness_grace(context.args) + UNREADY_MARGIN;
             let mut unready_after = None;
-            while lost.elapsed() < UNREADY_WITHIN.max(down) {
+            while lost.elapsed() < unready_within.max(down) {
                 let ready_now = any_ingest_ready(cluster).await;
                 if !ready_now && unready_after.is_none() {
                     unready_after = Some(lost.elapsed());
@@ -504,7 +501,7 @@ pub async fn inject(
             if unready_after.is_none() {
                 record(context, |f| {
                     f.problems
-                        .push(format!("ingest stayed ready {UNREADY_WITHIN:?} after losing the majority"))
+                        .push(format!("ingest stayed ready {unready_within:?} after losing the majority"))
                 });
             }
             let restart_ms = clock.ms();

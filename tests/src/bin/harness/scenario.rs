@@ -49,7 +49,12 @@ pub async fn run(
     tokio::time::sleep(profile.warmup).await;
     // The full-speed burst starts with the fault and runs until just after
     // it is healed (or its count is reached).
-    load.start_burst(profile.burst_concurrency, profile.burst_max);
+    let long_fault = matches!(
+        kind,
+        ScenarioKind::ConnectedNodeKill | ScenarioKind::NodesRollingRestart | ScenarioKind::MajorityLoss
+    );
+    let burst_max = if long_fault { profile.long_fault_burst_max } else { profile.burst_max };
+    load.start_burst(profile.burst_concurrency, burst_max);
     let inject_ms = clock.ms();
     let fault = inject(context, cluster, rabbit, sink, kind).await;
     let healed_ms = clock.ms();
