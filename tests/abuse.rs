@@ -14,7 +14,7 @@
 
 use dlr_shared::ReceiptEvent;
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
-use dlr_tests::{TestApp, TestIngest, metric_value, vonage_form};
+use dlr_tests::{TestApp, TestIngest, eventually, metric_value, vonage_form};
 use std::collections::HashSet;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -716,7 +716,10 @@ async fn the_concurrency_limit_is_shared_by_every_route() {
             tokio::spawn(slow_drip(ingest.addr, head, bytes, Duration::from_millis(20)))
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Until both holders have their slots, a malformed receipt on the
+    // holders' own route is answered 400; once they hold the limit, 429.
+    let held = async || ingest.post("/dlr/vonage", FORM, "not=a-receipt").await.status().as_u16() == 429;
+    assert!(eventually(READY, held).await, "the two holders take both slots");
 
     let response =
         ingest.post("/dlr/twilio", FORM, "MessageSid=SM1&MessageStatus=delivered&To=%2B14155551234").await;
