@@ -6,7 +6,10 @@
 //! default, refused ambiguous signed input and followed the providers'
 //! documented schemes; see the README's "Signatures" section.
 
-use dlr_ingest::signature::{SignatureMode, plivo as plivo_sig, sinch as sinch_sig, twilio as twilio_sig};
+use dlr_ingest::providers::{
+    plivo::signature as plivo_sig, sinch::signature as sinch_sig, twilio::signature as twilio_sig,
+};
+use dlr_ingest::signature::SignatureMode;
 use dlr_shared::ReceiptEvent;
 use dlr_tests::{TestApp, TestIngest, amqp_url, ingest_config};
 use serde_json::Value;
@@ -83,7 +86,7 @@ fn encode(pairs: &[(String, String)]) -> String {
 #[tokio::test]
 async fn unsigned_batch_on_an_unconfigured_provider_is_not_served() {
     let h = Ingest::start(|_| {}).await;
-    let batch = include_str!("corpus/infobip-results.json");
+    let batch = include_str!("../ingest/src/providers/infobip/samples/infobip-results.json");
     for (path, content_type) in [
         ("/dlr/infobip", JSON),
         ("/dlr/sinch", JSON),
@@ -104,7 +107,7 @@ async fn unsigned_batch_on_an_unconfigured_provider_is_not_served() {
 /// A secret set and no mode means enforce, for Vonage as for the others.
 #[tokio::test]
 async fn unsigned_vonage_with_a_secret_set_is_refused() {
-    let h = Ingest::start(|c| c.signatures.vonage_secret = Some("vonage-secret".into())).await;
+    let h = Ingest::start(|c| c.providers.vonage_sms.secret = Some("vonage-secret".into())).await;
     let unsigned = "messageId=0A0000001234567B&status=delivered&msisdn=447700900000&to=AcmeInc&err-code=0";
     let (status, body) = h.send(h.request("/dlr/vonage", FORM, unsigned)).await;
     assert_eq!(status, 401, "{body}");
@@ -119,7 +122,7 @@ async fn unsigned_vonage_with_a_secret_set_is_refused() {
 #[tokio::test]
 async fn twilio_re_split_is_refused() {
     let token = "twilio-token";
-    let h = Ingest::start(|c| c.signatures.twilio_token = Some(token.into())).await;
+    let h = Ingest::start(|c| c.providers.twilio.auth_token = Some(token.into())).await;
     let genuine = pairs(dlr_tests::corpus::S7);
     let url = format!("{PUBLIC_BASE}/dlr/twilio");
     let signature = twilio_sig::sign(&url, &genuine, token, twilio_sig::Algorithm::HmacSha1);
@@ -146,8 +149,8 @@ async fn twilio_re_split_is_refused() {
 #[tokio::test]
 async fn plivo_re_split_is_refused() {
     let token = "plivo-token";
-    let h = Ingest::start(|c| c.providers.plivo_auth_token = Some(token.into())).await;
-    let mut genuine = pairs(include_str!("corpus/plivo-undelivered.query"));
+    let h = Ingest::start(|c| c.providers.plivo.auth_token = Some(token.into())).await;
+    let mut genuine = pairs(include_str!("../ingest/src/providers/plivo/samples/plivo-undelivered.query"));
     genuine.push(("DeliveryReportTime".into(), "2024-05-01 10:00:05.000000".into()));
     let url = format!("{PUBLIC_BASE}/dlr/plivo");
     let signature = plivo_sig::sign_v3(plivo_sig::Method::Post, &url, &genuine, "n1", token);
@@ -172,17 +175,17 @@ async fn plivo_re_split_is_refused() {
 #[tokio::test]
 async fn vonage_re_split_is_refused() {
     let secret = "vonage-secret";
-    let method = dlr_ingest::signature::vonage_sms::SigMethod::Sha256Hmac;
+    let method = dlr_ingest::providers::vonage_sms::signature::SigMethod::Sha256Hmac;
     let h = Ingest::start(|c| {
-        c.signatures.vonage_secret = Some(secret.into());
-        c.signatures.vonage_method = method;
+        c.providers.vonage_sms.secret = Some(secret.into());
+        c.providers.vonage_sms.method = method;
     })
     .await;
     let ts = chrono::Utc::now().timestamp().to_string();
     let mut genuine = pairs(&format!(
         "client-ref=x&err-code=5&messageId=0A0000001234567B&msisdn=447700900000&status=failed&timestamp={ts}&to=AcmeInc&nonce=aa"
     ));
-    let sig = dlr_ingest::signature::vonage_sms::sign(&genuine, secret, method);
+    let sig = dlr_ingest::providers::vonage_sms::signature::sign(&genuine, secret, method);
     genuine.push(("sig".into(), sig.clone()));
     assert_eq!(h.send(h.request("/dlr/vonage", FORM, encode(&genuine))).await.0, 200, "genuine");
     let mut re_split: Vec<(String, String)> =
@@ -199,10 +202,11 @@ async fn vonage_re_split_is_refused() {
 #[tokio::test]
 async fn plivo_v2_downgrade_is_refused() {
     let token = "plivo-token";
-    let h = Ingest::start(|c| c.providers.plivo_auth_token = Some(token.into())).await;
+    let h = Ingest::start(|c| c.providers.plivo.auth_token = Some(token.into())).await;
     let url = format!("{PUBLIC_BASE}/dlr/plivo");
     let v2 = plivo_sig::sign_v2(&url, "12345", token);
-    let forged = include_str!("corpus/plivo-delivered.form").replace("delivered", "failed");
+    let forged = include_str!("../ingest/src/providers/plivo/samples/plivo-delivered.form")
+        .replace("delivered", "failed");
     let request = h
         .request("/dlr/plivo", FORM, forged)
         .header("X-Plivo-Signature-V2", v2)
@@ -217,8 +221,8 @@ async fn plivo_v2_downgrade_is_refused() {
 #[tokio::test]
 async fn sinch_sha512_signatures_verify() {
     let secret = "sinch-secret";
-    let h = Ingest::start(|c| c.providers.sinch_webhook_secret = Some(secret.into())).await;
-    let body = include_str!("corpus/sinch-recipient-delivered.json");
+    let h = Ingest::start(|c| c.providers.sinch.webhook_secret = Some(secret.into())).await;
+    let body = include_str!("../ingest/src/providers/sinch/samples/sinch-recipient-delivered.json");
     let ts = chrono::Utc::now().timestamp().to_string();
     let signature = sinch_sig::sign_with(sinch_sig::Algorithm::Sha512, body.as_bytes(), "n1", &ts, secret);
     let request = h
@@ -237,8 +241,8 @@ async fn sinch_sha512_signatures_verify() {
 /// Sinch also offers HTTP Basic for SMS callback URLs; credentials may hold commas.
 #[tokio::test]
 async fn sinch_basic_auth_verifies() {
-    let h = Ingest::start(|c| c.providers.sinch_basic_auth = Some("sinch:pa,ss".into())).await;
-    let body = include_str!("corpus/sinch-recipient-delivered.json");
+    let h = Ingest::start(|c| c.providers.sinch.basic_auth = Some("sinch:pa,ss".into())).await;
+    let body = include_str!("../ingest/src/providers/sinch/samples/sinch-recipient-delivered.json");
     let basic = dlr_ingest::signature::basic::header_value;
     let good = h.request("/dlr/sinch", JSON, body).header("authorization", basic("sinch:pa,ss"));
     assert_eq!(h.send(good).await.0, 200);
@@ -252,7 +256,7 @@ async fn sinch_basic_auth_verifies() {
 /// internal error and retried on a 5xx: 503 with Retry-After, not 401.
 #[tokio::test]
 async fn unsigned_vonage_messages_callback_gets_503() {
-    let h = Ingest::start(|c| c.signatures.vonage_secret = Some("vonage-secret".into())).await;
+    let h = Ingest::start(|c| c.providers.vonage_sms.secret = Some("vonage-secret".into())).await;
     let body = r#"{"message_uuid":"aaaaaaaa-0000-4000-8000-000000000001","to":"447700900000","from":"AcmeInc","timestamp":"2025-03-14T09:26:41.000Z","status":"delivered","channel":"sms"}"#;
     let response = h.request("/dlr/vonage-messages", JSON, body).send().await.expect("request");
     assert_eq!(response.status().as_u16(), 503);
@@ -266,9 +270,9 @@ async fn unsigned_vonage_messages_callback_gets_503() {
 #[tokio::test]
 async fn events_say_how_they_were_authenticated() {
     let h = Ingest::start(|c| {
-        c.signatures.vonage_mode = Some(SignatureMode::Off);
-        c.signatures.twilio_mode = Some(SignatureMode::LogOnly);
-        c.signatures.twilio_token = Some("twilio-token".into());
+        c.providers.vonage_sms.mode = Some(SignatureMode::Off);
+        c.providers.twilio.mode = Some(SignatureMode::LogOnly);
+        c.providers.twilio.auth_token = Some("twilio-token".into());
     })
     .await;
     let vonage = "messageId=0A0000001234567B&status=delivered&msisdn=447700900000&to=AcmeInc&err-code=0";
@@ -287,13 +291,13 @@ async fn events_say_how_they_were_authenticated() {
 async fn plivo_v2_nonce_verifies_once() {
     let token = "plivo-token";
     let h = Ingest::start(|c| {
-        c.providers.plivo_auth_token = Some(token.into());
-        c.providers.plivo_accept_v2 = true;
+        c.providers.plivo.auth_token = Some(token.into());
+        c.providers.plivo.accept_v2 = true;
     })
     .await;
     let url = format!("{PUBLIC_BASE}/dlr/plivo");
     let v2 = plivo_sig::sign_v2(&url, "12345", token);
-    let genuine = include_str!("corpus/plivo-delivered.form");
+    let genuine = include_str!("../ingest/src/providers/plivo/samples/plivo-delivered.form");
     let send = |body: String| {
         h.request("/dlr/plivo", FORM, body)
             .header("X-Plivo-Signature-V2", v2.clone())
@@ -362,7 +366,7 @@ async fn forged_megabyte_floods_stay_within_the_quarantine_bounds() {
     const BODY_LIMIT: usize = 65_536;
     let secret = "sinch-secret";
     let h = Ingest::start(|c| {
-        c.providers.sinch_webhook_secret = Some(secret.into());
+        c.providers.sinch.webhook_secret = Some(secret.into());
         c.quarantine_copies_per_minute = PER_MINUTE;
         c.quarantine_body_limit_bytes = BODY_LIMIT;
     })

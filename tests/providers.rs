@@ -9,9 +9,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use dlr_ingest::signature::{
-    SignatureMode, basic, plivo as plivo_sig, sinch as sinch_sig, telnyx as telnyx_sig,
+use dlr_ingest::providers::{
+    plivo::signature as plivo_sig, sinch::signature as sinch_sig, telnyx::signature as telnyx_sig,
 };
+use dlr_ingest::signature::{SignatureMode, basic};
 use dlr_shared::{Outcome, Provider, ReceiptEvent};
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
 use dlr_tests::{TestApp, TestIngest, amqp_url, eventually, ingest_config, metric_value, unique_topology};
@@ -24,14 +25,17 @@ const WAIT: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_millis(300);
 const PUBLIC_BASE: &str = "https://dlr.example.com";
 
-const TELNYX_DELIVERED: &str = include_str!("corpus/telnyx-message-finalized-delivered.json");
-const TELNYX_FAILED: &str = include_str!("corpus/telnyx-message-finalized-failed.json");
-const PLIVO_DELIVERED: &str = include_str!("corpus/plivo-delivered.form");
-const PLIVO_UNDELIVERED: &str = include_str!("corpus/plivo-undelivered.query");
-const SINCH_RECIPIENT: &str = include_str!("corpus/sinch-recipient-delivered.json");
-const SINCH_FULL: &str = include_str!("corpus/sinch-full.json");
-const SINCH_SUMMARY: &str = include_str!("corpus/sinch-summary.json");
-const INFOBIP_RESULTS: &str = include_str!("corpus/infobip-results.json");
+const TELNYX_DELIVERED: &str =
+    include_str!("../ingest/src/providers/telnyx/samples/telnyx-message-finalized-delivered.json");
+const TELNYX_FAILED: &str =
+    include_str!("../ingest/src/providers/telnyx/samples/telnyx-message-finalized-failed.json");
+const PLIVO_DELIVERED: &str = include_str!("../ingest/src/providers/plivo/samples/plivo-delivered.form");
+const PLIVO_UNDELIVERED: &str = include_str!("../ingest/src/providers/plivo/samples/plivo-undelivered.query");
+const SINCH_RECIPIENT: &str =
+    include_str!("../ingest/src/providers/sinch/samples/sinch-recipient-delivered.json");
+const SINCH_FULL: &str = include_str!("../ingest/src/providers/sinch/samples/sinch-full.json");
+const SINCH_SUMMARY: &str = include_str!("../ingest/src/providers/sinch/samples/sinch-summary.json");
+const INFOBIP_RESULTS: &str = include_str!("../ingest/src/providers/infobip/samples/infobip-results.json");
 
 const REJECTED: &str = "dlr_ingest_receipts_rejected_total";
 const SIG_FAILURES: &str = "dlr_ingest_signature_failures_total";
@@ -139,7 +143,7 @@ fn telnyx_request(h: &Harness, body: &str, key: u8, timestamp: i64) -> reqwest::
 async fn telnyx_signed_webhooks_are_stored_and_forgeries_refused() {
     // Two keys: the rotation overlap. The mode is left to its default, which
     // is enforce because a key is set.
-    let h = start(|c| c.providers.telnyx_public_key = Some(telnyx_public(&[2, 1]))).await;
+    let h = start(|c| c.providers.telnyx.public_key = Some(telnyx_public(&[2, 1]))).await;
 
     let (status, body) = h.send(telnyx_request(&h, TELNYX_DELIVERED, 1, now())).await;
     assert_eq!(status, 200, "{body}");
@@ -189,8 +193,8 @@ async fn telnyx_signed_webhooks_are_stored_and_forgeries_refused() {
 #[tokio::test]
 async fn telnyx_log_only_accepts_and_counts() {
     let h = start(|c| {
-        c.providers.telnyx_mode = Some(SignatureMode::LogOnly);
-        c.providers.telnyx_public_key = Some(telnyx_public(&[1]));
+        c.providers.telnyx.mode = Some(SignatureMode::LogOnly);
+        c.providers.telnyx.public_key = Some(telnyx_public(&[1]));
     })
     .await;
     let (status, _) = h.send(telnyx_request(&h, TELNYX_DELIVERED, 9, now())).await;
@@ -204,10 +208,10 @@ async fn telnyx_log_only_accepts_and_counts() {
 async fn enforce_without_a_key_does_not_start() {
     let topology = unique_topology();
     for configure in [
-        (|c: &mut dlr_ingest::Config| c.providers.telnyx_mode = Some(SignatureMode::Enforce)) as fn(&mut _),
-        |c| c.providers.sinch_mode = Some(SignatureMode::Enforce),
-        |c| c.providers.infobip_mode = Some(SignatureMode::LogOnly),
-        |c| c.providers.plivo_auth_token = Some("token".into()),
+        (|c: &mut dlr_ingest::Config| c.providers.telnyx.mode = Some(SignatureMode::Enforce)) as fn(&mut _),
+        |c| c.providers.sinch.mode = Some(SignatureMode::Enforce),
+        |c| c.providers.infobip.mode = Some(SignatureMode::LogOnly),
+        |c| c.providers.plivo.auth_token = Some("token".into()),
     ] {
         let mut config = ingest_config(&topology, &amqp_url());
         configure(&mut config);
@@ -234,8 +238,8 @@ fn plivo_pairs(form: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn plivo_v3_and_v2_signatures() {
     let h = start(|c| {
-        c.providers.plivo_auth_token = Some("new-token,old-token".into());
-        c.providers.plivo_accept_v2 = true;
+        c.providers.plivo.auth_token = Some("new-token,old-token".into());
+        c.providers.plivo.accept_v2 = true;
         c.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("url"));
     })
     .await;
@@ -313,7 +317,7 @@ fn sinch_request(h: &Harness, body: &str, secret: &str, timestamp: i64) -> reqwe
 
 #[tokio::test]
 async fn sinch_reports_per_recipient_full_and_summary() {
-    let h = start(|c| c.providers.sinch_webhook_secret = Some("current,previous".into())).await;
+    let h = start(|c| c.providers.sinch.webhook_secret = Some("current,previous".into())).await;
     assert_eq!(h.send(sinch_request(&h, SINCH_RECIPIENT, "previous", now())).await.0, 200);
     let (status, body) = h.send(sinch_request(&h, SINCH_FULL, "current", now())).await;
     assert_eq!(status, 200, "{body}");
@@ -358,7 +362,7 @@ fn infobip_report(i: usize) -> Value {
 
 #[tokio::test]
 async fn infobip_batches_with_basic_auth() {
-    let h = start(|c| c.providers.infobip_basic_auth = Some("infobip:new\ninfobip:old".into())).await;
+    let h = start(|c| c.providers.infobip.basic_auth = Some("infobip:new\ninfobip:old".into())).await;
     let (status, body) = h.send(infobip(&h, INFOBIP_RESULTS, "infobip:old")).await;
     assert_eq!(status, 200, "{body}");
     let events = h.events(3).await;
@@ -397,7 +401,7 @@ async fn infobip_batches_with_basic_auth() {
 
 #[tokio::test]
 async fn one_malformed_element_does_not_cost_its_siblings() {
-    let h = start(|c| c.providers.infobip_basic_auth = Some("u:p".into())).await;
+    let h = start(|c| c.providers.infobip.basic_auth = Some("u:p".into())).await;
     let mut reports: Vec<Value> = (0..5).map(infobip_report).collect();
     reports[2] = json!({"status": {"name": "DELIVERED_TO_HANDSET"}, "to": "41793026727"});
     let (status, body) =
@@ -414,7 +418,7 @@ async fn one_malformed_element_does_not_cost_its_siblings() {
 
 #[tokio::test]
 async fn hostile_batches_are_bounded() {
-    let h = start(|c| c.providers.infobip_basic_auth = Some("u:p".into())).await;
+    let h = start(|c| c.providers.infobip.basic_auth = Some("u:p".into())).await;
     // 10,000 elements: refused whole, nothing published.
     let many = format!(
         r#"{{"results":[{}]}}"#,
@@ -451,7 +455,7 @@ async fn broker_gone_mid_batch_answers_503_and_the_retry_stores_every_receipt() 
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
     let h = start_with(&proxy.amqp_url(), |c| {
-        c.providers.infobip_basic_auth = Some("u:p".into());
+        c.providers.infobip.basic_auth = Some("u:p".into());
         c.confirm_timeout = Duration::from_millis(1500);
     })
     .await;
@@ -510,10 +514,10 @@ async fn every_provider_reaches_the_status_store() {
     worker_cfg.route_pending = "postgres".to_owned();
     worker_cfg.database_url = Some(db.url.clone().into());
     let mut config = app.ingest_config();
-    config.providers.telnyx_public_key = Some(telnyx_public(&[1]));
-    config.providers.sinch_webhook_secret = Some("s".into());
-    config.providers.infobip_basic_auth = Some("u:p".into());
-    config.providers.plivo_auth_token = Some("t".into());
+    config.providers.telnyx.public_key = Some(telnyx_public(&[1]));
+    config.providers.sinch.webhook_secret = Some("s".into());
+    config.providers.infobip.basic_auth = Some("u:p".into());
+    config.providers.plivo.auth_token = Some("t".into());
     config.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("url"));
     let ingest = app.start_ingest(config, WAIT).await;
     let worker = app.start_worker(worker_cfg, WAIT).await;

@@ -12,10 +12,10 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use dlr_ingest::providers::twilio::signature::{self as twilio_sig, Algorithm};
+use dlr_ingest::providers::vonage_messages::signature as vonage_jwt;
+use dlr_ingest::providers::vonage_sms::signature::{self as vonage_sig, SigMethod};
 use dlr_ingest::signature::SignatureMode;
-use dlr_ingest::signature::twilio::{self as twilio_sig, Algorithm};
-use dlr_ingest::signature::vonage_jwt;
-use dlr_ingest::signature::vonage_sms::{self as vonage_sig, SigMethod};
 use dlr_shared::{Outcome, Provider, ReceiptEvent};
 use dlr_tests::corpus::{
     S1, S2_QUERY, S3_PART1, S3_PART2, S4, S5, S6, S6_AUTHORIZATION, S7, S7_SIGNATURE, S8,
@@ -80,9 +80,9 @@ async fn start(configure: impl FnOnce(&mut dlr_ingest::Config)) -> Harness {
 fn vonage(mode: SignatureMode, method: SigMethod, secrets: &str) -> impl FnOnce(&mut dlr_ingest::Config) {
     let secrets = secrets.to_owned();
     move |config| {
-        config.signatures.vonage_mode = Some(mode);
-        config.signatures.vonage_method = method;
-        config.signatures.vonage_secret = Some(secrets.into());
+        config.providers.vonage_sms.mode = Some(mode);
+        config.providers.vonage_sms.method = method;
+        config.providers.vonage_sms.secret = Some(secrets.into());
     }
 }
 
@@ -90,8 +90,8 @@ fn vonage(mode: SignatureMode, method: SigMethod, secrets: &str) -> impl FnOnce(
 fn twilio(mode: SignatureMode, tokens: &str) -> impl FnOnce(&mut dlr_ingest::Config) {
     let tokens = tokens.to_owned();
     move |config| {
-        config.signatures.twilio_mode = Some(mode);
-        config.signatures.twilio_token = Some(tokens.into());
+        config.providers.twilio.mode = Some(mode);
+        config.providers.twilio.auth_token = Some(tokens.into());
         config.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("public base URL"));
     }
 }

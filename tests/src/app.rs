@@ -24,12 +24,12 @@ use tokio_util::sync::CancellationToken;
 /// provider is not served at all.
 pub fn serve_unsigned(config: &mut dlr_ingest::Config) {
     use dlr_ingest::signature::SignatureMode::Off;
-    config.signatures.vonage_mode = Some(Off);
-    config.signatures.twilio_mode = Some(Off);
-    config.providers.telnyx_mode = Some(Off);
-    config.providers.plivo_mode = Some(Off);
-    config.providers.sinch_mode = Some(Off);
-    config.providers.infobip_mode = Some(Off);
+    config.providers.vonage_sms.mode = Some(Off);
+    config.providers.twilio.mode = Some(Off);
+    config.providers.telnyx.mode = Some(Off);
+    config.providers.plivo.mode = Some(Off);
+    config.providers.sinch.mode = Some(Off);
+    config.providers.infobip.mode = Some(Off);
 }
 
 /// How long the clean-up of a dropped (panicked) test may take.

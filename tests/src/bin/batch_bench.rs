@@ -40,7 +40,7 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let topology = unique_topology();
     let mut config = ingest_config(&topology, &amqp_url());
-    config.providers.infobip_basic_auth = Some("bench:bench".into());
+    config.providers.infobip.basic_auth = Some("bench:bench".into());
     let ingest = spawn_ingest(config).await;
     anyhow::ensure!(ingest.wait_ready(Duration::from_secs(10)).await, "ingest not ready (RabbitMQ running?)");
     let auth = basic::header_value("bench:bench");

@@ -12,7 +12,7 @@ use sha1::Sha1;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::{SecretList, SignatureError, hmac};
+use crate::signature::{SecretList, SignatureError, hmac};
 
 /// The HMAC used for the signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

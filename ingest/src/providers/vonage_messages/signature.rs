@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Freshness, SecretList, SignatureError};
+use crate::signature::{Freshness, SecretList, SignatureError};
 
 /// The only issuer Vonage uses.
 const ISSUER: &str = "Vonage";

@@ -7,8 +7,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::shapes::{Rule, Shapes, digits, sid, status_word};
-use super::{FieldProblem, Fields, ReceiptError};
+use crate::providers::shapes::{Rule, Shapes, digits, sid, status_word};
+use crate::providers::{FieldProblem, Fields, ReceiptError};
 use dlr_shared::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
 use dlr_shared::event::{ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
@@ -138,7 +138,7 @@ const SHAPES: Shapes = Shapes {
 };
 
 /// Refuses a callback whose signed text could have been re-split: see
-/// [`super::shapes`]. Run before [`parse`] on every Twilio request.
+/// [`crate::providers::shapes`]. Run before [`parse`] on every Twilio request.
 pub fn unambiguous(fields: &Fields) -> Result<(), ReceiptError> {
     SHAPES.check(fields)
 }

@@ -9,9 +9,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::json::{self, address, member_text, text};
-use super::vonage_sms::is_decimal;
-use super::{Batch, ElementProblem, FieldProblem, MAX_BATCH_ELEMENTS, ReceiptError};
+use crate::providers::fields::is_decimal;
+use crate::providers::json::{self, address, member_text, text};
+use crate::providers::{Batch, ElementProblem, FieldProblem, MAX_BATCH_ELEMENTS, ReceiptError};
 use dlr_shared::domain::{EventId, MessageId, Outcome, Provider};
 use dlr_shared::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
 

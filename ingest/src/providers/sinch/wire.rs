@@ -14,8 +14,8 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::json::{self, address, text};
-use super::{Batch, ElementProblem, FieldProblem, MAX_BATCH_ELEMENTS, ReceiptError};
+use crate::providers::json::{self, address, text};
+use crate::providers::{Batch, ElementProblem, FieldProblem, MAX_BATCH_ELEMENTS, ReceiptError};
 use dlr_shared::domain::{EventId, MessageId, Outcome, Provider};
 use dlr_shared::event::{ProviderError, ReceiptEvent, SCHEMA_VERSION};
 

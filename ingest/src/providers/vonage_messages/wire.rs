@@ -16,9 +16,9 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::json::{member_text, text};
-use super::vonage_sms::is_decimal;
-use super::{FieldProblem, ReceiptError};
+use crate::providers::fields::is_decimal;
+use crate::providers::json::{member_text, text};
+use crate::providers::{FieldProblem, ReceiptError};
 use dlr_shared::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
 use dlr_shared::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
@@ -111,7 +111,7 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<ReceiptEvent, Re
         ));
     }
 
-    let mut problems = super::fields::json_text_problems(&object);
+    let mut problems = crate::providers::fields::json_text_problems(&object);
     let message_id = required(&object, "message_uuid", &mut problems).and_then(|v| {
         MessageId::parse(&v).map_err(|e| problems.push(FieldProblem::new("message_uuid", e))).ok()
     });

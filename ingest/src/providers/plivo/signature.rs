@@ -21,8 +21,8 @@ use secrecy::ExposeSecret;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use super::{SecretList, SignatureError, hmac};
 use crate::providers::Fields;
+use crate::signature::{SecretList, SignatureError, hmac};
 
 /// The signature headers of one request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -197,15 +197,14 @@ mod tests {
     fn sdk_produced_v3_signatures() {
         let token = tokens("example_plivo_token");
         let url = "https://dlr.example.com/dlr/plivo";
-        let form =
-            decode_urlencoded(include_bytes!("../../../tests/corpus/plivo-delivered.form"), "form").unwrap();
+        let form = decode_urlencoded(include_bytes!("samples/plivo-delivered.form"), "form").unwrap();
         let post = Headers {
             v3: Some("dh9uCCbHw0Q5KFuJnz0FNOtyO9qLAEUunRRKPhoZwew="),
             v3_nonce: Some("2f4c0a1e"),
             ..Headers::default()
         };
         assert_eq!(verify(Method::Post, url, &form, post, &token), Ok(()));
-        let query = include_str!("../../../tests/corpus/plivo-undelivered.query");
+        let query = include_str!("samples/plivo-undelivered.query");
         let get = Headers {
             v3: Some("M17MXr2Dy8h5Gk7ushV4JBOwc9aE3Iw2KqBMZOlqVYk="),
             v3_nonce: Some("77a1"),

@@ -18,7 +18,7 @@ use secrecy::ExposeSecret;
 use sha2::{Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
-use super::{Freshness, SecretList, SignatureError, hmac};
+use crate::signature::{Freshness, SecretList, SignatureError, hmac};
 
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "x-sinch-webhook-signature";

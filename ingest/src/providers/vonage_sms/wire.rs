@@ -6,7 +6,8 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-use super::{FieldProblem, Fields, ReceiptError};
+use crate::providers::fields::is_decimal;
+use crate::providers::{FieldProblem, Fields, ReceiptError};
 use dlr_shared::domain::{EventId, MessageId, Msisdn, Outcome, Provider};
 use dlr_shared::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
@@ -197,17 +198,6 @@ fn required<'a>(fields: &'a Fields, name: &str, problems: &mut Vec<FieldProblem>
 /// `message-timestamp` is `YYYY-MM-DD HH:MM:SS` in UTC.
 fn parse_message_timestamp(value: &str) -> Option<DateTime<Utc>> {
     NaiveDateTime::parse_from_str(value, "%Y-%m-%d %H:%M:%S").ok().map(|t| t.and_utc())
-}
-
-/// A plain decimal such as `0.03330000` (no exponent, no sign games).
-pub(crate) fn is_decimal(value: &str) -> bool {
-    let digits = value.strip_prefix('-').unwrap_or(value);
-    let mut parts = digits.splitn(2, '.');
-    let whole = parts.next().unwrap_or("");
-    let frac = parts.next();
-    !whole.is_empty()
-        && whole.bytes().all(|b| b.is_ascii_digit())
-        && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use std::fmt;
 use std::time::Duration;
 
-use super::{ConfigError, Freshness, SignatureError};
+use crate::signature::{ConfigError, Freshness, SignatureError};
 
 /// The SDK's tolerance: older timestamps are replays.
 pub const TOLERANCE: Duration = Duration::from_secs(300);
@@ -143,7 +143,7 @@ mod tests {
     /// the library the official SDK verifies with, over the corpus sample.
     #[test]
     fn pynacl_produced_signature() {
-        let body = include_bytes!("../../../tests/corpus/telnyx-message-finalized-delivered.json");
+        let body = include_bytes!("samples/telnyx-message-finalized-delivered.json");
         let keys = PublicKeys::parse("iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w=").unwrap();
         assert_eq!(
             STANDARD.encode(key(1).verifying_key().to_bytes()),

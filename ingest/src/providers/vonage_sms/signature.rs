@@ -13,13 +13,16 @@ use sha1::Sha1;
 use sha2::{Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
-use super::{ConfigError, Freshness, SecretList, SignatureError, hmac};
+use crate::signature::{ConfigError, Freshness, SecretList, SignatureError, hmac};
 
 /// The signature method chosen in the Vonage dashboard for the API key;
 /// the names are the configuration words, as used by the PHP SDK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::Display, strum::IntoStaticStr, strum::VariantArray)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, strum::Display, strum::IntoStaticStr, strum::VariantArray,
+)]
 pub enum SigMethod {
     /// `md5hash`: MD5 of the signing string with the secret appended (the legacy dashboard default).
+    #[default]
     #[strum(serialize = "md5hash")]
     Md5Hash,
     /// `md5`: HMAC-MD5.

@@ -7,10 +7,10 @@
 
 use chrono::{DateTime, Utc};
 
-use super::json::address;
-use super::shapes::{Rule, Shapes, digits, status_word, uuid};
-use super::vonage_sms::is_decimal;
-use super::{FieldProblem, Fields, ReceiptError};
+use crate::providers::fields::is_decimal;
+use crate::providers::json::address;
+use crate::providers::shapes::{Rule, Shapes, digits, status_word, uuid};
+use crate::providers::{FieldProblem, Fields, ReceiptError};
 use dlr_shared::domain::{EventId, MessageId, Outcome, Provider};
 use dlr_shared::event::{Price, ProviderError, ReceiptEvent, SCHEMA_VERSION};
 
@@ -66,7 +66,7 @@ const SHAPES: Shapes = Shapes {
 };
 
 /// Refuses a callback whose signed text could have been re-split: see
-/// [`super::shapes`]. Run before [`parse`] on every Plivo request.
+/// [`crate::providers::shapes`]. Run before [`parse`] on every Plivo request.
 pub fn unambiguous(fields: &Fields) -> Result<(), ReceiptError> {
     SHAPES.check(fields)
 }
