@@ -204,7 +204,7 @@ fn documented_routing_keys(readme: &str) -> Vec<RoutingKeyRow> {
         .collect()
 }
 
-/// Each provider's sample from `tests/corpus/` (by the README's name): its
+/// Each provider's sample from its `samples/` folder (by the README's name): its
 /// route, content type (empty: a GET whose query is the sample), the sample,
 /// and its status as `(text before, word, text after)`.
 type Sample =

@@ -10,60 +10,25 @@ use dlr_ingest::providers::{
     plivo::signature as plivo_sig, sinch::signature as sinch_sig, twilio::signature as twilio_sig,
 };
 use dlr_ingest::signature::SignatureMode;
-use dlr_shared::ReceiptEvent;
-use dlr_tests::{TestApp, TestIngest, amqp_url, ingest_config};
+use dlr_tests::OneIngest;
+use dlr_tests::one_ingest::SETTLE;
 use serde_json::Value;
-use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(10);
-const SETTLE: Duration = Duration::from_millis(300);
 const PUBLIC_BASE: &str = "https://dlr.example.com";
 const FORM: &str = "application/x-www-form-urlencoded";
 const JSON: &str = "application/json";
 
-/// One ingest with the default configuration (no opt-outs) adjusted by `configure`.
-struct Ingest {
-    app: TestApp,
-    ingest: TestIngest,
-}
+/// One ingest with the default configuration (no opt-outs), the public
+/// base URL set, adjusted by `configure`.
+struct Ingest;
 
 impl Ingest {
-    async fn start(configure: impl FnOnce(&mut dlr_ingest::Config)) -> Self {
-        let app = TestApp::new().await;
-        let mut config = ingest_config(&app.topology, &amqp_url());
-        config.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("url"));
-        configure(&mut config);
-        let ingest = app.start_ingest(config, WAIT).await;
-        Self { app, ingest }
-    }
-
-    fn request(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> reqwest::RequestBuilder {
-        self.ingest
-            .client
-            .post(format!("{}{path}", self.ingest.base_url))
-            .header("content-type", content_type)
-            .body(body)
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn events(&self, count: usize) -> Vec<ReceiptEvent> {
-        self.app.receipts(count, WAIT, SETTLE).await
-    }
-
-    async fn finish(self) {
-        self.ingest.stop().await;
-        self.app.cleanup().await;
+    async fn start(configure: impl FnOnce(&mut dlr_ingest::Config)) -> OneIngest {
+        OneIngest::start(|config| {
+            config.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("url"));
+            configure(config);
+        })
+        .await
     }
 }
 
@@ -96,7 +61,7 @@ async fn unsigned_batch_on_an_unconfigured_provider_is_not_served() {
         ("/dlr/vonage", FORM),
         ("/dlr/vonage-messages", JSON),
     ] {
-        let (status, _) = h.send(h.request(path, content_type, batch)).await;
+        let (status, _) = h.send(h.post(path, content_type, batch)).await;
         assert_eq!(status, 404, "{path} is served without credentials or an explicit mode");
     }
     h.events(0).await;
@@ -109,7 +74,7 @@ async fn unsigned_batch_on_an_unconfigured_provider_is_not_served() {
 async fn unsigned_vonage_with_a_secret_set_is_refused() {
     let h = Ingest::start(|c| c.providers.vonage_sms.secret = Some("vonage-secret".into())).await;
     let unsigned = "messageId=0A0000001234567B&status=delivered&msisdn=447700900000&to=AcmeInc&err-code=0";
-    let (status, body) = h.send(h.request("/dlr/vonage", FORM, unsigned)).await;
+    let (status, body) = h.send(h.post("/dlr/vonage", FORM, unsigned)).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body, serde_json::json!({"error": "signature check failed", "reason": "missing"}));
     h.events(0).await;
@@ -127,7 +92,7 @@ async fn twilio_re_split_is_refused() {
     let url = format!("{PUBLIC_BASE}/dlr/twilio");
     let signature = twilio_sig::sign(&url, &genuine, token, twilio_sig::Algorithm::HmacSha1);
     let send = |fields: Vec<(String, String)>| {
-        h.request("/dlr/twilio", FORM, encode(&fields)).header("x-twilio-signature", signature.clone())
+        h.post("/dlr/twilio", FORM, encode(&fields)).header("x-twilio-signature", signature.clone())
     };
     assert_eq!(h.send(send(genuine.clone())).await.0, 200, "the genuine callback");
     let mut re_split: Vec<(String, String)> =
@@ -155,7 +120,7 @@ async fn plivo_re_split_is_refused() {
     let url = format!("{PUBLIC_BASE}/dlr/plivo");
     let signature = plivo_sig::sign_v3(plivo_sig::Method::Post, &url, &genuine, "n1", token);
     let send = |fields: Vec<(String, String)>| {
-        h.request("/dlr/plivo", FORM, encode(&fields))
+        h.post("/dlr/plivo", FORM, encode(&fields))
             .header("X-Plivo-Signature-V3", signature.clone())
             .header("X-Plivo-Signature-V3-Nonce", "n1")
     };
@@ -187,11 +152,11 @@ async fn vonage_re_split_is_refused() {
     ));
     let sig = dlr_ingest::providers::vonage_sms::signature::sign(&genuine, secret, method);
     genuine.push(("sig".into(), sig.clone()));
-    assert_eq!(h.send(h.request("/dlr/vonage", FORM, encode(&genuine))).await.0, 200, "genuine");
+    assert_eq!(h.send(h.post("/dlr/vonage", FORM, encode(&genuine))).await.0, 200, "genuine");
     let mut re_split: Vec<(String, String)> =
         genuine.iter().filter(|(n, _)| n != "client-ref" && n != "err-code").cloned().collect();
     re_split.push(("client-ref=x&err-code".into(), "5".into()));
-    let (status, body) = h.send(h.request("/dlr/vonage", FORM, encode(&re_split))).await;
+    let (status, body) = h.send(h.post("/dlr/vonage", FORM, encode(&re_split))).await;
     assert_eq!(status, 400, "{body}");
     h.events(1).await;
     h.finish().await;
@@ -208,7 +173,7 @@ async fn plivo_v2_downgrade_is_refused() {
     let forged = include_str!("../ingest/src/providers/plivo/samples/plivo-delivered.form")
         .replace("delivered", "failed");
     let request = h
-        .request("/dlr/plivo", FORM, forged)
+        .post("/dlr/plivo", FORM, forged)
         .header("X-Plivo-Signature-V2", v2)
         .header("X-Plivo-Signature-V2-Nonce", "12345");
     let (status, body) = h.send(request).await;
@@ -226,7 +191,7 @@ async fn sinch_sha512_signatures_verify() {
     let ts = chrono::Utc::now().timestamp().to_string();
     let signature = sinch_sig::sign_with(sinch_sig::Algorithm::Sha512, body.as_bytes(), "n1", &ts, secret);
     let request = h
-        .request("/dlr/sinch", JSON, body)
+        .post("/dlr/sinch", JSON, body)
         .header(sinch_sig::SIGNATURE_HEADER, signature)
         .header(sinch_sig::NONCE_HEADER, "n1")
         .header(sinch_sig::TIMESTAMP_HEADER, ts)
@@ -244,9 +209,9 @@ async fn sinch_basic_auth_verifies() {
     let h = Ingest::start(|c| c.providers.sinch.basic_auth = Some("sinch:pa,ss".into())).await;
     let body = include_str!("../ingest/src/providers/sinch/samples/sinch-recipient-delivered.json");
     let basic = dlr_ingest::signature::basic::header_value;
-    let good = h.request("/dlr/sinch", JSON, body).header("authorization", basic("sinch:pa,ss"));
+    let good = h.post("/dlr/sinch", JSON, body).header("authorization", basic("sinch:pa,ss"));
     assert_eq!(h.send(good).await.0, 200);
-    let wrong = h.request("/dlr/sinch", JSON, body).header("authorization", basic("sinch:pa"));
+    let wrong = h.post("/dlr/sinch", JSON, body).header("authorization", basic("sinch:pa"));
     assert_eq!(h.send(wrong).await.0, 401);
     h.events(1).await;
     h.finish().await;
@@ -258,7 +223,7 @@ async fn sinch_basic_auth_verifies() {
 async fn unsigned_vonage_messages_callback_gets_503() {
     let h = Ingest::start(|c| c.providers.vonage_sms.secret = Some("vonage-secret".into())).await;
     let body = r#"{"message_uuid":"aaaaaaaa-0000-4000-8000-000000000001","to":"447700900000","from":"AcmeInc","timestamp":"2025-03-14T09:26:41.000Z","status":"delivered","channel":"sms"}"#;
-    let response = h.request("/dlr/vonage-messages", JSON, body).send().await.expect("request");
+    let response = h.post("/dlr/vonage-messages", JSON, body).send().await.expect("request");
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.headers().contains_key("retry-after"));
     h.events(0).await;
@@ -276,10 +241,10 @@ async fn events_say_how_they_were_authenticated() {
     })
     .await;
     let vonage = "messageId=0A0000001234567B&status=delivered&msisdn=447700900000&to=AcmeInc&err-code=0";
-    assert_eq!(h.send(h.request("/dlr/vonage", FORM, vonage)).await.0, 200);
+    assert_eq!(h.send(h.post("/dlr/vonage", FORM, vonage)).await.0, 200);
     let events = h.events(1).await;
     assert_eq!(events[0].authenticity, Some(dlr_shared::event::Authenticity::NotChecked));
-    assert_eq!(h.send(h.request("/dlr/twilio", FORM, dlr_tests::corpus::S7)).await.0, 200);
+    assert_eq!(h.send(h.post("/dlr/twilio", FORM, dlr_tests::corpus::S7)).await.0, 200);
     let events = h.events(1).await;
     assert_eq!(events[0].authenticity, Some(dlr_shared::event::Authenticity::FailedLogOnly));
     h.finish().await;
@@ -299,7 +264,7 @@ async fn plivo_v2_nonce_verifies_once() {
     let v2 = plivo_sig::sign_v2(&url, "12345", token);
     let genuine = include_str!("../ingest/src/providers/plivo/samples/plivo-delivered.form");
     let send = |body: String| {
-        h.request("/dlr/plivo", FORM, body)
+        h.post("/dlr/plivo", FORM, body)
             .header("X-Plivo-Signature-V2", v2.clone())
             .header("X-Plivo-Signature-V2-Nonce", "12345")
     };
@@ -329,7 +294,7 @@ async fn account_a_secret_does_not_sign_account_b_receipts() {
     let receipt_b = dlr_tests::corpus::S7.replace(A, B);
     let signed = |token: &str| {
         let sig = twilio_sig::sign(&url, &pairs(&receipt_b), token, twilio_sig::Algorithm::HmacSha1);
-        h.request("/dlr/twilio", FORM, receipt_b.clone()).header("x-twilio-signature", sig)
+        h.post("/dlr/twilio", FORM, receipt_b.clone()).header("x-twilio-signature", sig)
     };
     let (status, body) = h.send(signed("token-a")).await;
     assert_eq!(
@@ -339,8 +304,7 @@ async fn account_a_secret_does_not_sign_account_b_receipts() {
     );
     let unknown = dlr_tests::corpus::S7.replace(A, "ACcccccccccccccccccccccccccccccccc");
     let sig = twilio_sig::sign(&url, &pairs(&unknown), "token-a", twilio_sig::Algorithm::HmacSha1);
-    let (status, body) =
-        h.send(h.request("/dlr/twilio", FORM, unknown).header("x-twilio-signature", sig)).await;
+    let (status, body) = h.send(h.post("/dlr/twilio", FORM, unknown).header("x-twilio-signature", sig)).await;
     assert_eq!((status, &body["reason"]), (401, &Value::from("unknown_account")), "{body}");
     assert_eq!(h.send(signed("token-b-old")).await.0, 200, "B's previous token during a rotation");
     h.events(1).await;
@@ -374,7 +338,7 @@ async fn forged_megabyte_floods_stay_within_the_quarantine_bounds() {
     let signed = |body: String, secret: &str| {
         let ts = chrono::Utc::now().timestamp().to_string();
         let signature = sinch_sig::sign(body.as_bytes(), "n", &ts, secret);
-        h.request("/dlr/sinch", JSON, body)
+        h.post("/dlr/sinch", JSON, body)
             .header(sinch_sig::SIGNATURE_HEADER, signature)
             .header(sinch_sig::NONCE_HEADER, "n")
             .header(sinch_sig::TIMESTAMP_HEADER, ts)

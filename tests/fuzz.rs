@@ -1304,7 +1304,7 @@ fn jwt_is_genuine(authorization: &str, body: &[u8]) -> bool {
 /// reference samples must still be accepted (and verify where signed).
 #[test]
 fn corpus_replays_through_every_parser_and_verifier() {
-    assert!(CORPUS.len() >= 40, "tests/corpus holds {} files", CORPUS.len());
+    assert!(CORPUS.len() >= 40, "the corpus holds {} files", CORPUS.len());
     for (name, data) in CORPUS.iter() {
         let outcome = std::panic::catch_unwind(|| {
             exercise_bytes(data)?;

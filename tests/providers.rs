@@ -5,7 +5,8 @@
 //! as their official SDKs sign (Telnyx: a key pair made here, Ed25519 over
 //! `"{timestamp}|{body}"`; Plivo: `get_signature_v3` over the SDK's URL
 //! construction; Sinch: `calculate_sinch_event_signature`; Infobip: HTTP
-//! Basic). The bodies are the documentation samples in `tests/corpus/`.
+//! Basic). The bodies are the documentation samples in each provider's
+//! `ingest/src/providers/<name>/samples/`.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -14,103 +15,32 @@ use dlr_ingest::providers::{
 };
 use dlr_ingest::signature::{SignatureMode, basic};
 use dlr_shared::{Outcome, Provider, ReceiptEvent};
+use dlr_tests::corpus::{
+    INFOBIP_RESULTS, PLIVO_DELIVERED, PLIVO_UNDELIVERED, SINCH_FULL, SINCH_RECIPIENT, SINCH_SUMMARY,
+    TELNYX_DELIVERED, TELNYX_FAILED,
+};
+use dlr_tests::one_ingest::WAIT;
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
-use dlr_tests::{TestApp, TestIngest, amqp_url, eventually, ingest_config, metric_value, unique_topology};
+use dlr_tests::{OneIngest, TestApp, amqp_url, eventually, ingest_config, metric_value, unique_topology};
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(10);
-const SETTLE: Duration = Duration::from_millis(300);
 const PUBLIC_BASE: &str = "https://dlr.example.com";
-
-const TELNYX_DELIVERED: &str =
-    include_str!("../ingest/src/providers/telnyx/samples/telnyx-message-finalized-delivered.json");
-const TELNYX_FAILED: &str =
-    include_str!("../ingest/src/providers/telnyx/samples/telnyx-message-finalized-failed.json");
-const PLIVO_DELIVERED: &str = include_str!("../ingest/src/providers/plivo/samples/plivo-delivered.form");
-const PLIVO_UNDELIVERED: &str = include_str!("../ingest/src/providers/plivo/samples/plivo-undelivered.query");
-const SINCH_RECIPIENT: &str =
-    include_str!("../ingest/src/providers/sinch/samples/sinch-recipient-delivered.json");
-const SINCH_FULL: &str = include_str!("../ingest/src/providers/sinch/samples/sinch-full.json");
-const SINCH_SUMMARY: &str = include_str!("../ingest/src/providers/sinch/samples/sinch-summary.json");
-const INFOBIP_RESULTS: &str = include_str!("../ingest/src/providers/infobip/samples/infobip-results.json");
 
 const REJECTED: &str = "dlr_ingest_receipts_rejected_total";
 const SIG_FAILURES: &str = "dlr_ingest_signature_failures_total";
 
 /// One ingest on its own topology ([`TestApp`], reached through `Deref`).
-struct Harness {
-    app: TestApp,
-    ingest: TestIngest,
-}
-
-impl std::ops::Deref for Harness {
-    type Target = TestApp;
-    fn deref(&self) -> &TestApp {
-        &self.app
-    }
-}
+type Harness = OneIngest;
 
 async fn start(configure: impl FnOnce(&mut dlr_ingest::Config)) -> Harness {
-    start_with(&amqp_url(), configure).await
+    OneIngest::start(configure).await
 }
 
 async fn start_with(amqp: &str, configure: impl FnOnce(&mut dlr_ingest::Config)) -> Harness {
-    let app = TestApp::new().await;
-    let mut config = ingest_config(&app.topology, amqp);
-    configure(&mut config);
-    let ingest = app.start_ingest(config, WAIT).await;
-    Harness { app, ingest }
-}
-
-impl Harness {
-    async fn events(&self, count: usize) -> Vec<ReceiptEvent> {
-        self.app.receipts(count, WAIT, SETTLE).await
-    }
-
-    async fn quarantined(&self) -> Vec<Value> {
-        self.app.quarantined(SETTLE).await
-    }
-
-    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_value(&self.ingest.metrics().await, name, labels)
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        if status == 503 {
-            // The reason is only in the metrics (the answer does not say).
-            let metrics = self.ingest.metrics().await;
-            let failures: Vec<&str> = metrics
-                .lines()
-                .filter(|l| l.starts_with("dlr_ingest_publish_failures_total{") && !l.ends_with(" 0"))
-                .collect();
-            eprintln!("503 from ingest; publish failures so far: {failures:?}");
-        }
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    fn post(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> reqwest::RequestBuilder {
-        self.ingest
-            .client
-            .post(format!("{}{path}", self.ingest.base_url))
-            .header("content-type", content_type)
-            .body(body)
-    }
-
-    async fn finish(self) {
-        self.ingest.stop().await;
-        self.app.cleanup().await;
-    }
+    OneIngest::start_at(amqp, configure).await
 }
 
 fn now() -> i64 {

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use dlr_shared::{Outcome, Provider};
 use url::Url;
 
-use super::registry::ProviderSettings;
+use super::ProviderSettings;
 use super::{Batch, ReceiptError};
 use crate::accounts::Accounts;
 use crate::config::ConfigError;
@@ -31,7 +31,7 @@ use crate::signature::{Freshness, SignatureError, SignatureMode};
 pub trait ProviderApi: Send + Sync + 'static {
     /// Its flags and environment variables; the registry flattens them
     /// into `ingest --help`.
-    type Settings: clap::Args + Clone + std::fmt::Debug + Default + Send + Sync + 'static;
+    type Settings: clap::Args + ModeSetting + Clone + std::fmt::Debug + Default + Send + Sync + 'static;
     /// What its requests are verified with, once configured.
     type Credentials: Send + Sync + 'static;
     /// A request decoded as far as the authenticity check and the parser need.
@@ -95,6 +95,13 @@ pub trait ProviderApi: Send + Sync + 'static {
     /// The outcome of a status word (`None`: not a delivery receipt's word),
     /// as the parser classifies it; tests hold it to [`ProviderApi::STATUSES`].
     fn outcome_of(word: &str) -> Option<Outcome>;
+}
+
+/// The mode setting every provider's settings have (`None` for settings
+/// that another provider's own cover, as the Vonage Messages API's).
+pub trait ModeSetting {
+    /// The explicit mode (`off`, `log-only`, `enforce`), to set it.
+    fn mode_mut(&mut self) -> Option<&mut Option<SignatureMode>>;
 }
 
 /// A provider's webhook route.

@@ -15,24 +15,28 @@
 pub mod api;
 mod fields;
 mod json;
+#[macro_use]
 pub mod registry;
 pub mod settings;
 mod shapes;
 
-pub mod infobip;
-pub mod plivo;
-pub mod sinch;
-pub mod telnyx;
-pub mod twilio;
-pub mod vonage_messages;
-pub mod vonage_sms;
+// The registry: one line per provider API (its folder => its type).
+registry! {
+    vonage_sms => VonageSms,
+    vonage_messages => VonageMessages,
+    twilio => Twilio,
+    telnyx => Telnyx,
+    plivo => Plivo,
+    sinch => Sinch,
+    infobip => Infobip,
+}
 
 pub use api::{Answer, Common, Configured, ProviderApi, Route, Sample, SettingNames, StatusWord, Verb};
 pub use fields::{
     Fields, MAX_STATUS_BYTES, MAX_VALUE_BYTES, decode_json_object, decode_urlencoded, fields_from_json_object,
 };
 pub use json::{Batch, ElementProblem, MAX_BATCH_ELEMENTS};
-pub use registry::{Listed, ProviderSettings, REGISTRY, Served, log_serving, serve_all};
+pub use registry::{Listed, Served, log_serving, serve_all};
 
 use serde::Serialize;
 

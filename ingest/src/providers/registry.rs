@@ -1,6 +1,7 @@
 //! The registry: every provider API, once, in one list.
 //!
-//! [`REGISTRY`] is what the generic code iterates: the router adds each
+//! The list itself is the `registry!` invocation in `providers/mod.rs`:
+//! one line per provider. [`REGISTRY`] is what the generic code iterates: the router adds each
 //! served provider's route, the metrics pre-create each provider's series,
 //! the quarantine keeps the union of their signature headers, start-up logs
 //! one line per provider, and [`ProviderSettings`] flattens each provider's
@@ -15,19 +16,23 @@ use dlr_shared::{Outcome, Provider};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use super::Batch;
 use super::api::{Common, ProviderApi, Route, Sample, SettingNames, StatusWord, Verb};
+use super::{Batch, ProviderSettings, REGISTRY};
 use crate::config::ConfigError;
 use crate::error::IngestError;
 use crate::intake::{self, WebhookRequest};
 use crate::signature::SignatureMode;
 use crate::state::AppState;
 
-/// Lists the providers: `module => Type`, where `providers::module::Type`
-/// implements [`ProviderApi`] and `providers::module::Settings` is its
-/// settings struct. Generates [`REGISTRY`] and [`ProviderSettings`].
+/// Lists the providers: `module => Type`, where `providers/module/` is the
+/// provider's folder, `module::Type` implements [`ProviderApi`] and
+/// `module::Settings` is its settings struct. Declares the modules and
+/// generates [`REGISTRY`](super::REGISTRY) and
+/// [`ProviderSettings`](super::ProviderSettings). Invoked once, in `providers/mod.rs`.
 macro_rules! registry {
     ($($module:ident => $api:ident),+ $(,)?) => {
+        $(pub mod $module;)+
+
         /// Every provider's settings, flattened into `ingest`'s configuration
         /// (and `--help`) in registry order.
         #[derive(Debug, Clone, Default, clap::Args)]
@@ -35,23 +40,26 @@ macro_rules! registry {
             $(
                 #[doc = concat!("`", stringify!($module), "`'s settings.")]
                 #[command(flatten)]
-                pub $module: super::$module::Settings,
+                pub $module: $module::Settings,
             )+
         }
 
-        /// Every provider API, in the order of the README's tables.
-        pub static REGISTRY: &[&dyn Listed] = &[$(&Entry::<super::$module::$api>(PhantomData)),+];
-    };
-}
+        impl ProviderSettings {
+            /// Sets every provider's mode (a demo or a test that serves every
+            /// provider unsigned sets `off`).
+            pub fn set_every_mode(&mut self, mode: Option<crate::signature::SignatureMode>) {
+                $(
+                    if let Some(own) = crate::providers::api::ModeSetting::mode_mut(&mut self.$module) {
+                        *own = mode;
+                    }
+                )+
+            }
+        }
 
-registry! {
-    vonage_sms => VonageSms,
-    vonage_messages => VonageMessages,
-    twilio => Twilio,
-    telnyx => Telnyx,
-    plivo => Plivo,
-    sinch => Sinch,
-    infobip => Infobip,
+        /// Every provider API, in the order of the README's tables.
+        pub static REGISTRY: &[&dyn registry::Listed] =
+            &[$(&registry::Entry::<$module::$api>(std::marker::PhantomData)),+];
+    };
 }
 
 /// A registry entry: what generic code needs to know of a [`ProviderApi`]
@@ -86,7 +94,7 @@ pub trait Listed: Sync {
 }
 
 /// The registry's entry for `P`.
-struct Entry<P>(PhantomData<fn() -> P>);
+pub(crate) struct Entry<P>(pub(crate) PhantomData<fn() -> P>);
 
 impl<P: ProviderApi> Listed for Entry<P> {
     fn provider(&self) -> Provider {

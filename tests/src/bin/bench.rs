@@ -25,7 +25,7 @@ use clap::Parser;
 use dlr_shared::ReceiptEvent;
 use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
 use dlr_shared::amqp::{Topology, receipt_properties};
-use dlr_tests::{TestBroker, TestDatabase, amqp_url, free_port, unique_topology, vonage_form};
+use dlr_tests::{TestBroker, TestDatabase, amqp_url, free_port, percentile, unique_topology, vonage_form};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -1067,12 +1067,4 @@ async fn wait_ready(client: &reqwest::Client, url: &str) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("{url} never became ready")
-}
-
-/// The `q` quantile (0..=1) of ascending `sorted` values; 0 when empty.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted
-        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
-        .copied()
-        .unwrap_or(0.0)
 }

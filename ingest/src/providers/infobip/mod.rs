@@ -5,7 +5,7 @@
 //!
 //! - [`wire`]: the body and status names, parsed into receipts.
 //! - Basic authentication is [`crate::signature::basic`].
-//! - [`settings`]: `INFOBIP_*`.
+//! - [`settings`]: its variables, `INFOBIP_*`.
 //! - `samples/`: sample requests.
 
 pub mod settings;

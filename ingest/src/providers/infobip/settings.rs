@@ -25,6 +25,12 @@ pub struct Settings {
     pub basic_auth: Option<SecretString>,
 }
 
+impl crate::providers::api::ModeSetting for Settings {
+    fn mode_mut(&mut self) -> Option<&mut Option<SignatureMode>> {
+        Some(&mut self.mode)
+    }
+}
+
 /// Infobip's configuration: the `user:password` pairs (`None` when off).
 pub(crate) fn configure(settings: &ProviderSettings) -> Result<Configured<Option<SecretList>>, ConfigError> {
     let own = &settings.infobip;

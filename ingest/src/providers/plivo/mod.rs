@@ -5,7 +5,7 @@
 //!
 //! - [`wire`]: the parameters and status words, parsed into a receipt.
 //! - [`signature`]: the V3 (and, only when enabled, V2) check.
-//! - [`settings`]: `PLIVO_*`.
+//! - [`settings`]: its variables, `PLIVO_*`.
 //! - `samples/`: sample requests.
 
 pub mod settings;

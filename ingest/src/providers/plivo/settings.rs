@@ -40,6 +40,12 @@ pub struct Settings {
     pub accept_v2: bool,
 }
 
+impl crate::providers::api::ModeSetting for Settings {
+    fn mode_mut(&mut self) -> Option<&mut Option<SignatureMode>> {
+        Some(&mut self.mode)
+    }
+}
+
 /// What Plivo callbacks are verified with.
 #[derive(Debug)]
 pub struct Credentials {

@@ -5,7 +5,7 @@
 //!
 //! - [`wire`]: the body and status words, parsed into receipts.
 //! - [`signature`]: the HMAC check (Basic is [`crate::signature::basic`]).
-//! - [`settings`]: `SINCH_*`.
+//! - [`settings`]: its variables, `SINCH_*`.
 //! - `samples/`: sample requests.
 
 pub mod settings;

@@ -34,6 +34,12 @@ pub struct Settings {
     pub basic_auth: Option<SecretString>,
 }
 
+impl crate::providers::api::ModeSetting for Settings {
+    fn mode_mut(&mut self) -> Option<&mut Option<SignatureMode>> {
+        Some(&mut self.mode)
+    }
+}
+
 /// What a Sinch callback may be verified with: the HMAC secret(s), Basic
 /// credentials, or both (a request is checked by the scheme it carries).
 #[derive(Clone, Debug, Default)]

@@ -5,7 +5,7 @@
 //!
 //! - [`wire`]: the body and status words, parsed into receipts.
 //! - [`signature`]: the Ed25519 check.
-//! - [`settings`]: `TELNYX_*`.
+//! - [`settings`]: its variables, `TELNYX_*`.
 //! - `samples/`: sample requests.
 
 pub mod settings;

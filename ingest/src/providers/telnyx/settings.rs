@@ -20,6 +20,12 @@ pub struct Settings {
     pub public_key: Option<String>,
 }
 
+impl crate::providers::api::ModeSetting for Settings {
+    fn mode_mut(&mut self) -> Option<&mut Option<SignatureMode>> {
+        Some(&mut self.mode)
+    }
+}
+
 /// Telnyx's configuration: the keys (`None` when off).
 pub(crate) fn configure(settings: &ProviderSettings) -> Result<Configured<Option<PublicKeys>>, ConfigError> {
     let own = &settings.telnyx;

@@ -4,7 +4,7 @@
 //!
 //! - [`wire`]: the parameters and status words, parsed into a receipt.
 //! - [`signature`]: the `X-Twilio-Signature` check.
-//! - [`settings`]: `TWILIO_*`.
+//! - [`settings`]: its variables, `TWILIO_*`.
 //! - `samples/`: sample requests.
 
 pub mod settings;

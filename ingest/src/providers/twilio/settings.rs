@@ -26,6 +26,12 @@ pub struct Settings {
     pub auth_token: Option<SecretString>,
 }
 
+impl crate::providers::api::ModeSetting for Settings {
+    fn mode_mut(&mut self) -> Option<&mut Option<SignatureMode>> {
+        Some(&mut self.mode)
+    }
+}
+
 /// Twilio's configuration: the tokens (`None`: off, or per account in the
 /// accounts file's `[twilio]`); `PUBLIC_BASE_URL` is required when checked,
 /// because Twilio signs the URL it called.

@@ -4,7 +4,16 @@
 
 use clap::Args;
 
+use crate::providers::api::ModeSetting;
+use crate::signature::SignatureMode;
+
 /// No flags: see [`crate::providers::vonage_sms::Settings`].
 #[derive(Debug, Clone, Default, Args)]
 #[group(skip)]
 pub struct Settings {}
+
+impl ModeSetting for Settings {
+    fn mode_mut(&mut self) -> Option<&mut Option<SignatureMode>> {
+        None
+    }
+}

@@ -36,6 +36,12 @@ pub struct Settings {
     pub secret: Option<SecretString>,
 }
 
+impl crate::providers::api::ModeSetting for Settings {
+    fn mode_mut(&mut self) -> Option<&mut Option<SignatureMode>> {
+        Some(&mut self.mode)
+    }
+}
+
 /// What Vonage requests are verified with.
 #[derive(Debug)]
 pub struct Credentials {
