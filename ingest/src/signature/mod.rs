@@ -247,8 +247,9 @@ impl SignatureError {
 
 /// How old or how far ahead a signing time may be.
 ///
-/// Neither provider documents a window (reference 2.2 step 8, 3.3 step 5), and retries may not be
-/// re-signed, so both limits are configuration rather than constants.
+/// The providers document no window (Vonage's signing and signed-webhook pages name none; of the SDKs
+/// only Vonage's Java SDK checks one, 300 s), and retries may not be re-signed, so both limits are
+/// configuration rather than constants.
 #[derive(Debug, Clone, Copy)]
 pub struct Freshness {
     /// How far in the past a signing timestamp may be.

@@ -1,5 +1,5 @@
 //! Infobip SMS delivery reports on `/dlr/infobip`
-//! (<https://www.infobip.com/docs/api/channels/sms/sms-messaging/logs-and-status-reports/receive-outbound-sms-message-report>):
+//! (status names: <https://www.infobip.com/docs/essentials/api-essentials/response-status-and-error-codes>):
 //! `{"results":[...]}`, up to 100 reports per request, protected with HTTP
 //! Basic (the documented subscription security setting we can verify).
 //!

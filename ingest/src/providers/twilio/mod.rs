@@ -1,5 +1,5 @@
 //! Twilio Programmable Messaging status callbacks on `/dlr/twilio`
-//! (<https://www.twilio.com/docs/messaging/guides/track-outbound-message-status>):
+//! (<https://www.twilio.com/docs/messaging/api/message-resource#message-status-values>):
 //! a form body signed with `X-Twilio-Signature` over the URL and parameters.
 //!
 //! - [`wire`]: the parameters and status words, parsed into a receipt.

@@ -1,4 +1,7 @@
-//! Twilio `X-Twilio-Signature` (reference 4.4).
+//! Twilio `X-Twilio-Signature`: base64 HMAC-SHA1 with the Auth Token over the URL Twilio called followed by the
+//! sorted POST parameters as `name + value`; HMAC-SHA256 with a shared key when
+//! `X-Twilio-Webhooks-Signature-Settings` says so (<https://www.twilio.com/docs/usage/webhooks/webhooks-security>;
+//! the Python SDK's `RequestValidator` is the reference implementation).
 //!
 //! Twilio signs the URL it called plus the sorted POST parameters with the account Auth Token (or,
 //! under Webhook Rules, a SharedKey with HMAC-SHA256). Because the URL is part of the signed string,
@@ -116,8 +119,8 @@ fn algorithm_from_settings(settings: Option<&str>) -> Result<Algorithm, Signatur
 
 /// `url` itself plus, for http(s), the same URL with the default port toggled.
 ///
-/// Twilio sometimes signs `https://host:443/...` and sometimes `https://host/...` (reference 4.4
-/// step 1). Only the scheme's default port is toggled: a non-default port names a different endpoint.
+/// Twilio sometimes signs `https://host:443/...` and sometimes `https://host/...` (the Python SDK's
+/// `RequestValidator` accepts both). Only the scheme's default port is toggled: a non-default port names a different endpoint.
 /// Plain string surgery rather than `url::Url`, which would normalise the rest of the URL and so
 /// change the signed string.
 fn url_variants(url: &str) -> Vec<String> {

@@ -23,25 +23,27 @@ pub enum TwilioStatus {
     Queued,
     /// Being handed to the carrier.
     Sending,
-    /// Accepted by the next carrier; may be the last status ever seen (J3).
+    /// Accepted by the next carrier; may be the last status ever seen (no
+    /// carrier receipt, most MMS), so it stays pending.
     Sent,
     /// The carrier confirmed delivery.
     Delivered,
-    /// Read receipt (channels that have them); implies delivery (J2).
+    /// Read receipt (channels that have them): a message read was delivered.
     Read,
     /// The carrier says it was not delivered.
     Undelivered,
     /// Never sent (and not charged).
     Failed,
-    /// A scheduled message was cancelled before it went out (J4).
+    /// A scheduled message was cancelled before it went out: it will never arrive.
     Canceled,
-    /// In the API enum with undocumented semantics; treated as failed (J5).
+    /// In the API's status enum without documented semantics; treated as failed.
     PartiallyDelivered,
     /// Inbound only: Twilio is receiving a message *to* us.
     Receiving,
     /// Inbound only: Twilio received a message *to* us.
     Received,
-    /// A word Twilio may add later: kept verbatim, treated as pending (J8).
+    /// A word Twilio may add later: the receipt is authentic, so it is accepted,
+    /// kept verbatim and treated as pending (and logged) rather than refused.
     Unrecognised(String),
 }
 
@@ -281,7 +283,7 @@ mod tests {
     use crate::providers::decode_urlencoded;
     use proptest::prelude::*;
 
-    /// Sample S7: undelivered with ErrorCode 30003 (signed in the reference).
+    /// Sample S7: undelivered with ErrorCode 30003 (signed with the test token).
     const S7: &str = "AccountSid=AC0123456789abcdef0123456789abcdef&ApiVersion=2010-04-01&ErrorCode=30003&From=%2B15017122661&MessageSid=SM5b1f2e3d4c5b6a79881726354a5b6c7d&MessageStatus=undelivered&RawDlrDoneDate=2503141027&SmsSid=SM5b1f2e3d4c5b6a79881726354a5b6c7d&SmsStatus=undelivered&To=%2B15558675310";
 
     /// Sample S8: sent via a Messaging Service (intermediate).

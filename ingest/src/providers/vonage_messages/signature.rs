@@ -1,4 +1,6 @@
-//! Vonage Messages API signed webhooks: `Authorization: Bearer <JWT>` (reference 3.3).
+//! Vonage Messages API signed webhooks: `Authorization: Bearer <JWT>`, HS256, with `iss`, `iat`, `jti`,
+//! `api_key` and `payload_hash` claims
+//! (<https://developer.vonage.com/en/getting-started/concepts/webhooks#validating-signed-webhooks>).
 //!
 //! The JWT signs its claims, not the request, so the body is bound to it only through the
 //! `payload_hash` claim; and Vonage sends no `exp`, so freshness comes from `iat`. Both checks are ours:
@@ -45,7 +47,7 @@ pub struct Claims {
 ///
 /// Order: bearer token → `alg` is HS256 → signature under any secret in `secrets` → `iss` → `iat`
 /// window → `payload_hash`. `payload_hash` is required although Vonage calls it optional: it is the
-/// only thing tying the body to the token (reference 3.3 step 4).
+/// only thing tying the body to the token: Vonage calls it optional over HTTPS, it is required here.
 pub fn verify(
     authorization: Option<&str>,
     body: &[u8],

@@ -29,13 +29,14 @@ pub enum MessagesStatus {
     Submitted,
     /// Delivered to the handset.
     Delivered,
-    /// Read receipt (OTT channels only); implies delivery (reference J2).
+    /// Read receipt (OTT channels only): a message read was delivered.
     Read,
     /// Refused by Vonage or the provider, or the TTL ran out.
     Rejected,
     /// Vonage could not reach the provider.
     Undeliverable,
-    /// A word Vonage may add later: kept verbatim, treated as pending (J8).
+    /// A word Vonage may add later: the receipt is authentic, so it is accepted,
+    /// kept verbatim and treated as pending (and logged) rather than refused.
     Unrecognised(String),
 }
 

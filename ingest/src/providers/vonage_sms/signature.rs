@@ -1,4 +1,5 @@
-//! Vonage SMS API signed webhooks: the `sig` parameter (reference section 2).
+//! Vonage SMS API signed webhooks: the `sig` parameter
+//! (<https://developer.vonage.com/en/getting-started/concepts/signing-messages>).
 //!
 //! Legacy Vonage DLRs are plain GET/POST/JSON requests; when the account has signing switched on, `sig`
 //! is the only proof that a receipt came from Vonage. The method (MD5 hash or one of four HMACs) is
@@ -59,7 +60,8 @@ impl FromStr for SigMethod {
     }
 }
 
-/// Builds the string Vonage signs (reference 2.2 steps 2-5).
+/// Builds the string Vonage signs: every parameter but `sig`, sorted by name, each as `&name=value` with `&`
+/// and `=` in values replaced by `_` (as the PHP and Node SDKs build it).
 fn signing_string(params: &[(String, String)]) -> String {
     let mut pairs: Vec<_> = params.iter().filter(|(name, _)| name != "sig").collect();
     // String order is byte order, as Vonage specifies; the value only breaks ties between repeated
@@ -174,7 +176,8 @@ mod tests {
         Freshness { max_age: Duration::from_secs(300), max_future: Duration::from_secs(60) }
     }
 
-    /// Node/PHP SDK shared vector (reference 2.4), deliberately not in sorted order.
+    /// The vector the Node SDK (`packages/sms/__tests__/__dataSets__/signature.ts`) and the PHP SDK
+    /// (`test/Client/SignatureTest.php`) share, deliberately not in sorted order.
     fn sdk_params() -> Vec<(String, String)> {
         pairs(&[
             ("type", "text"),

@@ -27,7 +27,8 @@ pub enum VonageStatus {
     Failed,
     /// Refused by the carrier.
     Rejected,
-    /// No useful information (mapped to failed, reference J1).
+    /// No useful information: failed, as Vonage's own Messages API translates
+    /// it; a later `delivered` still wins in the status store.
     Unknown,
     /// Older documentation's word for failed.
     Undelivered,
