@@ -1,166 +1,29 @@
-//! The postgres handler: a status table and an event history.
-//!
-//! The precedence rule lives in the upsert's `WHERE`, not in Rust: two
-//! workers racing on the same message are serialised by the row lock, and
-//! whichever commits second is checked against what the first wrote, so a
-//! late intermediate status can never regress a final one.
-//!
-//! Group commit: one statement and one commit per event costs a round trip
-//! and a WAL flush each, which capped the handler at a few thousand events
-//! per second. Events in flight at the same time (up to the prefetch) are
-//! therefore handed to a batcher task that writes them together with
-//! set-based statements (`UNNEST` arrays) in one transaction and answers
-//! each delivery only after that transaction committed.
+//! The SQL: the statements (the precedence rule lives in the upsert's
+//! `WHERE`), the rows they bind and the store that runs them within a
+//! bound.
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use dlr_shared::ReceiptEvent;
-use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use std::collections::HashMap;
-use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-
-use super::{Failure, Handler, HandlerError, HandlerKind};
-
-/// How the handler talks to PostgreSQL; see the worker configuration table
-/// in the README for what each setting costs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PostgresSettings {
-    /// Connections in the pool; also how many batches may be written at once.
-    pub max_connections: u32,
-    /// Most events per transaction.
-    pub batch_size: usize,
-    /// How long a batch waits for more events after its first one. Zero
-    /// writes every event on its own, as before group commit.
-    pub linger: Duration,
-    /// Server-side limit per statement (`statement_timeout`), so that a
-    /// stuck lock or a black-holed database fails a write as transient
-    /// instead of holding the delivery until the broker's consumer timeout.
-    pub statement_timeout: Duration,
-}
-
-impl From<&crate::Config> for PostgresSettings {
-    fn from(config: &crate::Config) -> Self {
-        Self {
-            max_connections: config.database_max_connections,
-            batch_size: usize::from(config.postgres_batch_size),
-            linger: Duration::from_millis(config.postgres_linger_ms),
-            statement_timeout: config.postgres_statement_timeout,
-        }
-    }
-}
-
-/// Writes events to PostgreSQL.
-pub struct PostgresHandler {
-    store: Arc<Store>,
-    /// Present when group commit is on (batch size above 1 and a linger).
-    batcher: Option<mpsc::Sender<Pending>>,
-}
-
-/// Embedded migrations under `worker/migrations`, applied at start-up.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
-impl PostgresHandler {
-    /// Connects and applies the migrations. Called at start-up, so a wrong
-    /// `DATABASE_URL` or a failing migration stops the worker with a clear
-    /// error instead of parking every event. Starts the batcher task when
-    /// group commit is on, so it must be called inside a Tokio runtime.
-    pub async fn connect(url: &str, settings: &PostgresSettings) -> Result<Self, sqlx::Error> {
-        let statement_timeout_ms = settings.statement_timeout.as_millis().max(1).to_string();
-        let options =
-            PgConnectOptions::from_str(url)?.options([("statement_timeout", statement_timeout_ms.as_str())]);
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
-        MIGRATOR.run(&pool).await?;
-        let store = Arc::new(Store { pool, statement_timeout: settings.statement_timeout });
-        let batcher = (settings.batch_size > 1 && !settings.linger.is_zero()).then(|| {
-            // Room for a whole prefetch window of every batch in flight; a
-            // full channel only delays senders, it never drops an event.
-            let (sender, receiver) = mpsc::channel(settings.batch_size * 4);
-            let flushes = Arc::new(Semaphore::new(settings.max_connections.max(1) as usize));
-            tokio::spawn(run_batcher(store.clone(), receiver, settings.batch_size, settings.linger, flushes));
-            sender
-        });
-        Ok(Self { store, batcher })
-    }
-
-    /// The handler's pool, shared with the status store's maintenance
-    /// ([`crate::maintenance`]).
-    pub fn pool(&self) -> PgPool {
-        self.store.pool.clone()
-    }
-
-    /// Writes `events` as one batch, in this order, exactly as the batcher
-    /// writes what it collected, and returns each event's result. Public so
-    /// that tests and benchmarks can drive batches deterministically.
-    pub async fn record_batch(&self, events: &[ReceiptEvent]) -> Vec<Result<(), HandlerError>> {
-        let rows: Result<Vec<EventRow>, HandlerError> = events.iter().map(EventRow::new).collect();
-        match rows {
-            Ok(rows) => self.store.record_batch(&rows).await,
-            // Only serialisation can fail here, which is never expected:
-            // write them one at a time so each gets its own answer.
-            Err(_) => {
-                let mut results = Vec::with_capacity(events.len());
-                for event in events {
-                    results.push(match EventRow::new(event) {
-                        Ok(row) => self.store.record_one(&row).await,
-                        Err(error) => Err(error),
-                    });
-                }
-                results
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl Handler for PostgresHandler {
-    fn kind(&self) -> HandlerKind {
-        HandlerKind::Postgres
-    }
-
-    async fn handle(&self, event: &ReceiptEvent) -> Result<(), HandlerError> {
-        // Serialising here runs on the delivery's task, in parallel, and
-        // keeps the batcher's single task for the database work.
-        let row = EventRow::new(event)?;
-        let Some(batcher) = &self.batcher else {
-            return self.store.record_one(&row).await;
-        };
-        let (reply, answer) = oneshot::channel();
-        if batcher.send(Pending { row, reply }).await.is_err() {
-            return Err(HandlerError::Transient(Failure::new("the postgres batcher has stopped")));
-        }
-        answer.await.unwrap_or_else(|_| {
-            Err(HandlerError::Transient(Failure::new("the postgres batch was abandoned before it committed")))
-        })
-    }
-}
+use super::classify::{failure_for_error, refused_for_its_data};
+use super::*;
 
 /// One event's columns, serialised once.
-struct EventRow {
-    event_id: String,
-    provider: &'static str,
-    message_id: String,
-    outcome: &'static str,
-    status: String,
-    error_code: Option<String>,
-    client_ref: Option<String>,
-    provider_timestamp: Option<DateTime<Utc>>,
-    received_at: DateTime<Utc>,
-    event_json: String,
-    country: Option<String>,
-    network: Option<String>,
-    synthetic: bool,
+pub(super) struct EventRow {
+    pub(super) event_id: String,
+    pub(super) provider: &'static str,
+    pub(super) message_id: String,
+    pub(super) outcome: &'static str,
+    pub(super) status: String,
+    pub(super) error_code: Option<String>,
+    pub(super) client_ref: Option<String>,
+    pub(super) provider_timestamp: Option<DateTime<Utc>>,
+    pub(super) received_at: DateTime<Utc>,
+    pub(super) event_json: String,
+    pub(super) country: Option<String>,
+    pub(super) network: Option<String>,
+    pub(super) synthetic: bool,
 }
 
 impl EventRow {
-    fn new(event: &ReceiptEvent) -> Result<Self, HandlerError> {
+    pub(super) fn new(event: &ReceiptEvent) -> Result<Self, HandlerError> {
         Ok(Self {
             event_id: event.event_id.as_str().to_owned(),
             provider: event.provider.as_str(),
@@ -181,59 +44,6 @@ impl EventRow {
                 .map(|n| format!("{}{}", n.mcc, n.mnc)),
             synthetic: event.synthetic,
         })
-    }
-}
-
-/// An event waiting in the batcher, with the way to answer its delivery.
-struct Pending {
-    row: EventRow,
-    reply: oneshot::Sender<Result<(), HandlerError>>,
-}
-
-/// Collects events into batches and writes each batch on its own task, up
-/// to one batch per pool connection at a time. While every connection is
-/// busy, events pile up in the channel, so the next batch is larger: the
-/// batch size follows the load without a long linger.
-///
-/// Ends when every handler (sender) is gone, after flushing what the
-/// channel still holds; the flush tasks it started run to completion.
-async fn run_batcher(
-    store: Arc<Store>,
-    mut receiver: mpsc::Receiver<Pending>,
-    batch_size: usize,
-    linger: Duration,
-    flushes: Arc<Semaphore>,
-) {
-    loop {
-        let Ok(permit) = flushes.clone().acquire_owned().await else { return };
-        let Some(first) = receiver.recv().await else { return };
-        let mut batch = Vec::with_capacity(batch_size);
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + linger;
-        while batch.len() < batch_size {
-            match receiver.try_recv() {
-                Ok(pending) => batch.push(pending),
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                        Ok(Some(pending)) => batch.push(pending),
-                        Ok(None) | Err(_) => break,
-                    }
-                }
-            }
-        }
-        let store = store.clone();
-        tokio::spawn(async move {
-            let (rows, replies): (Vec<EventRow>, Vec<_>) =
-                batch.into_iter().map(|p| (p.row, p.reply)).unzip();
-            let results = store.record_batch(&rows).await;
-            drop(permit);
-            for (reply, result) in replies.into_iter().zip(results) {
-                // A dropped receiver is a delivery future that was
-                // cancelled; the write stands and is idempotent.
-                let _ = reply.send(result);
-            }
-        });
     }
 }
 
@@ -295,7 +105,7 @@ WHERE current.event_id <> EXCLUDED.event_id AND (
 /// the primary key catches) or a provider's retry of the receipt (same id,
 /// later time; the history is partitioned by time, so only the `NOT
 /// EXISTS` across partitions catches it).
-const RECORD_EVENT: &str = concat!(
+pub(super) const RECORD_EVENT: &str = concat!(
     "WITH history AS (
     INSERT INTO receipt_events
         (event_id, provider, message_id, outcome, status, error_code, client_ref, provider_timestamp, received_at, event)
@@ -310,7 +120,7 @@ const RECORD_EVENT: &str = concat!(
 /// The history of a whole batch ($1..$10, one array per column, distinct
 /// event ids; see [`RECORD_EVENT`] for the `NOT EXISTS`) and the first
 /// status round ($11..$22) in one statement.
-const RECORD_BATCH: &str = concat!(
+pub(super) const RECORD_BATCH: &str = concat!(
     "WITH history AS (
     INSERT INTO receipt_events
         (event_id, provider, message_id, outcome, status, error_code, client_ref, provider_timestamp, received_at, event)
@@ -329,23 +139,23 @@ const RECORD_BATCH: &str = concat!(
 );
 
 /// A later status round of a batch ($1..$12).
-const UPSERT_ROUND: &str = status_upsert!(
+pub(super) const UPSERT_ROUND: &str = status_upsert!(
     "SELECT *, ra FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                  $7::text[], $8::timestamptz[], $9::timestamptz[], $10::text[], $11::text[], $12::bool[])
          AS u(p, m, o, s, ec, cr, e, pt, ra, c, n, sy)"
 );
 
 /// The pool and the statements.
-struct Store {
-    pool: PgPool,
-    statement_timeout: Duration,
+pub(super) struct Store {
+    pub(super) pool: PgPool,
+    pub(super) statement_timeout: Duration,
 }
 
 impl Store {
     /// A client-side bound on top of the server's `statement_timeout`: a
     /// database that stopped answering (network black hole) cannot cancel
     /// anything itself.
-    async fn bounded<T>(
+    pub(super) async fn bounded<T>(
         &self,
         operation: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, sqlx::Error> {
@@ -358,7 +168,7 @@ impl Store {
         })
     }
 
-    async fn record_one(&self, row: &EventRow) -> Result<(), HandlerError> {
+    pub(super) async fn record_one(&self, row: &EventRow) -> Result<(), HandlerError> {
         let query = sqlx::query(RECORD_EVENT)
             .bind(&row.event_id)
             .bind(row.provider)
@@ -382,7 +192,7 @@ impl Store {
     /// time, so one bad event fails alone; if the database is unreachable,
     /// stuck or timing out, every event gets the transient error at once
     /// rather than one timeout after another.
-    async fn record_batch(&self, rows: &[EventRow]) -> Vec<Result<(), HandlerError>> {
+    pub(super) async fn record_batch(&self, rows: &[EventRow]) -> Vec<Result<(), HandlerError>> {
         match rows {
             [] => return Vec::new(),
             [row] => return vec![self.record_one(row).await],
@@ -405,7 +215,7 @@ impl Store {
         }
     }
 
-    async fn write_batch(&self, rows: &[EventRow]) -> Result<(), sqlx::Error> {
+    pub(super) async fn write_batch(&self, rows: &[EventRow]) -> Result<(), sqlx::Error> {
         let history = history_rows(rows);
         let rounds = status_rounds(rows);
         let first = sqlx::query(RECORD_BATCH)
@@ -436,7 +246,7 @@ impl Store {
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// Binds one status round's twelve arrays, in the upsert's column order.
-fn bind_status<'q>(query: PgQuery<'q>, round: &[&'q EventRow]) -> PgQuery<'q> {
+pub(super) fn bind_status<'q>(query: PgQuery<'q>, round: &[&'q EventRow]) -> PgQuery<'q> {
     query
         .bind(round.iter().map(|r| r.provider).collect::<Vec<_>>())
         .bind(round.iter().map(|r| r.message_id.as_str()).collect::<Vec<_>>())
@@ -455,7 +265,7 @@ fn bind_status<'q>(query: PgQuery<'q>, round: &[&'q EventRow]) -> PgQuery<'q> {
 /// The history rows of a batch: the first of each event id (what inserting
 /// them one at a time with `DO NOTHING` keeps), sorted by event id so that
 /// concurrent batches take the unique-index locks in the same order.
-fn history_rows(rows: &[EventRow]) -> Vec<&EventRow> {
+pub(super) fn history_rows(rows: &[EventRow]) -> Vec<&EventRow> {
     let mut seen = HashMap::with_capacity(rows.len());
     let mut history: Vec<&EventRow> =
         rows.iter().filter(|r| seen.insert(r.event_id.as_str(), ()).is_none()).collect();
@@ -468,7 +278,7 @@ fn history_rows(rows: &[EventRow]) -> Vec<&EventRow> {
 /// refuses) and applying the rounds in order applies each message's events
 /// in batch order, exactly as one at a time would. Each round is sorted by
 /// row key so that concurrent batches lock rows in the same order.
-fn status_rounds(rows: &[EventRow]) -> Vec<Vec<&EventRow>> {
+pub(super) fn status_rounds(rows: &[EventRow]) -> Vec<Vec<&EventRow>> {
     let mut seen: HashMap<(&str, &str), usize> = HashMap::with_capacity(rows.len());
     let mut rounds: Vec<Vec<&EventRow>> = Vec::new();
     for row in rows {
@@ -483,37 +293,6 @@ fn status_rounds(rows: &[EventRow]) -> Vec<Vec<&EventRow>> {
         round.sort_by(|a, b| (a.provider, &a.message_id).cmp(&(b.provider, &b.message_id)));
     }
     rounds
-}
-
-/// Connection problems, timeouts, lock and serialisation conflicts may
-/// pass. Whatever the database refuses about the data itself will not:
-/// SQLSTATE class 22 (data exception: NUL in text, out-of-range values,
-/// invalid JSON) and class 23 (integrity constraint violation).
-fn failure_for_error(error: sqlx::Error) -> HandlerError {
-    match &error {
-        sqlx::Error::Database(db)
-            if db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")) =>
-        {
-            HandlerError::permanent("the database refused the event", error)
-        }
-        sqlx::Error::Encode(_) | sqlx::Error::TypeNotFound { .. } | sqlx::Error::ColumnNotFound(_) => {
-            HandlerError::permanent("the event does not fit the status table", error)
-        }
-        _ => HandlerError::transient("writing to the database failed", error),
-    }
-}
-
-/// Errors after which writing the events one at a time can help: data
-/// exceptions and integrity violations (SQLSTATE classes 22 and 23: one of
-/// the events is bad) and transaction rollbacks (class 40: a deadlock or
-/// serialisation failure with another worker's batch).
-fn refused_for_its_data(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23") || code.starts_with("40")),
-        _ => false,
-    }
 }
 
 #[cfg(test)]
