@@ -10,6 +10,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use dlr_ingest::providers::{REGISTRY, Verb};
 use dlr_ingest::providers::{
     plivo::signature as plivo_sig, sinch::signature as sinch_sig, telnyx::signature as telnyx_sig,
 };
@@ -67,6 +68,35 @@ fn telnyx_request(h: &Harness, body: &str, key: u8, timestamp: i64) -> reqwest::
     h.post("/dlr/telnyx", "application/json", body.to_owned())
         .header("telnyx-signature-ed25519", signature)
         .header("telnyx-timestamp", ts)
+}
+
+/// Every provider's sample requests (its `samples/` folder, listed in the
+/// registry) through a running ingest that serves every provider unsigned:
+/// each gets the status its table says, and what reaches the queue is its
+/// receipts with their outcomes, in order (courier's `handler_test.go`
+/// style: the table lives with the provider, one loop runs them all).
+#[tokio::test]
+async fn every_provider_sample_is_answered_and_stored_as_its_table_says() {
+    let h = start(dlr_tests::app::serve_unsigned).await;
+    for entry in REGISTRY {
+        for sample in entry.samples() {
+            let what = format!("{} {}", entry.name(), sample.name);
+            let route = entry.route().path;
+            let request = match sample.verb {
+                Verb::Get => {
+                    h.ingest.client.get(format!("{}{route}?{}", h.ingest.base_url, sample.payload.trim_end()))
+                }
+                Verb::Post => h.post(route, sample.content_type, sample.payload),
+            };
+            let (status, _) = h.send(request).await;
+            assert_eq!(status, sample.status, "{what}");
+            let events = h.events(sample.outcomes.len()).await;
+            let outcomes: Vec<Outcome> = events.iter().map(|e| e.outcome).collect();
+            assert_eq!(outcomes, sample.outcomes, "{what}");
+            assert!(events.iter().all(|e| e.provider == entry.provider()), "{what}");
+        }
+    }
+    h.finish().await;
 }
 
 #[tokio::test]
