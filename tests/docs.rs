@@ -204,7 +204,7 @@ fn documented_routing_keys(readme: &str) -> Vec<RoutingKeyRow> {
         .collect()
 }
 
-/// Each provider's sample from `tests/corpus/` (by the README's name): its
+/// Each provider's sample from its `samples/` folder (by the README's name): its
 /// route, content type (empty: a GET whose query is the sample), the sample,
 /// and its status as `(text before, word, text after)`.
 type Sample =
@@ -218,21 +218,21 @@ const SAMPLES: [Sample; 6] = [
         "Telnyx",
         "/dlr/telnyx",
         JSON,
-        include_str!("corpus/telnyx-message-finalized-failed.json"),
+        include_str!("../ingest/src/providers/telnyx/samples/telnyx-message-finalized-failed.json"),
         (STATUS, "delivery_failed", "\""),
     ),
     (
         "Plivo",
         "/dlr/plivo",
         "",
-        include_str!("corpus/plivo-undelivered.query"),
+        include_str!("../ingest/src/providers/plivo/samples/plivo-undelivered.query"),
         ("Status=", "undelivered", "&"),
     ),
     (
         "Sinch",
         "/dlr/sinch",
         JSON,
-        include_str!("corpus/sinch-recipient-delivered.json"),
+        include_str!("../ingest/src/providers/sinch/samples/sinch-recipient-delivered.json"),
         (STATUS, "Delivered", "\""),
     ),
 ];

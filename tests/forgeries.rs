@@ -8,69 +8,40 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use dlr_ingest::signature::{SignatureMode, plivo as plivo_sig, sinch as sinch_sig, twilio as twilio_sig};
-use dlr_shared::ReceiptEvent;
-use dlr_tests::{TestApp, TestIngest, amqp_url, ingest_config};
+use dlr_ingest::providers::{
+    plivo::signature as plivo_sig, sinch::signature as sinch_sig, twilio::signature as twilio_sig,
+};
+use dlr_ingest::signature::SignatureMode;
+use dlr_tests::OneIngest;
+use dlr_tests::one_ingest::SETTLE;
 use serde_json::Value;
-use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(10);
-const SETTLE: Duration = Duration::from_millis(300);
 const PUBLIC_BASE: &str = "https://dlr.example.com";
 const FORM: &str = "application/x-www-form-urlencoded";
 const JSON: &str = "application/json";
 
-/// One ingest with the default configuration (no opt-outs) adjusted by `configure`.
-struct Ingest {
-    app: TestApp,
-    ingest: TestIngest,
-}
+/// One ingest with the default configuration (no opt-outs), the public
+/// base URL set, adjusted by `configure`.
+struct Ingest;
 
 impl Ingest {
-    async fn start(configure: impl FnOnce(&mut dlr_ingest::Config)) -> Self {
-        Self::start_on(dlr_tests::unique_topology(), configure).await
+    async fn start(configure: impl FnOnce(&mut dlr_ingest::Config)) -> OneIngest {
+        OneIngest::start(|config| {
+            config.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("url"));
+            configure(config);
+        })
+        .await
     }
 
-    /// [`Ingest::start`] on `topology` (a unique one, adjusted).
     async fn start_on(
         topology: dlr_shared::amqp::Topology,
         configure: impl FnOnce(&mut dlr_ingest::Config),
-    ) -> Self {
-        let app = TestApp::with_topology(topology).await;
-        let mut config = ingest_config(&app.topology, &amqp_url());
-        config.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("url"));
-        configure(&mut config);
-        let ingest = app.start_ingest(config, WAIT).await;
-        Self { app, ingest }
-    }
-
-    fn request(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> reqwest::RequestBuilder {
-        self.ingest
-            .client
-            .post(format!("{}{path}", self.ingest.base_url))
-            .header("content-type", content_type)
-            .body(body)
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn events(&self, count: usize) -> Vec<ReceiptEvent> {
-        self.app.receipts(count, WAIT, SETTLE).await
-    }
-
-    async fn finish(self) {
-        self.ingest.stop().await;
-        self.app.cleanup().await;
+    ) -> OneIngest {
+        OneIngest::start_on(topology, |config| {
+            config.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("url"));
+            configure(config);
+        })
+        .await
     }
 }
 
@@ -93,7 +64,7 @@ fn encode(pairs: &[(String, String)]) -> String {
 #[tokio::test]
 async fn unsigned_batch_on_an_unconfigured_provider_is_not_served() {
     let h = Ingest::start(|_| {}).await;
-    let batch = include_str!("corpus/infobip-results.json");
+    let batch = include_str!("../ingest/src/providers/infobip/samples/infobip-results.json");
     for (path, content_type) in [
         ("/dlr/infobip", JSON),
         ("/dlr/sinch", JSON),
@@ -103,7 +74,7 @@ async fn unsigned_batch_on_an_unconfigured_provider_is_not_served() {
         ("/dlr/vonage", FORM),
         ("/dlr/vonage-messages", JSON),
     ] {
-        let (status, _) = h.send(h.request(path, content_type, batch)).await;
+        let (status, _) = h.send(h.post(path, content_type, batch)).await;
         assert_eq!(status, 404, "{path} is served without credentials or an explicit mode");
     }
     h.events(0).await;
@@ -114,9 +85,9 @@ async fn unsigned_batch_on_an_unconfigured_provider_is_not_served() {
 /// A secret set and no mode means enforce, for Vonage as for the others.
 #[tokio::test]
 async fn unsigned_vonage_with_a_secret_set_is_refused() {
-    let h = Ingest::start(|c| c.signatures.vonage_secret = Some("vonage-secret".into())).await;
+    let h = Ingest::start(|c| c.providers.vonage_sms.secret = Some("vonage-secret".into())).await;
     let unsigned = "messageId=0A0000001234567B&status=delivered&msisdn=447700900000&to=AcmeInc&err-code=0";
-    let (status, body) = h.send(h.request("/dlr/vonage", FORM, unsigned)).await;
+    let (status, body) = h.send(h.post("/dlr/vonage", FORM, unsigned)).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body, serde_json::json!({"error": "signature check failed", "reason": "missing"}));
     h.events(0).await;
@@ -129,12 +100,12 @@ async fn unsigned_vonage_with_a_secret_set_is_refused() {
 #[tokio::test]
 async fn twilio_re_split_is_refused() {
     let token = "twilio-token";
-    let h = Ingest::start(|c| c.signatures.twilio_token = Some(token.into())).await;
+    let h = Ingest::start(|c| c.providers.twilio.auth_token = Some(token.into())).await;
     let genuine = pairs(dlr_tests::corpus::S7);
     let url = format!("{PUBLIC_BASE}/dlr/twilio");
     let signature = twilio_sig::sign(&url, &genuine, token, twilio_sig::Algorithm::HmacSha1);
     let send = |fields: Vec<(String, String)>| {
-        h.request("/dlr/twilio", FORM, encode(&fields)).header("x-twilio-signature", signature.clone())
+        h.post("/dlr/twilio", FORM, encode(&fields)).header("x-twilio-signature", signature.clone())
     };
     assert_eq!(h.send(send(genuine.clone())).await.0, 200, "the genuine callback");
     let mut re_split: Vec<(String, String)> =
@@ -156,13 +127,13 @@ async fn twilio_re_split_is_refused() {
 #[tokio::test]
 async fn plivo_re_split_is_refused() {
     let token = "plivo-token";
-    let h = Ingest::start(|c| c.providers.plivo_auth_token = Some(token.into())).await;
-    let mut genuine = pairs(include_str!("corpus/plivo-undelivered.query"));
+    let h = Ingest::start(|c| c.providers.plivo.auth_token = Some(token.into())).await;
+    let mut genuine = pairs(include_str!("../ingest/src/providers/plivo/samples/plivo-undelivered.query"));
     genuine.push(("DeliveryReportTime".into(), "2024-05-01 10:00:05.000000".into()));
     let url = format!("{PUBLIC_BASE}/dlr/plivo");
     let signature = plivo_sig::sign_v3(plivo_sig::Method::Post, &url, &genuine, "n1", token);
     let send = |fields: Vec<(String, String)>| {
-        h.request("/dlr/plivo", FORM, encode(&fields))
+        h.post("/dlr/plivo", FORM, encode(&fields))
             .header("X-Plivo-Signature-V3", signature.clone())
             .header("X-Plivo-Signature-V3-Nonce", "n1")
     };
@@ -182,23 +153,23 @@ async fn plivo_re_split_is_refused() {
 #[tokio::test]
 async fn vonage_re_split_is_refused() {
     let secret = "vonage-secret";
-    let method = dlr_ingest::signature::vonage_sms::SigMethod::Sha256Hmac;
+    let method = dlr_ingest::providers::vonage_sms::signature::SigMethod::Sha256Hmac;
     let h = Ingest::start(|c| {
-        c.signatures.vonage_secret = Some(secret.into());
-        c.signatures.vonage_method = method;
+        c.providers.vonage_sms.secret = Some(secret.into());
+        c.providers.vonage_sms.method = method;
     })
     .await;
     let ts = chrono::Utc::now().timestamp().to_string();
     let mut genuine = pairs(&format!(
         "client-ref=x&err-code=5&messageId=0A0000001234567B&msisdn=447700900000&status=failed&timestamp={ts}&to=AcmeInc&nonce=aa"
     ));
-    let sig = dlr_ingest::signature::vonage_sms::sign(&genuine, secret, method);
+    let sig = dlr_ingest::providers::vonage_sms::signature::sign(&genuine, secret, method);
     genuine.push(("sig".into(), sig.clone()));
-    assert_eq!(h.send(h.request("/dlr/vonage", FORM, encode(&genuine))).await.0, 200, "genuine");
+    assert_eq!(h.send(h.post("/dlr/vonage", FORM, encode(&genuine))).await.0, 200, "genuine");
     let mut re_split: Vec<(String, String)> =
         genuine.iter().filter(|(n, _)| n != "client-ref" && n != "err-code").cloned().collect();
     re_split.push(("client-ref=x&err-code".into(), "5".into()));
-    let (status, body) = h.send(h.request("/dlr/vonage", FORM, encode(&re_split))).await;
+    let (status, body) = h.send(h.post("/dlr/vonage", FORM, encode(&re_split))).await;
     assert_eq!(status, 400, "{body}");
     h.events(1).await;
     h.finish().await;
@@ -209,12 +180,13 @@ async fn vonage_re_split_is_refused() {
 #[tokio::test]
 async fn plivo_v2_downgrade_is_refused() {
     let token = "plivo-token";
-    let h = Ingest::start(|c| c.providers.plivo_auth_token = Some(token.into())).await;
+    let h = Ingest::start(|c| c.providers.plivo.auth_token = Some(token.into())).await;
     let url = format!("{PUBLIC_BASE}/dlr/plivo");
     let v2 = plivo_sig::sign_v2(&url, "12345", token);
-    let forged = include_str!("corpus/plivo-delivered.form").replace("delivered", "failed");
+    let forged = include_str!("../ingest/src/providers/plivo/samples/plivo-delivered.form")
+        .replace("delivered", "failed");
     let request = h
-        .request("/dlr/plivo", FORM, forged)
+        .post("/dlr/plivo", FORM, forged)
         .header("X-Plivo-Signature-V2", v2)
         .header("X-Plivo-Signature-V2-Nonce", "12345");
     let (status, body) = h.send(request).await;
@@ -227,12 +199,12 @@ async fn plivo_v2_downgrade_is_refused() {
 #[tokio::test]
 async fn sinch_sha512_signatures_verify() {
     let secret = "sinch-secret";
-    let h = Ingest::start(|c| c.providers.sinch_webhook_secret = Some(secret.into())).await;
-    let body = include_str!("corpus/sinch-recipient-delivered.json");
+    let h = Ingest::start(|c| c.providers.sinch.webhook_secret = Some(secret.into())).await;
+    let body = include_str!("../ingest/src/providers/sinch/samples/sinch-recipient-delivered.json");
     let ts = chrono::Utc::now().timestamp().to_string();
     let signature = sinch_sig::sign_with(sinch_sig::Algorithm::Sha512, body.as_bytes(), "n1", &ts, secret);
     let request = h
-        .request("/dlr/sinch", JSON, body)
+        .post("/dlr/sinch", JSON, body)
         .header(sinch_sig::SIGNATURE_HEADER, signature)
         .header(sinch_sig::NONCE_HEADER, "n1")
         .header(sinch_sig::TIMESTAMP_HEADER, ts)
@@ -247,12 +219,12 @@ async fn sinch_sha512_signatures_verify() {
 /// Sinch also offers HTTP Basic for SMS callback URLs; credentials may hold commas.
 #[tokio::test]
 async fn sinch_basic_auth_verifies() {
-    let h = Ingest::start(|c| c.providers.sinch_basic_auth = Some("sinch:pa,ss".into())).await;
-    let body = include_str!("corpus/sinch-recipient-delivered.json");
+    let h = Ingest::start(|c| c.providers.sinch.basic_auth = Some("sinch:pa,ss".into())).await;
+    let body = include_str!("../ingest/src/providers/sinch/samples/sinch-recipient-delivered.json");
     let basic = dlr_ingest::signature::basic::header_value;
-    let good = h.request("/dlr/sinch", JSON, body).header("authorization", basic("sinch:pa,ss"));
+    let good = h.post("/dlr/sinch", JSON, body).header("authorization", basic("sinch:pa,ss"));
     assert_eq!(h.send(good).await.0, 200);
-    let wrong = h.request("/dlr/sinch", JSON, body).header("authorization", basic("sinch:pa"));
+    let wrong = h.post("/dlr/sinch", JSON, body).header("authorization", basic("sinch:pa"));
     assert_eq!(h.send(wrong).await.0, 401);
     h.events(1).await;
     h.finish().await;
@@ -262,9 +234,9 @@ async fn sinch_basic_auth_verifies() {
 /// internal error and retried on a 5xx: 503 with Retry-After, not 401.
 #[tokio::test]
 async fn unsigned_vonage_messages_callback_gets_503() {
-    let h = Ingest::start(|c| c.signatures.vonage_secret = Some("vonage-secret".into())).await;
+    let h = Ingest::start(|c| c.providers.vonage_sms.secret = Some("vonage-secret".into())).await;
     let body = r#"{"message_uuid":"aaaaaaaa-0000-4000-8000-000000000001","to":"447700900000","from":"AcmeInc","timestamp":"2025-03-14T09:26:41.000Z","status":"delivered","channel":"sms"}"#;
-    let response = h.request("/dlr/vonage-messages", JSON, body).send().await.expect("request");
+    let response = h.post("/dlr/vonage-messages", JSON, body).send().await.expect("request");
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.headers().contains_key("retry-after"));
     h.events(0).await;
@@ -276,16 +248,16 @@ async fn unsigned_vonage_messages_callback_gets_503() {
 #[tokio::test]
 async fn events_say_how_they_were_authenticated() {
     let h = Ingest::start(|c| {
-        c.signatures.vonage_mode = Some(SignatureMode::Off);
-        c.signatures.twilio_mode = Some(SignatureMode::LogOnly);
-        c.signatures.twilio_token = Some("twilio-token".into());
+        c.providers.vonage_sms.mode = Some(SignatureMode::Off);
+        c.providers.twilio.mode = Some(SignatureMode::LogOnly);
+        c.providers.twilio.auth_token = Some("twilio-token".into());
     })
     .await;
     let vonage = "messageId=0A0000001234567B&status=delivered&msisdn=447700900000&to=AcmeInc&err-code=0";
-    assert_eq!(h.send(h.request("/dlr/vonage", FORM, vonage)).await.0, 200);
+    assert_eq!(h.send(h.post("/dlr/vonage", FORM, vonage)).await.0, 200);
     let events = h.events(1).await;
     assert_eq!(events[0].authenticity, Some(dlr_shared::event::Authenticity::NotChecked));
-    assert_eq!(h.send(h.request("/dlr/twilio", FORM, dlr_tests::corpus::S7)).await.0, 200);
+    assert_eq!(h.send(h.post("/dlr/twilio", FORM, dlr_tests::corpus::S7)).await.0, 200);
     let events = h.events(1).await;
     assert_eq!(events[0].authenticity, Some(dlr_shared::event::Authenticity::FailedLogOnly));
     h.finish().await;
@@ -297,15 +269,15 @@ async fn events_say_how_they_were_authenticated() {
 async fn plivo_v2_nonce_verifies_once() {
     let token = "plivo-token";
     let h = Ingest::start(|c| {
-        c.providers.plivo_auth_token = Some(token.into());
-        c.providers.plivo_accept_v2 = true;
+        c.providers.plivo.auth_token = Some(token.into());
+        c.providers.plivo.accept_v2 = true;
     })
     .await;
     let url = format!("{PUBLIC_BASE}/dlr/plivo");
     let v2 = plivo_sig::sign_v2(&url, "12345", token);
-    let genuine = include_str!("corpus/plivo-delivered.form");
+    let genuine = include_str!("../ingest/src/providers/plivo/samples/plivo-delivered.form");
     let send = |body: String| {
-        h.request("/dlr/plivo", FORM, body)
+        h.post("/dlr/plivo", FORM, body)
             .header("X-Plivo-Signature-V2", v2.clone())
             .header("X-Plivo-Signature-V2-Nonce", "12345")
     };
@@ -335,7 +307,7 @@ async fn account_a_secret_does_not_sign_account_b_receipts() {
     let receipt_b = dlr_tests::corpus::S7.replace(A, B);
     let signed = |token: &str| {
         let sig = twilio_sig::sign(&url, &pairs(&receipt_b), token, twilio_sig::Algorithm::HmacSha1);
-        h.request("/dlr/twilio", FORM, receipt_b.clone()).header("x-twilio-signature", sig)
+        h.post("/dlr/twilio", FORM, receipt_b.clone()).header("x-twilio-signature", sig)
     };
     let (status, body) = h.send(signed("token-a")).await;
     assert_eq!(
@@ -345,8 +317,7 @@ async fn account_a_secret_does_not_sign_account_b_receipts() {
     );
     let unknown = dlr_tests::corpus::S7.replace(A, "ACcccccccccccccccccccccccccccccccc");
     let sig = twilio_sig::sign(&url, &pairs(&unknown), "token-a", twilio_sig::Algorithm::HmacSha1);
-    let (status, body) =
-        h.send(h.request("/dlr/twilio", FORM, unknown).header("x-twilio-signature", sig)).await;
+    let (status, body) = h.send(h.post("/dlr/twilio", FORM, unknown).header("x-twilio-signature", sig)).await;
     assert_eq!((status, &body["reason"]), (401, &Value::from("unknown_account")), "{body}");
     assert_eq!(h.send(signed("token-b-old")).await.0, 200, "B's previous token during a rotation");
     h.events(1).await;
@@ -368,7 +339,7 @@ const FLOOD_BOUND: u64 = 1 << 20;
 
 /// Takes every quarantine copy: the bytes of their message bodies (what
 /// `x-max-length-bytes` counts) and each copy with its request body decoded.
-async fn quarantine_contents(h: &Ingest) -> (usize, Vec<(Value, String)>) {
+async fn quarantine_contents(h: &OneIngest) -> (usize, Vec<(Value, String)>) {
     let messages = h.app.broker.drain(&h.app.topology.quarantine_queue, SETTLE).await;
     let bytes = messages.iter().map(|m| m.delivery.data.len()).sum();
     let copies = messages
@@ -384,10 +355,10 @@ async fn quarantine_contents(h: &Ingest) -> (usize, Vec<(Value, String)>) {
 }
 
 /// A Sinch request signed with `secret` (the nonce and time as Sinch sends them).
-fn sinch_signed(h: &Ingest, body: String, secret: &str) -> reqwest::RequestBuilder {
+fn sinch_signed(h: &OneIngest, body: String, secret: &str) -> reqwest::RequestBuilder {
     let ts = chrono::Utc::now().timestamp().to_string();
     let signature = sinch_sig::sign(body.as_bytes(), "n", &ts, secret);
-    h.request("/dlr/sinch", JSON, body)
+    h.post("/dlr/sinch", JSON, body)
         .header(sinch_sig::SIGNATURE_HEADER, signature)
         .header(sinch_sig::NONCE_HEADER, "n")
         .header(sinch_sig::TIMESTAMP_HEADER, ts)
@@ -415,7 +386,7 @@ async fn forged_megabyte_floods_stay_within_the_quarantine_bounds() {
     let topology =
         dlr_shared::amqp::Topology { quarantine_max_bytes: FLOOD_BOUND, ..dlr_tests::unique_topology() };
     let h = Ingest::start_on(topology, |c| {
-        c.providers.sinch_webhook_secret = Some(secret.into());
+        c.providers.sinch.webhook_secret = Some(secret.into());
         c.quarantine_copies_per_minute = PER_MINUTE;
         c.quarantine_body_limit_bytes = BODY_LIMIT;
     })
@@ -460,7 +431,7 @@ async fn a_flood_larger_than_the_byte_bound_drops_the_oldest_copies() {
     let topology =
         dlr_shared::amqp::Topology { quarantine_max_bytes: FLOOD_BOUND, ..dlr_tests::unique_topology() };
     let h = Ingest::start_on(topology, |c| {
-        c.providers.sinch_webhook_secret = Some(secret.into());
+        c.providers.sinch.webhook_secret = Some(secret.into());
         c.quarantine_copies_per_minute = 1000;
     })
     .await;

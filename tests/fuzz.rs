@@ -14,9 +14,10 @@
 //! samples (drop, repeat, rename a field; swap a value for unicode, a long
 //! string, a number, a timestamp at chrono's limits), so the fuzzer reaches
 //! the paths behind "required fields present". Every file in
-//! `tests/corpus/` (the providers' documented sample receipts plus
-//! hostile inputs) is replayed through every parser and verifier and also
-//! seeds a byte-mutation property.
+//! `tests/corpus/` (hostile inputs) and in each provider's
+//! `ingest/src/providers/<name>/samples/` (its documented sample receipts)
+//! is replayed through every parser and verifier and also seeds a
+//! byte-mutation property.
 //!
 //! `FUZZ_CASES` sets the cases per property (default 2 000, which keeps CI
 //! fast). The project's 10^6-input budget is met by occasional local runs:
@@ -33,15 +34,18 @@
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
+use dlr_ingest::providers::twilio::signature::{self as twilio_sig, Algorithm};
+use dlr_ingest::providers::vonage_messages::signature as vonage_jwt;
+use dlr_ingest::providers::vonage_sms::signature::{self as vonage_sig, SigMethod};
 use dlr_ingest::providers::{
     self, Batch, Fields, ReceiptError, infobip, plivo, sinch, telnyx, twilio as twilio_dlr, vonage_messages,
     vonage_sms as vonage_dlr,
 };
-use dlr_ingest::signature::twilio::{self as twilio_sig, Algorithm};
-use dlr_ingest::signature::vonage_jwt;
-use dlr_ingest::signature::vonage_sms::{self as vonage_sig, SigMethod};
+use dlr_ingest::providers::{
+    plivo::signature as plivo_sig, sinch::signature as sinch_sig, telnyx::signature as telnyx_sig,
+};
+use dlr_ingest::signature::basic;
 use dlr_ingest::signature::{Freshness, SecretList, SignatureError};
-use dlr_ingest::signature::{basic, plivo as plivo_sig, sinch as sinch_sig, telnyx as telnyx_sig};
 use dlr_shared::ReceiptEvent;
 use dlr_tests::corpus::{
     MESSAGES_LEGACY, S1, S2_QUERY, S3_PART1, S4, S5, S6, S6_AUTHORIZATION, S7, S7_SIGNATURE, S8,
@@ -330,14 +334,22 @@ static MESSAGES_SAMPLES: LazyLock<Vec<Map<String, Value>>> = LazyLock::new(|| {
         .collect()
 });
 
-fn corpus_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus")
+/// `tests/corpus/` and every provider's `samples/` folder.
+fn corpus_dirs() -> Vec<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let providers = manifest.join("../ingest/src/providers");
+    let samples = std::fs::read_dir(&providers)
+        .expect("ingest/src/providers exists")
+        .map(|entry| entry.expect("providers entry").path().join("samples"))
+        .filter(|dir| dir.is_dir());
+    std::iter::once(manifest.join("corpus")).chain(samples).collect()
 }
 
 /// Every corpus file, sorted by name.
 static CORPUS: LazyLock<Vec<(String, Vec<u8>)>> = LazyLock::new(|| {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(corpus_dir())
-        .expect("tests/corpus exists")
+    let mut files: Vec<(String, Vec<u8>)> = corpus_dirs()
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).expect("corpus folder exists"))
         .map(|entry| entry.expect("corpus entry").path())
         .filter(|path| path.is_file())
         .map(|path| {
@@ -968,10 +980,10 @@ fn mutated_messages_samples() {
 #[test]
 fn mutated_batch_samples() {
     let samples: Vec<Value> = [
-        include_str!("corpus/infobip-results.json"),
-        include_str!("corpus/sinch-full.json"),
-        include_str!("corpus/sinch-recipient-delivered.json"),
-        include_str!("corpus/telnyx-message-finalized-failed.json"),
+        include_str!("../ingest/src/providers/infobip/samples/infobip-results.json"),
+        include_str!("../ingest/src/providers/sinch/samples/sinch-full.json"),
+        include_str!("../ingest/src/providers/sinch/samples/sinch-recipient-delivered.json"),
+        include_str!("../ingest/src/providers/telnyx/samples/telnyx-message-finalized-failed.json"),
     ]
     .iter()
     .map(|s| serde_json::from_str(s).expect("sample is JSON"))
@@ -1324,7 +1336,7 @@ fn jwt_is_genuine(authorization: &str, body: &[u8]) -> bool {
 /// reference samples must still be accepted (and verify where signed).
 #[test]
 fn corpus_replays_through_every_parser_and_verifier() {
-    assert!(CORPUS.len() >= 40, "tests/corpus holds {} files", CORPUS.len());
+    assert!(CORPUS.len() >= 40, "the corpus holds {} files", CORPUS.len());
     for (name, data) in CORPUS.iter() {
         let outcome = std::panic::catch_unwind(|| {
             exercise_bytes(data)?;

@@ -5,108 +5,43 @@
 //! as their official SDKs sign (Telnyx: a key pair made here, Ed25519 over
 //! `"{timestamp}|{body}"`; Plivo: `get_signature_v3` over the SDK's URL
 //! construction; Sinch: `calculate_sinch_event_signature`; Infobip: HTTP
-//! Basic). The bodies are the documentation samples in `tests/corpus/`.
+//! Basic). The bodies are the documentation samples in each provider's
+//! `ingest/src/providers/<name>/samples/`.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use dlr_ingest::signature::{
-    SignatureMode, basic, plivo as plivo_sig, sinch as sinch_sig, telnyx as telnyx_sig,
+use dlr_ingest::providers::{REGISTRY, Verb};
+use dlr_ingest::providers::{
+    plivo::signature as plivo_sig, sinch::signature as sinch_sig, telnyx::signature as telnyx_sig,
 };
+use dlr_ingest::signature::{SignatureMode, basic};
 use dlr_shared::{Outcome, Provider, ReceiptEvent};
+use dlr_tests::corpus::{
+    INFOBIP_RESULTS, PLIVO_DELIVERED, PLIVO_UNDELIVERED, SINCH_FULL, SINCH_RECIPIENT, SINCH_SUMMARY,
+    TELNYX_DELIVERED, TELNYX_FAILED,
+};
+use dlr_tests::one_ingest::WAIT;
 use dlr_tests::proxy::{BrokerProxy, broker_addr};
-use dlr_tests::{TestApp, TestIngest, amqp_url, eventually, ingest_config, metric_value, unique_topology};
+use dlr_tests::{OneIngest, TestApp, amqp_url, eventually, ingest_config, metric_value, unique_topology};
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-const WAIT: Duration = Duration::from_secs(10);
-const SETTLE: Duration = Duration::from_millis(300);
 const PUBLIC_BASE: &str = "https://dlr.example.com";
-
-const TELNYX_DELIVERED: &str = include_str!("corpus/telnyx-message-finalized-delivered.json");
-const TELNYX_FAILED: &str = include_str!("corpus/telnyx-message-finalized-failed.json");
-const PLIVO_DELIVERED: &str = include_str!("corpus/plivo-delivered.form");
-const PLIVO_UNDELIVERED: &str = include_str!("corpus/plivo-undelivered.query");
-const SINCH_RECIPIENT: &str = include_str!("corpus/sinch-recipient-delivered.json");
-const SINCH_FULL: &str = include_str!("corpus/sinch-full.json");
-const SINCH_SUMMARY: &str = include_str!("corpus/sinch-summary.json");
-const INFOBIP_RESULTS: &str = include_str!("corpus/infobip-results.json");
 
 const REJECTED: &str = "dlr_ingest_receipts_rejected_total";
 const SIG_FAILURES: &str = "dlr_ingest_signature_failures_total";
 
 /// One ingest on its own topology ([`TestApp`], reached through `Deref`).
-struct Harness {
-    app: TestApp,
-    ingest: TestIngest,
-}
-
-impl std::ops::Deref for Harness {
-    type Target = TestApp;
-    fn deref(&self) -> &TestApp {
-        &self.app
-    }
-}
+type Harness = OneIngest;
 
 async fn start(configure: impl FnOnce(&mut dlr_ingest::Config)) -> Harness {
-    start_with(&amqp_url(), configure).await
+    OneIngest::start(configure).await
 }
 
 async fn start_with(amqp: &str, configure: impl FnOnce(&mut dlr_ingest::Config)) -> Harness {
-    let app = TestApp::new().await;
-    let mut config = ingest_config(&app.topology, amqp);
-    configure(&mut config);
-    let ingest = app.start_ingest(config, WAIT).await;
-    Harness { app, ingest }
-}
-
-impl Harness {
-    async fn events(&self, count: usize) -> Vec<ReceiptEvent> {
-        self.app.receipts(count, WAIT, SETTLE).await
-    }
-
-    async fn quarantined(&self) -> Vec<Value> {
-        self.app.quarantined(SETTLE).await
-    }
-
-    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_value(&self.ingest.metrics().await, name, labels)
-    }
-
-    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, Value) {
-        let response = request.send().await.expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        if status == 503 {
-            // The reason is only in the metrics (the answer does not say).
-            let metrics = self.ingest.metrics().await;
-            let failures: Vec<&str> = metrics
-                .lines()
-                .filter(|l| l.starts_with("dlr_ingest_publish_failures_total{") && !l.ends_with(" 0"))
-                .collect();
-            eprintln!("503 from ingest; publish failures so far: {failures:?}");
-        }
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    fn post(
-        &self,
-        path: &str,
-        content_type: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> reqwest::RequestBuilder {
-        self.ingest
-            .client
-            .post(format!("{}{path}", self.ingest.base_url))
-            .header("content-type", content_type)
-            .body(body)
-    }
-
-    async fn finish(self) {
-        self.ingest.stop().await;
-        self.app.cleanup().await;
-    }
+    OneIngest::start_at(amqp, configure).await
 }
 
 fn now() -> i64 {
@@ -135,11 +70,40 @@ fn telnyx_request(h: &Harness, body: &str, key: u8, timestamp: i64) -> reqwest::
         .header("telnyx-timestamp", ts)
 }
 
+/// Every provider's sample requests (its `samples/` folder, listed in the
+/// registry) through a running ingest that serves every provider unsigned:
+/// each gets the status its table says, and what reaches the queue is its
+/// receipts with their outcomes, in order (courier's `handler_test.go`
+/// style: the table lives with the provider, one loop runs them all).
+#[tokio::test]
+async fn every_provider_sample_is_answered_and_stored_as_its_table_says() {
+    let h = start(dlr_tests::app::serve_unsigned).await;
+    for entry in REGISTRY {
+        for sample in entry.samples() {
+            let what = format!("{} {}", entry.name(), sample.name);
+            let route = entry.route().path;
+            let request = match sample.verb {
+                Verb::Get => {
+                    h.ingest.client.get(format!("{}{route}?{}", h.ingest.base_url, sample.payload.trim_end()))
+                }
+                Verb::Post => h.post(route, sample.content_type, sample.payload),
+            };
+            let (status, _) = h.send(request).await;
+            assert_eq!(status, sample.status, "{what}");
+            let events = h.events(sample.outcomes.len()).await;
+            let outcomes: Vec<Outcome> = events.iter().map(|e| e.outcome).collect();
+            assert_eq!(outcomes, sample.outcomes, "{what}");
+            assert!(events.iter().all(|e| e.provider == entry.provider()), "{what}");
+        }
+    }
+    h.finish().await;
+}
+
 #[tokio::test]
 async fn telnyx_signed_webhooks_are_stored_and_forgeries_refused() {
     // Two keys: the rotation overlap. The mode is left to its default, which
     // is enforce because a key is set.
-    let h = start(|c| c.providers.telnyx_public_key = Some(telnyx_public(&[2, 1]))).await;
+    let h = start(|c| c.providers.telnyx.public_key = Some(telnyx_public(&[2, 1]))).await;
 
     let (status, body) = h.send(telnyx_request(&h, TELNYX_DELIVERED, 1, now())).await;
     assert_eq!(status, 200, "{body}");
@@ -189,8 +153,8 @@ async fn telnyx_signed_webhooks_are_stored_and_forgeries_refused() {
 #[tokio::test]
 async fn telnyx_log_only_accepts_and_counts() {
     let h = start(|c| {
-        c.providers.telnyx_mode = Some(SignatureMode::LogOnly);
-        c.providers.telnyx_public_key = Some(telnyx_public(&[1]));
+        c.providers.telnyx.mode = Some(SignatureMode::LogOnly);
+        c.providers.telnyx.public_key = Some(telnyx_public(&[1]));
     })
     .await;
     let (status, _) = h.send(telnyx_request(&h, TELNYX_DELIVERED, 9, now())).await;
@@ -204,10 +168,10 @@ async fn telnyx_log_only_accepts_and_counts() {
 async fn enforce_without_a_key_does_not_start() {
     let topology = unique_topology();
     for configure in [
-        (|c: &mut dlr_ingest::Config| c.providers.telnyx_mode = Some(SignatureMode::Enforce)) as fn(&mut _),
-        |c| c.providers.sinch_mode = Some(SignatureMode::Enforce),
-        |c| c.providers.infobip_mode = Some(SignatureMode::LogOnly),
-        |c| c.providers.plivo_auth_token = Some("token".into()),
+        (|c: &mut dlr_ingest::Config| c.providers.telnyx.mode = Some(SignatureMode::Enforce)) as fn(&mut _),
+        |c| c.providers.sinch.mode = Some(SignatureMode::Enforce),
+        |c| c.providers.infobip.mode = Some(SignatureMode::LogOnly),
+        |c| c.providers.plivo.auth_token = Some("token".into()),
     ] {
         let mut config = ingest_config(&topology, &amqp_url());
         configure(&mut config);
@@ -234,8 +198,8 @@ fn plivo_pairs(form: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn plivo_v3_and_v2_signatures() {
     let h = start(|c| {
-        c.providers.plivo_auth_token = Some("new-token,old-token".into());
-        c.providers.plivo_accept_v2 = true;
+        c.providers.plivo.auth_token = Some("new-token,old-token".into());
+        c.providers.plivo.accept_v2 = true;
         c.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("url"));
     })
     .await;
@@ -313,7 +277,7 @@ fn sinch_request(h: &Harness, body: &str, secret: &str, timestamp: i64) -> reqwe
 
 #[tokio::test]
 async fn sinch_reports_per_recipient_full_and_summary() {
-    let h = start(|c| c.providers.sinch_webhook_secret = Some("current,previous".into())).await;
+    let h = start(|c| c.providers.sinch.webhook_secret = Some("current,previous".into())).await;
     assert_eq!(h.send(sinch_request(&h, SINCH_RECIPIENT, "previous", now())).await.0, 200);
     let (status, body) = h.send(sinch_request(&h, SINCH_FULL, "current", now())).await;
     assert_eq!(status, 200, "{body}");
@@ -358,7 +322,7 @@ fn infobip_report(i: usize) -> Value {
 
 #[tokio::test]
 async fn infobip_batches_with_basic_auth() {
-    let h = start(|c| c.providers.infobip_basic_auth = Some("infobip:new\ninfobip:old".into())).await;
+    let h = start(|c| c.providers.infobip.basic_auth = Some("infobip:new\ninfobip:old".into())).await;
     let (status, body) = h.send(infobip(&h, INFOBIP_RESULTS, "infobip:old")).await;
     assert_eq!(status, 200, "{body}");
     let events = h.events(3).await;
@@ -397,7 +361,7 @@ async fn infobip_batches_with_basic_auth() {
 
 #[tokio::test]
 async fn one_malformed_element_does_not_cost_its_siblings() {
-    let h = start(|c| c.providers.infobip_basic_auth = Some("u:p".into())).await;
+    let h = start(|c| c.providers.infobip.basic_auth = Some("u:p".into())).await;
     let mut reports: Vec<Value> = (0..5).map(infobip_report).collect();
     reports[2] = json!({"status": {"name": "DELIVERED_TO_HANDSET"}, "to": "41793026727"});
     let (status, body) =
@@ -414,7 +378,7 @@ async fn one_malformed_element_does_not_cost_its_siblings() {
 
 #[tokio::test]
 async fn hostile_batches_are_bounded() {
-    let h = start(|c| c.providers.infobip_basic_auth = Some("u:p".into())).await;
+    let h = start(|c| c.providers.infobip.basic_auth = Some("u:p".into())).await;
     // 10,000 elements: refused whole, nothing published.
     let many = format!(
         r#"{{"results":[{}]}}"#,
@@ -451,7 +415,7 @@ async fn broker_gone_mid_batch_answers_503_and_the_retry_stores_every_receipt() 
     let mut proxy = BrokerProxy::reserve(broker_addr()).await;
     proxy.start().await;
     let h = start_with(&proxy.amqp_url(), |c| {
-        c.providers.infobip_basic_auth = Some("u:p".into());
+        c.providers.infobip.basic_auth = Some("u:p".into());
         c.confirm_timeout = Duration::from_millis(1500);
     })
     .await;
@@ -509,10 +473,10 @@ async fn every_provider_reaches_the_status_store() {
     worker_cfg.route_pending = "postgres".to_owned();
     worker_cfg.database_url = Some(db.url.clone().into());
     let mut config = app.ingest_config();
-    config.providers.telnyx_public_key = Some(telnyx_public(&[1]));
-    config.providers.sinch_webhook_secret = Some("s".into());
-    config.providers.infobip_basic_auth = Some("u:p".into());
-    config.providers.plivo_auth_token = Some("t".into());
+    config.providers.telnyx.public_key = Some(telnyx_public(&[1]));
+    config.providers.sinch.webhook_secret = Some("s".into());
+    config.providers.infobip.basic_auth = Some("u:p".into());
+    config.providers.plivo.auth_token = Some("t".into());
     config.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("url"));
     let ingest = app.start_ingest(config, WAIT).await;
     let worker = app.start_worker(worker_cfg, WAIT).await;

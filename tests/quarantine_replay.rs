@@ -9,7 +9,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use dlr_ingest::signature::{basic, telnyx as telnyx_sig};
+use dlr_ingest::providers::telnyx::signature as telnyx_sig;
+use dlr_ingest::signature::basic;
 use dlr_shared::quarantine::{QuarantinedRequest, REPLAY_HEADER, REPLAY_SEAL_HEADER};
 use dlr_tests::{TestApp, TestIngest, amqp_url, ingest_config};
 use dlr_worker::replay::{ReplayReport, replay_quarantine};
@@ -20,8 +21,9 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(10);
 const SETTLE: Duration = Duration::from_millis(300);
 const REPLAY_KEY: &str = "replay-key-0123456789abcdef-0123456789";
-const TELNYX_DELIVERED: &str = include_str!("corpus/telnyx-message-finalized-delivered.json");
-const INFOBIP_RESULTS: &str = include_str!("corpus/infobip-results.json");
+const TELNYX_DELIVERED: &str =
+    include_str!("../ingest/src/providers/telnyx/samples/telnyx-message-finalized-delivered.json");
+const INFOBIP_RESULTS: &str = include_str!("../ingest/src/providers/infobip/samples/infobip-results.json");
 
 fn telnyx_key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
@@ -74,7 +76,7 @@ async fn replay(app: &TestApp, ingest: &TestIngest) -> ReplayReport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_telnyx_copy_older_than_300_s_is_replayed_once_the_key_is_fixed() {
     let app = TestApp::new().await;
-    let wrong = ingest(&app, |c| c.providers.telnyx_public_key = Some(telnyx_public(9))).await;
+    let wrong = ingest(&app, |c| c.providers.telnyx.public_key = Some(telnyx_public(9))).await;
     // 298 s old when it arrives (fresh), more than 300 s old at the replay.
     let signed_at = now() - 298;
     assert_eq!(send(telnyx(&wrong, TELNYX_DELIVERED, 1, signed_at)).await.0, 401, "wrong key configured");
@@ -83,7 +85,7 @@ async fn a_telnyx_copy_older_than_300_s_is_replayed_once_the_key_is_fixed() {
     wrong.stop().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let fixed = ingest(&app, |c| c.providers.telnyx_public_key = Some(telnyx_public(1))).await;
+    let fixed = ingest(&app, |c| c.providers.telnyx.public_key = Some(telnyx_public(1))).await;
     // Sent again now by anyone, it is too old (and copied: that copy was
     // stale when received, so it stays refused on replay too).
     let (status, body) = send(telnyx(&fixed, TELNYX_DELIVERED, 1, signed_at)).await;
@@ -110,7 +112,7 @@ async fn a_telnyx_copy_older_than_300_s_is_replayed_once_the_key_is_fixed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infobip_copy_is_replayed_with_its_credential_once_it_is_configured() {
     let app = TestApp::new().await;
-    let old = ingest(&app, |c| c.providers.infobip_basic_auth = Some("infobip:old-pass".into())).await;
+    let old = ingest(&app, |c| c.providers.infobip.basic_auth = Some("infobip:old-pass".into())).await;
     let request = old
         .client
         .post(format!("{}/dlr/infobip", old.base_url))
@@ -127,13 +129,13 @@ async fn an_infobip_copy_is_replayed_with_its_credential_once_it_is_configured()
     app.broker.publish_raw(&app.topology.quarantine_queue, &copies[0].delivery.data).await;
 
     // Still the old credential: refused again, kept.
-    let unchanged = ingest(&app, |c| c.providers.infobip_basic_auth = Some("infobip:old-pass".into())).await;
+    let unchanged = ingest(&app, |c| c.providers.infobip.basic_auth = Some("infobip:old-pass".into())).await;
     let report = replay(&app, &unchanged).await;
     assert_eq!((report.replayed, report.kept), (0, 1), "{report:?}");
     unchanged.stop().await;
 
     let fixed = ingest(&app, |c| {
-        c.providers.infobip_basic_auth = Some("infobip:new, pass\ninfobip:old-pass".into());
+        c.providers.infobip.basic_auth = Some("infobip:new, pass\ninfobip:old-pass".into());
     })
     .await;
     let report = replay(&app, &fixed).await;
@@ -151,7 +153,7 @@ async fn an_infobip_copy_is_replayed_with_its_credential_once_it_is_configured()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_headers_from_outside_gain_nothing() {
     let app = TestApp::new().await;
-    let h = ingest(&app, |c| c.providers.telnyx_public_key = Some(telnyx_public(1))).await;
+    let h = ingest(&app, |c| c.providers.telnyx.public_key = Some(telnyx_public(1))).await;
     let stale = now() - 400;
     let (status, body) = send(telnyx(&h, TELNYX_DELIVERED, 1, stale).header(REPLAY_HEADER, "1")).await;
     assert_eq!((status, &body["reason"]), (401, &Value::from("stale")));
@@ -186,14 +188,14 @@ async fn replay_headers_from_outside_gain_nothing() {
 /// the query is sealed as the replay sends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vonage_get_copy_older_than_the_window_is_replayed_once_the_secret_is_added() {
+    use dlr_ingest::providers::vonage_sms::signature::{self as vonage_sms, SigMethod};
     use dlr_ingest::signature::SignatureMode;
-    use dlr_ingest::signature::vonage_sms::{self, SigMethod};
     let app = TestApp::new().await;
     let vonage = |secrets: &'static str| {
         move |c: &mut dlr_ingest::Config| {
-            c.signatures.vonage_mode = Some(SignatureMode::Enforce);
-            c.signatures.vonage_method = SigMethod::Sha256Hmac;
-            c.signatures.vonage_secret = Some(secrets.into());
+            c.providers.vonage_sms.mode = Some(SignatureMode::Enforce);
+            c.providers.vonage_sms.method = SigMethod::Sha256Hmac;
+            c.providers.vonage_sms.secret = Some(secrets.into());
             c.signatures.max_age = Duration::from_secs(2);
         }
     };

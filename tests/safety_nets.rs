@@ -10,8 +10,8 @@
 //!   first (`x-overflow: drop-head`); a quarantine created before the byte
 //!   bound existed is used as it is, and an operator policy bounds it.
 
+use dlr_ingest::providers::vonage_sms::signature::SigMethod;
 use dlr_ingest::signature::SignatureMode;
-use dlr_ingest::signature::vonage_sms::SigMethod;
 use dlr_shared::ReceiptEvent;
 use dlr_shared::quarantine::QuarantinedRequest;
 use dlr_tests::{OperatorPolicy, TestApp, TestBroker, unique_topology, vonage_form};
@@ -75,9 +75,9 @@ async fn a_full_quarantine_drops_its_oldest_copy() {
     // Signatures enforced, receipts sent with a wrong signature: each is
     // refused and a copy of the request goes to the quarantine.
     let mut config = app.ingest_config();
-    config.signatures.vonage_mode = Some(SignatureMode::Enforce);
-    config.signatures.vonage_method = SigMethod::Md5Hash;
-    config.signatures.vonage_secret = Some("the-secret".to_owned().into());
+    config.providers.vonage_sms.mode = Some(SignatureMode::Enforce);
+    config.providers.vonage_sms.method = SigMethod::Md5Hash;
+    config.providers.vonage_sms.secret = Some("the-secret".to_owned().into());
     let ingest = app.start_ingest(config, WITHIN).await;
     let ids: Vec<String> = (0..=BOUND).map(|n| format!("0F0000000000000{n}")).collect();
     for id in &ids {

@@ -12,24 +12,19 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use dlr_ingest::providers::twilio::signature::{self as twilio_sig, Algorithm};
+use dlr_ingest::providers::vonage_messages::signature as vonage_jwt;
+use dlr_ingest::providers::vonage_sms::signature::{self as vonage_sig, SigMethod};
 use dlr_ingest::signature::SignatureMode;
-use dlr_ingest::signature::twilio::{self as twilio_sig, Algorithm};
-use dlr_ingest::signature::vonage_jwt;
-use dlr_ingest::signature::vonage_sms::{self as vonage_sig, SigMethod};
 use dlr_shared::{Outcome, Provider, ReceiptEvent};
 use dlr_tests::corpus::{
     S1, S2_QUERY, S3_PART1, S3_PART2, S4, S5, S6, S6_AUTHORIZATION, S7, S7_SIGNATURE, S8,
 };
-use dlr_tests::{TestApp, TestIngest, amqp_url, ingest_config, metric_value};
+use dlr_tests::one_ingest::{SETTLE, WAIT};
+use dlr_tests::{OneIngest, TestIngest, amqp_url, ingest_config};
 use serde_json::{Map, Value, json};
 use std::time::Duration;
 
-/// How long to wait for ingest readiness and for an expected message.
-const WAIT: Duration = Duration::from_secs(10);
-/// How long to keep looking for messages that must not be there. A 4xx is
-/// answered only after any publish would have been confirmed, so this is a
-/// safety margin, not a race window.
-const SETTLE: Duration = Duration::from_millis(300);
 /// ingest's default signature window (SIGNATURE_MAX_AGE_SECONDS).
 const DEFAULT_MAX_AGE_SECS: i64 = 259_200;
 /// Wide enough for the 2025 reference samples.
@@ -54,35 +49,24 @@ const TWILIO_PUBLIC_URL: &str = "https://dlr.example.com/dlr/twilio";
 // ---------------------------------------------------------------------------
 // Harness.
 
-/// One ingest on its own topology ([`TestApp`], reached through `Deref`).
-struct Harness {
-    app: TestApp,
-    ingest: TestIngest,
-}
+type Harness = OneIngest;
 
-impl std::ops::Deref for Harness {
-    type Target = TestApp;
-    fn deref(&self) -> &TestApp {
-        &self.app
-    }
-}
-
-/// Starts ingest with the test config, adjusted by `configure`.
+/// Starts ingest serving every provider unsigned, adjusted by `configure`.
 async fn start(configure: impl FnOnce(&mut dlr_ingest::Config)) -> Harness {
-    let app = TestApp::new().await;
-    let mut config = app.ingest_config();
-    configure(&mut config);
-    let ingest = app.start_ingest(config, WAIT).await;
-    Harness { app, ingest }
+    OneIngest::start(|config| {
+        dlr_tests::app::serve_unsigned(config);
+        configure(config);
+    })
+    .await
 }
 
 /// Vonage (SMS `sig` and Messages JWT) in `mode` with `secrets` (comma-separated).
 fn vonage(mode: SignatureMode, method: SigMethod, secrets: &str) -> impl FnOnce(&mut dlr_ingest::Config) {
     let secrets = secrets.to_owned();
     move |config| {
-        config.signatures.vonage_mode = Some(mode);
-        config.signatures.vonage_method = method;
-        config.signatures.vonage_secret = Some(secrets.into());
+        config.providers.vonage_sms.mode = Some(mode);
+        config.providers.vonage_sms.method = method;
+        config.providers.vonage_sms.secret = Some(secrets.into());
     }
 }
 
@@ -90,44 +74,9 @@ fn vonage(mode: SignatureMode, method: SigMethod, secrets: &str) -> impl FnOnce(
 fn twilio(mode: SignatureMode, tokens: &str) -> impl FnOnce(&mut dlr_ingest::Config) {
     let tokens = tokens.to_owned();
     move |config| {
-        config.signatures.twilio_mode = Some(mode);
-        config.signatures.twilio_token = Some(tokens.into());
+        config.providers.twilio.mode = Some(mode);
+        config.providers.twilio.auth_token = Some(tokens.into());
         config.signatures.public_base_url = Some(url::Url::parse(PUBLIC_BASE).expect("public base URL"));
-    }
-}
-
-impl Harness {
-    /// Takes exactly one published receipt event, failing if none arrives.
-    async fn next_event(&self) -> ReceiptEvent {
-        let mut messages = self.broker.take(&self.topology.queue, 1, WAIT).await;
-        let message = messages.pop().expect("a receipt was published to the receipts queue");
-        ReceiptEvent::from_json(&message.delivery.data).expect("published body is a ReceiptEvent")
-    }
-
-    /// Takes `count` published events (and asserts no more follow).
-    async fn events(&self, count: usize) -> Vec<ReceiptEvent> {
-        self.app.receipts(count, WAIT, SETTLE).await
-    }
-
-    /// Asserts the receipts queue stays empty.
-    async fn assert_no_receipts(&self) {
-        self.app.assert_no_receipts(SETTLE).await;
-    }
-
-    /// Takes every quarantined copy, parsed as JSON.
-    async fn quarantined(&self) -> Vec<Value> {
-        self.app.quarantined(SETTLE).await
-    }
-
-    /// A metric sample sum from `/metrics`.
-    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_value(&self.ingest.metrics().await, name, labels)
-    }
-
-    /// Stops ingest and removes the topology.
-    async fn finish(self) {
-        self.ingest.stop().await;
-        self.app.cleanup().await;
     }
 }
 

@@ -23,22 +23,23 @@ import sys
 
 import yaml
 
-# Every provider ingest serves: its mode variable and its credential variables, as in
-# ingest/src/provider_config.rs PROVIDERS (a unit test there checks that this table names them all).
-# A provider is served when either is set; prod must serve each only with credentials, enforced.
+# BEGIN providers: generated from ingest's registry (ingest/src/providers/registry.rs), whose
+# unit test prints this block when it differs. A provider is served when its mode or a credential
+# is set; prod must serve each only with credentials, enforced.
+# name: (mode variable, credential variables, whether the credentials are secrets)
 PROVIDERS = {
-    "vonage": ("VONAGE_SIGNATURE_MODE", ("VONAGE_SIGNATURE_SECRET",)),
-    "twilio": ("TWILIO_SIGNATURE_MODE", ("TWILIO_AUTH_TOKEN",)),
-    "telnyx": ("TELNYX_SIGNATURE_MODE", ("TELNYX_PUBLIC_KEY",)),
-    "plivo": ("PLIVO_SIGNATURE_MODE", ("PLIVO_AUTH_TOKEN",)),
-    "sinch": ("SINCH_SIGNATURE_MODE", ("SINCH_WEBHOOK_SECRET", "SINCH_BASIC_AUTH")),
-    "infobip": ("INFOBIP_AUTH_MODE", ("INFOBIP_BASIC_AUTH",)),
+    "vonage": ("VONAGE_SIGNATURE_MODE", ("VONAGE_SIGNATURE_SECRET",), True),
+    "twilio": ("TWILIO_SIGNATURE_MODE", ("TWILIO_AUTH_TOKEN",), True),
+    "telnyx": ("TELNYX_SIGNATURE_MODE", ("TELNYX_PUBLIC_KEY",), False),
+    "plivo": ("PLIVO_SIGNATURE_MODE", ("PLIVO_AUTH_TOKEN",), True),
+    "sinch": ("SINCH_SIGNATURE_MODE", ("SINCH_WEBHOOK_SECRET", "SINCH_BASIC_AUTH"), True),
+    "infobip": ("INFOBIP_AUTH_MODE", ("INFOBIP_BASIC_AUTH",), True),
 }
+# END providers
 # Seals ingest's quarantine copies (ingest/src/intake/replay.rs); prod requires it.
 REPLAY_KEY_ENV = "INGEST_QUARANTINE_REPLAY_KEY"
-# Telnyx's public key is not a secret; every other credential is.
 SECRET_ENV = {"AMQP_URL", "WORKER_HTTP_SECRET", "DATABASE_URL", REPLAY_KEY_ENV} | {
-    var for _, creds in PROVIDERS.values() for var in creds if var != "TELNYX_PUBLIC_KEY"
+    var for _, creds, secret in PROVIDERS.values() if secret for var in creds
 }
 CORE_GROUPS = {"v1", "apps/v1", "policy/v1", "autoscaling/v2", "networking.k8s.io/v1", "storage.k8s.io/v1"}
 # Measured broker CPU per receipt (publish + consume), DEPLOY.md "Resources": the request must
@@ -475,7 +476,7 @@ def served_unverified(container, configmaps):
             f"{REPLAY_KEY_ENV} must come from a required secretKeyRef: without it quarantined copies "
             "cannot be replayed after a freshness window or with a Basic credential"
         )
-    for provider, (mode_var, creds) in PROVIDERS.items():
+    for provider, (mode_var, creds, _) in PROVIDERS.items():
         mode = env.get(mode_var)
         served = mode is not None or any(v in required | optional for v in creds)
         if not served:

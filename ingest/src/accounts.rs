@@ -23,11 +23,6 @@ use crate::signature::{SecretList, SignatureError};
 use secrecy::SecretString;
 use std::collections::{BTreeMap, HashMap};
 
-/// The providers whose requests name the account they belong to, and so
-/// can have per-account secrets, with the field that names it.
-pub const ACCOUNT_PROVIDERS: [(&str, &str); 3] =
-    [("vonage", "api-key / JWT api_key"), ("twilio", "AccountSid"), ("plivo", "ParentAuthID")];
-
 /// Secrets by provider and account.
 #[derive(Debug, Default)]
 pub struct Accounts(HashMap<String, HashMap<String, SecretList>>);
@@ -52,12 +47,14 @@ pub enum AccountsError {
         problem: String,
     },
     /// A provider that does not name accounts in its requests.
-    #[error("{path}: [{provider}] is not supported; per-account secrets exist for: vonage, twilio, plivo")]
+    #[error("{path}: [{provider}] is not supported; per-account secrets exist for: {supported}")]
     Provider {
         /// The configured path.
         path: String,
         /// The table's name.
         provider: String,
+        /// The tables the registry's providers allow.
+        supported: String,
     },
 }
 
@@ -68,8 +65,8 @@ impl Accounts {
             .map_err(|source| AccountsError::Read { path: path.to_owned(), source })?;
         Self::parse(&text).map_err(|e| match e {
             AccountsError::Shape { problem, .. } => AccountsError::Shape { path: path.to_owned(), problem },
-            AccountsError::Provider { provider, .. } => {
-                AccountsError::Provider { path: path.to_owned(), provider }
+            AccountsError::Provider { provider, supported, .. } => {
+                AccountsError::Provider { path: path.to_owned(), provider, supported }
             }
             other => other,
         })
@@ -85,8 +82,11 @@ impl Accounts {
         })?;
         let mut accounts = HashMap::new();
         for (provider, entries) in tables {
-            if !ACCOUNT_PROVIDERS.iter().any(|(p, _)| *p == provider) {
-                return Err(AccountsError::Provider { path: String::new(), provider });
+            // The providers whose requests name the account they belong to.
+            let tables = crate::providers::registry::account_tables();
+            if !tables.iter().any(|(p, _)| *p == provider) {
+                let supported = tables.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(", ");
+                return Err(AccountsError::Provider { path: String::new(), provider, supported });
             }
             let mut by_account = HashMap::new();
             for (account, secrets) in entries {

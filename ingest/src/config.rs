@@ -2,15 +2,16 @@
 //!
 //! `ingest --help` prints every variable with its default.
 
-use crate::provider_config::check_accounts;
-use crate::signature::vonage_sms::SigMethod;
-use crate::signature::{Freshness, SecretList, SignatureMode};
+use crate::providers::settings::exposed;
+use crate::providers::{Common, ProviderSettings, Served};
+use crate::signature::Freshness;
 use clap::{Args, Parser};
 use dlr_shared::config::{
     BrokerConfig, LogConfig, parse_nonzero_millis, parse_nonzero_seconds, parse_seconds,
 };
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -84,37 +85,20 @@ pub struct Config {
     /// Unset: copies are not sealed and are verified on replay as new requests.
     #[arg(long = "quarantine-replay-key", env = "INGEST_QUARANTINE_REPLAY_KEY", hide_env_values = true)]
     pub quarantine_replay_key: Option<SecretString>,
-    /// Signature verification.
+    /// Settings every provider's authenticity check may use.
     #[command(flatten)]
     pub signatures: SignatureConfig,
-    /// Telnyx, Plivo, Sinch and Infobip authenticity (see `provider_config`).
+    /// Each provider's mode and credentials, from the registry.
     #[command(flatten)]
-    pub providers: crate::provider_config::ProviderSettings,
+    pub providers: ProviderSettings,
     /// Logging.
     #[command(flatten)]
     pub log: LogConfig,
 }
 
-/// Signature settings, named after the providers' own conventions.
+/// Settings every provider's authenticity check may use.
 #[derive(Debug, Clone, Args)]
 pub struct SignatureConfig {
-    /// Vonage (SMS `sig` and Messages JWT) check: off, log-only or enforce
-    /// (default: enforce when a secret is set, route not served otherwise).
-    #[arg(long = "vonage-signature-mode", env = "VONAGE_SIGNATURE_MODE")]
-    pub vonage_mode: Option<SignatureMode>,
-    /// Vonage SMS signature method configured in the dashboard: md5hash, md5, sha1, sha256, sha512.
-    #[arg(long = "vonage-signature-method", env = "VONAGE_SIGNATURE_METHOD", default_value = "md5hash")]
-    pub vonage_method: SigMethod,
-    /// Vonage signature secret(s), comma-separated: current first, previous during rotation.
-    #[arg(long = "vonage-signature-secret", env = "VONAGE_SIGNATURE_SECRET", hide_env_values = true)]
-    pub vonage_secret: Option<SecretString>,
-    /// Twilio X-Twilio-Signature check: off, log-only or enforce
-    /// (default: enforce when a token is set, route not served otherwise).
-    #[arg(long = "twilio-signature-mode", env = "TWILIO_SIGNATURE_MODE")]
-    pub twilio_mode: Option<SignatureMode>,
-    /// Twilio Auth Token(s), comma-separated: current first, previous during rotation.
-    #[arg(long = "twilio-auth-token", env = "TWILIO_AUTH_TOKEN", hide_env_values = true)]
-    pub twilio_token: Option<SecretString>,
     /// TOML file of per-account credentials (Vonage api key, Twilio AccountSid,
     /// Plivo auth id -> secrets, current first), mounted from a Kubernetes Secret.
     #[arg(long = "provider-accounts-file", env = "PROVIDER_ACCOUNTS_FILE")]
@@ -147,30 +131,14 @@ pub enum ConfigError {
     },
 }
 
-/// Signature policy after validation: secrets present wherever checks are on.
-///
-/// A mode of `None` means the provider is not served: its routes do not
-/// exist (404), because nobody chose to accept its receipts unverified.
-#[derive(Clone)]
-pub struct SignaturePolicy {
-    /// Vonage mode (`None`: not served).
-    pub vonage_mode: Option<SignatureMode>,
-    /// Vonage SMS method.
-    pub vonage_method: SigMethod,
-    /// Vonage secrets (empty list only when mode is off).
-    pub vonage_secrets: Option<SecretList>,
-    /// Twilio mode (`None`: not served).
-    pub twilio_mode: Option<SignatureMode>,
-    /// Twilio tokens.
-    pub twilio_tokens: Option<SecretList>,
-    /// Public base URL for Twilio.
-    pub public_base_url: Option<Url>,
-    /// Timestamp window.
-    pub freshness: Freshness,
-    /// Telnyx, Plivo, Sinch and Infobip checks.
-    pub providers: crate::provider_config::ProviderPolicy,
-    /// Per-account secrets (`PROVIDER_ACCOUNTS_FILE`; empty without it).
-    pub accounts: std::sync::Arc<crate::accounts::Accounts>,
+/// The configuration's providers, validated: what their checks share and
+/// each provider's mode and handler.
+#[derive(Debug)]
+pub struct Validated {
+    /// Settings every provider's check may use.
+    pub common: Arc<Common>,
+    /// Every provider in registry order, served or not.
+    pub served: Vec<Served>,
 }
 
 impl Config {
@@ -183,7 +151,7 @@ impl Config {
     }
 
     /// Checks cross-field rules clap cannot express, once, at start-up.
-    pub fn validate(&self) -> Result<SignaturePolicy, ConfigError> {
+    pub fn validate(&self) -> Result<Validated, ConfigError> {
         if self.body_limit_bytes == 0 {
             return Err(invalid("INGEST_BODY_LIMIT_BYTES", "must be greater than 0"));
         }
@@ -218,44 +186,19 @@ impl Config {
                 .map_err(|e| invalid("PROVIDER_ACCOUNTS_FILE", e.to_string()))?,
             None => crate::accounts::Accounts::default(),
         };
-        let vonage = check_accounts(
-            s.vonage_mode,
-            exposed(&s.vonage_secret),
-            accounts.has("vonage"),
-            "VONAGE_SIGNATURE_SECRET",
-            SecretList::parse,
-        )?;
-        let twilio = check_accounts(
-            s.twilio_mode,
-            exposed(&s.twilio_token),
-            accounts.has("twilio"),
-            "TWILIO_AUTH_TOKEN",
-            SecretList::parse,
-        )?;
-        if twilio.checks() && s.public_base_url.is_none() {
-            return Err(invalid(
-                "PUBLIC_BASE_URL",
-                "is required when TWILIO_AUTH_TOKEN is set (or TWILIO_SIGNATURE_MODE is log-only/enforce): Twilio signs the URL it called",
-            ));
-        }
-        Ok(SignaturePolicy {
-            vonage_mode: vonage.mode,
-            vonage_method: s.vonage_method,
-            vonage_secrets: vonage.secrets,
-            twilio_mode: twilio.mode,
-            twilio_tokens: twilio.secrets,
+        let common = Arc::new(Common {
             public_base_url: s.public_base_url.clone(),
             freshness: Freshness { max_age: s.max_age, max_future: s.max_future },
-            providers: self.providers.validate_accounts(s.public_base_url.as_ref(), s.max_age, &accounts)?,
-            accounts: std::sync::Arc::new(accounts),
-        })
+            accounts,
+            basic_credentials: [&self.providers.infobip.basic_auth, &self.providers.sinch.basic_auth]
+                .into_iter()
+                .filter_map(|raw| crate::providers::settings::exposed(raw))
+                .filter_map(|raw| crate::providers::settings::basic_list(raw).ok())
+                .collect(),
+        });
+        let served = crate::providers::serve_all(&self.providers, &common)?;
+        Ok(Validated { common, served })
     }
-}
-
-/// The text of a secret setting, for parsing into the checks' own types
-/// (which keep it secret in turn).
-pub(crate) fn exposed(secret: &Option<SecretString>) -> Option<&str> {
-    secret.as_ref().map(|s| s.expose_secret())
 }
 
 fn invalid(variable: &'static str, problem: impl Into<String>) -> ConfigError {

@@ -7,11 +7,10 @@
 //! - [`config`]: settings from the environment, validated at start-up.
 //! - [`startup`]: builds the app (tests use the same code on port 0).
 //! - [`routes`]: the webhook routes, probes and `/metrics`.
-//! - [`intake`]: decode, verify, parse, publish: one receipt's way through
-//!   ([`intake::batch`] for requests that carry several receipts).
-//! - [`providers`]: each provider's wire format, parsed into a `ReceiptEvent`.
-//! - [`signature`]: each provider's authenticity check
-//!   ([`provider_config`]: the settings of the four newer providers).
+//! - [`intake`]: decode, verify, parse, publish: every request's way through.
+//! - [`providers`]: one folder per provider API (wire format, authenticity
+//!   check, settings, samples) and the registry that lists them.
+//! - [`signature`]: what the providers' authenticity checks share.
 //! - [`error`]: every way a request can fail, and the status it gets.
 //! - [`readiness`]: `/readyz` follows pod-local trouble only, never a broker-wide alarm.
 
@@ -20,7 +19,6 @@ pub mod config;
 pub mod error;
 pub mod intake;
 pub mod metrics;
-pub mod provider_config;
 pub mod providers;
 pub mod readiness;
 pub mod routes;

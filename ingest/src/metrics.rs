@@ -2,8 +2,10 @@
 //! templates, status codes, provider, outcome, reason), never from ids or
 //! phone numbers, so series counts stay bounded.
 
+use dlr_shared::Outcome;
 use dlr_shared::metrics::{LATENCY_BUCKETS, MetricsBuilder, new_registry};
-use dlr_shared::{Outcome, Provider};
+
+use crate::providers::REGISTRY;
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
 /// Reasons a request is refused with a 4xx (`IngestError::reason`).
@@ -144,8 +146,8 @@ impl IngestMetrics {
             )?,
             registry,
         };
-        for provider in Provider::ALL {
-            let p = provider.as_str();
+        for entry in REGISTRY {
+            let p = entry.provider().as_str();
             for outcome in Outcome::ALL {
                 metrics.accepted.with_label_values(&[p, outcome.as_str()]);
             }
@@ -161,18 +163,10 @@ impl IngestMetrics {
             for reason in QUARANTINE_REASONS {
                 metrics.quarantined.with_label_values(&[p, reason]);
             }
-        }
-        metrics.reports_ignored.with_label_values(&[Provider::Sinch.as_str()]);
-        for route in [
-            "/dlr/vonage",
-            "/dlr/vonage-messages",
-            "/dlr/twilio",
-            "/dlr/telnyx",
-            "/dlr/plivo",
-            "/dlr/sinch",
-            "/dlr/infobip",
-        ] {
-            metrics.http_duration.with_label_values(&[route]);
+            if entry.route().answer == crate::providers::Answer::Receipts {
+                metrics.reports_ignored.with_label_values(&[p]);
+            }
+            metrics.http_duration.with_label_values(&[entry.route().path]);
         }
         for reason in ["unavailable", "blocked", "nacked", "returned", "timeout", "channel_error"] {
             metrics.publish_failures.with_label_values(&[reason]);

@@ -52,6 +52,7 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    served: Vec<crate::providers::Served>,
     limits: RouterLimits,
     drain_timeout: Duration,
     max_connections: usize,
@@ -64,8 +65,8 @@ impl Application {
     /// and starts the broker connection in the background. Does not wait
     /// for the broker: ingest must start (unready) while the broker is down.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        let signatures = config.validate()?;
-        signatures.log_serving();
+        let providers = config.validate()?;
+        crate::providers::log_serving(&providers.served);
         let replay_keys = config.replay_keys()?;
         if replay_keys.is_none() {
             tracing::warn!(
@@ -108,7 +109,7 @@ impl Application {
         let state = AppState {
             publisher,
             topology,
-            signatures: Arc::new(signatures),
+            common: providers.common,
             metrics: Arc::new(metrics),
             draining: Arc::new(AtomicBool::new(false)),
             body_timeout: config.request_timeout,
@@ -127,6 +128,7 @@ impl Application {
         Ok(Self {
             listener,
             state,
+            served: providers.served,
             limits,
             drain_timeout: config.drain_timeout,
             max_connections: config.max_connections,
@@ -156,7 +158,7 @@ impl Application {
     /// request head would hold a connection and its buffers forever. The
     /// number of open connections is capped the same way.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartupError> {
-        let app = router(self.state.clone(), self.limits)
+        let app = router(self.state.clone(), &self.served, self.limits)
             .layer(axum::middleware::map_response_with_state(self.state.clone(), close_when_draining));
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(self.limits.request_timeout);

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::config::SignaturePolicy;
 use crate::metrics::IngestMetrics;
+use crate::providers::Common;
 use crate::readiness::BrokerReadiness;
 
 /// What every handler can reach.
@@ -16,8 +16,8 @@ pub struct AppState {
     pub publisher: Arc<Publisher>,
     /// Exchange and queue names.
     pub topology: Arc<Topology>,
-    /// Signature checks to apply.
-    pub signatures: Arc<SignaturePolicy>,
+    /// Settings every provider's authenticity check may use.
+    pub common: Arc<Common>,
     /// Metrics (behind an `Arc`: the state is cloned for every request).
     pub metrics: Arc<IngestMetrics>,
     /// Set on SIGTERM so readiness fails while in-flight requests drain.

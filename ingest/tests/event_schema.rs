@@ -8,8 +8,8 @@
 
 use chrono::{DateTime, Utc};
 use dlr_ingest::providers::{
-    Fields, ReceiptError, decode_json_object, decode_urlencoded, infobip, plivo, sinch, telnyx, twilio,
-    vonage_messages, vonage_sms,
+    Fields, REGISTRY, ReceiptError, decode_json_object, decode_urlencoded, twilio, vonage_messages,
+    vonage_sms,
 };
 use dlr_shared::event::{ReceiptEvent, SCHEMA};
 use jsonschema::Validator;
@@ -95,32 +95,26 @@ fn twilio_events() -> Vec<ReceiptEvent> {
         .collect()
 }
 
-/// The documentation samples in `tests/corpus/` for the providers added
-/// after the first three, every receipt of every request.
-fn newer_provider_events() -> Vec<ReceiptEvent> {
-    let corpus = |name: &str| {
-        std::fs::read(format!("{}/../tests/corpus/{name}", env!("CARGO_MANIFEST_DIR"))).expect("corpus file")
-    };
+/// Every provider's sample requests (its `samples/` folder, listed in the
+/// registry), every receipt of every request.
+fn sample_events() -> Vec<ReceiptEvent> {
     let mut events = Vec::new();
-    for name in ["telnyx-message-finalized-delivered.json", "telnyx-message-finalized-failed.json"] {
-        events.extend(telnyx::parse(&corpus(name), now()).expect("sample parses").events);
-    }
-    for name in ["sinch-recipient-delivered.json", "sinch-full.json"] {
-        events.extend(sinch::parse(&corpus(name), now()).expect("sample parses").events);
-    }
-    events.extend(infobip::parse(&corpus("infobip-results.json"), now()).expect("sample parses").events);
-    for (name, format) in [("plivo-delivered.form", "form"), ("plivo-undelivered.query", "query")] {
-        let fields = decode_urlencoded(&corpus(name), format).expect("sample decodes");
-        events.push(plivo::parse(&fields, now()).expect("sample parses"));
+    for entry in REGISTRY {
+        for sample in entry.samples().iter().filter(|s| s.status == 200) {
+            let batch = entry.read(&sample.request(&entry.route()), now()).expect("sample parses");
+            assert_eq!(batch.events.len(), sample.outcomes.len(), "{}", sample.name);
+            events.extend(batch.events);
+        }
     }
     events
 }
 
 #[test]
-fn newer_provider_events_match_the_schema() {
+fn every_sample_event_matches_the_schema() {
     let validator = validator();
-    let events = newer_provider_events();
-    assert_eq!(events.len(), 2 + 1 + 3 + 3 + 2, "every sample receipt is checked");
+    let events = sample_events();
+    let providers: std::collections::HashSet<_> = events.iter().map(|e| e.provider).collect();
+    assert_eq!(providers.len(), REGISTRY.len(), "every provider's samples are checked");
     for event in events {
         assert_valid(&validator, &event);
     }

@@ -23,13 +23,7 @@ use tokio_util::sync::CancellationToken;
 /// operator would for a demo: without credentials or an explicit mode a
 /// provider is not served at all.
 pub fn serve_unsigned(config: &mut dlr_ingest::Config) {
-    use dlr_ingest::signature::SignatureMode::Off;
-    config.signatures.vonage_mode = Some(Off);
-    config.signatures.twilio_mode = Some(Off);
-    config.providers.telnyx_mode = Some(Off);
-    config.providers.plivo_mode = Some(Off);
-    config.providers.sinch_mode = Some(Off);
-    config.providers.infobip_mode = Some(Off);
+    config.providers.set_every_mode(Some(dlr_ingest::signature::SignatureMode::Off));
 }
 
 /// How long the clean-up of a dropped (panicked) test may take.

@@ -10,6 +10,7 @@ pub mod app;
 pub mod binaries;
 pub mod broker;
 pub mod corpus;
+pub mod one_ingest;
 pub mod proxy;
 pub mod receiver;
 pub mod samples;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use app::TestApp;
 pub use broker::TestBroker;
+pub use one_ingest::OneIngest;
 
 /// Set by a tool's `--amqp-url`: it wins over `AMQP_URL`.
 static AMQP_URLS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -527,8 +529,30 @@ impl Drop for OperatorPolicy {
     }
 }
 
+/// The `q` quantile (0..=1) of ascending `sorted` values by nearest rank
+/// (the smallest value with at least `q` of the values at or below it);
+/// the default (zero) when empty. The one definition the benchmarks and the
+/// reliability harness report with.
+pub fn percentile<T: Copy + Default>(sorted: &[T], q: f64) -> T {
+    if sorted.is_empty() {
+        return T::default();
+    }
+    let rank = (sorted.len() as f64 * q).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn percentile_is_the_nearest_rank() {
+        let values: Vec<u64> = (1..=10).collect();
+        assert_eq!(super::percentile(&values, 0.5), 5);
+        assert_eq!(super::percentile(&values, 0.99), 10);
+        assert_eq!(super::percentile(&values, 0.0), 1);
+        assert_eq!(super::percentile(&[2.5_f64], 0.5), 2.5);
+        assert_eq!(super::percentile::<u64>(&[], 0.5), 0);
+    }
+
     #[test]
     fn free_ports_are_below_the_ephemeral_range_and_free() {
         for _ in 0..20 {

@@ -17,30 +17,7 @@ use std::time::{Duration, Instant};
 
 use super::WebhookRequest;
 use crate::error::IngestError;
-use crate::signature;
 use crate::state::AppState;
-
-/// The headers a re-verification needs, copied when present. A Basic
-/// password (Infobip, Sinch) is copied redacted: unlike a signature it is
-/// the secret itself (the seal keeps a keyed digest of it instead).
-const COPIED_HEADERS: [&str; 16] = [
-    "content-type",
-    "authorization",
-    "x-twilio-signature",
-    "x-twilio-webhooks-signature-settings",
-    "telnyx-signature-ed25519",
-    "telnyx-timestamp",
-    "x-plivo-signature-v3",
-    "x-plivo-signature-ma-v3",
-    "x-plivo-signature-v3-nonce",
-    "x-plivo-signature-v2",
-    "x-plivo-signature-ma-v2",
-    "x-plivo-signature-v2-nonce",
-    signature::sinch::SIGNATURE_HEADER,
-    signature::sinch::NONCE_HEADER,
-    signature::sinch::TIMESTAMP_HEADER,
-    "x-sinch-webhook-signature-algorithm",
-];
 
 /// What a refused request may cost the quarantine: a body cap per copy and,
 /// for requests that failed their signature check (anyone on the internet
@@ -121,10 +98,15 @@ pub(crate) async fn quarantine(
     }
 }
 
-/// The copied headers of a request, as its copy holds them (also what a
-/// replay's seal is checked against).
+/// The headers a re-verification needs (every provider's signature headers,
+/// from the registry), copied when present. A Basic password (Infobip,
+/// Sinch) is copied redacted: unlike a signature it is the secret itself
+/// (the seal keeps a keyed digest of it instead). Also what a replay's seal
+/// is checked against.
 pub(super) fn copied_headers(headers: &HeaderMap) -> BTreeMap<String, Option<String>> {
-    COPIED_HEADERS
+    static COPIED: std::sync::LazyLock<Vec<&'static str>> =
+        std::sync::LazyLock::new(crate::providers::registry::copied_headers);
+    COPIED
         .iter()
         .filter_map(|name| {
             let value = headers.get(*name)?.to_str().ok()?;

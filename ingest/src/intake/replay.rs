@@ -250,10 +250,7 @@ fn parse_seal(value: &str) -> Option<(i64, Vec<u8>, Vec<u8>)> {
 /// The provider's own check then decides whether that credential is valid
 /// for its route.
 fn basic_credentials(state: &AppState) -> impl Iterator<Item = &SecretString> {
-    let providers = &state.signatures.providers;
-    let infobip = providers.infobip.secrets.iter().flat_map(SecretList::iter);
-    let sinch = providers.sinch.secrets.iter().filter_map(|s| s.basic.as_ref()).flat_map(SecretList::iter);
-    infobip.chain(sinch)
+    state.common.basic_credentials.iter().flat_map(SecretList::iter)
 }
 
 #[cfg(test)]

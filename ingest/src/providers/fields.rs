@@ -232,6 +232,17 @@ pub fn fields_from_json_object(object: Map<String, Value>) -> Result<Fields, Rec
     if problems.is_empty() { check_pairs(pairs) } else { Err(ReceiptError::InvalidFields(problems)) }
 }
 
+/// A plain decimal such as `0.03330000` (no exponent, no sign games).
+pub(crate) fn is_decimal(value: &str) -> bool {
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    let mut parts = digits.splitn(2, '.');
+    let whole = parts.next().unwrap_or("");
+    let frac = parts.next();
+    !whole.is_empty()
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

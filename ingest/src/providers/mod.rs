@@ -1,28 +1,42 @@
-//! Provider wire formats and their translation into [`ReceiptEvent`]s.
+//! The provider APIs: one folder each, one trait, one registry.
 //!
-//! Each provider module turns already-decoded request fields into one
-//! [`ReceiptEvent`] (or, for providers that report several receipts per
-//! request, a [`Batch`]) or a [`ReceiptError`] that names every bad field, so the
-//! HTTP layer can answer 400 with a useful body and nothing half-parsed ever
-//! reaches the broker.
+//! Each folder (`vonage_sms/`, `twilio/`, ...) holds a provider's wire
+//! format and parsing (`wire.rs`), its authenticity check (`signature.rs`),
+//! its settings (`settings.rs`), its sample requests (`samples/`), and in
+//! its `mod.rs` the [`ProviderApi`] implementation that ties them together.
+//! [`REGISTRY`] lists them; everything generic is driven by that list
+//! ([`api`] says what). Parsers turn a decoded request into a [`Batch`] of
+//! [`ReceiptEvent`]s (a single receipt is a batch of one) or a
+//! [`ReceiptError`] that names every bad field, so the HTTP layer can answer
+//! 400 with a useful body and nothing half-parsed ever reaches the broker.
 //!
 //! [`ReceiptEvent`]: dlr_shared::event::ReceiptEvent
 
+pub mod api;
 mod fields;
-pub mod infobip;
 mod json;
-pub mod plivo;
+#[macro_use]
+pub mod registry;
+pub mod settings;
 mod shapes;
-pub mod sinch;
-pub mod telnyx;
-pub mod twilio;
-pub mod vonage_messages;
-pub mod vonage_sms;
 
+// The registry: one line per provider API (its folder => its type).
+registry! {
+    vonage_sms => VonageSms,
+    vonage_messages => VonageMessages,
+    twilio => Twilio,
+    telnyx => Telnyx,
+    plivo => Plivo,
+    sinch => Sinch,
+    infobip => Infobip,
+}
+
+pub use api::{Answer, Common, Configured, ProviderApi, Route, Sample, SettingNames, StatusWord, Verb};
 pub use fields::{
     Fields, MAX_STATUS_BYTES, MAX_VALUE_BYTES, decode_json_object, decode_urlencoded, fields_from_json_object,
 };
 pub use json::{Batch, ElementProblem, MAX_BATCH_ELEMENTS};
+pub use registry::{Listed, Served, log_serving, serve_all};
 
 use serde::Serialize;
 

@@ -1,10 +1,11 @@
 //! HTTP routes. Each module owns its routes; [`router`] merges them and
 //! applies the layers once.
 
-mod batches;
 mod health;
 mod http_metrics;
-mod receipts;
+mod webhooks;
+
+pub use webhooks::BATCH_BODY_LIMIT_BYTES;
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
@@ -18,6 +19,7 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::error::RETRY_AFTER_SECONDS;
+use crate::providers::Served;
 use crate::state::AppState;
 use http_metrics::HttpMetricsLayer;
 
@@ -32,8 +34,9 @@ pub struct RouterLimits {
     pub max_concurrency: usize,
 }
 
-/// The complete application router.
-pub fn router(state: AppState, limits: RouterLimits) -> Router {
+/// The complete application router: the routes of the `served` providers,
+/// the probes and `/metrics`.
+pub fn router(state: AppState, served: &[Served], limits: RouterLimits) -> Router {
     let shed_counter = state.metrics.load_shed.clone();
     // Receipts are shed with 429 + Retry-After (providers retry it) once the
     // concurrency limit is reached, instead of queueing without bound. The
@@ -50,14 +53,13 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
 
     // RequestBodyLimitLayer refuses an oversize Content-Length before any
     // byte is read; DefaultBodyLimit covers chunked bodies as they arrive.
-    let webhooks = receipts::router(&state.signatures)
-        .merge(batches::router(&state.signatures))
+    let webhooks = webhooks::router(served, false)
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(RequestBodyLimitLayer::new(limits.body_limit_bytes))
         .layer(load_shedding.clone());
     // Infobip and Sinch `full` batch up to 100 reports per request.
-    let batch_limit = limits.body_limit_bytes.max(batches::BATCH_BODY_LIMIT_BYTES);
-    let batch_webhooks = batches::batch_router(&state.signatures)
+    let batch_limit = limits.body_limit_bytes.max(BATCH_BODY_LIMIT_BYTES);
+    let batch_webhooks = webhooks::router(served, true)
         .layer(DefaultBodyLimit::max(batch_limit))
         .layer(RequestBodyLimitLayer::new(batch_limit))
         .layer(load_shedding);

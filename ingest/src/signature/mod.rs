@@ -1,24 +1,16 @@
-//! Authenticity checks for incoming receipt webhooks.
+//! What every provider's authenticity check shares.
 //!
-//! Anyone who learns a webhook URL can post fake receipts, so each provider signs its callbacks:
-//! Vonage SMS with a `sig` parameter ([`vonage_sms`]), the Vonage Messages API with a JWT
-//! ([`vonage_jwt`]), Twilio with `X-Twilio-Signature` ([`twilio`]), Telnyx with Ed25519 ([`telnyx`]),
-//! Plivo with `X-Plivo-Signature-V3`/`-V2` ([`plivo`]), Sinch with `x-sinch-webhook-signature`
-//! ([`sinch`]); Infobip report URLs use HTTP Basic ([`basic`]). This module holds what they all
-//! share: the rollout mode, the rotating secret list, the freshness window and one error type whose
-//! [`SignatureError::reason`] feeds a metrics label.
+//! Anyone who learns a webhook URL can post fake receipts, so each provider signs its callbacks; each
+//! provider's own scheme is in its folder (`providers/<name>/signature.rs`), HTTP Basic (Sinch,
+//! Infobip) in [`basic`]. This module holds what they all share: the rollout mode, the rotating secret
+//! list, the freshness window, a nonce cache and one error type whose [`SignatureError::reason`] feeds
+//! a metrics label.
 //!
 //! Everything here is pure (no I/O, no clock): the HTTP layer passes in decoded parameters, header
 //! values and the current time, which keeps the checks deterministic and testable.
 
 pub mod basic;
 pub mod nonces;
-pub mod plivo;
-pub mod sinch;
-pub mod telnyx;
-pub mod twilio;
-pub mod vonage_jwt;
-pub mod vonage_sms;
 
 use dlr_shared::words;
 use std::fmt;
@@ -255,8 +247,9 @@ impl SignatureError {
 
 /// How old or how far ahead a signing time may be.
 ///
-/// Neither provider documents a window (reference 2.2 step 8, 3.3 step 5), and retries may not be
-/// re-signed, so both limits are configuration rather than constants.
+/// The providers document no window (Vonage's signing and signed-webhook pages name none; of the SDKs
+/// only Vonage's Java SDK checks one, 300 s), and retries may not be re-signed, so both limits are
+/// configuration rather than constants.
 #[derive(Debug, Clone, Copy)]
 pub struct Freshness {
     /// How far in the past a signing timestamp may be.

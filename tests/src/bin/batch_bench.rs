@@ -11,7 +11,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use dlr_ingest::signature::basic;
-use dlr_tests::{TestBroker, amqp_url, ingest_config, spawn_ingest, unique_topology};
+use dlr_tests::{TestBroker, amqp_url, ingest_config, percentile, spawn_ingest, unique_topology};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
@@ -30,17 +30,12 @@ fn report(i: usize) -> Value {
     dlr_tests::samples::infobip_report(&format!("bench-{i:08}"), 0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
     let topology = unique_topology();
     let mut config = ingest_config(&topology, &amqp_url());
-    config.providers.infobip_basic_auth = Some("bench:bench".into());
+    config.providers.infobip.basic_auth = Some("bench:bench".into());
     let ingest = spawn_ingest(config).await;
     anyhow::ensure!(ingest.wait_ready(Duration::from_secs(10)).await, "ingest not ready (RabbitMQ running?)");
     let auth = basic::header_value("bench:bench");
@@ -76,11 +71,11 @@ async fn main() -> Result<()> {
     let line = |name: &str, t: &[f64]| {
         println!(
             "{name}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms over {} requests ({:.1}% of Telnyx's 2 s at p99)",
-            percentile(t, 50.0),
-            percentile(t, 99.0),
-            percentile(t, 100.0),
+            percentile(t, 0.5),
+            percentile(t, 0.99),
+            percentile(t, 1.0),
             t.len(),
-            percentile(t, 99.0) / 20.0
+            percentile(t, 0.99) / 20.0
         )
     };
     line(&format!("{}-receipt batch", args.batch), &batches);

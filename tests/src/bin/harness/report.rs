@@ -3,6 +3,7 @@
 use super::provider::Final;
 use super::scenario::Run;
 use super::*;
+use dlr_tests::percentile;
 
 /// One row of the table, with the reasons to fail.
 pub struct Row {
@@ -23,14 +24,6 @@ pub struct Row {
     max_to_200_ms: u64,
     catch_up_ms: Option<u64>,
     problems: Vec<String>,
-}
-
-fn percentile(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[index]
 }
 
 /// Compares what the provider was told (200) with what the sinks hold.
