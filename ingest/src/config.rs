@@ -85,6 +85,9 @@ pub struct Config {
     /// Logging.
     #[command(flatten)]
     pub log: LogConfig,
+    /// Trace export (OpenTelemetry's `OTEL_*` variables).
+    #[command(flatten)]
+    pub tracing: dlr_shared::telemetry::TracingConfig,
 }
 
 /// Signature settings, named after the providers' own conventions.

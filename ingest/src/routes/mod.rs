@@ -5,6 +5,7 @@ mod batches;
 mod health;
 mod http_metrics;
 mod receipts;
+mod trace_context;
 
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
@@ -20,6 +21,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use crate::error::RETRY_AFTER_SECONDS;
 use crate::state::AppState;
 use http_metrics::HttpMetricsLayer;
+use trace_context::TraceContextLayer;
 
 /// Router settings that come from configuration.
 #[derive(Debug, Clone, Copy)]
@@ -54,13 +56,15 @@ pub fn router(state: AppState, limits: RouterLimits) -> Router {
         .merge(batches::router(&state.signatures))
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(RequestBodyLimitLayer::new(limits.body_limit_bytes))
-        .layer(load_shedding.clone());
+        .layer(load_shedding.clone())
+        .layer(TraceContextLayer);
     // Infobip and Sinch `full` batch up to 100 reports per request.
     let batch_limit = limits.body_limit_bytes.max(batches::BATCH_BODY_LIMIT_BYTES);
     let batch_webhooks = batches::batch_router(&state.signatures)
         .layer(DefaultBodyLimit::max(batch_limit))
         .layer(RequestBodyLimitLayer::new(batch_limit))
-        .layer(load_shedding);
+        .layer(load_shedding)
+        .layer(TraceContextLayer);
 
     // No whole-request timeout layer: it would also cut the confirm wait and
     // answer 408 (final for a provider) for a receipt the broker may yet

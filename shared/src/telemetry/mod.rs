@@ -1,4 +1,10 @@
-//! Log set-up, once per process.
+//! Log and trace set-up, once per process.
+//!
+//! - [`config`]: the standard `OTEL_*` settings, checked at start-up;
+//! - [`context`]: W3C trace context in and out (HTTP, AMQP headers);
+//! - `export`: the OTLP pipeline, which never makes a receipt wait;
+//! - `log_ids`: trace and span ids on log lines;
+//! - [`spans`]: spans both binaries open alike.
 //!
 //! Besides the format, this decides which library lines may appear at all:
 //! lapin logs a returned message in full (the whole event, phone number
@@ -6,10 +12,22 @@
 //! already reports with its cause, including on a clean shutdown. Its
 //! targets are therefore off unless `RUST_LOG` names them.
 
+pub mod config;
+pub mod context;
+mod export;
+mod log_ids;
+pub mod spans;
+
+pub use config::TracingConfig;
+pub use context::{SPAN_TARGET, TraceHeaders, continued};
+pub use export::{TelemetryGuard, spans_dropped};
+
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::Level;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt;
 use tracing_subscriber::prelude::*;
 
@@ -23,8 +41,17 @@ const DEFAULT_DIRECTIVES: [(&str, &str); 2] =
     [("lapin", "lapin=off"), ("lapin::returned_messages", "lapin::returned_messages=off")];
 
 /// `RUST_LOG` plus the default directives for targets it does not name.
-pub fn effective_filter(level: &str) -> String {
+/// Spans for export ([`SPAN_TARGET`]) are on exactly while `exporting`:
+/// off, no layer is interested in them and they cost nothing.
+pub fn effective_filter(level: &str, exporting: bool) -> String {
     let mut filter = level.trim().to_owned();
+    let spans = if exporting { "dlr_trace=info" } else { "dlr_trace=off" };
+    if !filter.split(',').any(|d| d.trim().split(['=', '[']).next() == Some(SPAN_TARGET)) {
+        if !filter.is_empty() {
+            filter.push(',');
+        }
+        filter.push_str(spans);
+    }
     for (target, directive) in DEFAULT_DIRECTIVES {
         let named = filter.split(',').any(|d| d.trim().split(['=', '[']).next() == Some(target));
         let covered = target != "lapin::returned_messages" && filter.contains(target);
@@ -38,21 +65,54 @@ pub fn effective_filter(level: &str) -> String {
     filter
 }
 
-/// Installs the global tracing subscriber. Returns an error if the filter
-/// does not parse or a subscriber is already installed (tests call this
-/// through the binaries only, never twice). Text lines carry ANSI colours
-/// only on a terminal, so redirected logs stay plain.
-pub fn init(config: &LogConfig) -> Result<(), TelemetryError> {
-    let filter = EnvFilter::try_new(effective_filter(&config.level))
+/// Installs the global tracing subscriber and, when an OTLP endpoint is
+/// set, the trace exporter (`service` names the binary's spans unless
+/// `OTEL_SERVICE_NAME` does). Returns an error if the filter does not
+/// parse, the exporter cannot be built, or a subscriber is already
+/// installed (tests call this through the binaries only, never twice).
+/// Text lines carry ANSI colours only on a terminal, so redirected logs
+/// stay plain. Must run inside the Tokio runtime.
+pub fn init(
+    config: &LogConfig,
+    tracing: &TracingConfig,
+    service: &str,
+) -> Result<TelemetryGuard, TelemetryError> {
+    let exporting = tracing.exporting();
+    let filter = EnvFilter::try_new(effective_filter(&config.level, exporting))
         .map_err(|source| TelemetryError::InvalidFilter { filter: config.level.clone(), source })?;
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match config.format {
-        LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false))
-            .try_init(),
-        LogFormat::Text => registry.with(fmt::layer().with_ansi(std::io::stdout().is_terminal())).try_init(),
+    let (tracer, guard) = if exporting {
+        let (provider, guard) = export::pipeline(tracing, service)?;
+        use opentelemetry::trace::TracerProvider as _;
+        (Some(provider.tracer("dlr")), guard)
+    } else {
+        (None, TelemetryGuard::off())
     };
-    result.map_err(TelemetryError::AlreadyInstalled)
+    // Our spans, and our warnings as span events; never a library's spans
+    // (the exporter's own HTTP or gRPC calls would be traced in a loop).
+    let exported = Targets::new()
+        .with_target(SPAN_TARGET, Level::TRACE)
+        .with_target("dlr_shared", Level::WARN)
+        .with_target("dlr_ingest", Level::WARN)
+        .with_target("dlr_worker", Level::WARN);
+    let otel = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer).with_filter(exported));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let result = match config.format {
+        LogFormat::Json => {
+            let format =
+                fmt::format().json().flatten_event(true).with_current_span(true).with_span_list(false);
+            let format = log_ids::WithTraceIds { inner: format, json: true, enabled: exporting };
+            registry.with(fmt::layer().json().event_format(format)).try_init()
+        }
+        LogFormat::Text => {
+            let format = log_ids::WithTraceIds { inner: fmt::format(), json: false, enabled: exporting };
+            registry
+                .with(fmt::layer().with_ansi(std::io::stdout().is_terminal()).event_format(format))
+                .try_init()
+        }
+    };
+    result.map_err(TelemetryError::AlreadyInstalled)?;
+    context::set_exporting(exporting);
+    Ok(guard)
 }
 
 /// Why logging could not be set up.
@@ -70,6 +130,9 @@ pub enum TelemetryError {
     /// Called twice in one process.
     #[error("a log subscriber is already installed")]
     AlreadyInstalled(#[source] tracing_subscriber::util::TryInitError),
+    /// The OTLP exporter could not be built from the `OTEL_EXPORTER_OTLP_*` settings.
+    #[error("OTEL_EXPORTER_OTLP_* settings: {0}")]
+    Exporter(String),
 }
 
 /// Lets one log line through per interval, for events that can repeat at
@@ -127,10 +190,29 @@ mod tests {
 
     #[test]
     fn lapin_is_off_unless_named() {
-        assert_eq!(effective_filter("info"), "info,lapin=off,lapin::returned_messages=off");
-        assert_eq!(effective_filter("info,lapin=debug"), "info,lapin=debug,lapin::returned_messages=off");
-        assert_eq!(effective_filter("lapin::returned_messages=warn"), "lapin::returned_messages=warn");
-        assert!(EnvFilter::try_new(effective_filter("info,dlr_worker=debug")).is_ok());
+        assert_eq!(
+            effective_filter("info", false),
+            "info,dlr_trace=off,lapin=off,lapin::returned_messages=off"
+        );
+        assert_eq!(
+            effective_filter("info,lapin=debug", false),
+            "info,lapin=debug,dlr_trace=off,lapin::returned_messages=off"
+        );
+        assert_eq!(
+            effective_filter("lapin::returned_messages=warn", false),
+            "lapin::returned_messages=warn,dlr_trace=off"
+        );
+        assert!(EnvFilter::try_new(effective_filter("info,dlr_worker=debug", false)).is_ok());
+    }
+
+    #[test]
+    fn spans_for_export_are_on_only_while_exporting() {
+        assert!(effective_filter("warn", true).starts_with("warn,dlr_trace=info,"));
+        assert!(effective_filter("debug", false).contains("dlr_trace=off"));
+        assert_eq!(
+            effective_filter("dlr_trace=off", true),
+            "dlr_trace=off,lapin=off,lapin::returned_messages=off"
+        );
     }
 
     #[derive(Debug, thiserror::Error)]
