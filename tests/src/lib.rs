@@ -10,6 +10,7 @@ pub mod app;
 pub mod binaries;
 pub mod broker;
 pub mod corpus;
+pub mod otlp;
 pub mod proxy;
 pub mod receiver;
 pub mod samples;

@@ -94,7 +94,18 @@ pub fn init(
         .with_target("dlr_shared", Level::WARN)
         .with_target("dlr_ingest", Level::WARN)
         .with_target("dlr_worker", Level::WARN);
-    let otel = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer).with_filter(exported));
+    // Without the source location, thread and busy/idle timing the bridge
+    // adds by default: per-span work and bytes that a receipt's trace does
+    // not need (the span names and attributes say where it was).
+    let otel = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_filter(exported)
+    });
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let result = match config.format {
         LogFormat::Json => {
