@@ -188,7 +188,10 @@ async fn one_receipt_is_one_trace_from_the_callers_request_to_the_webhook_retrie
     app.cleanup().await;
 
     for span in &spans {
-        println!("{} {} {} <- {} kind {} {:?}", span.service, span.name, span.span_id, span.parent_span_id, span.kind, span.attributes);
+        println!(
+            "{} {} {} <- {} kind {} {:?}",
+            span.service, span.name, span.span_id, span.parent_span_id, span.kind, span.attributes
+        );
     }
     assert!(delivered, "the webhook was not called twice: {logs}");
     assert!(complete, "spans missing: {spans:#?}\n{logs}");
