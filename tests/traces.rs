@@ -53,13 +53,15 @@ struct Pipeline {
 }
 
 impl Pipeline {
-    /// Starts both with `extra` settings (the same for both) and waits until
-    /// they are ready; the worker routes delivered receipts to `route`.
+    /// Starts both with `extra` settings (the same for both, then
+    /// `worker_extra` for the worker) and waits until they are ready; the
+    /// worker routes delivered receipts to `route`.
     async fn start(
         app: &TestApp,
         receiver: &Receiver,
         route: &str,
         extra: &[(&'static str, String)],
+        worker_extra: &[(&'static str, String)],
     ) -> Self {
         let endpoints = EndpointsFile::pointing_to(receiver);
         let ingest_addr = format!("127.0.0.1:{}", dlr_tests::free_port().expect("a free port"));
@@ -82,6 +84,7 @@ impl Pipeline {
             ("WORKER_RETRY_MAX_DELAY_MS", "200".to_owned()),
             ("WORKER_MAX_ATTEMPTS", "4".to_owned()),
         ]);
+        worker_env.extend(worker_extra.iter().cloned());
         app.own_worker_names(&app.worker_config());
         let pipeline = Self {
             ingest: Running::start("ingest", &ingest_env),
@@ -163,7 +166,7 @@ async fn one_receipt_is_one_trace_from_the_callers_request_to_the_webhook_retrie
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=traces-test".to_owned()),
     ];
-    let pipeline = Pipeline::start(&app, &receiver, "amqp,http", &otel).await;
+    let pipeline = Pipeline::start(&app, &receiver, "amqp,http", &otel, &[]).await;
     let events = app.capture().await;
 
     let (trace_id, caller_span) = new_ids();
@@ -264,7 +267,9 @@ async fn a_collector_that_never_answers_changes_no_answer() {
         ("OTEL_BSP_MAX_QUEUE_SIZE", "8".to_owned()),
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4".to_owned()),
     ];
-    let pipeline = Pipeline::start(&app, &receiver, "http", &otel).await;
+    // Ingest exports over HTTP, the worker over gRPC: neither may wait.
+    let grpc = [("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned())];
+    let pipeline = Pipeline::start(&app, &receiver, "http", &otel, &grpc).await;
     let sent = 40;
     let mut slowest = Duration::ZERO;
     let mut statuses = Vec::new();
@@ -295,7 +300,7 @@ async fn a_collector_that_never_answers_changes_no_answer() {
 async fn with_export_off_an_incoming_traceparent_is_passed_on_unchanged() {
     let app = TestApp::new().await;
     let receiver = Receiver::start(Script::Ok).await;
-    let pipeline = Pipeline::start(&app, &receiver, "http", &[]).await;
+    let pipeline = Pipeline::start(&app, &receiver, "http", &[], &[]).await;
     let (trace_id, caller_span) = new_ids();
     let incoming = format!("00-{trace_id}-{caller_span}-01");
     let (with, _) = pipeline.post("0E000000PASS0001", &[("traceparent", &incoming)]).await;

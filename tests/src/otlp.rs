@@ -158,3 +158,50 @@ impl Drop for Silent {
         self.task.abort();
     }
 }
+
+/// A collector for benchmarks: answers every export at once and only
+/// counts requests and bytes (decoding and keeping spans would put the
+/// collector's own work on the machine being measured).
+pub struct Sink {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    requests: Arc<std::sync::atomic::AtomicU64>,
+    bytes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Sink {
+    /// Starts the sink.
+    pub async fn start() -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let (requests, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let counters = (requests.clone(), bytes.clone());
+        let app = Router::new().route(
+            "/v1/traces",
+            post(move |body: Bytes| {
+                let (requests, bytes) = counters.clone();
+                async move {
+                    requests.fetch_add(1, Ordering::Relaxed);
+                    bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                    ([(header::CONTENT_TYPE, "application/x-protobuf")], Vec::<u8>::new())
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, requests, bytes })
+    }
+
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` for it.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Export requests and bytes received so far.
+    pub fn received(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (self.requests.load(Ordering::Relaxed), self.bytes.load(Ordering::Relaxed))
+    }
+}

@@ -25,7 +25,7 @@ use clap::Parser;
 use dlr_shared::ReceiptEvent;
 use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
 use dlr_shared::amqp::{Topology, receipt_properties};
-use dlr_tests::{TestBroker, TestDatabase, amqp_url, free_port, unique_topology, vonage_form};
+use dlr_tests::{TestBroker, TestDatabase, amqp_url, free_port, metric_value, unique_topology, vonage_form};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -93,6 +93,12 @@ struct Args {
     /// Skip the end-to-end run.
     #[arg(long)]
     no_end_to_end: bool,
+    /// Trace export of the ingest runs, comma-separated, each round runs
+    /// every one in turn: `off`, or `on` (OTLP to a local sink, every
+    /// request traced). A route ending in `+otel` runs the worker with
+    /// export on the same way.
+    #[arg(long, default_value = "off")]
+    ingest_tracing: String,
     /// Connections of the end-to-end load. Each sends its share of the
     /// schedule one request at a time, so the load stays open-loop only while
     /// a request takes less than connections / rate: too few, and a slow
@@ -113,6 +119,12 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(urls) = &args.amqp_url {
         dlr_tests::set_amqp_urls(urls);
+    }
+    let exporting = args.ingest_tracing.split(',').any(|v| v.trim() == "on") || args.routes.contains("+otel");
+    if exporting {
+        let sink = dlr_tests::otlp::Sink::start().await?;
+        println!("trace export to a local OTLP sink at {}", sink.endpoint());
+        let _ = OTLP_SINK.set(sink);
     }
     let mut ingest_max = args.ingest_max;
     if !args.worker_only {
@@ -159,7 +171,7 @@ async fn main() -> Result<()> {
 
     if !args.no_end_to_end {
         if ingest_max <= 0.0 {
-            ingest_max = ingest_load(&args).await?.rate;
+            ingest_max = ingest_load(&args, false).await?.rate;
             println!("ingest maximum (one run): {ingest_max:.0} receipts/s");
         }
         for order in args.end_to_end_orders.split(',').map(str::trim).filter(|o| !o.is_empty()) {
@@ -200,6 +212,8 @@ async fn ingest_part(args: &Args) -> Result<f64> {
     // the same machine: plain messages, and exactly ingest's messages.
     let (mut plain, mut receipt, mut in_flight, mut rates) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut peak_rss_mb: f64 = 0.0;
+    let variants: Vec<bool> = args.ingest_tracing.split(',').map(|v| v.trim() == "on").collect();
+    let mut traced: Vec<IngestResult> = Vec::new();
     for round in 1..=args.rounds.max(1) {
         let ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Plain).await?;
         let receipt_ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Receipt).await?;
@@ -207,7 +221,16 @@ async fn ingest_part(args: &Args) -> Result<f64> {
         // load has receipts in flight: what the broker itself does at
         // ingest's batch sizes, with no HTTP in the way.
         let same_in_flight = publish_ceiling(args.messages, args.concurrency, 1, Shape::Receipt).await?;
-        let ingest = ingest_load(args).await?;
+        // Export on, alternated with the plain run within the round.
+        for _ in variants.iter().filter(|on| **on) {
+            let ingest = ingest_load(args, true).await?;
+            println!("round {round}: ingest with trace export {}", ingest.describe(args.concurrency));
+            traced.push(ingest);
+        }
+        if !variants.contains(&false) {
+            continue;
+        }
+        let ingest = ingest_load(args, false).await?;
         println!(
             "round {round}: broker ceiling {ceiling:.0} msg/s plain, {receipt_ceiling:.0} msg/s with ingest's messages, \
              {same_in_flight:.0} msg/s with ingest's messages and window {}; \
@@ -225,6 +248,25 @@ async fn ingest_part(args: &Args) -> Result<f64> {
         receipt.push(receipt_ceiling);
         rates.push(ingest.rate);
         peak_rss_mb = peak_rss_mb.max(ingest.peak_rss_mb);
+    }
+    if !traced.is_empty() {
+        let traced_rate = median(&mut traced.iter().map(|r| r.rate).collect::<Vec<_>>());
+        let p50 = median(&mut traced.iter().map(|r| r.p50_ms).collect::<Vec<_>>());
+        let p99 = median(&mut traced.iter().map(|r| r.p99_ms).collect::<Vec<_>>());
+        let dropped: f64 = traced.iter().map(|r| r.spans_dropped).sum();
+        let rss = traced.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max);
+        println!(
+            "ingest with trace export, median: {traced_rate:.0} receipts/s, p50 {p50:.1} ms, p99 {p99:.1} ms, \
+             peak RSS {rss:.1} MB, spans dropped {dropped:.0}"
+        );
+        if rates.is_empty() {
+            return Ok(traced_rate);
+        }
+        let plain_rate = median(&mut rates.clone());
+        println!(
+            "trace export costs ingest {:.1}% of its receipts/s (medians of the same rounds)",
+            100.0 * (1.0 - traced_rate / plain_rate)
+        );
     }
     let (plain, receipt, rate) = (median(&mut plain), median(&mut receipt), median(&mut rates));
     let in_flight = median(&mut in_flight);
@@ -413,9 +455,30 @@ struct IngestResult {
     p99_ms: f64,
     errors: usize,
     peak_rss_mb: f64,
+    /// `dlr_trace_spans_dropped_total` at the end of the run.
+    spans_dropped: f64,
 }
 
-async fn ingest_load(args: &Args) -> Result<IngestResult> {
+impl IngestResult {
+    fn describe(&self, connections: usize) -> String {
+        format!(
+            "{:.0} receipts/s at {connections} connections, p50 {:.1} ms, p99 {:.1} ms, errors {}, peak RSS {:.1} MB, spans dropped {:.0}",
+            self.rate, self.p50_ms, self.p99_ms, self.errors, self.peak_rss_mb, self.spans_dropped
+        )
+    }
+}
+
+/// The local OTLP sink of the runs with trace export.
+static OTLP_SINK: std::sync::OnceLock<dlr_tests::otlp::Sink> = std::sync::OnceLock::new();
+
+/// The settings that turn trace export on: every trace sampled (no caller
+/// sends a traceparent, so each receipt starts one), to the local sink.
+fn tracing_env() -> Vec<(&'static str, String)> {
+    let Some(sink) = OTLP_SINK.get() else { return Vec::new() };
+    vec![("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()), ("OTEL_TRACES_SAMPLER", "always_on".to_owned())]
+}
+
+async fn ingest_load(args: &Args, tracing: bool) -> Result<IngestResult> {
     let topology = unique_topology();
     let port = free_port()?;
     let mut envs = topology_env(&topology);
@@ -423,6 +486,9 @@ async fn ingest_load(args: &Args) -> Result<IngestResult> {
     envs.push(("RUST_LOG", "warn".to_owned()));
     // The load is unsigned Vonage receipts.
     envs.push(("VONAGE_SIGNATURE_MODE", "off".to_owned()));
+    if tracing {
+        envs.extend(tracing_env());
+    }
     let child = spawn(args.bin_dir.join("ingest"), &envs)?;
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&reqwest::Client::new(), &format!("{base}/readyz")).await?;
@@ -478,6 +544,8 @@ async fn ingest_load(args: &Args) -> Result<IngestResult> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let peak_rss_mb = peak_rss_mb(child.0.id());
+    let metrics = reqwest::get(format!("{base}/metrics")).await?.text().await?;
+    let spans_dropped = metric_value(&metrics, "dlr_trace_spans_dropped_total", &[]);
     drop(child);
     latencies.sort_by(f64::total_cmp);
     let pick = |q: f64| percentile(&latencies, q);
@@ -487,6 +555,7 @@ async fn ingest_load(args: &Args) -> Result<IngestResult> {
         p99_ms: pick(0.99),
         errors,
         peak_rss_mb,
+        spans_dropped,
     };
     TestBroker::connect().await.cleanup(&topology, &[], &[]).await;
     Ok(result)
@@ -579,6 +648,8 @@ struct Drain {
     /// Frames the worker sent to settle deliveries, per event: how well
     /// its acks were coalesced (1.0 = one ack per delivery).
     settle_frames_per_event: Option<f64>,
+    /// `dlr_trace_spans_dropped_total` at the end (routes with `+otel`).
+    spans_dropped: f64,
 }
 
 impl Drain {
@@ -586,7 +657,15 @@ impl Drain {
         let commits = self.commits_per_event.map(|c| format!(", {c:.3} commits/event")).unwrap_or_default();
         let frames =
             self.settle_frames_per_event.map(|f| format!(", {f:.3} ack frames/event")).unwrap_or_default();
-        format!("{:.0} events/s, peak RSS {:.1} MB, {}{commits}{frames}", self.rate, self.rss_mb, self.cpu)
+        let dropped = if self.spans_dropped > 0.0 {
+            format!(", {:.0} spans dropped", self.spans_dropped)
+        } else {
+            String::new()
+        };
+        format!(
+            "{:.0} events/s, peak RSS {:.1} MB, {}{commits}{frames}{dropped}",
+            self.rate, self.rss_mb, self.cpu
+        )
     }
 }
 
@@ -722,9 +801,13 @@ fn worker_envs(
     database_url: Option<&str>,
     receiver: &BenchReceiver,
 ) -> Vec<(String, String)> {
+    let (route, tracing) = match route.strip_suffix("+otel") {
+        Some(route) => (route, tracing_env()),
+        None => (route, Vec::new()),
+    };
     let (route, order) = route.split_once('@').unwrap_or((route, "sequential"));
     let mut envs: Vec<(String, String)> =
-        topology_env(topology).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        topology_env(topology).into_iter().chain(tracing).map(|(k, v)| (k.to_owned(), v)).collect();
     envs.push(("WORKER_HANDLER_ORDER".into(), order.to_owned()));
     envs.push(("WORKER_ADDR".into(), format!("127.0.0.1:{port}")));
     envs.push(("WORKER_EVENTS_EXCHANGE".into(), format!("{}.events", topology.exchange)));
@@ -868,6 +951,12 @@ async fn worker_drain(
         let cpu_after = CpuSample::now(Some(worker.0.id()), None);
         let rss_mb = peak_rss_mb(worker.0.id());
         let settle_frames_per_event = settle_frames(&client, &metrics_url).await.map(|f| f / count as f64);
+        let spans_dropped = match client.get(&metrics_url).send().await {
+            Ok(response) => {
+                metric_value(&response.text().await.unwrap_or_default(), "dlr_trace_spans_dropped_total", &[])
+            }
+            Err(_) => 0.0,
+        };
         drop(worker);
         let (started, done_at_start, cpu_before) = first.unwrap_or((ended, 0.0, cpu_after));
         let seconds = ended.duration_since(started).as_secs_f64().max(1e-3);
@@ -879,7 +968,7 @@ async fn worker_drain(
             _ => None,
         };
         let cpu = cpu_before.describe(&cpu_after, seconds, false);
-        Ok(Drain { rate, rss_mb, cpu, commits_per_event, settle_frames_per_event })
+        Ok(Drain { rate, rss_mb, cpu, commits_per_event, settle_frames_per_event, spans_dropped })
     }
     .await;
     let mut extra_queues = retry_queues(&topology);
