@@ -14,33 +14,19 @@ use base64::engine::general_purpose::STANDARD;
 use dlr_shared::amqp::header_str;
 use dlr_tests::binaries::Running;
 use dlr_tests::otlp::{CollectedSpan, Collector, Silent};
-use dlr_tests::receiver::{Received, Receiver, Script};
+use dlr_tests::receiver::{EndpointsFile, Received, Receiver, Script};
 use dlr_tests::{TestApp, eventually, metric_value, vonage_form};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const WITHIN: Duration = Duration::from_secs(30);
 
-/// The endpoints file naming one webhook endpoint, removed on drop.
-struct EndpointsFile(PathBuf);
-
-impl EndpointsFile {
-    fn pointing_to(receiver: &Receiver) -> Self {
-        let secret = format!("whsec_{}", STANDARD.encode(uuid::Uuid::new_v4().as_bytes()));
-        let body = format!(
-            "[[endpoints]]\nname = \"crm\"\nurl = {:?}\nsecrets = [{secret:?}]\n",
-            receiver.url("/hook")
-        );
-        let path = std::env::temp_dir().join(format!("dlr-traces-{}.toml", uuid::Uuid::new_v4()));
-        std::fs::write(&path, body).expect("write the endpoints file");
-        Self(path)
-    }
-}
-
-impl Drop for EndpointsFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
+/// The endpoints file naming one webhook endpoint, `crm`, at `receiver`.
+fn endpoints_for(receiver: &Receiver) -> EndpointsFile {
+    let secret = format!("whsec_{}", STANDARD.encode(uuid::Uuid::new_v4().as_bytes()));
+    EndpointsFile::write(&format!(
+        "[[endpoints]]\nname = \"crm\"\nurl = {:?}\nsecrets = [{secret:?}]\n",
+        receiver.url("/hook")
+    ))
 }
 
 /// Ingest and worker processes on the test's topology.
@@ -63,7 +49,7 @@ impl Pipeline {
         extra: &[(&'static str, String)],
         worker_extra: &[(&'static str, String)],
     ) -> Self {
-        let endpoints = EndpointsFile::pointing_to(receiver);
+        let endpoints = endpoints_for(receiver);
         let ingest_addr = format!("127.0.0.1:{}", dlr_tests::free_port().expect("a free port"));
         let worker_addr = format!("127.0.0.1:{}", dlr_tests::free_port().expect("a free port"));
         let mut common = app.topology_env();

@@ -11,11 +11,9 @@
 //! one endpoint failed never re-sends to another endpoint that succeeded.
 
 use dlr_shared::amqp::{PublishError, Publisher, header_str, header_u64};
-use dlr_shared::telemetry::SPAN_TARGET;
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use tracing::Instrument;
-use tracing::field::Empty;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -242,19 +240,7 @@ pub async fn publish_to_own_queue(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<(), PublishError> {
-    let span = tracing::info_span!(
-        target: SPAN_TARGET,
-        "publish",
-        otel.name = Empty,
-        otel.kind = "producer",
-        otel.status_code = Empty,
-        messaging.system = "rabbitmq",
-        messaging.operation.type = "send",
-        messaging.destination.name = queue,
-    );
-    if !span.is_disabled() {
-        span.record("otel.name", format!("send {queue}"));
-    }
+    let span = dlr_shared::telemetry::spans::publish(queue);
     let properties = span.in_scope(|| with_current_trace(properties));
     let result = publisher.publish("", queue, body, properties).instrument(span.clone()).await;
     if let Err(PublishError::Returned { .. }) = &result {

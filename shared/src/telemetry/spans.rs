@@ -7,11 +7,9 @@ use tracing::field::Empty;
 use super::SPAN_TARGET;
 use crate::event::ReceiptEvent;
 
-/// The publish of receipt events to the broker, confirm wait included
-/// (OpenTelemetry's messaging conventions: a producer span). The events'
-/// ids, provider and outcome go on it, and on the current span when that
-/// declares them (ingest's request span).
-pub fn receipt_publish(exchange: &str, events: &[ReceiptEvent]) -> Span {
+/// A publish to the broker, confirm wait included (OpenTelemetry's
+/// messaging conventions: a producer span named `send <destination>`).
+pub fn publish(destination: &str) -> Span {
     let span = tracing::info_span!(
         target: SPAN_TARGET,
         "publish",
@@ -20,16 +18,27 @@ pub fn receipt_publish(exchange: &str, events: &[ReceiptEvent]) -> Span {
         otel.status_code = Empty,
         messaging.system = "rabbitmq",
         messaging.operation.type = "send",
-        messaging.destination.name = exchange,
-        messaging.batch.message_count = events.len(),
+        messaging.destination.name = destination,
+        messaging.batch.message_count = Empty,
         dlr.event_id = Empty,
         dlr.provider = Empty,
         dlr.outcome = Empty,
     );
+    if !span.is_disabled() {
+        span.record("otel.name", format!("send {destination}"));
+    }
+    span
+}
+
+/// [`publish`] of receipt events: their ids, provider and outcome go on
+/// it, and on the current span when that declares them (ingest's request
+/// span).
+pub fn receipt_publish(exchange: &str, events: &[ReceiptEvent]) -> Span {
+    let span = publish(exchange);
     if span.is_disabled() {
         return span;
     }
-    span.record("otel.name", format!("send {exchange}"));
+    span.record("messaging.batch.message_count", events.len());
     let (ids, provider, outcome) = describe(events);
     let parent = Span::current();
     for span in [&span, &parent] {
