@@ -31,5 +31,6 @@ mod senders;
 mod signatures;
 mod startup_errors;
 mod topology_errors;
+mod traces;
 mod webhooks;
 mod worker;

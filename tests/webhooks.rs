@@ -13,7 +13,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use dlr_shared::ReceiptEvent;
 use dlr_shared::amqp::header_str;
-use dlr_tests::receiver::{Received, Receiver, Script};
+use dlr_tests::receiver::{EndpointsFile, Received, Receiver, Script};
 use dlr_tests::{TestApp, TestIngest, TestWorker, eventually, metric_value, retry_queues, vonage_form};
 use dlr_worker::config::ParkedSelection;
 use dlr_worker::parked::{self, ParkedEntry};
@@ -28,23 +28,6 @@ const WITHIN: Duration = Duration::from_secs(30);
 /// A fresh Standard Webhooks secret.
 fn new_secret() -> String {
     format!("whsec_{}", STANDARD.encode(uuid::Uuid::new_v4().as_bytes()))
-}
-
-/// An endpoints file with `body`, removed on drop.
-struct EndpointsFile(PathBuf);
-
-impl EndpointsFile {
-    fn write(body: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("dlr-webhooks-{}.toml", uuid::Uuid::new_v4()));
-        std::fs::write(&path, body).expect("write the endpoints file");
-        Self(path)
-    }
-}
-
-impl Drop for EndpointsFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// One `[[endpoints]]` table.

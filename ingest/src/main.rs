@@ -27,7 +27,14 @@ async fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    dlr_shared::telemetry::init(&config.log).context("setting up logging")?;
+    let telemetry = dlr_shared::telemetry::init(&config.log, &config.tracing, "dlr-ingest")
+        .context("setting up logging and tracing")?;
+    let result = serve(config).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let app = Application::build(config).await.context("starting ingest")?;
     tracing::info!(addr = %app.local_addr().context("reading the bound address")?, "ingest listening");
     let shutdown = dlr_shared::shutdown::on_signal();

@@ -20,9 +20,13 @@ pub const LONG_LATENCY_BUCKETS: &[f64] = &[
     86400.0, 259200.0,
 ];
 
-/// Creates a registry with process metrics (CPU, RSS, open fds) registered.
+/// Creates a registry with process metrics (CPU, RSS, open fds) and the
+/// process's dropped-spans counter (`dlr_trace_spans_dropped_total`, see
+/// [`crate::telemetry`]) registered.
 pub fn new_registry() -> Registry {
     let registry = Registry::new();
+    // Registration fails only on a duplicate name, impossible on a fresh registry.
+    let _ = registry.register(Box::new(crate::telemetry::spans_dropped()));
     #[cfg(target_os = "linux")]
     {
         // Registration fails only on a duplicate name, impossible on a fresh registry.

@@ -80,51 +80,80 @@ pub fn run(name: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
 /// `wanted` or `within` passes, then stops it with SIGTERM (SIGKILL if it
 /// does not exit) and returns everything it printed.
 pub async fn run_until(name: &str, env: &[(&str, &str)], wanted: &str, within: Duration) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut child = tokio::process::Command::new(binary(name))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        panic!("{name}: output not captured");
-    };
-    let collected = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = collected.clone();
-    let reader = tokio::spawn(async move {
-        let (mut out, mut err) = ([0u8; 4096], [0u8; 4096]);
-        let (mut out_open, mut err_open) = (true, true);
-        while out_open || err_open {
-            let read = tokio::select! {
-                n = stdout.read(&mut out), if out_open => n.map(|n| (n, true)),
-                n = stderr.read(&mut err), if err_open => n.map(|n| (n, false)),
-            };
-            match read {
-                Ok((0, true)) | Err(_) => out_open = false,
-                Ok((0, false)) => err_open = false,
-                Ok((n, from_stdout)) => {
-                    let bytes = if from_stdout { &out[..n] } else { &err[..n] };
-                    if let Ok(mut text) = sink.lock() {
-                        text.push_str(&String::from_utf8_lossy(bytes));
+    let env: Vec<(&str, String)> = env.iter().map(|(k, v)| (*k, (*v).to_owned())).collect();
+    let running = Running::start(name, &env);
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline && !running.output().contains(wanted) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.stop(Duration::from_secs(10)).await.1
+}
+
+/// A binary running in the background with its output collected, for
+/// tests that talk to it while it runs (see [`Running::start`]).
+pub struct Running {
+    child: tokio::process::Child,
+    output: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts `name` with exactly `env` (plus PATH).
+    pub fn start(name: &str, env: &[(&str, String)]) -> Self {
+        use tokio::io::AsyncReadExt;
+        let mut child = tokio::process::Command::new(binary(name))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+            panic!("{name}: output not captured");
+        };
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = output.clone();
+        let reader = tokio::spawn(async move {
+            let (mut out, mut err) = ([0u8; 4096], [0u8; 4096]);
+            let (mut out_open, mut err_open) = (true, true);
+            while out_open || err_open {
+                let read = tokio::select! {
+                    n = stdout.read(&mut out), if out_open => n.map(|n| (n, true)),
+                    n = stderr.read(&mut err), if err_open => n.map(|n| (n, false)),
+                };
+                match read {
+                    Ok((0, true)) | Err(_) => out_open = false,
+                    Ok((0, false)) => err_open = false,
+                    Ok((n, from_stdout)) => {
+                        let bytes = if from_stdout { &out[..n] } else { &err[..n] };
+                        if let Ok(mut text) = sink.lock() {
+                            text.push_str(&String::from_utf8_lossy(bytes));
+                        }
                     }
                 }
             }
+        });
+        Self { child, output, reader }
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// SIGTERM, then SIGKILL after `within`; returns whether it exited in
+    /// time and everything it printed.
+    pub async fn stop(mut self, within: Duration) -> (bool, String) {
+        if let Some(pid) = self.child.id() {
+            let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
         }
-    });
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline && !collected.lock().is_ok_and(|t| t.contains(wanted)) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let exited = tokio::time::timeout(within, self.child.wait()).await.is_ok();
+        if !exited {
+            let _ = self.child.kill().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
+        (exited, self.output())
     }
-    if let Some(pid) = child.id() {
-        let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-    }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-        let _ = child.kill().await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
-    collected.lock().map(|t| t.clone()).unwrap_or_default()
 }

@@ -11,6 +11,7 @@ pub mod binaries;
 pub mod broker;
 pub mod corpus;
 pub mod one_ingest;
+pub mod otlp;
 pub mod proxy;
 pub mod receiver;
 pub mod samples;

@@ -159,3 +159,22 @@ async fn record(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -
 async fn landing_page() -> &'static str {
     "maintenance"
 }
+
+/// A webhook endpoints file (`WORKER_WEBHOOKS_FILE`) with a given body,
+/// removed on drop.
+pub struct EndpointsFile(pub std::path::PathBuf);
+
+impl EndpointsFile {
+    /// Writes `body` to a fresh file in the temporary directory.
+    pub fn write(body: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("dlr-webhooks-{}.toml", uuid::Uuid::new_v4()));
+        std::fs::write(&path, body).expect("write the endpoints file");
+        Self(path)
+    }
+}
+
+impl Drop for EndpointsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

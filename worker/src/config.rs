@@ -312,6 +312,9 @@ pub struct Config {
     /// Logging.
     #[command(flatten)]
     pub log: LogConfig,
+    /// Trace export (OpenTelemetry's `OTEL_*` variables).
+    #[command(flatten)]
+    pub tracing: dlr_shared::telemetry::TracingConfig,
 }
 
 /// A configuration that cannot work.

@@ -15,6 +15,7 @@
 
 use dlr_shared::ReceiptEvent;
 use dlr_shared::amqp::{BrokerConnection, PROBE_MESSAGE_TYPE, PublishError, Publisher, Topology};
+use dlr_shared::telemetry::{SPAN_TARGET, TraceHeaders, continued};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
@@ -25,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::field::Empty;
 
 use crate::acks::{Settler, SettlerTask};
 use crate::dispatch::{Decision, Dispatcher};
@@ -330,6 +332,41 @@ async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> Settlement {
         ctx.metrics.probes_dropped.inc();
         return Settlement::Ack;
     }
+    // The delivery continues the trace its message names: ingest's publish
+    // on a first attempt, the previous attempt's retry publish after that.
+    let incoming = TraceHeaders::from_amqp(delivery.properties.headers().as_ref());
+    let span = tracing::info_span!(
+        target: SPAN_TARGET,
+        "process",
+        otel.name = Empty,
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = %ctx.topology.queue,
+        messaging.message.redelivered = delivery.redelivered,
+        dlr.attempt = Empty,
+        dlr.event_id = Empty,
+        dlr.provider = Empty,
+        dlr.outcome = Empty,
+        dlr.settlement = Empty,
+    );
+    if !span.is_disabled() {
+        span.record("otel.name", format!("process {}", ctx.topology.queue));
+    }
+    let settlement = continued(span.clone(), incoming, settle_event(ctx, delivery)).await;
+    if !span.is_disabled() {
+        let word = match &settlement {
+            Settlement::Ack => "ack",
+            Settlement::Requeue(_) => "requeue",
+        };
+        span.record("dlr.settlement", word);
+    }
+    settlement
+}
+
+/// [`settle`] for a receipt message, inside its delivery span.
+async fn settle_event(ctx: &ConsumerContext, delivery: &Delivery) -> Settlement {
     let mut progress = Progress::of(&delivery.properties);
     if delivery.redelivered
         && let Some(id) = delivery.properties.message_id()
@@ -352,6 +389,11 @@ async fn settle(ctx: &ConsumerContext, delivery: &Delivery) -> Settlement {
             return park(ctx, delivery, &park_note).await;
         }
     };
+    let span = tracing::Span::current();
+    span.record("dlr.attempt", attempt);
+    span.record("dlr.event_id", event.event_id.as_str());
+    span.record("dlr.provider", event.provider.as_str());
+    span.record("dlr.outcome", event.outcome.as_str());
     let requeue_keeping = |done: Vec<_>| Settlement::Requeue(Progress { attempt, done });
     let event = ctx.metrics.analytics.enrich(event);
     if attempt == 1 && done.is_empty() {

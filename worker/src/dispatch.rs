@@ -10,10 +10,13 @@
 //! remaining window (a crash after a success, before the ack).
 
 use dlr_shared::ReceiptEvent;
+use dlr_shared::telemetry::SPAN_TARGET;
 use futures_util::future::join_all;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
+use tracing::field::Empty;
 
 use crate::config::{HandlerOrder, RouteTable};
 use crate::envelope::Step;
@@ -144,7 +147,12 @@ impl Dispatcher {
         attempt: u32,
         done: &mut Vec<Step>,
     ) -> Vec<Failed> {
-        let results = join_all(work.iter().map(|&w| self.call(w, event, attempt))).await;
+        let results = join_all(work.iter().map(|&w| {
+            let span = step_span(w);
+            let call = self.call(w, event, attempt, span.clone());
+            call.instrument(span)
+        }))
+        .await;
         let mut failures = Vec::new();
         for (w, (result, retry_after)) in work.iter().zip(results) {
             match result {
@@ -161,6 +169,7 @@ impl Dispatcher {
         work: Work<'_>,
         event: &ReceiptEvent,
         attempt: u32,
+        span: tracing::Span,
     ) -> (Result<(), HandlerError>, Option<Duration>) {
         let started = Instant::now();
         let (result, retry_after) = match work {
@@ -178,6 +187,10 @@ impl Dispatcher {
             Err(error) => error.result().into(),
         };
         self.metrics.handler_results.with_label_values(&[kind, label]).inc();
+        span.record("dlr.result", label);
+        if result.is_err() {
+            dlr_shared::telemetry::spans::failed(&span);
+        }
         if let Err(error) = &result {
             tracing::warn!(event_id = %event.event_id, handler = %step, attempt, %error, "handler failed");
         }
@@ -220,6 +233,27 @@ impl Dispatcher {
         };
         Decision::Park(Park { reason, handler: Some(step), attempts: attempt, done, error })
     }
+}
+
+/// The span of one step: a webhook call is a client span, the amqp
+/// handler's publish a producer span, the others internal work.
+fn step_span(work: Work<'_>) -> tracing::Span {
+    let step = work.step();
+    let kind = match step {
+        Step::Endpoint(_) => "client",
+        Step::Handler(HandlerKind::Amqp) => "producer",
+        Step::Handler(_) => "internal",
+    };
+    tracing::info_span!(
+        target: SPAN_TARGET,
+        "handler",
+        otel.name = step.as_str(),
+        otel.kind = kind,
+        otel.status_code = Empty,
+        dlr.handler = step.handler().as_str(),
+        dlr.step = step.as_str(),
+        dlr.result = Empty,
+    )
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 use dlr_shared::amqp::{PublishError, Publisher, header_str, header_u64};
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
+use tracing::Instrument;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -229,17 +230,34 @@ fn is_broker_history_header(name: &str) -> bool {
 /// Publishes to one of the worker's own queues (a delay queue, the parking
 /// lot). They must exist; a return means someone deleted one, so the
 /// topology is declared again before the caller's next try.
+///
+/// Traced as a producer span whose context replaces the message's: the
+/// next attempt (or a replay from the parking lot) is then its child, in
+/// the same trace as every attempt before it.
 pub async fn publish_to_own_queue(
     publisher: &Publisher,
     queue: &str,
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<(), PublishError> {
-    let result = publisher.publish("", queue, body, properties).await;
+    let span = dlr_shared::telemetry::spans::publish(queue);
+    let properties = span.in_scope(|| with_current_trace(properties));
+    let result = publisher.publish("", queue, body, properties).instrument(span.clone()).await;
     if let Err(PublishError::Returned { .. }) = &result {
         publisher.broker().request_redeclare();
     }
+    if result.is_err() {
+        dlr_shared::telemetry::spans::failed(&span);
+    }
     result
+}
+
+/// `properties` carrying the current trace context (unchanged without one).
+fn with_current_trace(properties: BasicProperties) -> BasicProperties {
+    let Some(trace) = dlr_shared::telemetry::context::current() else { return properties };
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    trace.insert_into_amqp(&mut headers);
+    properties.with_headers(headers)
 }
 
 #[cfg(test)]

@@ -42,8 +42,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let telemetry = dlr_shared::telemetry::init(&cli.config.log, &cli.config.tracing, "dlr-worker")
+        .context("setting up logging and tracing")?;
+    let result = command(cli).await;
+    telemetry.shutdown().await;
+    result
+}
+
+async fn command(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config;
-    dlr_shared::telemetry::init(&config.log).context("setting up logging")?;
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => {
             let app = Application::build(config).await.context("starting the worker")?;

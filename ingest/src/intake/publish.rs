@@ -19,6 +19,7 @@ use dlr_shared::telemetry::LogEvery;
 use dlr_shared::{EventId, Outcome, Provider};
 use serde::Serialize;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use crate::error::IngestError;
 use crate::intake::{Authenticity, WebhookRequest, quarantine, refuse};
@@ -101,8 +102,18 @@ pub(super) async fn store(
 }
 
 /// Publishes the events of one request, in order, and waits for every
-/// confirm: `Ok` only if every one of them is stored.
+/// confirm: `Ok` only if every one of them is stored. Traced as one publish
+/// span, whose context the messages carry to the worker.
 pub(crate) async fn publish_all(state: &AppState, events: &[ReceiptEvent]) -> Result<(), IngestError> {
+    let span = dlr_shared::telemetry::spans::receipt_publish(&state.topology.exchange, events);
+    let result = publish_confirmed(state, events).instrument(span.clone()).await;
+    if result.is_err() {
+        dlr_shared::telemetry::spans::failed(&span);
+    }
+    result
+}
+
+async fn publish_confirmed(state: &AppState, events: &[ReceiptEvent]) -> Result<(), IngestError> {
     let bodies: Vec<Vec<u8>> = events.iter().map(ReceiptEvent::to_json).collect();
     let messages: Vec<Outgoing<'_>> = events
         .iter()

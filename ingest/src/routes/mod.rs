@@ -3,6 +3,7 @@
 
 mod health;
 mod http_metrics;
+mod trace_context;
 mod webhooks;
 
 pub use webhooks::BATCH_BODY_LIMIT_BYTES;
@@ -22,6 +23,7 @@ use crate::error::RETRY_AFTER_SECONDS;
 use crate::providers::Served;
 use crate::state::AppState;
 use http_metrics::HttpMetricsLayer;
+use trace_context::TraceContextLayer;
 
 /// Router settings that come from configuration.
 #[derive(Debug, Clone, Copy)]
@@ -56,13 +58,15 @@ pub fn router(state: AppState, served: &[Served], limits: RouterLimits) -> Route
     let webhooks = webhooks::router(served, false)
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(RequestBodyLimitLayer::new(limits.body_limit_bytes))
-        .layer(load_shedding.clone());
+        .layer(load_shedding.clone())
+        .layer(TraceContextLayer);
     // Infobip and Sinch `full` batch up to 100 reports per request.
     let batch_limit = limits.body_limit_bytes.max(BATCH_BODY_LIMIT_BYTES);
     let batch_webhooks = webhooks::router(served, true)
         .layer(DefaultBodyLimit::max(batch_limit))
         .layer(RequestBodyLimitLayer::new(batch_limit))
-        .layer(load_shedding);
+        .layer(load_shedding)
+        .layer(TraceContextLayer);
 
     // No whole-request timeout layer: it would also cut the confirm wait and
     // answer 408 (final for a provider) for a receipt the broker may yet

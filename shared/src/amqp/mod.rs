@@ -23,11 +23,18 @@ use crate::event::ReceiptEvent;
 /// deterministic event id as `message_id` (so a provider's retry carries the
 /// same id) and provider/outcome headers for routing and inspection without
 /// parsing the body. Ingest publishes with exactly these properties.
+///
+/// The trace context of the caller goes along as W3C `traceparent` and
+/// `tracestate` headers (see [`crate::telemetry::context`]), so the
+/// consumer's work joins the publisher's trace.
 pub fn receipt_properties(event: &ReceiptEvent) -> BasicProperties {
     let mut headers = FieldTable::default();
     insert_str(&mut headers, "x-provider", event.provider.as_str());
     insert_str(&mut headers, "x-outcome", event.outcome.as_str());
     insert_str(&mut headers, "x-authenticity", event.authenticity.map_or("unknown", |a| a.as_str()));
+    if let Some(trace) = crate::telemetry::context::current() {
+        trace.insert_into_amqp(&mut headers);
+    }
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())

@@ -19,6 +19,8 @@ pub(crate) async fn ingest_part(args: &Args) -> Result<f64> {
     // the same machine: plain messages, and exactly ingest's messages.
     let (mut plain, mut receipt, mut in_flight, mut rates) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut peak_rss_mb: f64 = 0.0;
+    let variants: Vec<bool> = args.ingest_tracing.split(',').map(|v| v.trim() == "on").collect();
+    let mut traced: Vec<IngestResult> = Vec::new();
     for round in 1..=args.rounds.max(1) {
         let ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Plain).await?;
         let receipt_ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Receipt).await?;
@@ -26,7 +28,16 @@ pub(crate) async fn ingest_part(args: &Args) -> Result<f64> {
         // load has receipts in flight: what the broker itself does at
         // ingest's batch sizes, with no HTTP in the way.
         let same_in_flight = publish_ceiling(args.messages, args.concurrency, 1, Shape::Receipt).await?;
-        let ingest = ingest_load(args).await?;
+        // Export on, alternated with the plain run within the round.
+        for _ in variants.iter().filter(|on| **on) {
+            let ingest = ingest_load(args, true).await?;
+            println!("round {round}: ingest with trace export {}", ingest.describe(args.concurrency));
+            traced.push(ingest);
+        }
+        if !variants.contains(&false) {
+            continue;
+        }
+        let ingest = ingest_load(args, false).await?;
         println!(
             "round {round}: broker ceiling {ceiling:.0} msg/s plain, {receipt_ceiling:.0} msg/s with ingest's messages, \
              {same_in_flight:.0} msg/s with ingest's messages and window {}; \
@@ -44,6 +55,25 @@ pub(crate) async fn ingest_part(args: &Args) -> Result<f64> {
         receipt.push(receipt_ceiling);
         rates.push(ingest.rate);
         peak_rss_mb = peak_rss_mb.max(ingest.peak_rss_mb);
+    }
+    if !traced.is_empty() {
+        let traced_rate = median(&mut traced.iter().map(|r| r.rate).collect::<Vec<_>>());
+        let p50 = median(&mut traced.iter().map(|r| r.p50_ms).collect::<Vec<_>>());
+        let p99 = median(&mut traced.iter().map(|r| r.p99_ms).collect::<Vec<_>>());
+        let dropped: f64 = traced.iter().map(|r| r.spans_dropped).sum();
+        let rss = traced.iter().map(|r| r.peak_rss_mb).fold(0.0, f64::max);
+        println!(
+            "ingest with trace export, median: {traced_rate:.0} receipts/s, p50 {p50:.1} ms, p99 {p99:.1} ms, \
+             peak RSS {rss:.1} MB, spans dropped {dropped:.0}"
+        );
+        if rates.is_empty() {
+            return Ok(traced_rate);
+        }
+        let plain_rate = median(&mut rates.clone());
+        println!(
+            "trace export costs ingest {:.1}% of its receipts/s (medians of the same rounds)",
+            100.0 * (1.0 - traced_rate / plain_rate)
+        );
     }
     let (plain, receipt, rate) = (median(&mut plain), median(&mut receipt), median(&mut rates));
     let in_flight = median(&mut in_flight);
@@ -73,9 +103,20 @@ pub(crate) struct IngestResult {
     p99_ms: f64,
     pub(crate) errors: usize,
     pub(crate) peak_rss_mb: f64,
+    /// `dlr_trace_spans_dropped_total` at the end of the run.
+    spans_dropped: f64,
 }
 
-pub(crate) async fn ingest_load(args: &Args) -> Result<IngestResult> {
+impl IngestResult {
+    fn describe(&self, connections: usize) -> String {
+        format!(
+            "{:.0} receipts/s at {connections} connections, p50 {:.1} ms, p99 {:.1} ms, errors {}, peak RSS {:.1} MB, spans dropped {:.0}",
+            self.rate, self.p50_ms, self.p99_ms, self.errors, self.peak_rss_mb, self.spans_dropped
+        )
+    }
+}
+
+pub(crate) async fn ingest_load(args: &Args, tracing: bool) -> Result<IngestResult> {
     let topology = unique_topology();
     let port = free_port()?;
     let mut envs = topology_env(&topology);
@@ -83,6 +124,9 @@ pub(crate) async fn ingest_load(args: &Args) -> Result<IngestResult> {
     envs.push(("RUST_LOG", "warn".to_owned()));
     // The load is unsigned Vonage receipts.
     envs.push(("VONAGE_SIGNATURE_MODE", "off".to_owned()));
+    if tracing {
+        envs.extend(tracing_env());
+    }
     let child = spawn(args.bin_dir.join("ingest"), &envs)?;
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&reqwest::Client::new(), &format!("{base}/readyz")).await?;
@@ -138,6 +182,8 @@ pub(crate) async fn ingest_load(args: &Args) -> Result<IngestResult> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let peak_rss_mb = peak_rss_mb(child.0.id());
+    let metrics = reqwest::get(format!("{base}/metrics")).await?.text().await?;
+    let spans_dropped = metric_value(&metrics, "dlr_trace_spans_dropped_total", &[]);
     drop(child);
     latencies.sort_by(f64::total_cmp);
     let pick = |q: f64| percentile(&latencies, q);
@@ -147,6 +193,7 @@ pub(crate) async fn ingest_load(args: &Args) -> Result<IngestResult> {
         p99_ms: pick(0.99),
         errors,
         peak_rss_mb,
+        spans_dropped,
     };
     TestBroker::connect().await.cleanup(&topology, &[], &[]).await;
     Ok(result)

@@ -25,7 +25,9 @@ use clap::Parser;
 use dlr_shared::ReceiptEvent;
 use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
 use dlr_shared::amqp::{Topology, receipt_properties};
-use dlr_tests::{TestBroker, TestDatabase, amqp_url, free_port, percentile, unique_topology, vonage_form};
+use dlr_tests::{
+    TestBroker, TestDatabase, amqp_url, free_port, metric_value, percentile, unique_topology, vonage_form,
+};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -107,12 +109,28 @@ struct Args {
     /// Skip the end-to-end run.
     #[arg(long)]
     no_end_to_end: bool,
+    /// Trace export of the ingest runs, comma-separated, each round runs
+    /// every one in turn: `off`, or `on` (OTLP to a local sink, every
+    /// request traced). A route ending in `+otel` runs the worker with
+    /// export on the same way.
+    #[arg(long, default_value = "off")]
+    ingest_tracing: String,
     /// Connections of the end-to-end load. Each sends its share of the
     /// schedule one request at a time, so the load stays open-loop only while
     /// a request takes less than connections / rate: too few, and a slow
     /// ingest slows the load down instead of queueing it.
     #[arg(long, default_value_t = 256)]
     end_to_end_connections: usize,
+}
+
+/// The local OTLP sink of the runs with trace export.
+static OTLP_SINK: std::sync::OnceLock<dlr_tests::otlp::Sink> = std::sync::OnceLock::new();
+
+/// The settings that turn trace export on: every trace sampled (no caller
+/// sends a traceparent, so each receipt starts one), to the local sink.
+fn tracing_env() -> Vec<(&'static str, String)> {
+    let Some(sink) = OTLP_SINK.get() else { return Vec::new() };
+    vec![("OTEL_EXPORTER_OTLP_ENDPOINT", sink.endpoint()), ("OTEL_TRACES_SAMPLER", "always_on".to_owned())]
 }
 
 fn parse_env(value: &str) -> Result<(String, String), String> {
@@ -127,6 +145,12 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(urls) = &args.amqp_url {
         dlr_tests::set_amqp_urls(urls);
+    }
+    let exporting = args.ingest_tracing.split(',').any(|v| v.trim() == "on") || args.routes.contains("+otel");
+    if exporting {
+        let sink = dlr_tests::otlp::Sink::start().await?;
+        println!("trace export to a local OTLP sink at {}", sink.endpoint());
+        let _ = OTLP_SINK.set(sink);
     }
     let mut ingest_max = args.ingest_max;
     if !args.worker_only {
@@ -173,7 +197,7 @@ async fn main() -> Result<()> {
 
     if !args.no_end_to_end {
         if ingest_max <= 0.0 {
-            ingest_max = ingest_load(&args).await?.rate;
+            ingest_max = ingest_load(&args, false).await?.rate;
             println!("ingest maximum (one run): {ingest_max:.0} receipts/s");
         }
         for order in args.end_to_end_orders.split(',').map(str::trim).filter(|o| !o.is_empty()) {

@@ -24,6 +24,8 @@ pub(crate) struct Drain {
     /// Frames the worker sent to settle deliveries, per event: how well
     /// its acks were coalesced (1.0 = one ack per delivery).
     pub(crate) settle_frames_per_event: Option<f64>,
+    /// `dlr_trace_spans_dropped_total` at the end (routes with `+otel`).
+    pub(crate) spans_dropped: f64,
 }
 
 impl Drain {
@@ -31,7 +33,15 @@ impl Drain {
         let commits = self.commits_per_event.map(|c| format!(", {c:.3} commits/event")).unwrap_or_default();
         let frames =
             self.settle_frames_per_event.map(|f| format!(", {f:.3} ack frames/event")).unwrap_or_default();
-        format!("{:.0} events/s, peak RSS {:.1} MB, {}{commits}{frames}", self.rate, self.rss_mb, self.cpu)
+        let dropped = if self.spans_dropped > 0.0 {
+            format!(", {:.0} spans dropped", self.spans_dropped)
+        } else {
+            String::new()
+        };
+        format!(
+            "{:.0} events/s, peak RSS {:.1} MB, {}{commits}{frames}{dropped}",
+            self.rate, self.rss_mb, self.cpu
+        )
     }
 }
 
@@ -57,9 +67,13 @@ pub(crate) fn worker_envs(
     database_url: Option<&str>,
     receiver: &BenchReceiver,
 ) -> Vec<(String, String)> {
+    let (route, tracing) = match route.strip_suffix("+otel") {
+        Some(route) => (route, tracing_env()),
+        None => (route, Vec::new()),
+    };
     let (route, order) = route.split_once('@').unwrap_or((route, "sequential"));
     let mut envs: Vec<(String, String)> =
-        topology_env(topology).into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        topology_env(topology).into_iter().chain(tracing).map(|(k, v)| (k.to_owned(), v)).collect();
     envs.push(("WORKER_HANDLER_ORDER".into(), order.to_owned()));
     envs.push(("WORKER_ADDR".into(), format!("127.0.0.1:{port}")));
     envs.push(("WORKER_EVENTS_EXCHANGE".into(), format!("{}.events", topology.exchange)));
@@ -203,6 +217,12 @@ pub(crate) async fn worker_drain(
         let cpu_after = CpuSample::now(Some(worker.0.id()), None);
         let rss_mb = peak_rss_mb(worker.0.id());
         let settle_frames_per_event = settle_frames(&client, &metrics_url).await.map(|f| f / count as f64);
+        let spans_dropped = match client.get(&metrics_url).send().await {
+            Ok(response) => {
+                metric_value(&response.text().await.unwrap_or_default(), "dlr_trace_spans_dropped_total", &[])
+            }
+            Err(_) => 0.0,
+        };
         drop(worker);
         let (started, done_at_start, cpu_before) = first.unwrap_or((ended, 0.0, cpu_after));
         let seconds = ended.duration_since(started).as_secs_f64().max(1e-3);
@@ -214,7 +234,7 @@ pub(crate) async fn worker_drain(
             _ => None,
         };
         let cpu = cpu_before.describe(&cpu_after, seconds, false);
-        Ok(Drain { rate, rss_mb, cpu, commits_per_event, settle_frames_per_event })
+        Ok(Drain { rate, rss_mb, cpu, commits_per_event, settle_frames_per_event, spans_dropped })
     }
     .await;
     let mut extra_queues = retry_queues(&topology);

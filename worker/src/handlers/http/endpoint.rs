@@ -150,17 +150,21 @@ impl Endpoint {
         let timestamp = chrono::Utc::now().timestamp();
         let signature = self.spec.keys.signature_header(event.event_id.as_str(), timestamp, &body);
         let started = Instant::now();
-        let sent = self
+        let mut request = self
             .client
             .post(self.spec.url.clone())
             .timeout(self.spec.timeout)
             .header("content-type", "application/json")
             .header("webhook-id", event.event_id.as_str())
             .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(body)
-            .send()
-            .await;
+            .header("webhook-signature", signature);
+        // W3C trace context, so the receiver's trace joins this event's.
+        if let Some(trace) = dlr_shared::telemetry::context::current() {
+            for (name, value) in trace.pairs() {
+                request = request.header(name, value);
+            }
+        }
+        let sent = request.body(body).send().await;
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
         let attempt = match sent {
             // Connect errors, timeouts, resets: the receiver may be back soon.
