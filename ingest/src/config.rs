@@ -48,12 +48,10 @@ pub struct Config {
     /// (providers retry 429) instead of queueing unbounded work.
     #[arg(long = "max-concurrency", env = "INGEST_MAX_CONCURRENCY", default_value_t = 1024)]
     pub max_concurrency: usize,
-    /// Broker channels publishing at once, each carrying one group of
-    /// receipts at a time (a group stands or falls together, which is what
-    /// keeps a return from being taken for another receipt's); receipts
-    /// arriving while all are busy join the next group, within the confirm
-    /// timeout.
-    #[arg(long = "publish-channels", env = "INGEST_PUBLISH_CHANNELS", default_value_t = 16, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=2000), usize::from))]
+    /// Receipts being published at once, each on its own broker channel (one
+    /// publish per channel is what attributes every return to its own
+    /// receipt); further receipts wait for a channel within the confirm timeout.
+    #[arg(long = "publish-channels", env = "INGEST_PUBLISH_CHANNELS", default_value_t = 128, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=2000), usize::from))]
     pub publish_channels: usize,
     /// How long this pod stays ready after losing its broker connection. A
     /// blocked connection (broker-wide alarm) never makes it unready.

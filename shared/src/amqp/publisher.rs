@@ -7,35 +7,24 @@
 //! Confirms" in <https://www.rabbitmq.com/docs/confirms>), a closed channel,
 //! or no confirm in time.
 //!
-//! # Exact attribution: one group in flight per channel
+//! # One publish in flight per channel
 //!
 //! lapin hands the oldest waiting `basic.return` of a channel to whichever
 //! confirm it completes next, and completes the confirms of a multiple ack
-//! in no particular order. With several independent publishes in flight on
-//! one channel, a return can therefore land on another publish's confirm,
-//! and the returned publish's own confirm can come back as a plain ack: a
-//! message that reached no queue would be reported as stored, and a stored
-//! one as returned (the amqp handler would publish it again: a duplicate).
+//! in no particular order. With several publishes in flight on one channel,
+//! a return can therefore land on another publish's confirm, and the
+//! returned publish's own confirm can come back as a plain ack: a message
+//! that reached no queue would be reported as stored, and a stored one as
+//! returned (the amqp handler would publish it again: a duplicate).
 //!
-//! So a channel here carries one *group* at a time, and a group stands or
-//! falls together: a return (or nack) anywhere in it fails every request in
-//! it. The broker sends a message's return before its ack, so when a
-//! group's last confirm arrives the channel holds no return but the group's
-//! own: whichever confirm lapin gave it to, the group learns of it, and no
-//! request in it is reported as stored. For our own queues a return means a
-//! missing queue or binding and must never count as stored; for the events
-//! exchange it is the normal "nobody is bound", and a group mixes only
-//! requests with one exchange and routing key, which the broker routes
-//! alike ([`groups`]).
-//!
-//! A request is one caller's messages: one receipt, or a provider's batch
-//! whose receipts stand or fall together, kept in order on one channel.
-//! Requests that arrive while every channel is busy wait, and the next free
-//! channel takes the oldest together with the others for its destination,
-//! so under load a channel pipelines many publishes per round trip and the
-//! broker answers with one multiple ack, while a quiet publisher still
-//! sends each request the moment it comes. Up to `channels` groups are in
-//! flight at once, each on its own channel.
+//! So a channel here never carries more than one publish at a time. The
+//! broker sends a message's return before its ack, so the only return a
+//! channel can hold when its one confirm arrives is that publish's own: the
+//! attribution is exact by construction, for our own queues (where a return
+//! means a missing queue or binding and must never count as stored) and for
+//! the events exchange (where a return is the normal "nobody is bound").
+//! Concurrency comes from a pool of such channels instead of pipelining on
+//! one: up to `channels` publishes run at once, each on its own channel.
 //!
 //! # A channel that misbehaves is replaced, never trusted again
 //!
@@ -54,28 +43,28 @@
 //! at once ([`PublishError::Unavailable`]) rather than waiting, because
 //! ingest must answer a fast 503.
 //!
-//! A caller that stops waiting (its future dropped, e.g. the HTTP client
-//! went away) does not disturb the others: a request not yet taken by a
-//! channel is never published, and a group already on its way is finished
-//! by its runner task, which owns copies of the messages. A runner that
-//! stops half-way (the runtime shutting down) closes its channel rather
-//! than hand one with an unanswered publish to the next group.
-
-mod groups;
+//! A batch whose messages stand or fall together (a provider's batch of
+//! receipts is answered 200 only if every receipt in it is stored) is
+//! pipelined on one channel instead, which keeps its order in the queue:
+//! [`Publisher::publish_all`]. There a return anywhere fails the whole
+//! batch, so which confirm lapin hands it to does not matter.
+//!
+//! A publish whose caller stops waiting (its future dropped, e.g. the HTTP
+//! client went away) leaves its channel with an unanswered publish: such a
+//! channel is closed too, never handed to the next publish.
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation};
 use prometheus::IntCounterVec;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::Semaphore;
 
 use super::BrokerConnection;
-use groups::{Group, Request, Waiting};
 
 /// Why a message is not known to be stored. Every variant means "the
 /// broker may not hold it": the caller must not report success.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// No broker connection right now, or no channel that can be trusted yet.
     #[error("broker unavailable")]
@@ -137,8 +126,8 @@ impl PublishError {
 /// AMQP NOT_FOUND: publishing to an exchange that does not exist.
 const NOT_FOUND: u16 = 404;
 
-/// Channels (groups in flight) unless the caller says otherwise.
-pub const DEFAULT_CHANNELS: usize = 8;
+/// Channels in the pool unless the caller says otherwise.
+pub const DEFAULT_CHANNELS: usize = 32;
 
 /// Back-off between channel re-opens while channels keep failing.
 const REOPEN_STEP: Duration = Duration::from_millis(100);
@@ -147,21 +136,14 @@ const REOPEN_MAX: Duration = Duration::from_secs(2);
 /// How long a discarded channel's close may wait for close-ok.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Publishes with confirms over a pool of channels, one group of requests
-/// per channel at a time (see the module documentation for why).
+/// Publishes with confirms over a pool of channels, one publish per channel
+/// at a time (see the module documentation for why).
 pub struct Publisher {
-    core: Arc<Core>,
-}
-
-/// What the publisher and its runner tasks share.
-struct Core {
     broker: BrokerConnection,
     confirm_timeout: Duration,
-    /// Most runners (and so channels) at work at once.
-    channels: usize,
-    /// Requests waiting for a channel.
-    waiting: Mutex<Waiting>,
-    /// Channels whose last group was confirmed cleanly, ready for the next.
+    /// One permit per channel that may exist at once.
+    slots: Semaphore,
+    /// Channels whose last publish was confirmed cleanly, ready for the next.
     idle: Mutex<Vec<Channel>>,
     health: Mutex<Health>,
     replaced: Option<IntCounterVec>,
@@ -185,49 +167,38 @@ impl Publisher {
     /// `confirm_timeout` bounds each publish, waiting for a channel included.
     pub fn new(broker: BrokerConnection, confirm_timeout: Duration) -> Self {
         Self {
-            core: Arc::new(Core {
-                broker,
-                confirm_timeout,
-                channels: DEFAULT_CHANNELS,
-                waiting: Mutex::new(Waiting::default()),
-                idle: Mutex::new(Vec::new()),
-                health: Mutex::new(Health::default()),
-                replaced: None,
-            }),
+            broker,
+            confirm_timeout,
+            slots: Semaphore::new(DEFAULT_CHANNELS),
+            idle: Mutex::new(Vec::new()),
+            health: Mutex::new(Health::default()),
+            replaced: None,
         }
     }
 
-    /// Sets how many groups (and so channels) may be in flight at once.
+    /// Sets how many publishes (and so channels) may be in flight at once.
     pub fn with_channels(mut self, channels: usize) -> Self {
-        self.configure(|core| core.channels = channels.max(1));
+        self.slots = Semaphore::new(channels.clamp(1, Semaphore::MAX_PERMITS));
         self
     }
 
     /// Counts replaced channels by reason (a `reason` label).
     pub fn with_replaced_counter(mut self, counter: IntCounterVec) -> Self {
-        self.configure(|core| core.replaced = Some(counter));
+        self.replaced = Some(counter);
         self
-    }
-
-    /// Builder step: runners hold the core only once publishing started,
-    /// and the builders are called before.
-    fn configure(&mut self, change: impl FnOnce(&mut Core)) {
-        match Arc::get_mut(&mut self.core) {
-            Some(core) => change(core),
-            None => tracing::warn!("publisher settings changed after publishing started; ignored"),
-        }
     }
 
     /// The underlying connection handle (readiness checks).
     pub fn broker(&self) -> &BrokerConnection {
-        &self.core.broker
+        &self.broker
     }
 
     /// How long every publish has been failing, if the last one failed:
     /// `None` after a success or before any publish. Blocked (resource
     /// alarm) and returned publishes do not count.
     pub fn failing_for(&self, now: Instant) -> Option<Duration> {
-        lock(&self.core.health).failing_since.map(|since| now.saturating_duration_since(since))
+        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        health.failing_since.map(|since| now.saturating_duration_since(since))
     }
 
     /// Publishes `body` with `mandatory` set and waits for the broker's
@@ -243,82 +214,38 @@ impl Publisher {
     }
 
     /// Publishes every message, in order, on one channel and waits for all
-    /// their confirms, at most the confirm timeout in all. `Ok` means the
-    /// broker has routed and stored every one of them; on an error any of
-    /// them may or may not be stored (the caller treats the batch as not
-    /// stored, and its retry as a duplicate).
+    /// their confirms. `Ok` means the broker has routed and stored every one
+    /// of them; on an error any of them may or may not be stored (the caller
+    /// treats the batch as not stored, and its retry as a duplicate).
     pub async fn publish_all(&self, messages: &[Outgoing<'_>]) -> Result<(), PublishError> {
         if messages.is_empty() {
             return Ok(());
         }
-        let deadline = tokio::time::Instant::now() + self.core.confirm_timeout;
-        let (reply, answer) = oneshot::channel();
-        let start_runner = lock(&self.core.waiting).push(Request::new(messages, reply), self.core.channels);
-        if start_runner {
-            tokio::spawn(run(Arc::clone(&self.core)));
-        }
-        match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(result)) => result,
-            // The runner went away without answering: the runtime is
-            // shutting down.
-            Ok(Err(_)) => Err(PublishError::Unavailable),
-            Err(_) => Err(PublishError::Timeout(self.core.confirm_timeout)),
-        }
+        let result = self.publish_within(messages).await;
+        self.record(&result);
+        result
     }
-}
 
-/// A runner: publishes waiting groups, one at a time on one channel, until
-/// nothing waits.
-async fn run(core: Arc<Core>) {
-    let mut guard = RunnerGuard { core: &core, counted_out: false };
-    loop {
-        let Some(group) = lock(&core.waiting).next_group() else {
-            guard.counted_out = true;
-            return;
-        };
-        let result = core.publish_group(&group).await;
-        core.record(&result);
-        group.answer(&result);
-    }
-}
-
-/// Counts a runner out if it ends other than by finding nothing to do, so
-/// the waiting requests still get a runner.
-struct RunnerGuard<'a> {
-    core: &'a Core,
-    counted_out: bool,
-}
-
-impl Drop for RunnerGuard<'_> {
-    fn drop(&mut self) {
-        if !self.counted_out {
-            lock(&self.core.waiting).runner_lost();
-        }
-    }
-}
-
-/// Locks `mutex`, whose data stays consistent even if a holder panicked
-/// (every critical section here is a few assignments).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Core {
-    async fn publish_group(&self, group: &Group) -> Result<(), PublishError> {
-        let messages = group.messages();
+    async fn publish_within(&self, messages: &[Outgoing<'_>]) -> Result<(), PublishError> {
         let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         let timeout = PublishError::Timeout(self.confirm_timeout);
+        // Closed never: the semaphore lives as long as the publisher.
+        let _slot = match tokio::time::timeout_at(deadline, self.slots.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Err(PublishError::Unavailable),
+            Err(_) => return Err(timeout),
+        };
         let mut lease = match tokio::time::timeout_at(deadline, self.checkout()).await {
             Ok(lease) => lease?,
             Err(_) => return Err(timeout),
         };
-        match tokio::time::timeout_at(deadline, lease.publish(&messages)).await {
+        match tokio::time::timeout_at(deadline, lease.publish(messages)).await {
             Ok(Ok(Published::Stored)) => {
                 self.check_in(&mut lease);
                 Ok(())
             }
             Ok(Ok(Published::Returned { code, text })) => {
-                // The return was the group's own: the channel holds nothing
+                // The return was this publish's own: the channel holds nothing
                 // else and is as good as before.
                 self.check_in(&mut lease);
                 Err(PublishError::Returned { code, text })
@@ -341,7 +268,7 @@ impl Core {
             return Err(PublishError::Blocked("connection.blocked".to_owned()));
         }
         loop {
-            let candidate = lock(&self.idle).pop();
+            let candidate = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
             match candidate {
                 Some(channel) if channel.status().connected() => {
                     return Ok(Lease { publisher: self, channel: Some(channel) });
@@ -351,7 +278,7 @@ impl Core {
                 None => break,
             }
         }
-        if let Some(not_before) = lock(&self.health).reopen_not_before
+        if let Some(not_before) = self.health.lock().unwrap_or_else(|p| p.into_inner()).reopen_not_before
             && Instant::now() < not_before
         {
             return Err(PublishError::Unavailable);
@@ -369,7 +296,7 @@ impl Core {
         if let Some(channel) = lease.channel.take()
             && channel.status().connected()
         {
-            lock(&self.idle).push(channel);
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(channel);
         }
     }
 
@@ -388,7 +315,7 @@ impl Core {
             }
         }
         {
-            let mut health = lock(&self.health);
+            let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
             let delay = REOPEN_STEP.saturating_mul(health.distrusted_in_a_row).min(REOPEN_MAX);
             health.distrusted_in_a_row = health.distrusted_in_a_row.saturating_add(1);
             health.reopen_not_before = Some(Instant::now() + delay);
@@ -398,7 +325,7 @@ impl Core {
     }
 
     fn record(&self, result: &Result<(), PublishError>) {
-        let mut health = lock(&self.health);
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(()) => {
                 health.failing_since = None;
@@ -436,7 +363,7 @@ enum Published {
 /// publish was abandoned half-way), the channel may still owe a confirm, so
 /// it is closed rather than reused.
 struct Lease<'a> {
-    publisher: &'a Core,
+    publisher: &'a Publisher,
     channel: Option<Channel>,
 }
 
