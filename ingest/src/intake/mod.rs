@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, Method, header};
 use bytes::Bytes;
 use chrono::Utc;
 use dlr_shared::Provider;
-use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
 use dlr_shared::amqp::{Outgoing, PublishError, receipt_properties};
 use dlr_shared::event::ReceiptEvent;
 use std::time::Instant;
@@ -240,7 +239,7 @@ pub(crate) async fn publish_all(state: &AppState, events: &[ReceiptEvent]) -> Re
         .zip(&bodies)
         .map(|(event, body)| Outgoing {
             exchange: &state.topology.exchange,
-            routing_key: RECEIPT_ROUTING_KEY,
+            routing_key: state.topology.receipt_routing_key(event.message_id.as_str()),
             body,
             properties: receipt_properties(event),
         })

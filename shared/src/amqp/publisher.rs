@@ -49,6 +49,18 @@
 //! [`Publisher::publish_all`]. There a return anywhere fails the whole
 //! batch, so which confirm lapin hands it to does not matter.
 //!
+//! # One stuck destination cannot take every channel
+//!
+//! A quorum queue that is electing a leader, or has lost its quorum, sends
+//! no nack: its publishes wait for their confirm until they time out
+//! (<https://www.rabbitmq.com/docs/quorum-queues>, "Publisher confirms"
+//! are sent once a quorum has written the message). With receipts spread
+//! over several queues ("shards"), one such queue would hold every channel
+//! of the pool within moments, and the healthy shards' publishes would
+//! time out too. [`Publisher::with_destination_share`] bounds the channels
+//! one routing key may hold at once, so a stuck shard costs 503s for its
+//! own receipts only.
+//!
 //! A publish whose caller stops waiting (its future dropped, e.g. the HTTP
 //! client went away) leaves its channel with an unanswered publish: such a
 //! channel is closed too, never handed to the next publish.
@@ -56,9 +68,10 @@
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation};
 use prometheus::IntCounterVec;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::BrokerConnection;
 
@@ -147,6 +160,10 @@ pub struct Publisher {
     idle: Mutex<Vec<Channel>>,
     health: Mutex<Health>,
     replaced: Option<IntCounterVec>,
+    /// Publishes one routing key may have in flight at once, if bounded.
+    destination_share: Option<usize>,
+    /// One semaphore of `destination_share` permits per routing key seen.
+    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 /// What the publisher has seen lately: drives the re-open back-off and
@@ -173,7 +190,18 @@ impl Publisher {
             idle: Mutex::new(Vec::new()),
             health: Mutex::new(Health::default()),
             replaced: None,
+            destination_share: None,
+            destinations: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Lets publishes with one routing key hold at most `share` channels
+    /// at once (see the module documentation). For publishers with a small,
+    /// fixed set of routing keys (ingest's shards): one semaphore is kept
+    /// per key ever used.
+    pub fn with_destination_share(mut self, share: usize) -> Self {
+        self.destination_share = Some(share.clamp(1, Semaphore::MAX_PERMITS));
+        self
     }
 
     /// Sets how many publishes (and so channels) may be in flight at once.
@@ -229,6 +257,10 @@ impl Publisher {
     async fn publish_within(&self, messages: &[Outgoing<'_>]) -> Result<(), PublishError> {
         let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         let timeout = PublishError::Timeout(self.confirm_timeout);
+        let _shares = match tokio::time::timeout_at(deadline, self.destination_shares(messages)).await {
+            Ok(shares) => shares,
+            Err(_) => return Err(timeout),
+        };
         // Closed never: the semaphore lives as long as the publisher.
         let _slot = match tokio::time::timeout_at(deadline, self.slots.acquire()).await {
             Ok(Ok(slot)) => slot,
@@ -259,6 +291,35 @@ impl Publisher {
                 Err(timeout)
             }
         }
+    }
+
+    /// Waits for a share of every routing key among `messages` (none when
+    /// shares are not bounded). Taken in sorted order, so two batches
+    /// waiting for each other's keys cannot deadlock.
+    async fn destination_shares(&self, messages: &[Outgoing<'_>]) -> Vec<OwnedSemaphorePermit> {
+        let Some(share) = self.destination_share else { return Vec::new() };
+        let mut keys: Vec<&str> = messages.iter().map(|m| m.routing_key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let semaphores: Vec<Arc<Semaphore>> = {
+            let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+            keys.iter()
+                .map(|key| {
+                    destinations
+                        .entry((*key).to_owned())
+                        .or_insert_with(|| Arc::new(Semaphore::new(share)))
+                        .clone()
+                })
+                .collect()
+        };
+        let mut permits = Vec::with_capacity(semaphores.len());
+        for semaphore in semaphores {
+            // Never closed: the semaphores live as long as the publisher.
+            if let Ok(permit) = semaphore.acquire_owned().await {
+                permits.push(permit);
+            }
+        }
+        permits
     }
 
     /// An idle channel of the live connection, or a new one.
