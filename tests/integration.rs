@@ -27,6 +27,7 @@ mod providers;
 mod readiness;
 mod safety_nets;
 mod senders;
+mod sharding;
 mod signatures;
 mod startup_errors;
 mod topology_errors;

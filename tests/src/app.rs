@@ -140,6 +140,10 @@ impl TestApp {
     pub fn own_worker_names(&self, config: &dlr_worker::Config) {
         self.own_exchange(&config.events_exchange);
         for queue in crate::retry_queues(config) {
+            if config.broker.topology.is_sharded() {
+                // A sharded delay queue has a fanout exchange of the same name.
+                self.own_exchange(&queue);
+            }
             self.own_queue(&queue);
         }
     }
@@ -233,6 +237,9 @@ impl TestApp {
         let topology = &self.topology;
         let mut queues =
             vec![topology.queue.clone(), topology.parked_queue.clone(), topology.quarantine_queue.clone()];
+        if topology.is_sharded() {
+            queues.extend(topology.receipt_queues().into_iter().map(|(queue, _)| queue));
+        }
         queues.extend(owned.queues.iter().cloned());
         let mut exchanges = vec![topology.exchange.clone()];
         exchanges.extend(owned.exchanges.iter().cloned());
