@@ -324,7 +324,7 @@ impl Load {
             let mut n = 0_u64;
             while !s.load(Ordering::SeqCst) {
                 n += 1;
-                let id = format!("0E{:014X}", n);
+                let id = format!("0E{n:014X}");
                 loop {
                     let url = format!("{}/dlr/vonage", t.lock().expect("lock").clone());
                     let sent = client

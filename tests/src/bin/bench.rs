@@ -16,7 +16,11 @@
 //!   spent and PostgreSQL's commits per event;
 //! - end to end: ingest under an open-loop load at half its measured
 //!   maximum, the worker on `postgres,amqp,http`; latency from ingest's
-//!   receipt (`received_at`) to the receiver's clock, and the queue depth.
+//!   receipt (`received_at`) to the receiver's clock, and the queue depth;
+//! - shard sweep (`--shard-sweep 1,2,3,6`, instead of the rest): for each
+//!   `AMQP_RECEIPT_SHARDS`, the broker ceiling with ingest's messages spread
+//!   over the shards and ingest under load, with each broker node's CPU per
+//!   message (`--broker-pids`, read from /proc).
 
 use anyhow::{Context, Result, bail};
 use axum::extract::State;
@@ -99,6 +103,14 @@ struct Args {
     /// ingest slows the load down instead of queueing it.
     #[arg(long, default_value_t = 256)]
     end_to_end_connections: usize,
+    /// Run only the shard sweep over these `AMQP_RECEIPT_SHARDS` values,
+    /// comma-separated (e.g. 1,2,3,6), `rounds` rounds each.
+    #[arg(long)]
+    shard_sweep: Option<String>,
+    /// Broker node processes (beam.smp pids, comma-separated, in node
+    /// order) whose CPU the shard sweep reports per message.
+    #[arg(long, value_delimiter = ',')]
+    broker_pids: Vec<u32>,
 }
 
 fn parse_env(value: &str) -> Result<(String, String), String> {
@@ -113,6 +125,9 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(urls) = &args.amqp_url {
         dlr_tests::set_amqp_urls(urls);
+    }
+    if let Some(sweep) = &args.shard_sweep {
+        return shard_sweep(&args, sweep).await;
     }
     let mut ingest_max = args.ingest_max;
     if !args.worker_only {
@@ -159,12 +174,101 @@ async fn main() -> Result<()> {
 
     if !args.no_end_to_end {
         if ingest_max <= 0.0 {
-            ingest_max = ingest_load(&args).await?.rate;
+            ingest_max = ingest_load(&args, 1).await?.rate;
             println!("ingest maximum (one run): {ingest_max:.0} receipts/s");
         }
         for order in args.end_to_end_orders.split(',').map(str::trim).filter(|o| !o.is_empty()) {
             end_to_end(&args, ingest_max / 2.0, order, &receiver).await?;
         }
+    }
+    Ok(())
+}
+
+/// CPU seconds (user + system, all threads) each process has used so far.
+fn cpu_seconds(pids: &[u32]) -> Vec<f64> {
+    pids.iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Fields after the command name (which may hold spaces): state is
+            // the first, utime and stime the 12th and 13th, in USER_HZ ticks
+            // (100 a second on Linux, whatever the kernel's own tick).
+            let fields: Vec<&str> =
+                stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+            (ticks(11) + ticks(12)) / 100.0
+        })
+        .collect()
+}
+
+/// Microseconds of CPU per message on each node between two samples.
+fn per_message_us(before: &[f64], after: &[f64], messages: usize) -> Vec<f64> {
+    before.iter().zip(after).map(|(b, a)| (a - b) * 1e6 / messages.max(1) as f64).collect()
+}
+
+fn show_us(per_node: &[f64]) -> String {
+    if per_node.is_empty() {
+        return "n/a (no --broker-pids)".to_owned();
+    }
+    let total: f64 = per_node.iter().sum();
+    let nodes: Vec<String> = per_node.iter().map(|us| format!("{us:.0}")).collect();
+    format!("{} (sum {total:.0})", nodes.join(" / "))
+}
+
+/// For each shard count: the broker's publish ceiling with ingest's
+/// messages spread over the shards, and ingest under load, `rounds` times,
+/// with each broker node's CPU per message; medians are printed.
+async fn shard_sweep(args: &Args, sweep: &str) -> Result<()> {
+    let counts: Vec<u16> = sweep
+        .split(',')
+        .map(|n| n.trim().parse::<u16>().context("--shard-sweep takes numbers"))
+        .collect::<Result<_>>()?;
+    let pids = &args.broker_pids;
+    println!(
+        "shard sweep: {} broker node(s) measured, {} messages per ceiling run, {} s of ingest load at {} connections",
+        pids.len(),
+        args.messages,
+        args.seconds,
+        args.concurrency
+    );
+    for shards in counts {
+        let (mut ceilings, mut ingests, mut p99s) = (Vec::new(), Vec::new(), Vec::new());
+        let mut ceiling_cpu: Vec<Vec<f64>> = vec![Vec::new(); pids.len()];
+        let mut ingest_cpu: Vec<Vec<f64>> = vec![Vec::new(); pids.len()];
+        for round in 1..=args.rounds.max(1) {
+            let before = cpu_seconds(pids);
+            let ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Receipt, shards).await?;
+            let c_us = per_message_us(&before, &cpu_seconds(pids), args.messages);
+            let before = cpu_seconds(pids);
+            let ingest = ingest_load(args, shards).await?;
+            let i_us = per_message_us(&before, &cpu_seconds(pids), ingest.accepted);
+            println!(
+                "round {round}, {shards} shard(s): broker ceiling {ceiling:.0} msg/s, broker CPU us/msg per node {}; \
+                 ingest {:.0} receipts/s, p99 {:.1} ms, errors {}, broker CPU us/receipt per node {}",
+                show_us(&c_us),
+                ingest.rate,
+                ingest.p99_ms,
+                ingest.errors,
+                show_us(&i_us)
+            );
+            ceilings.push(ceiling);
+            ingests.push(ingest.rate);
+            p99s.push(ingest.p99_ms);
+            for (node, (c, i)) in c_us.iter().zip(&i_us).enumerate() {
+                ceiling_cpu[node].push(*c);
+                ingest_cpu[node].push(*i);
+            }
+        }
+        let c_med: Vec<f64> = ceiling_cpu.iter_mut().map(|v| median(v)).collect();
+        let i_med: Vec<f64> = ingest_cpu.iter_mut().map(|v| median(v)).collect();
+        println!(
+            "{shards} shard(s), median: broker ceiling {:.0} msg/s ({} us/msg per node); \
+             ingest {:.0} receipts/s, p99 {:.1} ms ({} us/receipt per node)",
+            median(&mut ceilings),
+            show_us(&c_med),
+            median(&mut ingests),
+            median(&mut p99s),
+            show_us(&i_med)
+        );
     }
     Ok(())
 }
@@ -190,8 +294,8 @@ async fn ingest_part(args: &Args) -> Result<f64> {
     // 16 publishers on one channel show what the broker does when the
     // client side is not the limit; one at a time shows why confirms must
     // be shared between requests.
-    let parallel = publish_ceiling(args.messages, 1000, 16, Shape::Plain).await?;
-    let one_at_a_time = publish_ceiling(2_000, 1, 1, Shape::Plain).await?;
+    let parallel = publish_ceiling(args.messages, 1000, 16, Shape::Plain, 1).await?;
+    let one_at_a_time = publish_ceiling(2_000, 1, 1, Shape::Plain, 1).await?;
     println!("broker publish, 16 publishers sharing a window of 1000: {parallel:.0} msg/s");
     println!("broker publish one at a time: {one_at_a_time:.0} msg/s");
 
@@ -201,13 +305,13 @@ async fn ingest_part(args: &Args) -> Result<f64> {
     let (mut plain, mut receipt, mut in_flight, mut rates) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut peak_rss_mb: f64 = 0.0;
     for round in 1..=args.rounds.max(1) {
-        let ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Plain).await?;
-        let receipt_ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Receipt).await?;
+        let ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Plain, 1).await?;
+        let receipt_ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Receipt, 1).await?;
         // The same messages with only as many confirms outstanding as the
         // load has receipts in flight: what the broker itself does at
         // ingest's batch sizes, with no HTTP in the way.
-        let same_in_flight = publish_ceiling(args.messages, args.concurrency, 1, Shape::Receipt).await?;
-        let ingest = ingest_load(args).await?;
+        let same_in_flight = publish_ceiling(args.messages, args.concurrency, 1, Shape::Receipt, 1).await?;
+        let ingest = ingest_load(args, 1).await?;
         println!(
             "round {round}: broker ceiling {ceiling:.0} msg/s plain, {receipt_ceiling:.0} msg/s with ingest's messages, \
              {same_in_flight:.0} msg/s with ingest's messages and window {}; \
@@ -263,17 +367,25 @@ enum Shape {
 
 /// Persistent, confirmed publishes with at most `window` confirms
 /// outstanding, from `tasks` tasks sharing one channel (ingest's request
-/// handlers share one channel the same way).
-async fn publish_ceiling(count: usize, window: usize, tasks: usize, shape: Shape) -> Result<f64> {
+/// handlers share one channel the same way); receipts spread over `shards`
+/// receipts queues as ingest spreads them.
+async fn publish_ceiling(
+    count: usize,
+    window: usize,
+    tasks: usize,
+    shape: Shape,
+    shards: u16,
+) -> Result<f64> {
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let topology = unique_topology();
-    // (exchange, routing key, mandatory, messages to cycle through)
+    let topology = Topology { receipt_shards: shards, ..unique_topology() };
+    // (exchange, routing key of the plain queue, mandatory, messages to
+    // cycle through with their own routing key for receipts)
     let (exchange, routing_key, mandatory, messages) = match shape {
         Shape::Plain => {
             let queue = declare_bench_queue(&channel).await?;
-            let plain = (vec![b'x'; 700], BasicProperties::default().with_delivery_mode(2));
+            let plain = (vec![b'x'; 700], BasicProperties::default().with_delivery_mode(2), queue.clone());
             (String::new(), queue, false, vec![plain])
         }
         Shape::Receipt => {
@@ -282,7 +394,8 @@ async fn publish_ceiling(count: usize, window: usize, tasks: usize, shape: Shape
             // Built before the clock starts; distinct ids like real traffic.
             for i in 0..count.min(10_000) {
                 let event = sample_event(&format!("C{i:015X}"))?;
-                messages.push((event.to_json(), receipt_properties(&event)));
+                let key = topology.receipt_routing_key(event.message_id.as_str()).to_owned();
+                messages.push((event.to_json(), receipt_properties(&event), key));
             }
             (topology.exchange.clone(), RECEIPT_ROUTING_KEY.to_owned(), true, messages)
         }
@@ -293,11 +406,11 @@ async fn publish_ceiling(count: usize, window: usize, tasks: usize, shape: Shape
     let mut set = tokio::task::JoinSet::new();
     for task in 0..tasks {
         let channel = channel.clone();
-        let (exchange, routing_key, messages) = (exchange.clone(), routing_key.clone(), messages.clone());
+        let (exchange, messages) = (exchange.clone(), messages.clone());
         set.spawn(async move {
             let mut pending = std::collections::VecDeque::new();
             for i in 0..count / tasks {
-                let (body, properties) = &messages[(task + i * tasks) % messages.len()];
+                let (body, properties, routing_key) = &messages[(task + i * tasks) % messages.len()];
                 let confirm = channel
                     .basic_publish(
                         exchange.as_str().into(),
@@ -408,6 +521,7 @@ fn topology_env(topology: &Topology) -> Vec<(&'static str, String)> {
 }
 
 struct IngestResult {
+    accepted: usize,
     rate: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -415,10 +529,11 @@ struct IngestResult {
     peak_rss_mb: f64,
 }
 
-async fn ingest_load(args: &Args) -> Result<IngestResult> {
-    let topology = unique_topology();
+async fn ingest_load(args: &Args, shards: u16) -> Result<IngestResult> {
+    let topology = Topology { receipt_shards: shards, ..unique_topology() };
     let port = free_port()?;
     let mut envs = topology_env(&topology);
+    envs.push(("AMQP_RECEIPT_SHARDS", shards.to_string()));
     envs.push(("INGEST_ADDR", format!("127.0.0.1:{port}")));
     envs.push(("RUST_LOG", "warn".to_owned()));
     // The load is unsigned Vonage receipts.
@@ -482,6 +597,7 @@ async fn ingest_load(args: &Args) -> Result<IngestResult> {
     latencies.sort_by(f64::total_cmp);
     let pick = |q: f64| percentile(&latencies, q);
     let result = IngestResult {
+        accepted: latencies.len(),
         rate: latencies.len() as f64 / elapsed,
         p50_ms: pick(0.50),
         p99_ms: pick(0.99),
