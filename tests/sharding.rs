@@ -7,7 +7,9 @@
 use dlr_shared::amqp::Topology;
 use dlr_shared::amqp::shards::shard_of;
 use dlr_tests::receiver::{Receiver, Script};
-use dlr_tests::{TestApp, TestIngest, eventually, metric_value, unique_topology, vonage_form};
+use dlr_tests::{
+    TestApp, TestIngest, eventually, metric_value, send_vonage_form, unique_topology, vonage_form,
+};
 use lapin::options::QueueBindOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -326,13 +328,8 @@ impl Load {
                 n += 1;
                 let id = format!("0E{n:014X}");
                 loop {
-                    let url = format!("{}/dlr/vonage", t.lock().expect("lock").clone());
-                    let sent = client
-                        .post(url)
-                        .header("content-type", "application/x-www-form-urlencoded")
-                        .body(vonage_form(&id, "delivered"))
-                        .send()
-                        .await;
+                    let base_url = t.lock().expect("lock").clone();
+                    let sent = send_vonage_form(&client, &base_url, vonage_form(&id, "delivered")).await;
                     if sent.is_ok_and(|r| r.status().as_u16() == 200) {
                         a.lock().expect("lock").push(id.clone());
                         break;

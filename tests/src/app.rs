@@ -191,6 +191,7 @@ impl TestApp {
             ("AMQP_PARKED_QUEUE", topology.parked_queue.clone()),
             ("AMQP_QUARANTINE_QUEUE", topology.quarantine_queue.clone()),
             ("AMQP_QUARANTINE_MAX_LENGTH", topology.quarantine_max_length.to_string()),
+            ("AMQP_RECEIPT_SHARDS", topology.receipt_shards.to_string()),
         ]
     }
 

@@ -59,7 +59,8 @@
 //! of the pool within moments, and the healthy shards' publishes would
 //! time out too. [`Publisher::with_destination_share`] bounds the channels
 //! one routing key may hold at once, so a stuck shard costs 503s for its
-//! own receipts only.
+//! own receipts only. For the same reason its timeouts do not start the
+//! re-open back-off, which every destination shares.
 //!
 //! A publish whose caller stops waiting (its future dropped, e.g. the HTTP
 //! client went away) leaves its channel with an unanswered publish: such a
@@ -156,6 +157,8 @@ pub struct Publisher {
     confirm_timeout: Duration,
     /// One permit per channel that may exist at once.
     slots: Semaphore,
+    /// How many: the permits `slots` was made with.
+    channels: usize,
     /// Channels whose last publish was confirmed cleanly, ready for the next.
     idle: Mutex<Vec<Channel>>,
     health: Mutex<Health>,
@@ -187,6 +190,7 @@ impl Publisher {
             broker,
             confirm_timeout,
             slots: Semaphore::new(DEFAULT_CHANNELS),
+            channels: DEFAULT_CHANNELS,
             idle: Mutex::new(Vec::new()),
             health: Mutex::new(Health::default()),
             replaced: None,
@@ -206,7 +210,8 @@ impl Publisher {
 
     /// Sets how many publishes (and so channels) may be in flight at once.
     pub fn with_channels(mut self, channels: usize) -> Self {
-        self.slots = Semaphore::new(channels.clamp(1, Semaphore::MAX_PERMITS));
+        self.channels = channels.clamp(1, Semaphore::MAX_PERMITS);
+        self.slots = Semaphore::new(self.channels);
         self
     }
 
@@ -375,7 +380,7 @@ impl Publisher {
                 self.broker.report_failure();
             }
         }
-        {
+        if !self.isolates(error) {
             let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
             let delay = REOPEN_STEP.saturating_mul(health.distrusted_in_a_row).min(REOPEN_MAX);
             health.distrusted_in_a_row = health.distrusted_in_a_row.saturating_add(1);
@@ -383,6 +388,15 @@ impl Publisher {
         }
         tracing::debug!(channel = channel.id(), reason = error.reason(), "publish channel replaced");
         close_in_background(channel);
+    }
+
+    /// True for a timeout while destinations share the channels: one
+    /// stalled destination (a shard electing a leader) times out its own
+    /// publishes only, and must not hold back the channel re-opens of the
+    /// others. Its re-opens need no back-off: each of its channels can time
+    /// out at most once per confirm timeout.
+    fn isolates(&self, error: &PublishError) -> bool {
+        matches!(error, PublishError::Timeout(_)) && self.destination_share.is_some_and(|s| s < self.channels)
     }
 
     fn record(&self, result: &Result<(), PublishError>) {
