@@ -382,16 +382,11 @@ async fn send_classified(
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..count {
         let client = ingest.client.clone();
-        let url = format!("{}/dlr/vonage", ingest.base_url);
+        let base_url = ingest.base_url.clone();
         let id = format!("{prefix}{i:08X}");
         let accepted = accepted.clone();
         tasks.spawn(async move {
-            let sent = client
-                .post(url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .body(vonage_form(&id, "delivered"))
-                .send()
-                .await;
+            let sent = dlr_tests::send_vonage_form(&client, &base_url, vonage_form(&id, "delivered")).await;
             let outcome = match sent {
                 Ok(response) => Outcome::Answered(response.status().as_u16()),
                 Err(error) if error.is_connect() => Outcome::Refused,

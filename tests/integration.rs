@@ -28,6 +28,7 @@ mod quarantine_replay;
 mod readiness;
 mod safety_nets;
 mod senders;
+mod sharding;
 mod signatures;
 mod startup_errors;
 mod topology_errors;

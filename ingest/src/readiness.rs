@@ -151,14 +151,11 @@ pub async fn watch(
                 let (publisher, topology) = (publisher.clone(), topology.clone());
                 // Its result lands in the publisher's health, read at the next sample.
                 tokio::spawn(async move {
-                    let _ = publisher
-                        .publish(
-                            &topology.exchange,
-                            dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY,
-                            b"{}",
-                            dlr_shared::amqp::probe_properties(),
-                        )
-                        .await;
+                    // Sharded, the probe's (random) id picks a shard.
+                    let properties = dlr_shared::amqp::probe_properties();
+                    let id = properties.message_id().as_ref().map(|id| id.to_string()).unwrap_or_default();
+                    let routing_key = topology.receipt_routing_key(&id);
+                    let _ = publisher.publish(&topology.exchange, routing_key, b"{}", properties).await;
                 });
             }
         }

@@ -96,7 +96,8 @@ impl Application {
         let publisher = Arc::new(
             Publisher::new(broker, config.confirm_timeout)
                 .with_channels(config.publish_channels)
-                .with_replaced_counter(metrics.publish_channels_replaced.clone()),
+                .with_replaced_counter(metrics.publish_channels_replaced.clone())
+                .with_destination_share(topology.channels_per_shard(config.publish_channels)),
         );
         let broker_readiness = Arc::new(BrokerReadiness::new(config.readiness_broker_grace));
         tokio::spawn(readiness::watch(

@@ -134,6 +134,10 @@ impl TestApp {
     pub fn own_worker_names(&self, config: &dlr_worker::Config) {
         self.own_exchange(&config.events_exchange);
         for queue in crate::retry_queues(config) {
+            if config.broker.topology.is_sharded() {
+                // A sharded delay queue has a fanout exchange of the same name.
+                self.own_exchange(&queue);
+            }
             self.own_queue(&queue);
         }
     }
@@ -182,6 +186,7 @@ impl TestApp {
             ("AMQP_QUARANTINE_QUEUE", topology.quarantine_queue.clone()),
             ("AMQP_QUARANTINE_MAX_LENGTH", topology.quarantine_max_length.to_string()),
             ("AMQP_QUARANTINE_MAX_BYTES", topology.quarantine_max_bytes.to_string()),
+            ("AMQP_RECEIPT_SHARDS", topology.receipt_shards.to_string()),
         ]
     }
 
@@ -228,6 +233,9 @@ impl TestApp {
         let topology = &self.topology;
         let mut queues =
             vec![topology.queue.clone(), topology.parked_queue.clone(), topology.quarantine_queue.clone()];
+        if topology.is_sharded() {
+            queues.extend(topology.receipt_queues().into_iter().map(|(queue, _)| queue));
+        }
         queues.extend(owned.queues.iter().cloned());
         let mut exchanges = vec![topology.exchange.clone()];
         exchanges.extend(owned.exchanges.iter().cloned());

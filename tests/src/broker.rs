@@ -128,6 +128,9 @@ impl TestBroker {
     pub async fn cleanup(&self, topology: &Topology, extra_queues: &[String], extra_exchanges: &[String]) {
         let mut queues =
             vec![topology.queue.clone(), topology.parked_queue.clone(), topology.quarantine_queue.clone()];
+        if topology.is_sharded() {
+            queues.extend(topology.receipt_queues().into_iter().map(|(queue, _)| queue));
+        }
         queues.extend_from_slice(extra_queues);
         let mut exchanges = vec![topology.exchange.clone()];
         exchanges.extend_from_slice(extra_exchanges);

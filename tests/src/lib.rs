@@ -70,6 +70,22 @@ pub fn vonage_form(message_id: &str, status: &str) -> String {
     )
 }
 
+/// POSTs a Vonage SMS receipt form to the ingest at `base_url` (`http://addr`),
+/// for callers that need the transport error too (a load that outlives one
+/// ingest, a request racing a shutdown).
+pub async fn send_vonage_form(
+    client: &reqwest::Client,
+    base_url: &str,
+    body: String,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(format!("{base_url}/dlr/vonage"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+}
+
 /// Unique broker names for one test.
 pub fn unique_topology() -> Topology {
     let id = uuid::Uuid::new_v4().simple().to_string();

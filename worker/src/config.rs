@@ -199,6 +199,8 @@ pub struct Config {
     /// Unacked deliveries per worker, which is also how many events it handles at once.
     /// 300, the top of RabbitMQ's advised 100-300 range: the worker's rate is at most the
     /// events in flight divided by an event's time in the worker (README, "Benchmark").
+    /// Sharded (`AMQP_RECEIPT_SHARDS` = N), the pod's budget: each shard's
+    /// channel gets `prefetch / N`, at least 1.
     #[arg(long = "prefetch", env = "WORKER_PREFETCH", default_value_t = DEFAULT_PREFETCH)]
     pub prefetch: u16,
     /// Handlers for delivered receipts, in order (amqp, http, postgres, log).

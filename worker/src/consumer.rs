@@ -7,6 +7,14 @@
 //! deliveries being handled at once. Several worker processes on the same
 //! queue share the work as competing consumers.
 //!
+//! Sharded (`AMQP_RECEIPT_SHARDS` > 1), every worker consumes every shard,
+//! each on its own channel with its own loop: a channel error (a queue
+//! deleted, a consumer cancelled when its queue's leader moves) stops and
+//! resubscribes that shard's consumer only. The prefetch is a per-pod
+//! budget split evenly between the shards (quorum queues have no global,
+//! per-channel QoS), and one semaphore over all shards bounds the
+//! deliveries handled at once.
+//!
 //! A delivery belongs to the channel it arrived on. When that channel is
 //! gone, the broker has already given the message back to the queue (and
 //! perhaps to another consumer), so the delivery's task stops where it is:
@@ -48,11 +56,11 @@ pub struct ConsumerContext {
     pub topology: Arc<Topology>,
     /// Metrics.
     pub metrics: WorkerMetrics,
-    /// Unacked deliveries at once.
+    /// Unacked deliveries at once on each shard's channel.
     pub prefetch: u16,
-    /// True while a consumer is registered (readiness).
-    pub consuming: Arc<AtomicBool>,
-    /// One permit per delivery being handled, `prefetch` in all.
+    /// Which shards have a consumer registered (readiness).
+    pub consuming: Arc<Consuming>,
+    /// One permit per delivery being handled, `prefetch` per shard in all.
     pub slots: Arc<Semaphore>,
     /// How long a delivery waits for the broker to take its retry or park
     /// copy before it is given back to the queue.
@@ -61,20 +69,74 @@ pub struct ConsumerContext {
     pub requeued: RequeueMemory,
 }
 
-/// Consumes until `shutdown`, reconnecting as needed; then cancels the
-/// consumer and waits up to `drain_timeout` for in-flight events to be
+/// Whether each receipts queue has this worker's consumer: readiness wants
+/// all of them.
+#[derive(Debug)]
+pub struct Consuming(Vec<AtomicBool>);
+
+impl Consuming {
+    /// `shards` consumers, none registered yet.
+    pub fn new(shards: usize) -> Self {
+        Self((0..shards.max(1)).map(|_| AtomicBool::new(false)).collect())
+    }
+
+    /// True while every shard has its consumer.
+    pub fn all(&self) -> bool {
+        self.0.iter().all(|shard| shard.load(Ordering::SeqCst))
+    }
+
+    /// Shards with a consumer right now.
+    pub fn count(&self) -> usize {
+        self.0.iter().filter(|shard| shard.load(Ordering::SeqCst)).count()
+    }
+
+    fn set(&self, shard: usize, consuming: bool) {
+        if let Some(flag) = self.0.get(shard) {
+            flag.store(consuming, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Prefetch of each shard's channel from the pod's budget
+/// (`WORKER_PREFETCH`): an even split, at least 1.
+pub fn prefetch_per_shard(budget: u16, shards: u16) -> u16 {
+    (budget / shards.max(1)).max(1)
+}
+
+/// Consumes every receipts queue until `shutdown`, one loop (and channel)
+/// per queue; each drains as [`run_shard`] says.
+pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_timeout: Duration) {
+    let shards = ctx.topology.receipt_queues().into_iter().enumerate().map(|(index, (queue, _))| {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        tokio::spawn(async move { run_shard(ctx, index, queue, shutdown, drain_timeout).await })
+    });
+    for shard in futures_util::future::join_all(shards).await {
+        if let Err(error) = shard {
+            tracing::error!(%error, "a shard's consumer task failed");
+        }
+    }
+}
+
+/// Consumes `queue` until `shutdown`, reconnecting as needed; then cancels
+/// the consumer and waits up to `drain_timeout` for in-flight events to be
 /// settled before closing the channel they arrived on.
 ///
 /// The channel must outlive the drain: closing it (or dropping its last
 /// handle, which lapin turns into a close) makes the broker requeue every
 /// unacked delivery at once, so another worker would handle events this one
 /// is still handling, and the late acks here would fail.
-pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_timeout: Duration) {
+async fn run_shard(
+    ctx: Arc<ConsumerContext>,
+    shard: usize,
+    queue: String,
+    shutdown: CancellationToken,
+    drain_timeout: Duration,
+) {
     let tracker = TaskTracker::new();
     let mut draining = None;
     while let Some(conn) = ctx.broker.wait_connected(&shutdown).await {
         let channel_gone = CancellationToken::new();
-        match consume(&ctx, &conn, &tracker, &shutdown, &channel_gone).await {
+        match consume(&ctx, shard, &queue, &conn, &tracker, &shutdown, &channel_gone).await {
             Ok(subscription) => {
                 draining = Some((subscription, channel_gone));
                 break;
@@ -84,9 +146,9 @@ pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_t
                 // The broker requeues this channel's unacked deliveries; their
                 // tasks must not publish copies of them or try to ack them.
                 channel_gone.cancel();
-                ctx.consuming.store(false, Ordering::SeqCst);
+                ctx.consuming.set(shard, false);
                 ctx.broker.report_failure();
-                tracing::warn!(%error, "consumer stopped; resubscribing when the broker is back");
+                tracing::warn!(%error, %queue, "consumer stopped; resubscribing when the broker is back");
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
@@ -94,11 +156,11 @@ pub async fn run(ctx: Arc<ConsumerContext>, shutdown: CancellationToken, drain_t
             }
         }
     }
-    ctx.consuming.store(false, Ordering::SeqCst);
+    ctx.consuming.set(shard, false);
     tracker.close();
     let in_flight = tracker.len();
     if in_flight > 0 {
-        tracing::info!(in_flight, timeout = ?drain_timeout, "draining in-flight events");
+        tracing::info!(in_flight, %queue, timeout = ?drain_timeout, "draining in-flight events");
     }
     let drained = tokio::time::timeout(drain_timeout, tracker.wait()).await.is_ok();
     if !drained {
@@ -169,6 +231,8 @@ enum ConsumerStopped {
 /// with its settler, so the deliveries in flight can be settled on it.
 async fn consume(
     ctx: &Arc<ConsumerContext>,
+    shard: usize,
+    queue: &str,
     conn: &lapin::Connection,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
@@ -182,7 +246,7 @@ async fn consume(
         channel.basic_qos(ctx.prefetch, BasicQosOptions::default()).await?;
         let consumer = channel
             .basic_consume(
-                ctx.topology.queue.as_str().into(),
+                queue.into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -199,12 +263,12 @@ async fn consume(
     // On any other return the settler task is left to itself: it ends once
     // the deliveries' tasks are done, its frames failing on the dead channel.
     let (settler, settler_task) = Settler::start(channel.clone(), ctx.metrics.clone());
-    ctx.consuming.store(true, Ordering::SeqCst);
-    tracing::info!(queue = %ctx.topology.queue, prefetch = ctx.prefetch, "consuming");
+    ctx.consuming.set(shard, true);
+    tracing::info!(%queue, prefetch = ctx.prefetch, "consuming");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                ctx.consuming.store(false, Ordering::SeqCst);
+                ctx.consuming.set(shard, false);
                 stop_deliveries(ctx, &channel, &tag, &mut consumer, tracker, &settler, channel_gone).await;
                 return Ok((channel, settler_task));
             }
@@ -412,7 +476,7 @@ async fn settle_event(ctx: &ConsumerContext, delivery: &Delivery) -> Settlement 
         }
         Decision::Retry(retry) => {
             let scheduled = patiently(ctx, "scheduling a retry", || {
-                retry::schedule(&ctx.publisher, &ctx.topology, delivery, &retry)
+                retry::schedule(&ctx.publisher, &ctx.topology, delivery, event.message_id.as_str(), &retry)
             })
             .await;
             match scheduled {

@@ -240,9 +240,21 @@ pub async fn publish_to_own_queue(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<(), PublishError> {
-    let span = dlr_shared::telemetry::spans::publish(queue);
+    publish_to_own(publisher, "", queue, body, properties).await
+}
+
+/// [`publish_to_own_queue`] through an exchange of ours (a sharded delay
+/// queue's fanout exchange): a return means the exchange's binding is gone.
+pub async fn publish_to_own(
+    publisher: &Publisher,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), PublishError> {
+    let span = dlr_shared::telemetry::spans::publish(routing_key);
     let properties = span.in_scope(|| with_current_trace(properties));
-    let result = publisher.publish("", queue, body, properties).instrument(span.clone()).await;
+    let result = publisher.publish(exchange, routing_key, body, properties).instrument(span.clone()).await;
     if let Err(PublishError::Returned { .. }) = &result {
         publisher.broker().request_redeclare();
     }

@@ -15,7 +15,6 @@
 //! so it is unknown here. Senders cover that from their own send log.
 
 use chrono::{DateTime, Utc};
-use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
 use dlr_shared::amqp::{Publisher, Topology, receipt_properties};
 use dlr_shared::event::{NO_FINAL_RECEIPT, SCHEMA_VERSION};
 use dlr_shared::{Destination, EventId, MessageId, Outcome, Provider, ReceiptEvent, words};
@@ -114,8 +113,8 @@ pub async fn sweep(
             // written by a newer version) is marked so it is not retried.
             if let Some(event) = synthetic_receipt(row, windows, Utc::now()) {
                 let (body, properties) = (event.to_json(), receipt_properties(&event));
-                let sent =
-                    publisher.publish(&topology.exchange, RECEIPT_ROUTING_KEY, &body, properties).await;
+                let routing_key = topology.receipt_routing_key(event.message_id.as_str());
+                let sent = publisher.publish(&topology.exchange, routing_key, &body, properties).await;
                 if let Err(error) = sent {
                     failure = Some(error);
                     break;

@@ -1,20 +1,20 @@
 //! The worker's small HTTP surface: probes and metrics.
 
+use crate::consumer::Consuming;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::metrics::WorkerMetrics;
 
 /// What the probes look at.
 #[derive(Clone)]
 pub struct ProbeState {
-    /// True while a consumer is registered on the receipts queue.
-    pub consuming: Arc<AtomicBool>,
+    /// Which receipts queues (shards) have a consumer registered.
+    pub consuming: Arc<Consuming>,
     /// Metrics to render.
     pub metrics: WorkerMetrics,
     /// The consuming connection, whose last failure `/readyz` shows.
@@ -31,11 +31,14 @@ pub fn router(state: ProbeState) -> Router {
 }
 
 async fn readyz(State(state): State<ProbeState>) -> impl IntoResponse {
-    if state.consuming.load(Ordering::SeqCst) {
+    if state.consuming.all() {
         (StatusCode::OK, "consuming".to_owned())
     } else {
         let reason = match state.broker.last_error() {
             Some(cause) => format!("not consuming: {cause}"),
+            None if state.consuming.count() > 0 => {
+                format!("not consuming every shard: {} consumer(s) registered", state.consuming.count())
+            }
             None => "not consuming".to_owned(),
         };
         (StatusCode::SERVICE_UNAVAILABLE, reason)

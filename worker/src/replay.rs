@@ -8,6 +8,7 @@
 
 use crate::config::ParkedSelection;
 use crate::parked::{ParkedEntry, queue_length};
+use dlr_shared::ReceiptEvent;
 use dlr_shared::amqp::{Publisher, Topology, header_str, insert_str};
 use dlr_shared::quarantine::{QuarantinedRequest, REPLAY_HEADER, REPLAY_SEAL_HEADER};
 use lapin::message::Delivery;
@@ -94,7 +95,19 @@ pub async fn replay_parked_selected(
             h.insert(HEADER_ATTEMPT.into(), AMQPValue::LongLongInt(1));
             insert_str(h, HEADER_REPLAY_RUN, &run);
         });
-        publisher.publish("", &topology.queue, &delivery.data, properties).await?;
+        if topology.is_sharded() {
+            // Back to the shard of the receipt's message id (of the AMQP
+            // message id when the body is not a receipt: any shard will do).
+            let message_id = ReceiptEvent::from_json(&delivery.data)
+                .map(|event| event.message_id.as_str().to_owned())
+                .ok()
+                .or_else(|| delivery.properties.message_id().as_ref().map(|id| id.to_string()))
+                .unwrap_or_default();
+            let routing_key = topology.receipt_routing_key(&message_id);
+            publisher.publish(&topology.exchange, routing_key, &delivery.data, properties).await?;
+        } else {
+            publisher.publish("", &topology.queue, &delivery.data, properties).await?;
+        }
         delivery.acker.ack(BasicAckOptions::default()).await?;
         report.replayed += 1;
     }

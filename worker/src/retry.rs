@@ -143,12 +143,14 @@ pub struct Retry {
 }
 
 /// Puts the message into the delay queue for `retry.delay`; it comes back
-/// to the receipts queue when its (jittered) expiration passes. The caller
-/// acks the original only after this returned `Ok`.
+/// to the receipts queue when its (jittered) expiration passes (sharded: to
+/// the shard of the provider's `message_id`). The caller acks the original
+/// only after this returned `Ok`.
 pub async fn schedule(
     publisher: &Publisher,
     topology: &Topology,
     message: &Delivery,
+    message_id: &str,
     retry: &Retry,
 ) -> Result<(), PublishError> {
     let properties = envelope::rebuilt(&message.properties, |h| {
@@ -158,8 +160,8 @@ pub async fn schedule(
         insert_str(h, HEADER_LAST_ERROR, envelope::truncated(&retry.error));
     })
     .with_expiration(ShortString::from(expiration(retry).as_millis().to_string()));
-    envelope::publish_to_own_queue(publisher, &topology.retry_queue(retry.delay), &message.data, properties)
-        .await
+    let (exchange, routing_key) = topology.retry_destination(retry.delay, message_id);
+    envelope::publish_to_own(publisher, &exchange, &routing_key, &message.data, properties).await
 }
 
 /// The message's own expiration: the delay less jitter, but never less

@@ -5,14 +5,13 @@ use secrecy::ExposeSecret;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError};
-use crate::consumer::{self, ConsumerContext};
+use crate::consumer::{self, ConsumerContext, Consuming};
 use crate::dispatch::Dispatcher;
 use crate::handlers::amqp::AmqpHandler;
 use crate::handlers::http::HttpHandler;
@@ -172,7 +171,9 @@ impl Application {
             broker_shutdown.clone(),
         );
 
-        let consuming = Arc::new(AtomicBool::new(false));
+        let shards = topology.receipt_shards;
+        let consuming = Arc::new(Consuming::new(usize::from(shards)));
+        let prefetch = consumer::prefetch_per_shard(config.prefetch, shards);
         let broker_for_probes = broker.clone();
         let gave_up = [broker.clone(), publishing.clone()];
         let context = Arc::new(ConsumerContext {
@@ -181,9 +182,9 @@ impl Application {
             dispatcher: Arc::new(Dispatcher::new(routes, handlers, retry, metrics.clone())),
             topology,
             metrics: metrics.clone(),
-            prefetch: config.prefetch,
+            prefetch,
             consuming: consuming.clone(),
-            slots: Arc::new(tokio::sync::Semaphore::new(usize::from(config.prefetch))),
+            slots: Arc::new(tokio::sync::Semaphore::new(usize::from(prefetch) * usize::from(shards))),
             settle_patience: config.settle_patience,
             requeued: RequeueMemory::default(),
         });

@@ -12,7 +12,6 @@
 //! a 4xx).
 
 use crate::providers::{Batch, FieldProblem, ReceiptError};
-use dlr_shared::amqp::topology::RECEIPT_ROUTING_KEY;
 use dlr_shared::amqp::{Outgoing, PublishError, receipt_properties};
 use dlr_shared::event::ReceiptEvent;
 use dlr_shared::telemetry::LogEvery;
@@ -120,7 +119,7 @@ async fn publish_confirmed(state: &AppState, events: &[ReceiptEvent]) -> Result<
         .zip(&bodies)
         .map(|(event, body)| Outgoing {
             exchange: &state.topology.exchange,
-            routing_key: RECEIPT_ROUTING_KEY,
+            routing_key: state.topology.receipt_routing_key(event.message_id.as_str()),
             body,
             properties: receipt_properties(event),
         })

@@ -3,11 +3,13 @@
 //! - [`topology`]: exchange/queue names and arguments, declared from one place.
 //! - [`connection`]: a supervised connection that reconnects on its own, so a
 //!   broker restart never needs a process restart.
+//! - [`shards`]: which of N receipts queues a receipt goes to.
 //! - [`publisher`]: confirmed, mandatory publishes that report every way a
 //!   message can fail to reach a queue.
 
 pub mod connection;
 pub mod publisher;
+pub mod shards;
 pub mod topology;
 
 pub use connection::BrokerConnection;

@@ -49,6 +49,19 @@
 //! [`Publisher::publish_all`]. There a return anywhere fails the whole
 //! batch, so which confirm lapin hands it to does not matter.
 //!
+//! # One stuck destination cannot take every channel
+//!
+//! A quorum queue that is electing a leader, or has lost its quorum, sends
+//! no nack: its publishes wait for their confirm until they time out
+//! (<https://www.rabbitmq.com/docs/quorum-queues>, "Publisher confirms"
+//! are sent once a quorum has written the message). With receipts spread
+//! over several queues ("shards"), one such queue would hold every channel
+//! of the pool within moments, and the healthy shards' publishes would
+//! time out too. [`Publisher::with_destination_share`] bounds the channels
+//! one routing key may hold at once, so a stuck shard costs 503s for its
+//! own receipts only. For the same reason its timeouts do not start the
+//! re-open back-off, which every destination shares.
+//!
 //! A publish whose caller stops waiting (its future dropped, e.g. the HTTP
 //! client went away) leaves its channel with an unanswered publish: such a
 //! channel is closed too, never handed to the next publish.
@@ -56,9 +69,10 @@
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation};
 use prometheus::IntCounterVec;
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::BrokerConnection;
 
@@ -143,10 +157,16 @@ pub struct Publisher {
     confirm_timeout: Duration,
     /// One permit per channel that may exist at once.
     slots: Semaphore,
+    /// How many: the permits `slots` was made with.
+    channels: usize,
     /// Channels whose last publish was confirmed cleanly, ready for the next.
     idle: Mutex<Vec<Channel>>,
     health: Mutex<Health>,
     replaced: Option<IntCounterVec>,
+    /// Publishes one routing key may have in flight at once, if bounded.
+    destination_share: Option<usize>,
+    /// One semaphore of `destination_share` permits per routing key seen.
+    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 /// What the publisher has seen lately: drives the re-open back-off and
@@ -170,15 +190,28 @@ impl Publisher {
             broker,
             confirm_timeout,
             slots: Semaphore::new(DEFAULT_CHANNELS),
+            channels: DEFAULT_CHANNELS,
             idle: Mutex::new(Vec::new()),
             health: Mutex::new(Health::default()),
             replaced: None,
+            destination_share: None,
+            destinations: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Lets publishes with one routing key hold at most `share` channels
+    /// at once (see the module documentation). For publishers with a small,
+    /// fixed set of routing keys (ingest's shards): one semaphore is kept
+    /// per key ever used.
+    pub fn with_destination_share(mut self, share: usize) -> Self {
+        self.destination_share = Some(share.clamp(1, Semaphore::MAX_PERMITS));
+        self
     }
 
     /// Sets how many publishes (and so channels) may be in flight at once.
     pub fn with_channels(mut self, channels: usize) -> Self {
-        self.slots = Semaphore::new(channels.clamp(1, Semaphore::MAX_PERMITS));
+        self.channels = channels.clamp(1, Semaphore::MAX_PERMITS);
+        self.slots = Semaphore::new(self.channels);
         self
     }
 
@@ -229,6 +262,10 @@ impl Publisher {
     async fn publish_within(&self, messages: &[Outgoing<'_>]) -> Result<(), PublishError> {
         let deadline = tokio::time::Instant::now() + self.confirm_timeout;
         let timeout = PublishError::Timeout(self.confirm_timeout);
+        let _shares = match tokio::time::timeout_at(deadline, self.destination_shares(messages)).await {
+            Ok(shares) => shares,
+            Err(_) => return Err(timeout),
+        };
         // Closed never: the semaphore lives as long as the publisher.
         let _slot = match tokio::time::timeout_at(deadline, self.slots.acquire()).await {
             Ok(Ok(slot)) => slot,
@@ -259,6 +296,35 @@ impl Publisher {
                 Err(timeout)
             }
         }
+    }
+
+    /// Waits for a share of every routing key among `messages` (none when
+    /// shares are not bounded). Taken in sorted order, so two batches
+    /// waiting for each other's keys cannot deadlock.
+    async fn destination_shares(&self, messages: &[Outgoing<'_>]) -> Vec<OwnedSemaphorePermit> {
+        let Some(share) = self.destination_share else { return Vec::new() };
+        let mut keys: Vec<&str> = messages.iter().map(|m| m.routing_key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let semaphores: Vec<Arc<Semaphore>> = {
+            let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
+            keys.iter()
+                .map(|key| {
+                    destinations
+                        .entry((*key).to_owned())
+                        .or_insert_with(|| Arc::new(Semaphore::new(share)))
+                        .clone()
+                })
+                .collect()
+        };
+        let mut permits = Vec::with_capacity(semaphores.len());
+        for semaphore in semaphores {
+            // Never closed: the semaphores live as long as the publisher.
+            if let Ok(permit) = semaphore.acquire_owned().await {
+                permits.push(permit);
+            }
+        }
+        permits
     }
 
     /// An idle channel of the live connection, or a new one.
@@ -314,7 +380,7 @@ impl Publisher {
                 self.broker.report_failure();
             }
         }
-        {
+        if !self.isolates(error) {
             let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
             let delay = REOPEN_STEP.saturating_mul(health.distrusted_in_a_row).min(REOPEN_MAX);
             health.distrusted_in_a_row = health.distrusted_in_a_row.saturating_add(1);
@@ -322,6 +388,15 @@ impl Publisher {
         }
         tracing::debug!(channel = channel.id(), reason = error.reason(), "publish channel replaced");
         close_in_background(channel);
+    }
+
+    /// True for a timeout while destinations share the channels: one
+    /// stalled destination (a shard electing a leader) times out its own
+    /// publishes only, and must not hold back the channel re-opens of the
+    /// others. Its re-opens need no back-off: each of its channels can time
+    /// out at most once per confirm timeout.
+    fn isolates(&self, error: &PublishError) -> bool {
+        matches!(error, PublishError::Timeout(_)) && self.destination_share.is_some_and(|s| s < self.channels)
     }
 
     fn record(&self, result: &Result<(), PublishError>) {

@@ -19,6 +19,24 @@
 //! deployments had created it without one, and a full re-declaration would
 //! fail there. An existing quarantine keeps the arguments it was created
 //! with; a policy bounds it (README, "Changing queue arguments").
+//!
+//! With `AMQP_RECEIPT_SHARDS` = N > 1 (see [`super::shards`]) the receipts
+//! queue becomes N queues `dlr.receipts.<k>`, each bound with `receipt.<k>`
+//! and declared with the same arguments, and retries keep their shard:
+//!
+//! ```text
+//! ingest --receipt.<k>--> [dlr] --receipt.<k>--> (dlr.receipts.<k>) --> worker
+//! worker --(retry, routing key receipt.<k'>)--> [dlr.receipts.shard-delay.<delay>, fanout]
+//!        --> (dlr.receipts.shard-delay.<delay>) --TTL, dead-lettered to [dlr] with its own key--> (dlr.receipts.<k'>)
+//! ```
+//!
+//! A dead-lettered message keeps its own routing key when the queue sets no
+//! dead-letter routing key (<https://www.rabbitmq.com/docs/dlx>), and a
+//! fanout exchange ignores the key: so one delay queue per delay serves
+//! every shard. `k'` is the shard of the receipt's message id under the
+//! worker's own N, so retries follow a re-sharding. The sharded delay
+//! queues have their own names because their arguments differ from the
+//! single-queue ones (a queue's arguments can never change).
 
 use clap::Args;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -26,6 +44,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 use std::time::Duration;
 
+use super::shards::{MAX_SHARDS, shard_of, shard_routing_key};
 use crate::telemetry::LogEvery;
 
 /// Routing key of receipts on the intake exchange.
@@ -73,6 +92,12 @@ pub struct Topology {
     /// without it would refuse to start a release that sends it.
     #[arg(long = "amqp-quorum-group-size", env = "AMQP_QUORUM_INITIAL_GROUP_SIZE", value_parser = clap::value_parser!(u32).range(1..=i64::from(i32::MAX)))]
     pub quorum_group_size: Option<u32>,
+    /// Receipts queues ("shards"). 1 keeps the single queue `AMQP_QUEUE`;
+    /// N > 1 uses `<AMQP_QUEUE>.0` ... `<AMQP_QUEUE>.<N-1>`, the shard
+    /// picked from the provider's message id. Ingest and worker must agree
+    /// except during a re-sharding rollout (DEPLOY.md, "Re-sharding").
+    #[arg(long = "amqp-receipt-shards", env = "AMQP_RECEIPT_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_SHARDS)))]
+    pub receipt_shards: u16,
 }
 
 impl Default for Topology {
@@ -86,6 +111,7 @@ impl Default for Topology {
             quarantine_max_bytes: DEFAULT_QUARANTINE_MAX_BYTES,
             delivery_limit: 20,
             quorum_group_size: None,
+            receipt_shards: 1,
         }
     }
 }
@@ -113,8 +139,61 @@ impl Topology {
     ///
     /// The delay is part of the name because a queue's TTL can never change:
     /// new retry settings get new queues instead of a declaration error.
+    /// Sharded, the delay queues are others (`.shard-delay.`): they
+    /// dead-letter through the intake exchange instead of straight into
+    /// the one receipts queue.
     pub fn retry_queue(&self, delay: Duration) -> String {
-        format!("{}.delay.{}ms", self.queue, delay.as_millis())
+        let kind = if self.is_sharded() { "shard-delay" } else { "delay" };
+        format!("{}.{kind}.{}ms", self.queue, delay.as_millis())
+    }
+
+    /// True with more than one receipts queue.
+    pub fn is_sharded(&self) -> bool {
+        self.receipt_shards > 1
+    }
+
+    /// Every receipts queue with the routing key that binds it to the
+    /// intake exchange: `[(AMQP_QUEUE, "receipt")]` unsharded.
+    pub fn receipt_queues(&self) -> Vec<(String, &'static str)> {
+        if !self.is_sharded() {
+            return vec![(self.queue.clone(), RECEIPT_ROUTING_KEY)];
+        }
+        (0..self.receipt_shards).map(|k| (self.shard_queue(k), shard_routing_key(k))).collect()
+    }
+
+    /// Name of shard `shard`'s receipts queue (`<AMQP_QUEUE>.<shard>`).
+    pub fn shard_queue(&self, shard: u16) -> String {
+        format!("{}.{shard}", self.queue)
+    }
+
+    /// Routing key (on [`Topology::exchange`]) of a receipt of the
+    /// provider's `message_id`: its shard's key, or `receipt` unsharded.
+    pub fn receipt_routing_key(&self, message_id: &str) -> &'static str {
+        if self.is_sharded() {
+            shard_routing_key(shard_of(message_id, self.receipt_shards))
+        } else {
+            RECEIPT_ROUTING_KEY
+        }
+    }
+
+    /// How many of a publisher's `channels` one shard's publishes may hold
+    /// at once: an even split, so that a shard whose queue stalls (leader
+    /// election, lost quorum) leaves the others their channels. All of
+    /// them unsharded.
+    pub fn channels_per_shard(&self, channels: usize) -> usize {
+        channels.div_ceil(usize::from(self.receipt_shards.max(1))).max(1)
+    }
+
+    /// Where a retry for `delay` is published, as (exchange, routing key):
+    /// straight into the delay queue unsharded; sharded, into the delay's
+    /// fanout exchange with the receipt's shard key, which the message
+    /// keeps when it is dead-lettered back to the intake exchange.
+    pub fn retry_destination(&self, delay: Duration, message_id: &str) -> (String, String) {
+        if self.is_sharded() {
+            (self.retry_queue(delay), self.receipt_routing_key(message_id).to_owned())
+        } else {
+            (String::new(), self.retry_queue(delay))
+        }
     }
 
     /// Declares what ingest needs and the worker consumes: the intake
@@ -152,16 +231,18 @@ impl Topology {
             "x-delivery-limit".into(),
             AMQPValue::LongInt(i32::try_from(self.delivery_limit).unwrap_or(i32::MAX)),
         );
-        self.declare_durable(channel, &self.queue, receipts).await?;
-        channel
-            .queue_bind(
-                ShortString::from(self.queue.as_str()),
-                ShortString::from(self.exchange.as_str()),
-                RECEIPT_ROUTING_KEY.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        for (queue, routing_key) in self.receipt_queues() {
+            self.declare_durable(channel, &queue, receipts.clone()).await?;
+            channel
+                .queue_bind(
+                    ShortString::from(queue.as_str()),
+                    ShortString::from(self.exchange.as_str()),
+                    routing_key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         Ok(())
     }
 
@@ -206,7 +287,8 @@ impl Topology {
 
     /// Declares the worker's own objects: the events topic exchange and one
     /// delay queue per retry delay, whose expired messages dead-letter back
-    /// into the receipts queue through the default exchange.
+    /// into the receipts queue through the default exchange (sharded:
+    /// through the intake exchange, into the shard their routing key names).
     pub async fn declare_worker(
         &self,
         connection: &Connection,
@@ -248,9 +330,35 @@ impl Topology {
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)),
             );
-            args.insert("x-dead-letter-exchange".into(), long_string(""));
-            args.insert("x-dead-letter-routing-key".into(), long_string(&self.queue));
-            self.declare_durable(channel, &self.retry_queue(*delay), args).await?;
+            let name = self.retry_queue(*delay);
+            if self.is_sharded() {
+                // No dead-letter routing key: the message keeps its own
+                // (its shard's) and the intake exchange routes it home.
+                args.insert("x-dead-letter-exchange".into(), long_string(&self.exchange));
+                self.declare_durable(channel, &name, args).await?;
+                channel
+                    .exchange_declare(
+                        ShortString::from(name.as_str()),
+                        ExchangeKind::Fanout,
+                        ExchangeDeclareOptions { durable: true, ..Default::default() },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .inspect_err(|error| report_inequivalent("exchange", &name, error))?;
+                channel
+                    .queue_bind(
+                        ShortString::from(name.as_str()),
+                        ShortString::from(name.as_str()),
+                        "".into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            } else {
+                args.insert("x-dead-letter-exchange".into(), long_string(""));
+                args.insert("x-dead-letter-routing-key".into(), long_string(&self.queue));
+                self.declare_durable(channel, &name, args).await?;
+            }
         }
         Ok(())
     }
