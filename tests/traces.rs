@@ -213,6 +213,12 @@ async fn one_receipt_is_one_trace_from_the_callers_request_to_the_webhook_retrie
         .iter()
         .find(|s| s.service == "dlr-ingest" && s.parent_span_id == request[0].span_id && s.kind == 4)
         .expect("ingest's publish span");
+    for step in ["decode", "verify"] {
+        let found = find(&spans, "dlr-ingest", step);
+        assert_eq!(found.len(), 1, "one {step} span: {spans:#?}");
+        assert_eq!(found[0].parent_span_id, request[0].span_id, "{step} is a step of the request");
+        assert_eq!(found[0].kind, 1, "{step} is an internal span");
+    }
     let processes: Vec<&CollectedSpan> =
         spans.iter().filter(|s| s.service == "dlr-worker" && s.kind == 5).collect();
     assert_eq!(processes.len(), 2, "one delivery span per attempt: {spans:#?}");

@@ -15,7 +15,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use dlr_shared::Provider;
+use dlr_shared::telemetry::spans;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::error::IngestError;
 use crate::state::AppState;
@@ -38,9 +40,12 @@ pub async fn receive<P: ProviderApi>(
     request: Result<WebhookRequest, IngestError>,
 ) -> Result<Stored, IngestError> {
     let request = request.map_err(|error| reject(state, P::PROVIDER, error))?;
-    let decoded = accept(&P::ROUTE, &request)
-        .and_then(|()| P::decode(&request))
+    let decoding = spans::step("decode");
+    let decoded = decoding
+        .in_scope(|| accept(&P::ROUTE, &request).and_then(|()| P::decode(&request)))
+        .inspect_err(|_| spans::failed(&decoding))
         .map_err(|error| reject(state, P::PROVIDER, error))?;
+    drop(decoding);
     let provider = P::provider_of(&decoded);
     if let Err(error) = P::admit(configured, &request, &decoded) {
         if matches!(error, IngestError::UnsignedRetry) {
@@ -51,10 +56,14 @@ pub async fn receive<P: ProviderApi>(
         }
         return Err(reject(state, provider, error));
     }
+    let verifying = spans::step("verify");
     let authenticity = check(state, provider, &request, configured.mode, || {
         P::verify(&configured.credentials, &state.common, &request, &decoded)
     })
-    .await?;
+    .instrument(verifying.clone())
+    .await
+    .inspect_err(|_| spans::failed(&verifying))?;
+    drop(verifying);
     let parsed = P::parse(&decoded, Utc::now());
     publish::store(state, provider, &request, authenticity, parsed).await
 }
