@@ -191,9 +191,11 @@ impl Config {
             public_base_url: s.public_base_url.clone(),
             freshness: Freshness { max_age: s.max_age, max_future: s.max_future },
             accounts,
+            // A list that does not parse is reported by `serve_all` below,
+            // which stops start-up; here it only offers no candidate.
             basic_credentials: [&self.providers.infobip.basic_auth, &self.providers.sinch.basic_auth]
                 .into_iter()
-                .filter_map(|raw| crate::providers::settings::exposed(raw))
+                .filter_map(exposed)
                 .filter_map(|raw| crate::providers::settings::basic_list(raw).ok())
                 .collect(),
         });
