@@ -12,6 +12,7 @@
 //! registry per app. The `#[ignore]`d ones (a memory alarm on the broker)
 //! run alone with `-- --ignored --test-threads=1`.
 
+mod accounts;
 mod alarm_worker;
 mod amqp_edges;
 mod broker_addresses;

@@ -2,23 +2,37 @@
 //!
 //! A flat secret list per provider lets whoever holds any listed secret sign
 //! receipts for every listed account. With the accounts file, the account a
-//! request names (and that its signature covers) selects its own secrets: a
-//! secret of account A never verifies a receipt naming account B. The file is
-//! TOML, meant to be mounted from a Kubernetes Secret:
+//! request names selects its own credentials: a secret of account A never
+//! verifies a receipt naming account B. The file is TOML, meant to be mounted
+//! from a Kubernetes Secret:
 //!
 //! ```toml
-//! [twilio]
+//! [twilio]            # AccountSid
 //! AC0123456789abcdef0123456789abcdef = ["current-token", "previous-token"]
 //! [vonage]            # the api key: SMS `api-key`, Messages JWT `api_key`
 //! a1b2c3d4 = ["signature-secret"]
 //! [plivo]             # the auth id in `ParentAuthID`
 //! MAXXXXXXXXXXXXXXXXXX = ["auth-token"]
+//! [telnyx]            # `data.payload.organization_id` -> Ed25519 public keys
+//! b448f9cc-a842-4784-98e9-03c1a5872950 = ["base64 public key"]
+//! [sinch]             # /dlr/sinch/{service plan id}: callback secrets or Basic user:password
+//! sp-acme = ["callback-secret"]
+//! [infobip]           # /dlr/infobip/{account}: Basic user:password
+//! acme = ["user:password"]
 //! ```
 //!
-//! Each list is current first, then previous ones during a rotation. The
-//! environment variables stay for the one-account case: a provider without a
-//! table in the file uses them, a provider with one uses only the file.
+//! How each provider names the account is its [`AccountKey`]: a field the
+//! signature covers (Vonage, Twilio, Plivo, Telnyx), or, where nothing in the
+//! request does (Sinch, Infobip), the callback URL's last path segment, which
+//! the operator enters per account in the provider's portal. Each list is
+//! current first, then previous ones during a rotation. The environment
+//! variables stay for the one-account case: a provider without a table in the
+//! file uses them; a provider with one keyed by a field uses only the file; a
+//! path-keyed provider uses its variable for the route without a segment.
+//!
+//! [`AccountKey`]: crate::providers::api::AccountKey
 
+use crate::providers::api::AccountKey;
 use crate::signature::{SecretList, SignatureError};
 use secrecy::SecretString;
 use std::collections::{BTreeMap, HashMap};
@@ -46,7 +60,8 @@ pub enum AccountsError {
         /// Where it went wrong.
         problem: String,
     },
-    /// A provider that does not name accounts in its requests.
+    /// A provider that does not name accounts in its requests, or an
+    /// account name a path segment cannot carry as it is.
     #[error("{path}: [{provider}] is not supported; per-account secrets exist for: {supported}")]
     Provider {
         /// The configured path.
@@ -89,7 +104,13 @@ impl Accounts {
                 return Err(AccountsError::Provider { path: String::new(), provider, supported });
             }
             let mut by_account = HashMap::new();
+            let by_path = tables.iter().any(|(p, key)| *p == provider && *key == AccountKey::PathSegment);
             for (account, secrets) in entries {
+                if by_path && !is_path_segment(&account) {
+                    return Err(shape(format!(
+                        "[{provider}] {account:?}: a path segment account is made of A-Z a-z 0-9 . _ - ~ only"
+                    )));
+                }
                 if secrets.is_empty() || secrets.iter().any(|s| s.is_empty()) {
                     return Err(shape(format!(
                         "[{provider}] {account}: needs one or more non-empty secrets"
@@ -106,6 +127,30 @@ impl Accounts {
     /// True when the file has accounts for `provider`.
     pub fn has(&self, provider: &str) -> bool {
         self.0.get(provider).is_some_and(|a| !a.is_empty())
+    }
+
+    /// The accounts of `provider` with their credentials, for providers
+    /// that parse them into their own types at start-up (Telnyx keys).
+    pub fn table(&self, provider: &str) -> impl Iterator<Item = (&str, &SecretList)> {
+        self.0.get(provider).into_iter().flatten().map(|(account, list)| (account.as_str(), list))
+    }
+
+    /// The credentials of a provider whose requests name the account in
+    /// their path: the named account's own (an account the file does not
+    /// list is refused, never given the variable's list), or, on the route
+    /// without a segment, `fallback` (the environment variable's list).
+    pub fn by_path<'a>(
+        &'a self,
+        provider: &str,
+        account: Option<&str>,
+        fallback: Option<&'a SecretList>,
+    ) -> Result<&'a SecretList, SignatureError> {
+        match account {
+            None => fallback.ok_or(SignatureError::Missing("secret")),
+            Some(account) => {
+                self.0.get(provider).and_then(|a| a.get(account)).ok_or(SignatureError::UnknownAccount)
+            }
+        }
     }
 
     /// The secrets that may verify a request of `provider` naming `account`:
@@ -126,6 +171,15 @@ impl Accounts {
             }
         }
     }
+}
+
+/// True when `account` is a non-empty run of URL-unreserved characters
+/// (RFC 3986), so that the path a provider calls spells it exactly.
+fn is_path_segment(account: &str) -> bool {
+    !account.is_empty()
+        && account.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+        && account != "."
+        && account != ".."
 }
 
 #[cfg(test)]
@@ -160,10 +214,31 @@ ACbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb = ["b"]
 
     #[test]
     fn bad_files_are_refused_without_echoing_secrets() {
-        let error = Accounts::parse("[telnyx]\nk = [\"s\"]").unwrap_err().to_string();
-        assert!(error.contains("telnyx"), "{error}");
+        let error = Accounts::parse("[bandwidth]\nk = [\"s\"]").unwrap_err().to_string();
+        assert!(error.contains("bandwidth"), "{error}");
+        let error = Accounts::parse("[infobip]\n\"a/b\" = [\"u:p\"]").unwrap_err().to_string();
+        assert!(error.contains("path segment"), "{error}");
         let error = Accounts::parse("[twilio]\nAC1 = \"not-a-list-secret\"").unwrap_err().to_string();
         assert!(!error.contains("not-a-list-secret"), "{error}");
         assert!(Accounts::parse("[twilio]\nAC1 = []").is_err());
+    }
+
+    #[test]
+    fn a_path_account_gets_its_own_credentials_and_no_segment_the_variable() {
+        let accounts = Accounts::parse("[infobip]\nacme = [\"a:1\", \"a:0\"]\nbeta = [\"b:1\"]").unwrap();
+        let env = SecretList::parse("env:1").unwrap();
+        let acme = accounts.by_path("infobip", Some("acme"), Some(&env)).unwrap();
+        assert_eq!(acme.iter().map(|s| s.expose_secret()).collect::<Vec<_>>(), ["a:1", "a:0"]);
+        assert_eq!(
+            accounts.by_path("infobip", Some("gamma"), Some(&env)).unwrap_err(),
+            SignatureError::UnknownAccount,
+            "an unlisted account never falls back to the variable"
+        );
+        assert!(accounts.by_path("infobip", None, Some(&env)).is_ok());
+        assert_eq!(
+            Accounts::default().by_path("sinch", Some("acme"), Some(&env)).unwrap_err(),
+            SignatureError::UnknownAccount
+        );
+        assert_eq!(accounts.by_path("infobip", None, None).unwrap_err(), SignatureError::Missing("secret"));
     }
 }

@@ -101,7 +101,8 @@ pub struct Config {
 #[derive(Debug, Clone, Args)]
 pub struct SignatureConfig {
     /// TOML file of per-account credentials (Vonage api key, Twilio AccountSid,
-    /// Plivo auth id -> secrets, current first), mounted from a Kubernetes Secret.
+    /// Plivo auth id, Telnyx organization id, Sinch and Infobip path account
+    /// -> secrets, current first), mounted from a Kubernetes Secret.
     #[arg(long = "provider-accounts-file", env = "PROVIDER_ACCOUNTS_FILE")]
     pub accounts_file: Option<std::path::PathBuf>,
     /// Scheme and host the providers call (e.g. https://dlr.example.com). Twilio
@@ -187,17 +188,21 @@ impl Config {
                 .map_err(|e| invalid("PROVIDER_ACCOUNTS_FILE", e.to_string()))?,
             None => crate::accounts::Accounts::default(),
         };
+        // A list that does not parse is reported by `serve_all` below, which
+        // stops start-up; here it only offers no candidate. Each account's
+        // (`/dlr/infobip/{account}`, `/dlr/sinch/{account}`) too: the
+        // provider's check then takes only the path's account's.
+        let basic_credentials = [&self.providers.infobip.basic_auth, &self.providers.sinch.basic_auth]
+            .into_iter()
+            .filter_map(exposed)
+            .filter_map(|raw| crate::providers::settings::basic_list(raw).ok())
+            .chain(["infobip", "sinch"].into_iter().flat_map(|p| accounts.table(p).map(|(_, l)| l.clone())))
+            .collect();
         let common = Arc::new(Common {
             public_base_url: s.public_base_url.clone(),
             freshness: Freshness { max_age: s.max_age, max_future: s.max_future },
             accounts,
-            // A list that does not parse is reported by `serve_all` below,
-            // which stops start-up; here it only offers no candidate.
-            basic_credentials: [&self.providers.infobip.basic_auth, &self.providers.sinch.basic_auth]
-                .into_iter()
-                .filter_map(exposed)
-                .filter_map(|raw| crate::providers::settings::basic_list(raw).ok())
-                .collect(),
+            basic_credentials,
         });
         let served = crate::providers::serve_all(&self.providers, &common)?;
         Ok(Validated { common, served })

@@ -151,9 +151,32 @@ pub struct SettingNames {
     pub credential_variables: &'static [&'static str],
     /// Whether the credentials are secrets (a public key is not).
     pub secret: bool,
-    /// The request field naming the account, when per-account secrets can
-    /// be given in `PROVIDER_ACCOUNTS_FILE` (table [`SettingNames::group`]).
-    pub account_field: Option<&'static str>,
+    /// What names the account in a request, when per-account credentials
+    /// can be given in `PROVIDER_ACCOUNTS_FILE` (table [`SettingNames::group`]).
+    pub account: Option<AccountKey>,
+}
+
+/// Where a provider's request names the account whose credentials verify it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKey {
+    /// A field the signature covers (Twilio `AccountSid`, Telnyx
+    /// `organization_id`): the field's name, for the start-up error and docs.
+    Field(&'static str),
+    /// Nothing in the request names it (Basic auth covers no byte of the
+    /// body, Sinch reports carry no service plan): the route takes an
+    /// optional last path segment, `<route>/{account}`, which the operator
+    /// enters per account in the provider's portal.
+    PathSegment,
+}
+
+impl AccountKey {
+    /// How the README and the start-up error describe it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Field(field) => field,
+            Self::PathSegment => "path segment /{account}",
+        }
+    }
 }
 
 /// One documented status word.
@@ -290,6 +313,41 @@ impl Common {
     /// the request (for a sealed replay, when it first received it).
     pub fn now_unix(&self, request: &WebhookRequest) -> i64 {
         request.received_at.timestamp()
+    }
+}
+
+/// The account a request names in its path (`/dlr/infobip/acme` -> `acme`)
+/// on a route whose account is [`AccountKey::PathSegment`]; `None` on the
+/// route itself. The router matches one segment only, so the rest is the name.
+pub fn path_account<'r>(route: &Route, request: &'r WebhookRequest) -> Option<&'r str> {
+    request.path.strip_prefix(route.path)?.strip_prefix('/').filter(|account| !account.is_empty())
+}
+
+/// A body and the account its path names: what a provider whose account is
+/// [`AccountKey::PathSegment`] decodes a request to.
+#[derive(Debug, Clone)]
+pub struct PathBody {
+    /// The raw body, as signed.
+    pub body: bytes::Bytes,
+    /// The path's account segment (`None` on the route itself).
+    pub account: Option<String>,
+}
+
+impl PathBody {
+    /// The body of `request` to `route`, with its path's account.
+    pub fn of(route: &Route, request: &WebhookRequest) -> Self {
+        Self { body: request.body.clone(), account: path_account(route, request).map(str::to_owned) }
+    }
+
+    /// `batch` with every receipt's `account` set to the path's: the account
+    /// whose credentials verified the request.
+    pub fn label(&self, mut batch: super::Batch) -> super::Batch {
+        if let Some(account) = &self.account {
+            for event in &mut batch.events {
+                event.account = Some(account.clone());
+            }
+        }
+        batch
     }
 }
 

@@ -16,7 +16,7 @@ use dlr_shared::{Outcome, Provider};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use super::api::{Common, ProviderApi, Route, Sample, SettingNames, StatusWord, Verb};
+use super::api::{AccountKey, Common, ProviderApi, Route, Sample, SettingNames, StatusWord, Verb};
 use super::{Batch, ProviderSettings, REGISTRY};
 use crate::config::ConfigError;
 use crate::error::IngestError;
@@ -235,15 +235,15 @@ pub fn copied_headers() -> Vec<&'static str> {
     names
 }
 
-/// The providers whose requests name an account, with the field naming it:
-/// the tables `PROVIDER_ACCOUNTS_FILE` may have.
-pub fn account_tables() -> Vec<(&'static str, &'static str)> {
-    let mut tables: Vec<(&str, &str)> = Vec::new();
+/// The providers whose requests name an account, with what names it: the
+/// tables `PROVIDER_ACCOUNTS_FILE` may have.
+pub fn account_tables() -> Vec<(&'static str, AccountKey)> {
+    let mut tables: Vec<(&str, AccountKey)> = Vec::new();
     for settings in REGISTRY.iter().map(|entry| entry.settings()) {
-        if let Some(field) = settings.account_field
+        if let Some(key) = settings.account
             && !tables.iter().any(|(group, _)| *group == settings.group)
         {
-            tables.push((settings.group, field));
+            tables.push((settings.group, key));
         }
     }
     tables

@@ -1,5 +1,9 @@
 //! The webhook routes: one per provider, from the registry, each added
-//! only when its provider is served (otherwise 404).
+//! only when its provider is served (otherwise 404). A provider whose
+//! requests name their account only in the URL (Sinch, Infobip) also gets
+//! `<route>/{account}`; the same handler selects that account's credentials,
+//! and an account it does not know gets 401 `unknown_account`, not 404, so
+//! the answer tells nothing about which accounts exist.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -9,6 +13,7 @@ use axum::http::StatusCode;
 use crate::error::IngestError;
 use crate::intake::{self, WebhookRequest};
 use crate::providers::Served;
+use crate::providers::api::AccountKey;
 use crate::state::AppState;
 
 /// Smallest body limit of the routes whose requests carry up to a hundred
@@ -20,11 +25,17 @@ pub const BATCH_BODY_LIMIT_BYTES: usize = 1 << 20;
 /// The routes of the served providers whose route's `large_bodies` is
 /// `large_bodies`. Methods a route does not take get 405 from the router.
 pub fn router(served: &[Served], large_bodies: bool) -> Router<AppState> {
-    served
-        .iter()
-        .filter(|one| one.entry.route().large_bodies == large_bodies)
-        .filter_map(|one| Some((one.entry.route().path, one.handler.clone()?)))
-        .fold(Router::new(), |router, (path, handler)| router.route(path, handler))
+    let mut router = Router::new();
+    for one in served.iter().filter(|one| one.entry.route().large_bodies == large_bodies) {
+        let Some(handler) = one.handler.clone() else { continue };
+        let path = one.entry.route().path;
+        if one.entry.settings().account == Some(AccountKey::PathSegment) {
+            // One segment: the template, not the raw path, labels the metrics.
+            router = router.route(&format!("{path}/{{account}}"), handler.clone());
+        }
+        router = router.route(path, handler);
+    }
+    router
 }
 
 impl FromRequest<AppState> for WebhookRequest {

@@ -97,7 +97,7 @@ pub enum ConfigError {
 /// The secrets a signature may have been made with: the current one first, then older ones.
 ///
 /// Rotating a provider secret is not atomic (the provider switches, then we redeploy, or the other way
-/// round), so during the overlap both must verify. The list is never empty, and its `Debug` output
+/// round), so during the overlap both must verify. The list is never empty (but for [`SecretList::none`]), and its `Debug` output
 /// shows only the count.
 #[derive(Clone)]
 pub struct SecretList(Vec<SecretString>);
@@ -140,6 +140,12 @@ impl SecretList {
             .map(Self)
     }
 
+    /// No secret: what a request naming no configured account is checked
+    /// with, only to tell a missing or malformed signature ([`unselected`]).
+    pub(crate) fn none() -> Self {
+        Self(Vec::new())
+    }
+
     /// A list of already separated secrets (the accounts file); not empty.
     pub(crate) fn from_secrets(secrets: Vec<SecretString>) -> Self {
         Self(secrets)
@@ -175,6 +181,18 @@ impl SecretList {
 impl fmt::Debug for SecretList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecretList").field("len", &self.0.len()).finish_non_exhaustive()
+    }
+}
+
+/// The error of a request whose named account selects no credentials
+/// (`selection`: `unknown_account`, or a missing account): a request whose
+/// signature is itself missing or malformed (`shape`, its check run with no
+/// credentials) is reported as such, so that it is not taken for a
+/// well-formed one and copied to the quarantine.
+pub fn unselected(selection: SignatureError, shape: Result<usize, SignatureError>) -> SignatureError {
+    match shape {
+        Err(error @ (SignatureError::Missing(_) | SignatureError::Malformed(_))) => error,
+        _ => selection,
     }
 }
 

@@ -3,6 +3,16 @@
 //! `{"results":[...]}`, up to 100 reports per request, protected with HTTP
 //! Basic (the documented subscription security setting we can verify).
 //!
+//! Accounts: a report names no account Basic could vouch for (Basic covers
+//! no byte of the body, and the report's fields, `bulkId`, `messageId`,
+//! `to`, ... name none; delivery report webhook,
+//! <https://www.infobip.com/docs/api/channels/sms/sms-messaging/logs-and-status-reports/receive-outbound-sms-message-report>).
+//! So each account gets its own report URL, `/dlr/infobip/{account}`, as the
+//! `notifyUrl` or in its subscription, with its own credentials in the
+//! accounts file's `[infobip]`: the path names the account, only that
+//! account's credentials verify it, and it is the event's `account`.
+//! `/dlr/infobip` keeps `INFOBIP_BASIC_AUTH`.
+//!
 //! - [`wire`]: the body and status names, parsed into receipts.
 //! - Basic authentication is [`crate::signature::basic`].
 //! - [`settings`]: its variables, `INFOBIP_*`.
@@ -15,16 +25,15 @@ pub use settings::Settings;
 pub use wire::parse;
 
 use axum::http::header;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use dlr_shared::{Outcome, Provider};
 
-use super::api::{Answer, Route, Sample, SettingNames, StatusWord, Verb, header};
+use super::api::{AccountKey, Answer, PathBody, Route, Sample, SettingNames, StatusWord, Verb, header};
 use super::{Batch, Common, Configured, ProviderApi, ProviderSettings, ReceiptError};
 use crate::config::ConfigError;
 use crate::error::IngestError;
 use crate::intake::WebhookRequest;
-use crate::signature::{SecretList, SignatureError, basic};
+use crate::signature::{SecretList, SignatureError, basic, unselected};
 
 /// Infobip's SMS API.
 pub struct Infobip;
@@ -32,7 +41,7 @@ pub struct Infobip;
 impl ProviderApi for Infobip {
     type Settings = Settings;
     type Credentials = Option<SecretList>;
-    type Decoded = Bytes;
+    type Decoded = PathBody;
 
     const PROVIDER: Provider = Provider::Infobip;
     const NAME: &'static str = "Infobip";
@@ -48,7 +57,7 @@ impl ProviderApi for Infobip {
         mode_variable: "INFOBIP_AUTH_MODE",
         credential_variables: &["INFOBIP_BASIC_AUTH"],
         secret: true,
-        account_field: None,
+        account: Some(AccountKey::PathSegment),
     };
     const SIGNATURE_HEADERS: &'static [&'static str] = &["authorization"];
     // PENDING_ACCEPTED (accepted by Infobip) -> PENDING_ENROUTE (sent to the
@@ -76,28 +85,33 @@ impl ProviderApi for Infobip {
 
     fn configure(
         settings: &ProviderSettings,
-        _common: &Common,
+        common: &Common,
     ) -> Result<Configured<Option<SecretList>>, ConfigError> {
-        settings::configure(settings)
+        settings::configure(settings, common)
     }
 
-    fn decode(request: &WebhookRequest) -> Result<Bytes, IngestError> {
-        Ok(request.body.clone())
+    fn decode(request: &WebhookRequest) -> Result<PathBody, IngestError> {
+        Ok(PathBody::of(&Self::ROUTE, request))
     }
 
+    /// The credentials of the account the path names, or on `/dlr/infobip`
+    /// the variable's.
     fn verify(
         credentials: &Option<SecretList>,
-        _common: &Common,
+        common: &Common,
         request: &WebhookRequest,
-        _body: &Bytes,
+        decoded: &PathBody,
     ) -> Result<usize, SignatureError> {
-        let credentials = credentials.as_ref().ok_or(SignatureError::Missing("secret"))?;
         let authorization = header(request, header::AUTHORIZATION.as_str());
-        credentials.first_match(|one| basic::verify(authorization, one))
+        let check = |list: &SecretList| list.first_match(|one| basic::verify(authorization, one));
+        match common.accounts.by_path("infobip", decoded.account.as_deref(), credentials.as_ref()) {
+            Ok(list) => check(list),
+            Err(error) => Err(unselected(error, basic::verify(authorization, &SecretList::none()).map(|()| 0))),
+        }
     }
 
-    fn parse(body: &Bytes, received_at: DateTime<Utc>) -> Result<Batch, ReceiptError> {
-        wire::parse(body, received_at)
+    fn parse(decoded: &PathBody, received_at: DateTime<Utc>) -> Result<Batch, ReceiptError> {
+        wire::parse(&decoded.body, received_at).map(|batch| decoded.label(batch))
     }
 
     fn outcome_of(word: &str) -> Option<Outcome> {

@@ -4,8 +4,9 @@ use clap::Args;
 use secrecy::SecretString;
 
 use crate::config::ConfigError;
-use crate::providers::settings::{basic_list, check, exposed};
-use crate::providers::{Configured, ProviderSettings};
+use crate::providers::settings::{basic_list, check_accounts, exposed};
+use crate::providers::{Common, Configured, ProviderSettings};
+use crate::signature::basic;
 use crate::signature::{SecretList, SignatureMode};
 
 /// `INFOBIP_*` flags and variables.
@@ -31,9 +32,21 @@ impl crate::providers::api::ModeSetting for Settings {
     }
 }
 
-/// Infobip's configuration: the `user:password` pairs (`None` when off).
-pub(crate) fn configure(settings: &ProviderSettings) -> Result<Configured<Option<SecretList>>, ConfigError> {
+/// Infobip's configuration: the `user:password` pairs of `/dlr/infobip`
+/// (`None` when off or only per account); each account's in the accounts
+/// file are checked to be pairs too.
+pub(crate) fn configure(
+    settings: &ProviderSettings,
+    common: &Common,
+) -> Result<Configured<Option<SecretList>>, ConfigError> {
     let own = &settings.infobip;
-    let check = check(own.mode, exposed(&own.basic_auth), "INFOBIP_BASIC_AUTH", basic_list)?;
+    let in_file = common.accounts.has("infobip");
+    let check = check_accounts(own.mode, exposed(&own.basic_auth), in_file, "INFOBIP_BASIC_AUTH", basic_list)?;
+    for (account, list) in common.accounts.table("infobip") {
+        basic::validate_credentials(list).map_err(|e| ConfigError::Invalid {
+            variable: "PROVIDER_ACCOUNTS_FILE",
+            problem: format!("[infobip] {account}: {e}"),
+        })?;
+    }
     Ok(Configured { mode: check.mode, credentials: check.secrets })
 }

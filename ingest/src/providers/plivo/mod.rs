@@ -19,7 +19,7 @@ use axum::http::Method;
 use chrono::{DateTime, Utc};
 use dlr_shared::{Outcome, Provider};
 
-use super::api::{Answer, Route, Sample, SettingNames, StatusWord, Verb, header};
+use super::api::{AccountKey, Answer, Route, Sample, SettingNames, StatusWord, Verb, header};
 use super::{
     Batch, Common, Configured, Fields, ProviderApi, ProviderSettings, ReceiptError, decode_urlencoded,
 };
@@ -50,7 +50,7 @@ impl ProviderApi for Plivo {
         mode_variable: "PLIVO_SIGNATURE_MODE",
         credential_variables: &["PLIVO_AUTH_TOKEN"],
         secret: true,
-        account_field: Some("ParentAuthID"),
+        account: Some(AccountKey::Field("ParentAuthID")),
     };
     const SIGNATURE_HEADERS: &'static [&'static str] = &[
         "x-plivo-signature-v3",

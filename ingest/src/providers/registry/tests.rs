@@ -166,7 +166,7 @@ fn infobip_credentials_may_contain_commas() {
         },
         ..Default::default()
     };
-    let list = infobip::settings::configure(&settings).unwrap().credentials.unwrap();
+    let list = infobip::settings::configure(&settings, &common(None)).unwrap().credentials.unwrap();
     use secrecy::ExposeSecret;
     let got: Vec<&str> = list.iter().map(|s| s.expose_secret()).collect();
     assert_eq!(got, ["user:pa,ss:word", "old:x"]);
@@ -347,6 +347,13 @@ fn the_quarantine_keeps_every_signature_header_and_the_account_tables_are_the_re
     }
     assert_eq!(
         account_tables(),
-        [("vonage", "api-key / JWT api_key"), ("twilio", "AccountSid"), ("plivo", "ParentAuthID")]
+        [
+            ("vonage", AccountKey::Field("api-key / JWT api_key")),
+            ("twilio", AccountKey::Field("AccountSid")),
+            ("telnyx", AccountKey::Field("data.payload.organization_id")),
+            ("plivo", AccountKey::Field("ParentAuthID")),
+            ("sinch", AccountKey::PathSegment),
+            ("infobip", AccountKey::PathSegment),
+        ]
     );
 }

@@ -3,6 +3,17 @@
 //! JSON per-recipient or batch reports, signed with
 //! `x-sinch-webhook-signature` or protected with HTTP Basic.
 //!
+//! Accounts: a delivery report names no account (its fields are `batch_id`,
+//! `recipient`, `status`, `code`, `client_reference`, ...; no service plan;
+//! [delivery reports](https://developers.sinch.com/docs/sms/api-reference/sms/tag/Delivery-reports/)),
+//! but the callback URL is set per service plan in the dashboard or per
+//! batch (`callback_url`). So each service plan gets its own URL,
+//! `/dlr/sinch/{service plan}`, with its own credentials in the accounts
+//! file's `[sinch]` (callback secrets or Basic `user:password`, checked by
+//! the scheme the request carries): the path names the account, only its
+//! credentials verify it, and it is the event's `account`. `/dlr/sinch`
+//! keeps `SINCH_WEBHOOK_SECRET` / `SINCH_BASIC_AUTH`.
+//!
 //! - [`wire`]: the body and status words, parsed into receipts.
 //! - [`signature`]: the HMAC check (Basic is [`crate::signature::basic`]).
 //! - [`settings`]: its variables, `SINCH_*`.
@@ -16,16 +27,15 @@ pub use settings::{Credentials, Settings};
 pub use wire::parse;
 
 use axum::http::header;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use dlr_shared::{Outcome, Provider};
 
-use super::api::{Answer, Route, Sample, SettingNames, StatusWord, Verb, header};
+use super::api::{AccountKey, Answer, PathBody, Route, Sample, SettingNames, StatusWord, Verb, header};
 use super::{Batch, Common, Configured, ProviderApi, ProviderSettings, ReceiptError};
 use crate::config::ConfigError;
 use crate::error::IngestError;
 use crate::intake::WebhookRequest;
-use crate::signature::{SignatureError, basic};
+use crate::signature::{SecretList, SignatureError, basic, unselected};
 
 /// Sinch's SMS API.
 pub struct Sinch;
@@ -33,7 +43,7 @@ pub struct Sinch;
 impl ProviderApi for Sinch {
     type Settings = Settings;
     type Credentials = Credentials;
-    type Decoded = Bytes;
+    type Decoded = PathBody;
 
     const PROVIDER: Provider = Provider::Sinch;
     const NAME: &'static str = "Sinch";
@@ -49,7 +59,7 @@ impl ProviderApi for Sinch {
         mode_variable: "SINCH_SIGNATURE_MODE",
         credential_variables: &["SINCH_WEBHOOK_SECRET", "SINCH_BASIC_AUTH"],
         secret: true,
-        account_field: None,
+        account: Some(AccountKey::PathSegment),
     };
     const SIGNATURE_HEADERS: &'static [&'static str] = &[
         "authorization",
@@ -96,51 +106,62 @@ impl ProviderApi for Sinch {
 
     fn configure(
         settings: &ProviderSettings,
-        _common: &Common,
+        common: &Common,
     ) -> Result<Configured<Credentials>, ConfigError> {
-        settings::configure(settings)
+        settings::configure(settings, common)
     }
 
-    fn decode(request: &WebhookRequest) -> Result<Bytes, IngestError> {
-        Ok(request.body.clone())
+    fn decode(request: &WebhookRequest) -> Result<PathBody, IngestError> {
+        Ok(PathBody::of(&Self::ROUTE, request))
     }
 
-    /// A request is checked by the scheme it carries; Basic only when it
-    /// carries no HMAC signature (or no secret is configured).
+    /// A request is checked by the scheme it carries; on `/dlr/sinch`, Basic
+    /// only when it carries no HMAC signature (or no secret is configured);
+    /// on `/dlr/sinch/{account}`, with that account's credentials only.
     fn verify(
         credentials: &Credentials,
         common: &Common,
         request: &WebhookRequest,
-        body: &Bytes,
+        decoded: &PathBody,
     ) -> Result<usize, SignatureError> {
         let authorization = header(request, header::AUTHORIZATION.as_str());
         let signature = header(request, signature::SIGNATURE_HEADER);
         let signed = signature::is_signed(signature);
+        let basic_check = |list: &SecretList| list.first_match(|one| basic::verify(authorization, one));
+        let hmac_verify = |secrets: &SecretList| {
+            let algorithm = signature::Algorithm::from_header(header(request, signature::ALGORITHM_HEADER))?;
+            signature::verify_with(
+                algorithm,
+                &decoded.body,
+                signature,
+                header(request, signature::NONCE_HEADER),
+                header(request, signature::TIMESTAMP_HEADER),
+                secrets,
+                common.freshness,
+                common.now_unix(request),
+            )
+        };
+        let hmac_check = |secrets: &SecretList| secrets.first_match(hmac_verify);
+        if let Some(account) = decoded.account.as_deref() {
+            return match common.accounts.by_path("sinch", Some(account), None) {
+                Ok(list) if signed => hmac_check(list),
+                Ok(list) => basic_check(list),
+                Err(error) if signed => Err(unselected(error, hmac_verify(&SecretList::none()).map(|()| 0))),
+                Err(error) => {
+                    Err(unselected(error, basic::verify(authorization, &SecretList::none()).map(|()| 0)))
+                }
+            };
+        }
         match (&credentials.basic, &credentials.hmac) {
-            (Some(basic), None) => basic.first_match(|one| basic::verify(authorization, one)),
-            (Some(basic), Some(_)) if !signed => basic.first_match(|one| basic::verify(authorization, one)),
-            (_, Some(secrets)) => {
-                let algorithm =
-                    signature::Algorithm::from_header(header(request, signature::ALGORITHM_HEADER))?;
-                secrets.first_match(|secret| {
-                    signature::verify_with(
-                        algorithm,
-                        body,
-                        signature,
-                        header(request, signature::NONCE_HEADER),
-                        header(request, signature::TIMESTAMP_HEADER),
-                        secret,
-                        common.freshness,
-                        common.now_unix(request),
-                    )
-                })
-            }
+            (Some(basic), None) => basic_check(basic),
+            (Some(basic), Some(_)) if !signed => basic_check(basic),
+            (_, Some(secrets)) => hmac_check(secrets),
             (None, None) => Err(SignatureError::Missing("secret")),
         }
     }
 
-    fn parse(body: &Bytes, received_at: DateTime<Utc>) -> Result<Batch, ReceiptError> {
-        wire::parse(body, received_at)
+    fn parse(decoded: &PathBody, received_at: DateTime<Utc>) -> Result<Batch, ReceiptError> {
+        wire::parse(&decoded.body, received_at).map(|batch| decoded.label(batch))
     }
 
     fn outcome_of(word: &str) -> Option<Outcome> {

@@ -6,7 +6,7 @@ use secrecy::SecretString;
 
 use crate::config::ConfigError;
 use crate::providers::settings::{basic_list, checks, exposed, resolve};
-use crate::providers::{Configured, ProviderSettings};
+use crate::providers::{Common, Configured, ProviderSettings};
 use crate::signature::{SecretList, SignatureMode};
 
 /// `SINCH_*` flags and variables.
@@ -50,13 +50,18 @@ pub struct Credentials {
     pub basic: Option<SecretList>,
 }
 
-/// Sinch's configuration: either credential may be absent as long as one is there.
-pub(crate) fn configure(settings: &ProviderSettings) -> Result<Configured<Credentials>, ConfigError> {
+/// Sinch's configuration: either credential may be absent as long as one is
+/// there, or the accounts file has a `[sinch]` table (then `/dlr/sinch`
+/// without an account has no credentials and refuses every request).
+pub(crate) fn configure(
+    settings: &ProviderSettings,
+    common: &Common,
+) -> Result<Configured<Credentials>, ConfigError> {
     let own = &settings.sinch;
     let present = |s: &Option<SecretString>| exposed(s).map(str::trim).filter(|s| !s.is_empty()).is_some();
     let any = present(&own.webhook_secret) || present(&own.basic_auth);
-    let mode = resolve(own.mode, any);
-    if checks(mode) && !any {
+    let mode = resolve(own.mode, any || common.accounts.has("sinch"));
+    if checks(mode) && !any && !common.accounts.has("sinch") {
         return Err(ConfigError::Invalid {
             variable: "SINCH_WEBHOOK_SECRET",
             problem: "(or SINCH_BASIC_AUTH) is required when SINCH_SIGNATURE_MODE is log-only or enforce"

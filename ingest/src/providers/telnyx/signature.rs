@@ -22,6 +22,12 @@ pub const TOLERANCE: Duration = Duration::from_secs(300);
 pub struct PublicKeys(Vec<VerifyingKey>);
 
 impl PublicKeys {
+    /// No key: what a request naming no configured account is checked
+    /// with, only to tell a missing or malformed signature.
+    pub(crate) fn none() -> Self {
+        Self(Vec::new())
+    }
+
     /// Parses a comma-separated list of base64 32-byte Ed25519 public keys.
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
         if s.trim().is_empty() {
@@ -76,6 +82,19 @@ pub fn verify(
     max_future: Duration,
     now_unix: i64,
 ) -> Result<(), SignatureError> {
+    verify_entry(body, signature_header, timestamp_header, keys, max_future, now_unix).map(|_| ())
+}
+
+/// [`verify`], returning which key verified (0: the current one, more: a
+/// previous one), for the metric that tells when an old key can go.
+pub fn verify_entry(
+    body: &[u8],
+    signature_header: Option<&str>,
+    timestamp_header: Option<&str>,
+    keys: &PublicKeys,
+    max_future: Duration,
+    now_unix: i64,
+) -> Result<usize, SignatureError> {
     let header = signature_header
         .map(str::trim)
         .filter(|h| !h.is_empty())
@@ -94,10 +113,12 @@ pub fn verify(
     let signature = Signature::from_bytes(&signature);
     // The signature first: a forged request learns nothing from a freshness error.
     let message = signed_message(timestamp, body);
-    if !keys.0.iter().any(|key| key.verify_strict(&message, &signature).is_ok()) {
-        return Err(SignatureError::Mismatch);
-    }
-    Freshness { max_age: TOLERANCE, max_future }.check(seconds, now_unix)
+    let entry = keys
+        .0
+        .iter()
+        .position(|key| key.verify_strict(&message, &signature).is_ok())
+        .ok_or(SignatureError::Mismatch)?;
+    Freshness { max_age: TOLERANCE, max_future }.check(seconds, now_unix).map(|()| entry)
 }
 
 #[cfg(test)]
@@ -169,6 +190,15 @@ mod tests {
         let err =
             verify(body, Some(&sign(&key(2), &ahead, body)), Some(&ahead), &keys, SKEW, NOW).unwrap_err();
         assert_eq!(err.reason(), "future");
+    }
+
+    #[test]
+    fn the_matching_key_is_named() {
+        let body = b"{}";
+        let ts = NOW.to_string();
+        let keys = public(&[&key(2), &key(1)]);
+        let entry = |seed| verify_entry(body, Some(&sign(&key(seed), &ts, body)), Some(&ts), &keys, SKEW, NOW);
+        assert_eq!((entry(2), entry(1)), (Ok(0), Ok(1)));
     }
 
     #[test]

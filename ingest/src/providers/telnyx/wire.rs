@@ -149,7 +149,9 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<Batch, ReceiptEr
         sender: member_text(payload.get("from"), "phone_number").map(address),
         channel: text(payload.get("type")).map(|t| t.to_ascii_lowercase()),
         price: price(payload.get("cost")),
-        account: text(payload.get("messaging_profile_id")),
+        // The Telnyx account (organization) the message belongs to: the
+        // account that signed it, as [`account`] reads it.
+        account: text(payload.get("organization_id")),
         provider_timestamp: text(data.get("occurred_at")).as_deref().and_then(parse_timestamp),
         received_at,
     };
@@ -163,6 +165,17 @@ pub fn parse(body: &[u8], received_at: DateTime<Utc>) -> Result<Batch, ReceiptEr
         }
     }
     Ok(batch)
+}
+
+/// The account a webhook names: `data.payload.organization_id`, the Telnyx
+/// organization (account) that owns the messaging profile and so the key
+/// that signs the webhook (message payload in the API reference,
+/// <https://developers.telnyx.com/api-reference/callbacks/delivery-update>).
+/// Read as [`parse`] reads it, so the account checked is the event's.
+pub fn account(body: &[u8]) -> Option<String> {
+    let object = json::object(body).ok()?;
+    let payload = object.get("data")?.get("payload")?;
+    text(payload.get("organization_id"))
 }
 
 /// What every recipient's receipt of one message shares.

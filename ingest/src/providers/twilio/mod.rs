@@ -17,7 +17,7 @@ pub use wire::parse;
 use chrono::{DateTime, Utc};
 use dlr_shared::{Outcome, Provider};
 
-use super::api::{Answer, Route, Sample, SettingNames, StatusWord, Verb, header};
+use super::api::{AccountKey, Answer, Route, Sample, SettingNames, StatusWord, Verb, header};
 use super::{
     Batch, Common, Configured, Fields, ProviderApi, ProviderSettings, ReceiptError, decode_urlencoded,
 };
@@ -49,7 +49,7 @@ impl ProviderApi for Twilio {
         mode_variable: "TWILIO_SIGNATURE_MODE",
         credential_variables: &["TWILIO_AUTH_TOKEN"],
         secret: true,
-        account_field: Some("AccountSid"),
+        account: Some(AccountKey::Field("AccountSid")),
     };
     const SIGNATURE_HEADERS: &'static [&'static str] =
         &["x-twilio-signature", "x-twilio-webhooks-signature-settings"];

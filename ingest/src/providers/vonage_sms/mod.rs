@@ -20,7 +20,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use dlr_shared::{Outcome, Provider};
 
-use super::api::{Answer, Route, Sample, SettingNames, StatusWord, Verb};
+use super::api::{AccountKey, Answer, Route, Sample, SettingNames, StatusWord, Verb};
 use super::vonage_messages::VonageMessages;
 use super::{
     Batch, Common, Configured, FieldProblem, Fields, ProviderApi, ProviderSettings, ReceiptError,
@@ -64,7 +64,7 @@ impl ProviderApi for VonageSms {
         mode_variable: "VONAGE_SIGNATURE_MODE",
         credential_variables: &["VONAGE_SIGNATURE_SECRET"],
         secret: true,
-        account_field: Some("api-key / JWT api_key"),
+        account: Some(AccountKey::Field("api-key / JWT api_key")),
     };
     // `sig` is a field; a Messages API body on this route is checked by its JWT.
     const SIGNATURE_HEADERS: &'static [&'static str] = VonageMessages::SIGNATURE_HEADERS;
