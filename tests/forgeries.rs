@@ -319,6 +319,13 @@ async fn account_a_secret_does_not_sign_account_b_receipts() {
     let sig = twilio_sig::sign(&url, &pairs(&unknown), "token-a", twilio_sig::Algorithm::HmacSha1);
     let (status, body) = h.send(h.post("/dlr/twilio", FORM, unknown).header("x-twilio-signature", sig)).await;
     assert_eq!((status, &body["reason"]), (401, &Value::from("unknown_account")), "{body}");
+    // Unsigned and naming an account the file does not list: refused for
+    // the missing signature, like any unsigned request, and not copied to
+    // the quarantine (only a well-formed signature can be a genuine
+    // receipt refused by our mistake).
+    let unsigned = dlr_tests::corpus::S7.replace(A, "ACdddddddddddddddddddddddddddddddd");
+    let (status, body) = h.send(h.post("/dlr/twilio", FORM, unsigned)).await;
+    assert_eq!((status, &body["reason"]), (401, &Value::from("missing")), "{body}");
     assert_eq!(h.send(signed("token-b-old")).await.0, 200, "B's previous token during a rotation");
     h.events(1).await;
     let metrics = h.ingest.metrics().await;
@@ -330,6 +337,20 @@ async fn account_a_secret_does_not_sign_account_b_receipts() {
         )
     };
     assert_eq!((verified("current"), verified("previous")), (0.0, 1.0));
+    // Copied: the two well-formed signatures refused (A's token on B's
+    // receipt, the unknown account); not the unsigned request.
+    let bodies: Vec<String> = h
+        .quarantined()
+        .await
+        .iter()
+        .map(|copy| {
+            let body =
+                STANDARD.decode(copy["request"]["body_base64"].as_str().unwrap_or("")).expect("base64");
+            String::from_utf8_lossy(&body).into_owned()
+        })
+        .collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert!(bodies.iter().all(|b| !b.contains("ACdddd")), "the unsigned request was not copied: {bodies:?}");
     let _ = std::fs::remove_file(&file);
     h.finish().await;
 }

@@ -26,7 +26,7 @@ use super::{
 use crate::config::ConfigError;
 use crate::error::IngestError;
 use crate::intake::WebhookRequest;
-use crate::signature::SignatureError;
+use crate::signature::{SecretList, SignatureError, unselected};
 
 /// Plivo's messaging API.
 pub struct Plivo;
@@ -105,8 +105,6 @@ impl ProviderApi for Plivo {
         request: &WebhookRequest,
         (method, fields): &Self::Decoded,
     ) -> Result<usize, SignatureError> {
-        let tokens =
-            common.accounts.secrets_for("plivo", fields.get("ParentAuthID"), credentials.tokens.as_ref())?;
         let headers = signature::Headers {
             v3: header(request, "x-plivo-signature-v3"),
             ma_v3: header(request, "x-plivo-signature-ma-v3"),
@@ -120,7 +118,11 @@ impl ProviderApi for Plivo {
         let empty = Fields::default();
         let form = if *method == signature::Method::Post { fields } else { &empty };
         let url = common.public_url(request);
-        let entry = tokens.first_match(|token| signature::verify(*method, &url, form, headers, token))?;
+        let check = |tokens: &SecretList| signature::verify(*method, &url, form, headers, tokens);
+        let entry = match common.accounts.secrets_for("plivo", fields.get("ParentAuthID"), credentials.tokens.as_ref()) {
+            Ok(tokens) => tokens.first_match(check)?,
+            Err(error) => return Err(unselected(error, check(&SecretList::none()).map(|()| 0))),
+        };
         let v3 = [headers.v3, headers.ma_v3].iter().flatten().any(|v| !v.trim().is_empty());
         match headers.v2_nonce {
             // V2 signs no parameters and no time: its nonce verifies once

@@ -24,7 +24,7 @@ use super::{
 use crate::config::ConfigError;
 use crate::error::IngestError;
 use crate::intake::WebhookRequest;
-use crate::signature::{SecretList, SignatureError};
+use crate::signature::{SecretList, SignatureError, unselected};
 use wire::TwilioStatus;
 
 /// Twilio's messaging API.
@@ -102,11 +102,13 @@ impl ProviderApi for Twilio {
     ) -> Result<usize, SignatureError> {
         let signature_header = header(request, "x-twilio-signature");
         let settings_header = header(request, "x-twilio-webhooks-signature-settings");
-        let tokens = common.accounts.secrets_for("twilio", fields.get("AccountSid"), tokens.as_ref())?;
         let url = common.public_url(request);
-        tokens.first_match(|token| {
-            signature::verify(&url, fields.pairs(), signature_header, settings_header, token)
-        })
+        let check =
+            |tokens: &SecretList| signature::verify(&url, fields.pairs(), signature_header, settings_header, tokens);
+        match common.accounts.secrets_for("twilio", fields.get("AccountSid"), tokens.as_ref()) {
+            Ok(tokens) => tokens.first_match(check),
+            Err(error) => Err(unselected(error, check(&SecretList::none()).map(|()| 0))),
+        }
     }
 
     /// Refuses a callback whose signed text could have been re-split first.

@@ -25,7 +25,7 @@ use super::{Batch, Common, Configured, ProviderApi, ProviderSettings, ReceiptErr
 use crate::config::ConfigError;
 use crate::error::IngestError;
 use crate::intake::WebhookRequest;
-use crate::signature::{SignatureError, SignatureMode};
+use crate::signature::{SecretList, SignatureError, SignatureMode, unselected};
 use wire::MessagesStatus;
 
 /// The Vonage Messages API.
@@ -110,11 +110,13 @@ impl ProviderApi for VonageMessages {
     ) -> Result<usize, SignatureError> {
         let authorization = header(request, header::AUTHORIZATION.as_str());
         let account = signature::unverified_api_key(authorization);
-        let secrets =
-            common.accounts.secrets_for("vonage", account.as_deref(), credentials.secrets.as_ref())?;
-        secrets.first_match(|secret| {
-            signature::verify(authorization, body, secret, common.freshness, common.now_unix(request)).map(|_| ())
-        })
+        let check = |secrets: &SecretList| {
+            signature::verify(authorization, body, secrets, common.freshness, common.now_unix(request)).map(|_| ())
+        };
+        match common.accounts.secrets_for("vonage", account.as_deref(), credentials.secrets.as_ref()) {
+            Ok(secrets) => secrets.first_match(check),
+            Err(error) => Err(unselected(error, check(&SecretList::none()).map(|()| 0))),
+        }
     }
 
     fn parse(body: &Bytes, received_at: DateTime<Utc>) -> Result<Batch, ReceiptError> {

@@ -29,7 +29,7 @@ use super::{
 use crate::config::ConfigError;
 use crate::error::IngestError;
 use crate::intake::WebhookRequest;
-use crate::signature::SignatureError;
+use crate::signature::{SecretList, SignatureError, unselected};
 use wire::VonageStatus;
 
 /// The Vonage SMS API.
@@ -185,11 +185,13 @@ impl ProviderApi for VonageSms {
             Decoded::Fields(fields) => fields,
             Decoded::MessagesApi(body) => return VonageMessages::verify(credentials, common, request, body),
         };
-        let secrets =
-            common.accounts.secrets_for("vonage", fields.get("api-key"), credentials.secrets.as_ref())?;
-        secrets.first_match(|secret| {
-            signature::verify(fields.pairs(), secret, credentials.method, common.freshness, common.now_unix(request))
-        })
+        let check = |secrets: &SecretList| {
+            signature::verify(fields.pairs(), secrets, credentials.method, common.freshness, common.now_unix(request))
+        };
+        match common.accounts.secrets_for("vonage", fields.get("api-key"), credentials.secrets.as_ref()) {
+            Ok(secrets) => secrets.first_match(check),
+            Err(error) => Err(unselected(error, check(&SecretList::none()).map(|()| 0))),
+        }
     }
 
     fn parse(decoded: &Decoded, received_at: DateTime<Utc>) -> Result<Batch, ReceiptError> {
