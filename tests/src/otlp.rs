@@ -1,7 +1,9 @@
 //! A test OTLP collector: takes OTLP/HTTP protobuf export requests
-//! (`POST /v1/traces`), decodes them with the protocol's own generated
-//! types, and keeps the spans for assertions. Also a collector that never
-//! answers, for the tests of a collector that is down.
+//! (`POST /v1/traces`) or OTLP/gRPC ones (the generated
+//! `opentelemetry.proto.collector.trace.v1.TraceService/Export` over
+//! HTTP/2), decodes them with the protocol's own generated types, and keeps
+//! the spans for assertions. Also a collector that never answers, for the
+//! tests of a collector that is down.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -9,6 +11,11 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -66,6 +73,28 @@ impl Collector {
         Self { addr, spans }
     }
 
+    /// Starts a collector speaking OTLP/gRPC (for
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`): the generated trace service,
+    /// served over cleartext HTTP/2 with prior knowledge, as the exporter
+    /// speaks it to an `http://` endpoint.
+    pub async fn start_grpc() -> Self {
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let service = TraceServiceServer::new(GrpcTraces { spans: spans.clone() });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind collector");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = TowerToHyperService::new(service.clone());
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, spans }
+    }
+
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` for it.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
@@ -82,6 +111,29 @@ async fn export(State(spans): State<Arc<Mutex<Vec<CollectedSpan>>>>, body: Bytes
         Ok(request) => request,
         Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
     };
+    keep(&spans, request);
+    let body = ExportTraceServiceResponse::default().encode_to_vec();
+    ([(header::CONTENT_TYPE, "application/x-protobuf")], body).into_response()
+}
+
+/// The gRPC trace service: tonic's generated server decodes the request.
+struct GrpcTraces {
+    spans: Arc<Mutex<Vec<CollectedSpan>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcTraces {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        keep(&self.spans, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Adds the spans of one export request to `spans`.
+fn keep(spans: &Mutex<Vec<CollectedSpan>>, request: ExportTraceServiceRequest) {
     let mut collected = Vec::new();
     for resource_spans in request.resource_spans {
         let mut resource: BTreeMap<String, String> =
@@ -105,8 +157,6 @@ async fn export(State(spans): State<Arc<Mutex<Vec<CollectedSpan>>>>, body: Bytes
     if let Ok(mut spans) = spans.lock() {
         spans.extend(collected);
     }
-    let body = ExportTraceServiceResponse::default().encode_to_vec();
-    ([(header::CONTENT_TYPE, "application/x-protobuf")], body).into_response()
 }
 
 fn attributes(pairs: &[KeyValue]) -> BTreeMap<String, String> {

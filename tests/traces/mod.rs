@@ -3,19 +3,24 @@
 //! collector decoding what they export.
 //!
 //! The binaries run as processes: tracing is set up once per process, and
-//! the trace must be seen crossing two of them. Also: a collector that
-//! never answers changes no answer, and with export off an incoming
-//! `traceparent` is passed through as received.
+//! the trace must be seen crossing two of them. Also: with export off an
+//! incoming `traceparent` is passed through as received; export over gRPC
+//! ([`grpc`]); a trace through the parking lot and a replay ([`parking`]);
+//! a collector that is down changes no answer ([`down`]).
 //!
 //! Run with `cargo test -p dlr-tests --test integration traces::`.
+
+mod down;
+mod grpc;
+mod parking;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use dlr_shared::amqp::header_str;
 use dlr_tests::binaries::Running;
-use dlr_tests::otlp::{CollectedSpan, Collector, Silent};
+use dlr_tests::otlp::{CollectedSpan, Collector};
 use dlr_tests::receiver::{EndpointsFile, Received, Receiver, Script};
-use dlr_tests::{TestApp, eventually, metric_value, vonage_form};
+use dlr_tests::{TestApp, eventually, vonage_form};
 use std::time::{Duration, Instant};
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -245,47 +250,6 @@ async fn one_receipt_is_one_trace_from_the_callers_request_to_the_webhook_retrie
         warning.contains(&format!("\"trace_id\":\"{trace_id}\"")),
         "log line without its trace: {warning}"
     );
-}
-
-#[tokio::test]
-async fn a_collector_that_never_answers_changes_no_answer() {
-    let app = TestApp::new().await;
-    let silent = Silent::start().await;
-    let receiver = Receiver::start(Script::Ok).await;
-    // A small queue, so that spans are dropped (and counted) within the test.
-    let otel = [
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", silent.endpoint()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "50".to_owned()),
-        ("OTEL_BSP_MAX_QUEUE_SIZE", "8".to_owned()),
-        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4".to_owned()),
-    ];
-    // Ingest exports over HTTP, the worker over gRPC: neither may wait.
-    let grpc = [("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned())];
-    let pipeline = Pipeline::start(&app, &receiver, "http", &otel, &grpc).await;
-    let sent = 40;
-    let mut slowest = Duration::ZERO;
-    let mut statuses = Vec::new();
-    for i in 0..sent {
-        let (status, took) = pipeline.post(&format!("0D0000{i:02}SILENT"), &[]).await;
-        statuses.push(status);
-        slowest = slowest.max(took);
-    }
-    let delivered = eventually(WITHIN, async || receiver.calls().len() >= sent).await;
-    let ingest_metrics = Pipeline::metrics(&pipeline.ingest_url).await;
-    let worker_metrics = Pipeline::metrics(&pipeline.worker_url).await;
-    let logs = pipeline.stop().await;
-    app.cleanup().await;
-
-    println!("{sent} receipts with a silent collector: slowest answer {slowest:?}");
-    assert!(statuses.iter().all(|s| *s == 200), "answers changed: {statuses:?}\n{logs}");
-    assert!(delivered, "webhooks missing: {} of {sent}\n{logs}", receiver.calls().len());
-    // The exporter waits 10 s for each answer that never comes; no receipt
-    // may wait for it.
-    assert!(slowest < Duration::from_secs(2), "an answer waited for the collector: {slowest:?}");
-    for (binary, text) in [("ingest", &ingest_metrics), ("worker", &worker_metrics)] {
-        let dropped = metric_value(text, "dlr_trace_spans_dropped_total", &[("reason", "queue_full")]);
-        assert!(dropped > 0.0, "{binary} counted no dropped span: {text}");
-    }
 }
 
 #[tokio::test]
