@@ -253,7 +253,7 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// Every reason to fail the run.
-pub fn verdict(rows: &[Row], bad_signatures: u64, parked: &Result<super::Parked>) -> Vec<String> {
+pub fn verdict(rows: &[Row], bad_signatures: u64, parked: &Result<super::leftovers::Parked>) -> Vec<String> {
     let mut failures: Vec<String> =
         rows.iter().flat_map(|r| r.problems.iter().map(move |p| format!("{}: {p}", r.name))).collect();
     if bad_signatures > 0 {
