@@ -83,6 +83,12 @@ pub enum ScenarioKind {
     NodesRollingRestart,
     /// Cluster: two of three nodes killed, then started again.
     MajorityLoss,
+    /// Cluster, receipts over three shards with one leader per node:
+    /// `kill -9` of the node leading one shard (and holding the ingests'
+    /// connections), which stays down: the other shards keep getting 200,
+    /// the killed shard gets 200 again within 10 s, every shard drains.
+    /// Leaves the service sharded, so it runs last.
+    ShardLeaderKill,
 }
 
 impl ScenarioKind {
@@ -102,6 +108,7 @@ impl ScenarioKind {
             ScenarioKind::FollowerRestart => "follower-restart",
             ScenarioKind::NodesRollingRestart => "nodes-rolling-restart",
             ScenarioKind::MajorityLoss => "majority-loss",
+            ScenarioKind::ShardLeaderKill => "shard-leader-kill",
         }
     }
 

@@ -54,7 +54,13 @@ async fn message_count(channel: &lapin::Channel, queue: &str) -> Result<u32> {
 pub async fn parked_summary(run_id: &str, topology: &Topology) -> Result<Parked> {
     let (connection, channel) = broker_channel(run_id).await?;
     let parked = message_count(&channel, &topology.parked_queue).await?;
-    let receipts_left = message_count(&channel, &topology.queue).await?;
+    // The single receipts queue, and the shards if the run ended sharded.
+    let mut receipts_left = message_count(&channel, &topology.queue).await?;
+    if topology.is_sharded() {
+        for (queue, _) in topology.receipt_queues() {
+            receipts_left += message_count(&channel, &queue).await?;
+        }
+    }
     let mut reasons = Vec::new();
     for _ in 0..parked.min(5) {
         let options = lapin::options::BasicGetOptions { no_ack: false };
@@ -92,18 +98,29 @@ pub async fn cleanup_broker(
         Duration::from_millis(WORKER_RETRY_INITIAL_DELAY_MS),
         Duration::from_millis(WORKER_RETRY_MAX_DELAY_MS),
     );
-    let queues = [topology.queue.clone(), topology.parked_queue.clone(), topology.quarantine_queue.clone()]
-        .into_iter()
-        .chain(retry.delays().into_iter().map(|d| topology.retry_queue(d)));
+    // The run starts unsharded and may end sharded (shard-leader-kill):
+    // both sets of receipts and delay queues, and the delays' fanout
+    // exchanges of the sharded one.
+    let unsharded = Topology { receipt_shards: 1, ..topology.clone() };
+    let mut queues =
+        vec![topology.queue.clone(), topology.parked_queue.clone(), topology.quarantine_queue.clone()];
+    queues.extend(retry.delays().into_iter().map(|d| unsharded.retry_queue(d)));
+    let mut exchanges = vec![topology.exchange.clone(), events_exchange.to_owned()];
+    if topology.is_sharded() {
+        queues.extend(topology.receipt_queues().into_iter().map(|(queue, _)| queue));
+        let delays: Vec<String> = retry.delays().into_iter().map(|d| topology.retry_queue(d)).collect();
+        queues.extend(delays.iter().cloned());
+        exchanges.extend(delays);
+    }
     for queue in queues {
         channel
             .queue_delete(queue.as_str().into(), lapin::options::QueueDeleteOptions::default())
             .await
             .with_context(|| format!("deleting {queue}"))?;
     }
-    for exchange in [topology.exchange.as_str(), events_exchange] {
+    for exchange in exchanges {
         channel
-            .exchange_delete(exchange.into(), lapin::options::ExchangeDeleteOptions::default())
+            .exchange_delete(exchange.as_str().into(), lapin::options::ExchangeDeleteOptions::default())
             .await
             .with_context(|| format!("deleting {exchange}"))?;
     }

@@ -31,7 +31,8 @@
 //! provider's retries), `scenario.rs` (one fault under load), `report.rs`
 //! (reconciliation, the table and the rules that judge it),
 //! `replicated.rs` (the 3-node cluster's faults), `nodes.rs` (the
-//! cluster's nodes, queue leaders and connections via deploy/cluster.sh).
+//! cluster's nodes, queue leaders and connections via deploy/cluster.sh),
+//! `shard_kill.rs` (the sharded cluster's leader loss, judged per shard).
 
 use anyhow::{Context, Result, anyhow, bail};
 use args::{Args, ScenarioKind};
@@ -144,7 +145,7 @@ async fn run(args: Args) -> Result<bool> {
     let keep = args.keep || !passed;
     // The queues go even after a failure (the broker is shared); the logs and
     // the database stay for inspection.
-    let cleaned = cleanup_broker(&run_id, &topology, &cluster.events_exchange, args.keep).await;
+    let cleaned = cleanup_broker(&run_id, &cluster.topology, &cluster.events_exchange, args.keep).await;
     if keep {
         eprintln!("kept for inspection: logs in {}, database {}", dir.display(), database.url);
     } else {
@@ -295,5 +296,7 @@ mod report;
 mod replicated;
 
 mod nodes;
+
+mod shard_kill;
 
 mod leftovers;

@@ -35,12 +35,13 @@ pub fn is_cluster_scenario(kind: ScenarioKind) -> bool {
             | ScenarioKind::FollowerRestart
             | ScenarioKind::NodesRollingRestart
             | ScenarioKind::MajorityLoss
+            | ScenarioKind::ShardLeaderKill
     )
 }
 
 /// The scenarios of this run: `--cluster` runs every cluster scenario
 /// (`--short` too: that is CI's), a normal run only the single-broker
-/// ones.
+/// ones. shard-leader-kill leaves the service sharded, so it comes last.
 pub fn select(scenarios: Vec<ScenarioKind>, args: &Args) -> Result<Vec<ScenarioKind>> {
     if args.only.is_empty() {
         return Ok(scenarios.into_iter().filter(|k| k.on_cluster() == args.cluster).collect());
@@ -50,6 +51,10 @@ pub fn select(scenarios: Vec<ScenarioKind>, args: &Args) -> Result<Vec<ScenarioK
             bail!("{} is a single-broker scenario: run it without --cluster", wrong.name());
         }
         bail!("{} needs --cluster (deploy/reliability.sh --cluster)", wrong.name());
+    }
+    let sharded = scenarios.iter().position(|k| *k == ScenarioKind::ShardLeaderKill);
+    if sharded.is_some_and(|i| i + 1 != scenarios.len()) {
+        bail!("shard-leader-kill leaves the service sharded: list it last");
     }
     Ok(scenarios)
 }
@@ -69,14 +74,22 @@ pub struct Findings {
     /// (from, to): at most [`STRAY_5XX_PERCENT`] of the answers to
     /// requests made within may be 5xx or missing (ingest stays back).
     pub mostly_200: Option<(u64, u64)>,
+    /// The sharded kill's windows, judged per shard (shard_kill.rs).
+    pub shards: Option<shard_kill::Windows>,
     /// Failed checks.
     pub problems: Vec<String>,
 }
 
 impl Findings {
     /// The recorded problems plus the answers that broke a window's rule.
-    pub fn problems(&self, attempts: &[provider::Attempt]) -> Vec<String> {
+    /// A sharded kill also prints what the provider saw per shard.
+    pub fn problems(&self, tag: &str, attempts: &[provider::Attempt]) -> Vec<String> {
         let mut problems = self.problems.clone();
+        if let Some(windows) = &self.shards {
+            let (broken, line) = shard_kill::judge(windows, tag, attempts);
+            println!("{line}");
+            problems.extend(broken);
+        }
         let inside = |(from, to): (u64, u64)| {
             attempts.iter().filter(move |a| !a.bad && a.start_ms >= from && a.end_ms <= to)
         };
@@ -117,7 +130,8 @@ impl Findings {
     }
 }
 
-fn record(context: &RunContext<'_>, change: impl FnOnce(&mut Findings)) {
+/// Adds to what the running scenario observed.
+pub fn record(context: &RunContext<'_>, change: impl FnOnce(&mut Findings)) {
     if let Ok(mut findings) = context.findings.lock() {
         change(&mut findings);
     }

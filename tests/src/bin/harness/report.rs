@@ -31,7 +31,7 @@ pub async fn reconcile(run: &Run, pool: &sqlx::PgPool, sink: &sink::Sink) -> Res
     let recorded = &run.recorded;
     let stored = scenario::stored_ids(pool, &run.prefix).await?;
     let received = sink.calls(&run.prefix);
-    let mut problems = run.findings.problems(&recorded.attempts);
+    let mut problems = run.findings.problems(&run.prefix, &recorded.attempts);
 
     let valid: Vec<_> = recorded.receipts.iter().filter(|r| !r.bad).collect();
     let bad: Vec<_> = recorded.receipts.iter().filter(|r| r.bad).collect();
