@@ -115,12 +115,14 @@ pub async fn inject(
     let later = delivered();
     let judged_ms = clock.ms();
     let new_leaders = shard_leaders(context, &cluster.topology).await.unwrap_or_default();
+    // Receipts of each shard delivered from BACK_WITHIN after the kill on.
+    let drained: Vec<usize> = (0..SHARDS)
+        .map(|k| later.get(&k).copied().unwrap_or(0).saturating_sub(at_back.get(&k).copied().unwrap_or(0)))
+        .collect();
     record(context, |f| {
         f.shards = Some(Windows { victim, kill_ms, judged_ms });
-        for k in 0..SHARDS {
-            let (before, after) =
-                (at_back.get(&k).copied().unwrap_or(0), later.get(&k).copied().unwrap_or(0));
-            if after <= before {
+        for (k, count) in drained.iter().enumerate() {
+            if *count == 0 {
                 f.problems.push(format!(
                     "the workers delivered nothing of shard {k} from {} s after the kill while dlr{victim_node} \
                      stayed down",
@@ -133,13 +135,6 @@ pub async fn inject(
             f.problems.push(format!("no new leader of shard {victim} while dlr{victim_node} was down"));
         }
     });
-    let drained: Vec<String> = (0..SHARDS)
-        .map(|k| {
-            let (before, after) =
-                (at_back.get(&k).copied().unwrap_or(0), later.get(&k).copied().unwrap_or(0));
-            after.saturating_sub(before).to_string()
-        })
-        .collect();
     // Judged; started again only so that the run ends with three nodes.
     node(context, "start-node", victim_node).await?;
     let caught_up = wait_replicated(context, Duration::from_secs(180)).await?;
@@ -152,7 +147,7 @@ pub async fn inject(
         stays.as_secs_f64(),
         nodes_list(&new_leaders),
         BACK_WITHIN.as_secs(),
-        drained.join("/"),
+        drained.iter().map(usize::to_string).collect::<Vec<_>>().join("/"),
         caught_up.as_secs_f64()
     ))
 }
