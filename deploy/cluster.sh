@@ -13,6 +13,8 @@
 #   deploy/cluster.sh stop-node N    # clean stop of node N
 #   deploy/cluster.sh start-node N   # start node N and wait until it runs again
 #   deploy/cluster.sh ctl N|any ARGS # rabbitmqctl ARGS against node N (any: the first running)
+#   deploy/cluster.sh queues N ARGS  # rabbitmq-queues ARGS against node N, e.g.
+#                                    # `queues 1 rebalance quorum --queue-pattern '^dlr\.receipts\.'`
 #
 # Node N is dlrN@localhost with AMQP on 127.0.0.1:570N and Erlang distribution
 # on 2570N; management is off. Partition handling is pause_minority, as the
@@ -62,6 +64,12 @@ ctl() {
   local n=$1
   shift
   as_rabbitmq "$n" "$rabbit_bin/rabbitmqctl" -n "$(node_name "$n")" "$@"
+}
+
+queues() {
+  local n=$1
+  shift
+  as_rabbitmq "$n" "$rabbit_bin/rabbitmq-queues" -n "$(node_name "$n")" "$@"
 }
 
 prepare() {
@@ -250,8 +258,13 @@ case "$cmd" in
     n=$(node_arg "$target")
     ctl "$n" "$@"
     ;;
+  queues)
+    n=$(node_arg "${2:-}")
+    shift 2
+    queues "$n" "$@"
+    ;;
   *)
-    echo "usage: deploy/cluster.sh start|status|stop|reset|urls|kill-node N|stop-node N|start-node N|ctl N|any ARGS" >&2
+    echo "usage: deploy/cluster.sh start|status|stop|reset|urls|kill-node N|stop-node N|start-node N|ctl N|any ARGS|queues N ARGS" >&2
     exit 2
     ;;
 esac

@@ -43,7 +43,7 @@ bash deploy/check-manifests.sh
 echo "== reliability harness (short; restarts the broker, so it runs last and alone)"
 DLR_BUILD_PROFILE=debug bash deploy/reliability.sh --short
 
-echo "== reliability harness on a local 3-node cluster (short: all six node-loss scenarios)"
+echo "== reliability harness on a local 3-node cluster (short: all seven node-loss scenarios)"
 # deploy/cluster.sh runs the nodes on 5701-5703; the machine's broker is not touched. The
 # nodes stay up afterwards for the next run (deploy/cluster.sh stop ends them).
 DLR_BUILD_PROFILE=debug bash deploy/reliability.sh --cluster --short

@@ -34,17 +34,39 @@ pub(crate) enum Shape {
 
 /// Persistent, confirmed publishes with at most `window` confirms
 /// outstanding, from `tasks` tasks sharing one channel (ingest's request
-/// handlers share one channel the same way).
-pub(crate) async fn publish_ceiling(count: usize, window: usize, tasks: usize, shape: Shape) -> Result<f64> {
+/// handlers share one channel the same way); receipts spread over
+/// `shards` receipts queues as ingest spreads them.
+pub(crate) async fn publish_ceiling(
+    count: usize,
+    window: usize,
+    tasks: usize,
+    shape: Shape,
+    shards: u16,
+) -> Result<f64> {
+    publish_ceiling_prepared(count, window, tasks, shape, shards, async |_: &Topology| Ok(())).await
+}
+
+/// [`publish_ceiling`], with `ready` run once the receipts topology is
+/// declared and before the clock starts (the shard sweep moves the shards'
+/// leaders there and samples the broker's CPU).
+pub(crate) async fn publish_ceiling_prepared(
+    count: usize,
+    window: usize,
+    tasks: usize,
+    shape: Shape,
+    shards: u16,
+    ready: impl AsyncFnOnce(&Topology) -> Result<()>,
+) -> Result<f64> {
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    let topology = unique_topology();
-    // (exchange, routing key, mandatory, messages to cycle through)
+    let topology = Topology { receipt_shards: shards, ..unique_topology() };
+    // (exchange, routing key of the plain queue, mandatory, messages to
+    // cycle through, each with its routing key)
     let (exchange, routing_key, mandatory, messages) = match shape {
         Shape::Plain => {
             let queue = declare_bench_queue(&channel).await?;
-            let plain = (vec![b'x'; 700], BasicProperties::default().with_delivery_mode(2));
+            let plain = (vec![b'x'; 700], BasicProperties::default().with_delivery_mode(2), queue.clone());
             (String::new(), queue, false, vec![plain])
         }
         Shape::Receipt => {
@@ -53,22 +75,24 @@ pub(crate) async fn publish_ceiling(count: usize, window: usize, tasks: usize, s
             // Built before the clock starts; distinct ids like real traffic.
             for i in 0..count.min(10_000) {
                 let event = sample_event(&format!("C{i:015X}"))?;
-                messages.push((event.to_json(), receipt_properties(&event)));
+                let key = topology.receipt_routing_key(event.message_id.as_str()).to_owned();
+                messages.push((event.to_json(), receipt_properties(&event), key));
             }
             (topology.exchange.clone(), RECEIPT_ROUTING_KEY.to_owned(), true, messages)
         }
     };
+    ready(&topology).await?;
     let messages = std::sync::Arc::new(messages);
     let per_task_window = (window / tasks).max(1);
     let started = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for task in 0..tasks {
         let channel = channel.clone();
-        let (exchange, routing_key, messages) = (exchange.clone(), routing_key.clone(), messages.clone());
+        let (exchange, messages) = (exchange.clone(), messages.clone());
         set.spawn(async move {
             let mut pending = std::collections::VecDeque::new();
             for i in 0..count / tasks {
-                let (body, properties) = &messages[(task + i * tasks) % messages.len()];
+                let (body, properties, routing_key) = &messages[(task + i * tasks) % messages.len()];
                 let confirm = channel
                     .basic_publish(
                         exchange.as_str().into(),

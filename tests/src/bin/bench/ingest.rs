@@ -9,8 +9,8 @@ pub(crate) async fn ingest_part(args: &Args) -> Result<f64> {
     // 16 publishers on one channel show what the broker does when the
     // client side is not the limit; one at a time shows why confirms must
     // be shared between requests.
-    let parallel = publish_ceiling(args.messages, 1000, 16, Shape::Plain).await?;
-    let one_at_a_time = publish_ceiling(2_000, 1, 1, Shape::Plain).await?;
+    let parallel = publish_ceiling(args.messages, 1000, 16, Shape::Plain, 1).await?;
+    let one_at_a_time = publish_ceiling(2_000, 1, 1, Shape::Plain, 1).await?;
     println!("broker publish, 16 publishers sharing a window of 1000: {parallel:.0} msg/s");
     println!("broker publish one at a time: {one_at_a_time:.0} msg/s");
 
@@ -22,22 +22,22 @@ pub(crate) async fn ingest_part(args: &Args) -> Result<f64> {
     let variants: Vec<bool> = args.ingest_tracing.split(',').map(|v| v.trim() == "on").collect();
     let mut traced: Vec<IngestResult> = Vec::new();
     for round in 1..=args.rounds.max(1) {
-        let ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Plain).await?;
-        let receipt_ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Receipt).await?;
+        let ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Plain, 1).await?;
+        let receipt_ceiling = publish_ceiling(args.messages, 1000, 1, Shape::Receipt, 1).await?;
         // The same messages with only as many confirms outstanding as the
         // load has receipts in flight: what the broker itself does at
         // ingest's batch sizes, with no HTTP in the way.
-        let same_in_flight = publish_ceiling(args.messages, args.concurrency, 1, Shape::Receipt).await?;
+        let same_in_flight = publish_ceiling(args.messages, args.concurrency, 1, Shape::Receipt, 1).await?;
         // Export on, alternated with the plain run within the round.
         for _ in variants.iter().filter(|on| **on) {
-            let ingest = ingest_load(args, true).await?;
+            let ingest = ingest_load(args, true, 1).await?;
             println!("round {round}: ingest with trace export {}", ingest.describe(args.concurrency));
             traced.push(ingest);
         }
         if !variants.contains(&false) {
             continue;
         }
-        let ingest = ingest_load(args, false).await?;
+        let ingest = ingest_load(args, false, 1).await?;
         println!(
             "round {round}: broker ceiling {ceiling:.0} msg/s plain, {receipt_ceiling:.0} msg/s with ingest's messages, \
              {same_in_flight:.0} msg/s with ingest's messages and window {}; \
@@ -98,9 +98,11 @@ pub(crate) async fn ingest_part(args: &Args) -> Result<f64> {
 }
 
 pub(crate) struct IngestResult {
+    /// Receipts answered 200.
+    pub(crate) accepted: usize,
     pub(crate) rate: f64,
     p50_ms: f64,
-    p99_ms: f64,
+    pub(crate) p99_ms: f64,
     pub(crate) errors: usize,
     pub(crate) peak_rss_mb: f64,
     /// `dlr_trace_spans_dropped_total` at the end of the run.
@@ -116,10 +118,24 @@ impl IngestResult {
     }
 }
 
-pub(crate) async fn ingest_load(args: &Args, tracing: bool) -> Result<IngestResult> {
-    let topology = unique_topology();
+/// `shards`: ingest's `AMQP_RECEIPT_SHARDS`.
+pub(crate) async fn ingest_load(args: &Args, tracing: bool, shards: u16) -> Result<IngestResult> {
+    ingest_load_prepared(args, tracing, shards, async |_: &Topology| Ok(())).await
+}
+
+/// [`ingest_load`], with `ready` run once ingest is ready (it has declared
+/// its topology) and before the load starts (the shard sweep moves the
+/// shards' leaders there and samples the broker's CPU).
+pub(crate) async fn ingest_load_prepared(
+    args: &Args,
+    tracing: bool,
+    shards: u16,
+    ready: impl AsyncFnOnce(&Topology) -> Result<()>,
+) -> Result<IngestResult> {
+    let topology = Topology { receipt_shards: shards, ..unique_topology() };
     let port = free_port()?;
     let mut envs = topology_env(&topology);
+    envs.push(("AMQP_RECEIPT_SHARDS", shards.to_string()));
     envs.push(("INGEST_ADDR", format!("127.0.0.1:{port}")));
     envs.push(("RUST_LOG", "warn".to_owned()));
     // The load is unsigned Vonage receipts.
@@ -130,6 +146,7 @@ pub(crate) async fn ingest_load(args: &Args, tracing: bool) -> Result<IngestResu
     let child = spawn(args.bin_dir.join("ingest"), &envs)?;
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&reqwest::Client::new(), &format!("{base}/readyz")).await?;
+    ready(&topology).await?;
 
     // One plain HTTP/1.1 keep-alive connection per lane (hyper, no pool):
     // the generator shares the two cores with ingest and the broker, so it
@@ -188,6 +205,7 @@ pub(crate) async fn ingest_load(args: &Args, tracing: bool) -> Result<IngestResu
     latencies.sort_by(f64::total_cmp);
     let pick = |q: f64| percentile(&latencies, q);
     let result = IngestResult {
+        accepted: latencies.len(),
         rate: latencies.len() as f64 / elapsed,
         p50_ms: pick(0.50),
         p99_ms: pick(0.99),

@@ -16,7 +16,11 @@
 //!   spent and PostgreSQL's commits per event;
 //! - end to end: ingest under an open-loop load at half its measured
 //!   maximum, the worker on `postgres,amqp,http`; latency from ingest's
-//!   receipt (`received_at`) to the receiver's clock, and the queue depth.
+//!   receipt (`received_at`) to the receiver's clock, and the queue depth;
+//! - shard sweep (`--shard-sweep 1,2,3,6`, instead of the rest): for each
+//!   `AMQP_RECEIPT_SHARDS`, the broker ceiling with ingest's messages spread
+//!   over the shards and ingest under load, with each broker node's CPU per
+//!   message (sweep.rs).
 
 use anyhow::{Context, Result, bail};
 use axum::extract::State;
@@ -46,6 +50,7 @@ mod end_to_end;
 mod ingest;
 mod processes;
 mod sink;
+mod sweep;
 mod worker;
 
 use broker::*;
@@ -53,6 +58,7 @@ use end_to_end::*;
 use ingest::*;
 use processes::*;
 use sink::*;
+use sweep::*;
 use worker::*;
 
 #[derive(Parser)]
@@ -121,6 +127,20 @@ struct Args {
     /// ingest slows the load down instead of queueing it.
     #[arg(long, default_value_t = 256)]
     end_to_end_connections: usize,
+    /// Run only the shard sweep over these `AMQP_RECEIPT_SHARDS` values,
+    /// comma-separated (e.g. 1,2,3,6), `rounds` rounds each.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..=64))]
+    shard_sweep: Vec<u16>,
+    /// Broker node processes (beam.smp pids, comma-separated, in the order
+    /// of the AMQP URLs) whose CPU the shard sweep reports per message;
+    /// by default the processes listening on the URLs' ports (needs root).
+    #[arg(long, value_delimiter = ',')]
+    broker_pids: Vec<u32>,
+    /// The local cluster's script (deploy/cluster.sh): the shard sweep then
+    /// spreads each run's shard leaders over the nodes
+    /// (`rabbitmq-queues rebalance quorum`) before measuring.
+    #[arg(long)]
+    cluster_script: Option<PathBuf>,
 }
 
 /// The local OTLP sink of the runs with trace export.
@@ -145,6 +165,9 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(urls) = &args.amqp_url {
         dlr_tests::set_amqp_urls(urls);
+    }
+    if !args.shard_sweep.is_empty() {
+        return shard_sweep(&args, &args.shard_sweep).await;
     }
     let exporting = args.ingest_tracing.split(',').any(|v| v.trim() == "on") || args.routes.contains("+otel");
     if exporting {
@@ -197,7 +220,7 @@ async fn main() -> Result<()> {
 
     if !args.no_end_to_end {
         if ingest_max <= 0.0 {
-            ingest_max = ingest_load(&args, false).await?.rate;
+            ingest_max = ingest_load(&args, false, 1).await?.rate;
             println!("ingest maximum (one run): {ingest_max:.0} receipts/s");
         }
         for order in args.end_to_end_orders.split(',').map(str::trim).filter(|o| !o.is_empty()) {

@@ -176,6 +176,7 @@ impl Cluster {
             ("AMQP_QUARANTINE_MAX_LENGTH", t.quarantine_max_length.to_string()),
             ("AMQP_QUARANTINE_MAX_BYTES", t.quarantine_max_bytes.to_string()),
             ("AMQP_DELIVERY_LIMIT", t.delivery_limit.to_string()),
+            ("AMQP_RECEIPT_SHARDS", t.receipt_shards.to_string()),
             ("LOG_FORMAT", "text".to_owned()),
             // Warnings, plus start-up and the receipt of a shutdown signal.
             (
@@ -298,6 +299,26 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Restarts every instance with `AMQP_RECEIPT_SHARDS` = `shards`, in
+    /// the order of a re-sharding rollout without traffic: the ingests
+    /// (they declare the new queues), then the workers. SIGTERM, so that
+    /// each drains what it holds first.
+    pub async fn reshard(&mut self, shards: u16) -> Result<()> {
+        self.topology.receipt_shards = shards;
+        let (drain, ready) = (Duration::from_secs(60), Duration::from_secs(120));
+        for role in [Role::Ingest, Role::Worker] {
+            for n in 0..2 {
+                let status = self.terminate(role, n, drain).await?;
+                if !status.success() {
+                    bail!("{} exited with {status} after SIGTERM", self.name(role, n));
+                }
+                self.start(role, n)?;
+                self.wait_ready(role, n, ready).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Fails if an instance exited that nobody stopped (a crash).

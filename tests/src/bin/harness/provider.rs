@@ -24,6 +24,15 @@ pub struct Attempt {
     pub end_ms: u64,
     pub code: u16,
     pub bad: bool,
+    /// The receipt's number: its message id is the scenario's tag
+    /// followed by `{n:020x}` (see [`message_id`]).
+    pub n: u64,
+}
+
+/// Message id of receipt `n` of the scenario tagged `tag`: `SM` + 32 hex
+/// digits with the tag of main.rs, a Twilio SID shape.
+pub fn message_id(tag: &str, n: u64) -> String {
+    format!("{tag}{n:020x}")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,8 +268,7 @@ impl Shared {
     /// Sends the next receipt until it is settled, like a provider.
     async fn deliver_next(&self) {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
-        // `SM` + 32 hex digits (see the tag in main.rs): a Twilio SID shape.
-        let message_id = format!("{}{n:020x}", self.tag);
+        let message_id = message_id(&self.tag, n);
         let (spec, bad) = self.spec(n, &message_id);
         let first_ms = self.clock.ms();
         let mut backoff = BACKOFF_START;
@@ -271,7 +279,7 @@ impl Shared {
             let code = self.attempt(&spec).await;
             let end_ms = self.clock.ms();
             if let Ok(mut attempts) = self.attempts.lock() {
-                attempts.push(Attempt { start_ms, end_ms, code, bad });
+                attempts.push(Attempt { start_ms, end_ms, code, bad, n });
             }
             match code {
                 200 => break Final::Accepted,

@@ -6,12 +6,11 @@
 //! (readiness, answers), recorded as [`Findings`] for the report.
 
 use super::cluster::Role;
+use super::nodes::{
+    NODES, client_nodes, most_common, move_leader, move_leader_to, node, receipts_placement, wait_replicated,
+};
 use super::*;
-use std::process::Stdio;
 
-/// Node `n` of the cluster listens for AMQP on `AMQP_PORT_BASE + n`.
-const AMQP_PORT_BASE: u16 = 5700;
-const NODES: [usize; 3] = [1, 2, 3];
 /// How long a majority loss may take to make every ingest unready beyond
 /// its readiness grace: RabbitMQ's pause_minority stops the last node's
 /// listener at once, and an ingest then stays ready for its grace (so
@@ -26,8 +25,6 @@ pub const BACK_WITHIN: Duration = Duration::from_secs(10);
 /// node is still down: a publish caught on a channel that is being
 /// replaced, not a pod that refuses everything.
 pub const STRAY_5XX_PERCENT: usize = 1;
-/// Bound of one rabbitmqctl query through deploy/cluster.sh.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub fn is_cluster_scenario(kind: ScenarioKind) -> bool {
     matches!(
@@ -38,12 +35,13 @@ pub fn is_cluster_scenario(kind: ScenarioKind) -> bool {
             | ScenarioKind::FollowerRestart
             | ScenarioKind::NodesRollingRestart
             | ScenarioKind::MajorityLoss
+            | ScenarioKind::ShardLeaderKill
     )
 }
 
 /// The scenarios of this run: `--cluster` runs every cluster scenario
 /// (`--short` too: that is CI's), a normal run only the single-broker
-/// ones.
+/// ones. shard-leader-kill leaves the service sharded, so it comes last.
 pub fn select(scenarios: Vec<ScenarioKind>, args: &Args) -> Result<Vec<ScenarioKind>> {
     if args.only.is_empty() {
         return Ok(scenarios.into_iter().filter(|k| k.on_cluster() == args.cluster).collect());
@@ -53,6 +51,10 @@ pub fn select(scenarios: Vec<ScenarioKind>, args: &Args) -> Result<Vec<ScenarioK
             bail!("{} is a single-broker scenario: run it without --cluster", wrong.name());
         }
         bail!("{} needs --cluster (deploy/reliability.sh --cluster)", wrong.name());
+    }
+    let sharded = scenarios.iter().position(|k| *k == ScenarioKind::ShardLeaderKill);
+    if sharded.is_some_and(|i| i + 1 != scenarios.len()) {
+        bail!("shard-leader-kill leaves the service sharded: list it last");
     }
     Ok(scenarios)
 }
@@ -72,14 +74,22 @@ pub struct Findings {
     /// (from, to): at most [`STRAY_5XX_PERCENT`] of the answers to
     /// requests made within may be 5xx or missing (ingest stays back).
     pub mostly_200: Option<(u64, u64)>,
+    /// The sharded kill's windows, judged per shard (shard_kill.rs).
+    pub shards: Option<shard_kill::Windows>,
     /// Failed checks.
     pub problems: Vec<String>,
 }
 
 impl Findings {
     /// The recorded problems plus the answers that broke a window's rule.
-    pub fn problems(&self, attempts: &[provider::Attempt]) -> Vec<String> {
+    /// A sharded kill also prints what the provider saw per shard.
+    pub fn problems(&self, tag: &str, attempts: &[provider::Attempt]) -> Vec<String> {
         let mut problems = self.problems.clone();
+        if let Some(windows) = &self.shards {
+            let (broken, line) = shard_kill::judge(windows, tag, attempts);
+            println!("{line}");
+            problems.extend(broken);
+        }
         let inside = |(from, to): (u64, u64)| {
             attempts.iter().filter(move |a| !a.bad && a.start_ms >= from && a.end_ms <= to)
         };
@@ -120,190 +130,10 @@ impl Findings {
     }
 }
 
-fn record(context: &RunContext<'_>, change: impl FnOnce(&mut Findings)) {
+/// Adds to what the running scenario observed.
+pub fn record(context: &RunContext<'_>, change: impl FnOnce(&mut Findings)) {
     if let Ok(mut findings) = context.findings.lock() {
         change(&mut findings);
-    }
-}
-
-/// Runs a rabbitmqctl query through `deploy/cluster.sh`. Each call boots
-/// an Erlang VM, which takes tens of seconds on a loaded two-core
-/// machine: queries get a generous bound and one retry.
-async fn query(context: &RunContext<'_>, args: &[&str]) -> Result<String> {
-    match script(context, args, QUERY_TIMEOUT).await {
-        Ok(output) => Ok(output),
-        Err(error) => {
-            context.clock.say(format!("{error:#}; trying again"));
-            script(context, args, QUERY_TIMEOUT).await
-        }
-    }
-}
-
-/// Runs `deploy/cluster.sh ARGS` and returns its standard output.
-async fn script(context: &RunContext<'_>, args: &[&str], within: Duration) -> Result<String> {
-    let output = tokio::time::timeout(
-        within,
-        tokio::process::Command::new("bash")
-            .arg(&context.args.cluster_script)
-            .args(args)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .map_err(|_| anyhow!("cluster.sh {} did not finish within {within:?}", args.join(" ")))?
-    .context("running deploy/cluster.sh")?;
-    if !output.status.success() {
-        bail!(
-            "cluster.sh {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stdout).trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-async fn node(context: &RunContext<'_>, action: &str, n: usize) -> Result<()> {
-    script(context, &[action, &n.to_string()], Duration::from_secs(240)).await.map(|_| ())
-}
-
-/// `dlr2@localhost` → 2.
-fn node_number(name: &str) -> Option<usize> {
-    name.strip_prefix("dlr")?.split('@').next()?.parse().ok()
-}
-
-fn numbers(value: &serde_json::Value) -> Vec<usize> {
-    let mut nodes: Vec<usize> =
-        value.as_array().into_iter().flatten().filter_map(|n| n.as_str().and_then(node_number)).collect();
-    nodes.sort_unstable();
-    nodes
-}
-
-/// Where a quorum queue's replicas are.
-#[derive(Debug)]
-struct Placement {
-    name: String,
-    leader: Option<usize>,
-    members: Vec<usize>,
-    online: Vec<usize>,
-}
-
-/// The run's quorum queues as any running node sees them.
-async fn placements(context: &RunContext<'_>) -> Result<Vec<Placement>> {
-    let listing = query(
-        context,
-        &[
-            "ctl",
-            "any",
-            "list_queues",
-            "name",
-            "type",
-            "leader",
-            "members",
-            "online",
-            "--formatter",
-            "json",
-            "-q",
-        ],
-    )
-    .await?;
-    let rows: Vec<serde_json::Value> =
-        serde_json::from_str(listing.trim()).context("reading list_queues output")?;
-    let prefix = format!("test.harness-{}", context.run_id);
-    Ok(rows
-        .iter()
-        .filter(|r| r["type"] == "quorum" && r["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
-        .map(|r| Placement {
-            name: r["name"].as_str().unwrap_or_default().to_owned(),
-            leader: r["leader"].as_str().and_then(node_number),
-            members: numbers(&r["members"]),
-            online: numbers(&r["online"]),
-        })
-        .collect())
-}
-
-async fn receipts_placement(context: &RunContext<'_>, queue: &str) -> Result<Placement> {
-    placements(context)
-        .await?
-        .into_iter()
-        .find(|p| p.name == queue)
-        .ok_or_else(|| anyhow!("{queue} is not in the cluster's queue list"))
-}
-
-/// Waits until every quorum queue of the run has all three replicas
-/// online (the restarted node rejoined and caught up), returns how long.
-async fn wait_replicated(context: &RunContext<'_>, within: Duration) -> Result<Duration> {
-    let started = Instant::now();
-    loop {
-        let last = match placements(context).await {
-            Ok(queues) if !queues.is_empty() && queues.iter().all(|q| q.online == NODES) => {
-                return Ok(started.elapsed());
-            }
-            Ok(queues) => format!("{queues:?}"),
-            Err(error) => format!("{error:#}"),
-        };
-        if started.elapsed() >= within {
-            bail!("queues not fully replicated within {within:?}: {last}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// The nodes (with repetitions) that hold the run's ingest and worker
-/// connections: one rabbitmqctl call (each boots an Erlang VM) for both.
-async fn client_nodes(context: &RunContext<'_>) -> Result<(Vec<usize>, Vec<usize>)> {
-    let listing = query(
-        context,
-        &["ctl", "any", "list_connections", "port", "client_properties", "--formatter", "json", "-q"],
-    )
-    .await?;
-    let rows: Vec<serde_json::Value> =
-        serde_json::from_str(listing.trim()).context("reading list_connections output")?;
-    // Connection names are `<binary>[-<purpose>]@<HOSTNAME>` and each
-    // process's HOSTNAME is `harness-<run>-<role>-<n>`: the worker's
-    // consuming and publishing connections both count.
-    let of = |role: &str| -> Vec<usize> {
-        let marker = format!("@harness-{}-{role}-", context.run_id);
-        rows.iter()
-            .filter(|r| r["client_properties"].to_string().contains(&marker))
-            .filter_map(|r| r["port"].as_u64())
-            .filter_map(|port| usize::try_from(port.checked_sub(u64::from(AMQP_PORT_BASE))?).ok())
-            .collect()
-    };
-    Ok((of("ingest"), of("worker")))
-}
-
-fn most_common(nodes: &[usize]) -> Option<usize> {
-    NODES.into_iter().filter(|n| nodes.contains(n)).max_by_key(|n| nodes.iter().filter(|m| *m == n).count())
-}
-
-/// Transfers `queue`'s leadership from node `from` to another node and
-/// waits until the cluster reports the new leader; returns it.
-async fn move_leader(context: &RunContext<'_>, queue: &str, from: usize) -> Result<usize> {
-    let to = NODES.into_iter().find(|n| *n != from).unwrap_or(1);
-    move_leader_to(context, queue, from, to).await
-}
-
-/// Transfers `queue`'s leadership from node `from` to node `to` and
-/// waits until the cluster reports it there.
-async fn move_leader_to(context: &RunContext<'_>, queue: &str, from: usize, to: usize) -> Result<usize> {
-    // A quorum queue's Raft cluster is named after vhost and queue.
-    let server = |n: usize| format!("{{'%2F_{queue}', 'dlr{n}@localhost'}}");
-    let call = format!("ra:transfer_leadership({}, {}).", server(from), server(to));
-    query(context, &["ctl", &from.to_string(), "eval", &call]).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(placement) = receipts_placement(context, queue).await
-            && placement.leader == Some(to)
-        {
-            context.clock.say(format!("moved the leader of {queue} from dlr{from} to dlr{to}"));
-            return Ok(to);
-        }
-        if Instant::now() >= deadline {
-            bail!("the leader of {queue} did not move from dlr{from} to dlr{to}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -31,7 +31,7 @@ pub async fn reconcile(run: &Run, pool: &sqlx::PgPool, sink: &sink::Sink) -> Res
     let recorded = &run.recorded;
     let stored = scenario::stored_ids(pool, &run.prefix).await?;
     let received = sink.calls(&run.prefix);
-    let mut problems = run.findings.problems(&recorded.attempts);
+    let mut problems = run.findings.problems(&run.prefix, &recorded.attempts);
 
     let valid: Vec<_> = recorded.receipts.iter().filter(|r| !r.bad).collect();
     let bad: Vec<_> = recorded.receipts.iter().filter(|r| r.bad).collect();
@@ -253,7 +253,7 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// Every reason to fail the run.
-pub fn verdict(rows: &[Row], bad_signatures: u64, parked: &Result<super::Parked>) -> Vec<String> {
+pub fn verdict(rows: &[Row], bad_signatures: u64, parked: &Result<super::leftovers::Parked>) -> Vec<String> {
     let mut failures: Vec<String> =
         rows.iter().flat_map(|r| r.problems.iter().map(move |p| format!("{}: {p}", r.name))).collect();
     if bad_signatures > 0 {

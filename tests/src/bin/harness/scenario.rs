@@ -37,6 +37,9 @@ pub async fn run(
         let within = Duration::from_secs(context.args.exclusive_wait_secs);
         rabbit.wait_exclusive(&clock, &context.run_id, within).await?;
     }
+    if kind == ScenarioKind::ShardLeaderKill {
+        shard_kill::prepare(context, cluster).await?;
+    }
     clock.say(format!("{}: steady load at {}/s", kind.name(), profile.rate));
     let load = provider::Load::start(
         client.clone(),
@@ -130,6 +133,7 @@ async fn inject(
         | ScenarioKind::FollowerRestart
         | ScenarioKind::NodesRollingRestart
         | ScenarioKind::MajorityLoss => replicated::inject(context, cluster, sink, kind).await,
+        ScenarioKind::ShardLeaderKill => shard_kill::inject(context, cluster, sink).await,
         ScenarioKind::Baseline => {
             tokio::time::sleep(profile.baseline).await;
             Ok("none".to_owned())
