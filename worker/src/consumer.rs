@@ -241,36 +241,23 @@ async fn consume(
     let tag = format!("worker-{}", uuid::Uuid::new_v4());
     // Bounded, and given up on shutdown: on a connection that died without
     // lapin noticing yet, these calls would wait for replies forever.
-    let channel = tokio::select! {
-        _ = shutdown.cancelled() => return Err(ConsumerStopped::ShutdownWhileSubscribing),
-        opened = tokio::time::timeout(BROKER_REPLY_TIMEOUT, conn.create_channel()) => {
-            opened.map_err(|_| ConsumerStopped::NoReply)??
-        }
-    };
     let subscribe = async {
+        let channel = conn.create_channel().await?;
         channel.basic_qos(ctx.prefetch, BasicQosOptions::default()).await?;
-        channel
+        let consumer = channel
             .basic_consume(
                 queue.into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await
+            .await?;
+        Ok::<_, lapin::Error>((channel, consumer))
     };
-    let subscribed = tokio::select! {
-        _ = shutdown.cancelled() => Err(ConsumerStopped::ShutdownWhileSubscribing),
-        subscribed = tokio::time::timeout(BROKER_REPLY_TIMEOUT, subscribe) => match subscribed {
-            Ok(Ok(consumer)) => Ok(consumer),
-            Ok(Err(error)) => Err(ConsumerStopped::Broker(error)),
-            Err(_) => Err(ConsumerStopped::NoReply),
-        }
-    };
-    let mut consumer = match subscribed {
-        Ok(consumer) => consumer,
-        Err(stopped) => {
-            abandon(channel);
-            return Err(stopped);
+    let (channel, mut consumer) = tokio::select! {
+        _ = shutdown.cancelled() => return Err(ConsumerStopped::ShutdownWhileSubscribing),
+        subscribed = tokio::time::timeout(BROKER_REPLY_TIMEOUT, subscribe) => {
+            subscribed.map_err(|_| ConsumerStopped::NoReply)??
         }
     };
     // On any other return the settler task is left to itself: it ends once
@@ -287,32 +274,11 @@ async fn consume(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => spawn_delivery(ctx, tracker, &settler, channel_gone, delivery),
-                Some(Err(error)) => {
-                    abandon(channel);
-                    return Err(ConsumerStopped::Broker(error));
-                }
-                None => {
-                    abandon(channel);
-                    return Err(ConsumerStopped::StreamEnded);
-                }
+                Some(Err(error)) => return Err(ConsumerStopped::Broker(error)),
+                None => return Err(ConsumerStopped::StreamEnded),
             }
         }
     }
-}
-
-/// Closes a channel this consumer gives up on, so that the broker requeues
-/// what it delivered there and delivers nothing more on it. A subscription
-/// whose reply came after the timeout is registered at the broker all the
-/// same, and a consumer the broker cancelled (its queue deleted, or moved
-/// to another leader) leaves its channel open: either would hold up to a
-/// prefetch of messages unacked, read by nobody, until the connection
-/// closed. Not awaited, because the broker may not be answering: the close
-/// is sent as soon as the spawned task first runs.
-fn abandon(channel: lapin::Channel) {
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(BROKER_REPLY_TIMEOUT, channel.close(200, "worker resubscribing".into()))
-            .await;
-    });
 }
 
 /// Pause between the drain and the channel close (see run); deliveries
