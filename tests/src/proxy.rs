@@ -21,6 +21,9 @@ pub struct BrokerProxy {
     accept: Option<JoinHandle<()>>,
     links: Arc<Mutex<Vec<JoinHandle<()>>>>,
     stalled: Arc<AtomicBool>,
+    /// Set by [`BrokerProxy::stall_on_next_consume`]: the next
+    /// `basic.consume` an app sends starts a stall.
+    stall_on_consume: Arc<AtomicBool>,
 }
 
 impl BrokerProxy {
@@ -36,6 +39,7 @@ impl BrokerProxy {
             accept: None,
             links: Arc::new(Mutex::new(Vec::new())),
             stalled: Arc::new(AtomicBool::new(false)),
+            stall_on_consume: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -48,15 +52,18 @@ impl BrokerProxy {
         let target = self.target;
         let links = self.links.clone();
         let stalled = self.stalled.clone();
+        let stall_on_consume = self.stall_on_consume.clone();
         self.accept = Some(tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 let stalled = stalled.clone();
+                let up_watch = Watch { armed: stall_on_consume.clone(), stall: stalled.clone() };
                 let link = tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(target).await {
                         let (from_app, to_app) = inbound.into_split();
                         let (from_broker, to_broker) = outbound.into_split();
-                        let up = forward(from_app, to_broker, Arc::new(AtomicBool::new(false)));
-                        let down = forward(from_broker, to_app, stalled);
+                        let up =
+                            forward(from_app, to_broker, Arc::new(AtomicBool::new(false)), Some(up_watch));
+                        let down = forward(from_broker, to_app, stalled, None);
                         tokio::select! {
                             () = up => {}
                             () = down => {}
@@ -106,6 +113,20 @@ impl BrokerProxy {
         self.stalled.store(stalled, Ordering::SeqCst);
     }
 
+    /// Starts a stall (see [`BrokerProxy::stall`]) as soon as an app
+    /// sends its next `basic.consume`, before the broker has seen it
+    /// answered: the consume-ok, and everything after it, is held back
+    /// until `stall(false)`. A broker that takes longer to register a
+    /// consumer than the app waits for (a quorum queue still recovering).
+    pub fn stall_on_next_consume(&self) {
+        self.stall_on_consume.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether everything the broker sends is being held back.
+    pub fn is_stalled(&self) -> bool {
+        self.stalled.load(Ordering::SeqCst)
+    }
+
     /// AMQP URL through this proxy.
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
@@ -130,18 +151,49 @@ fn shared_port(addr: SocketAddr) -> std::io::Result<TcpSocket> {
     Ok(socket)
 }
 
-/// Copies `from` to `to`, holding each chunk while `stalled` is set.
+/// Watches what an app sends for a `basic.consume`, when armed.
+struct Watch {
+    armed: Arc<AtomicBool>,
+    stall: Arc<AtomicBool>,
+}
+
+/// The start of an AMQP 0-9-1 method frame carrying `basic.consume`
+/// (class 60, method 20), after the frame type 1 and the channel and size
+/// fields (6 bytes) that vary.
+const CONSUME_METHOD: [u8; 4] = [0, 60, 0, 20];
+
+/// Whether `bytes` holds a `basic.consume` method frame.
+fn has_consume_frame(bytes: &[u8]) -> bool {
+    bytes.windows(11).any(|frame| frame[0] == 1 && frame[7..11] == CONSUME_METHOD)
+}
+
+/// Copies `from` to `to`, holding each chunk while `stalled` is set. With a
+/// `watch`, a chunk holding a `basic.consume` sets the stall (once armed),
+/// after it is forwarded.
 async fn forward(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     stalled: Arc<AtomicBool>,
+    watch: Option<Watch>,
 ) {
     let mut buffer = vec![0u8; 64 * 1024];
+    // The last bytes of the previous chunk: a frame may span two reads.
+    let mut tail: Vec<u8> = Vec::new();
     loop {
         let read = match from.read(&mut buffer).await {
             Ok(0) | Err(_) => return,
             Ok(read) => read,
         };
+        if let Some(watch) = &watch
+            && watch.armed.load(Ordering::SeqCst)
+        {
+            tail.extend_from_slice(&buffer[..read]);
+            if has_consume_frame(&tail) && watch.armed.swap(false, Ordering::SeqCst) {
+                watch.stall.store(true, Ordering::SeqCst);
+            }
+            let keep = tail.len().saturating_sub(10);
+            tail.drain(..keep);
+        }
         while stalled.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -161,7 +213,20 @@ pub fn broker_addr() -> SocketAddr {
 
 #[cfg(test)]
 mod tests {
-    use super::BrokerProxy;
+    use super::{BrokerProxy, has_consume_frame};
+
+    #[test]
+    fn a_consume_frame_is_found_and_other_methods_are_not() {
+        // type 1, channel 1, size 0x20, then basic (60) consume (20).
+        let consume = [1, 0, 1, 0, 0, 0, 0x20, 0, 60, 0, 20, 0, 0];
+        assert!(has_consume_frame(&consume));
+        let mut after_other_bytes = vec![0xce, 8, 0];
+        after_other_bytes.extend_from_slice(&consume);
+        assert!(has_consume_frame(&after_other_bytes));
+        // basic.qos (60, 10) and basic.publish (60, 40) are not.
+        assert!(!has_consume_frame(&[1, 0, 1, 0, 0, 0, 0x0b, 0, 60, 0, 10]));
+        assert!(!has_consume_frame(&[1, 0, 1, 0, 0, 0, 0x0b, 0, 60, 0, 40]));
+    }
     use std::net::SocketAddr;
 
     /// The failure seen in CI: after a cut, `start` could not rebind the

@@ -226,3 +226,59 @@ async fn readiness_follows_the_broker_and_consuming_resumes_after_an_outage() {
     ingest.stop().await;
     app.cleanup().await;
 }
+
+/// A broker that registers the worker's consumer only after the worker has
+/// stopped waiting for it (a quorum queue still recovering after a
+/// restart): the worker subscribes again on a new channel, and the
+/// subscription it gave up on must not keep receiving messages that nobody
+/// reads. Before the fix the late consume-ok registered a consumer on a
+/// channel the worker had dropped but not closed, the broker sent it its
+/// share of the receipts, and they stayed unacked, unhandled, until the
+/// process exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_answered_too_late_does_not_strand_receipts() {
+    let app = TestApp::new().await;
+    let receiver = Receiver::start(Script::Ok).await;
+    let mut proxy = BrokerProxy::reserve(broker_addr()).await;
+    proxy.start().await;
+    let mut config = http_config(&app, "http", &receiver.url("/hooks"));
+    config.broker.url = proxy.amqp_url().into();
+    let ingest = app.start_ingest(app.ingest_config(), WITHIN).await;
+
+    proxy.stall_on_next_consume();
+    let worker = dlr_tests::spawn_worker(config).await;
+    assert!(eventually(WITHIN, async || proxy.is_stalled()).await, "the worker subscribes");
+    // Longer than the worker waits for a consume-ok (10 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    proxy.stall(false);
+    let client = reqwest::Client::new();
+    let ready = async || {
+        client.get(format!("http://{}/readyz", worker.addr)).send().await.is_ok_and(|r| r.status() == 200)
+    };
+    assert!(eventually(WITHIN, ready).await, "consuming on a second subscription");
+
+    const RECEIPTS: usize = 40;
+    for n in 0..RECEIPTS {
+        post_receipt(&ingest, &format!("LATE-CONSUME-{n}"), "delivered").await;
+    }
+    let delivered = async || {
+        let ids: HashSet<String> = receiver
+            .calls()
+            .iter()
+            .filter_map(|call| serde_json::from_slice::<serde_json::Value>(&call.body).ok())
+            .filter_map(|event| event["message_id"].as_str().map(str::to_owned))
+            .collect();
+        ids.len() == RECEIPTS
+    };
+    let all = eventually(WITHIN, delivered).await;
+    let stranded = app.broker.queue_depth(&app.topology.queue).await;
+    assert!(
+        all,
+        "every receipt is handled; {} delivered over HTTP, {stranded} ready in the queue",
+        receiver.calls().len()
+    );
+
+    worker.stop().await;
+    ingest.stop().await;
+    app.cleanup().await;
+}

@@ -241,23 +241,36 @@ async fn consume(
     let tag = format!("worker-{}", uuid::Uuid::new_v4());
     // Bounded, and given up on shutdown: on a connection that died without
     // lapin noticing yet, these calls would wait for replies forever.
+    let channel = tokio::select! {
+        _ = shutdown.cancelled() => return Err(ConsumerStopped::ShutdownWhileSubscribing),
+        opened = tokio::time::timeout(BROKER_REPLY_TIMEOUT, conn.create_channel()) => {
+            opened.map_err(|_| ConsumerStopped::NoReply)??
+        }
+    };
     let subscribe = async {
-        let channel = conn.create_channel().await?;
         channel.basic_qos(ctx.prefetch, BasicQosOptions::default()).await?;
-        let consumer = channel
+        channel
             .basic_consume(
                 queue.into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
-        Ok::<_, lapin::Error>((channel, consumer))
+            .await
     };
-    let (channel, mut consumer) = tokio::select! {
-        _ = shutdown.cancelled() => return Err(ConsumerStopped::ShutdownWhileSubscribing),
-        subscribed = tokio::time::timeout(BROKER_REPLY_TIMEOUT, subscribe) => {
-            subscribed.map_err(|_| ConsumerStopped::NoReply)??
+    let subscribed = tokio::select! {
+        _ = shutdown.cancelled() => Err(ConsumerStopped::ShutdownWhileSubscribing),
+        subscribed = tokio::time::timeout(BROKER_REPLY_TIMEOUT, subscribe) => match subscribed {
+            Ok(Ok(consumer)) => Ok(consumer),
+            Ok(Err(error)) => Err(ConsumerStopped::Broker(error)),
+            Err(_) => Err(ConsumerStopped::NoReply),
+        },
+    };
+    let mut consumer = match subscribed {
+        Ok(consumer) => consumer,
+        Err(stopped) => {
+            give_up(channel);
+            return Err(stopped);
         }
     };
     // On any other return the settler task is left to itself: it ends once
@@ -279,6 +292,26 @@ async fn consume(
             }
         }
     }
+}
+
+/// Closes the channel of a subscription given up on before its
+/// consume-ok arrived. The broker registers the consumer all the same when
+/// it gets to the `basic.consume` (a quorum queue still recovering after a
+/// restart answers late), and lapin keeps a channel with a pending consume
+/// open even when every handle to it is dropped; the broker would then send
+/// that consumer up to a prefetch of messages that nothing reads, unacked
+/// until the connection closes. The close follows the consume on the
+/// channel, so the broker handles it after registering the consumer and
+/// requeues whatever it sent there. Not awaited: the broker may be slow to
+/// answer, and the next subscription should not wait for it.
+fn give_up(channel: lapin::Channel) {
+    tokio::spawn(async move {
+        let closed =
+            tokio::time::timeout(BROKER_REPLY_TIMEOUT, channel.close(200, "subscription given up".into()));
+        if let Ok(Err(error)) = closed.await {
+            tracing::debug!(%error, "closing the channel of a subscription given up on");
+        }
+    });
 }
 
 /// Pause between the drain and the channel close (see run); deliveries

@@ -13,7 +13,7 @@ pub struct Parked {
 impl Parked {
     pub fn line(&self) -> String {
         let mut line = format!(
-            "broker at the end: {} parked, {} left in the receipts queue",
+            "broker at the end: {} parked, {} ready in the receipts queue (unacked deliveries are not counted)",
             self.parked, self.receipts_left
         );
         if !self.reasons.is_empty() {
