@@ -441,6 +441,42 @@ async fn forged_megabyte_floods_stay_within_the_quarantine_bounds() {
     h.finish().await;
 }
 
+/// The same flood with the default limits: copies are whole (nothing a
+/// route accepts is cut, so every copy can be replayed), and the body bytes
+/// per provider and minute (4 MiB) are what hold forged megabytes back, to
+/// four copies a minute here; the genuine copy made during the flood survives.
+#[tokio::test]
+async fn forged_megabyte_floods_are_held_back_by_the_byte_budget_by_default() {
+    const BYTE_BUDGET: u64 = 4 << 20;
+    const BOUND: u64 = 16 << 20;
+    let secret = "sinch-secret";
+    let topology = dlr_shared::amqp::Topology { quarantine_max_bytes: BOUND, ..dlr_tests::unique_topology() };
+    let h = Ingest::start_on(topology, |c| c.providers.sinch.webhook_secret = Some(secret.into())).await;
+    let started = std::time::Instant::now();
+    let forged = forged_megabyte();
+    for i in 0..200 {
+        assert_eq!(h.send(sinch_signed(&h, forged.clone(), "guessed")).await.0, 401, "forged request {i}");
+        if i == 100 {
+            assert_eq!(h.send(sinch_signed(&h, genuine_copy("genuine-copy"), secret)).await.0, 400);
+        }
+    }
+    let minutes = started.elapsed().as_secs() / 60 + 1;
+    let (bytes, copies) = quarantine_contents(&h).await;
+    let forged_copies: Vec<&Value> =
+        copies.iter().map(|(c, _)| c).filter(|c| c["reason"] == "signature").collect();
+    let per_minute = BYTE_BUDGET / forged.len() as u64;
+    assert!(
+        !forged_copies.is_empty() && forged_copies.len() as u64 <= per_minute * minutes,
+        "{} copies of failed signatures in {minutes} started minutes",
+        forged_copies.len()
+    );
+    assert!(forged_copies.iter().all(|c| c["request"]["body_truncated"] != true), "whole copies");
+    assert!(bytes as u64 <= BOUND, "{bytes} bytes in a quarantine bounded at {BOUND}");
+    assert!(copies.iter().any(|(_, body)| body.contains("genuine-copy")), "the genuine copy survives");
+    h.events(0).await;
+    h.finish().await;
+}
+
 /// What the byte bound alone does (the per-minute limit set out of the
 /// way): the quarantine stays within it by dropping its oldest copies, so a
 /// genuine copy made before a flood larger than the bound is lost and one
@@ -454,6 +490,8 @@ async fn a_flood_larger_than_the_byte_bound_drops_the_oldest_copies() {
     let h = Ingest::start_on(topology, |c| {
         c.providers.sinch.webhook_secret = Some(secret.into());
         c.quarantine_copies_per_minute = 1000;
+        c.quarantine_body_limit_bytes = 65_536;
+        c.quarantine_bytes_per_minute = usize::MAX;
     })
     .await;
     assert_eq!(h.send(sinch_signed(&h, genuine_copy("before-the-flood"), secret)).await.0, 400);

@@ -223,3 +223,50 @@ async fn a_vonage_get_copy_older_than_the_window_is_replayed_once_the_secret_is_
     fixed.stop().await;
     app.cleanup().await;
 }
+
+/// A genuine batch larger than the single-receipt routes' body limit (an
+/// Infobip report of 600 results, about 330 KiB) is copied whole, not cut,
+/// and replayed in full once the credential is fixed: with the default
+/// limits every request a route accepts can come back from the quarantine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_genuine_batch_is_copied_whole_and_replayed() {
+    const RESULTS: usize = 600;
+    let app = TestApp::new().await;
+    let sample: Value = serde_json::from_str(INFOBIP_RESULTS).expect("the sample parses");
+    let one = sample["results"][0].clone();
+    let results: Vec<Value> = (0..RESULTS)
+        .map(|n| {
+            let mut result = one.clone();
+            result["messageId"] = Value::from(format!("LARGE-BATCH-{n:04}"));
+            result
+        })
+        .collect();
+    let batch = serde_json::json!({ "results": results }).to_string();
+    assert!(batch.len() > 256 * 1024, "{} bytes", batch.len());
+
+    let old = ingest(&app, |c| c.providers.infobip.basic_auth = Some("infobip:old-pass".into())).await;
+    let request = old
+        .client
+        .post(format!("{}/dlr/infobip", old.base_url))
+        .header("content-type", "application/json")
+        .header("authorization", basic::header_value("infobip:new-pass"))
+        .body(batch.clone());
+    assert_eq!(send(request).await.0, 401);
+    old.stop().await;
+    let copies = app.broker.drain(&app.topology.quarantine_queue, SETTLE).await;
+    assert_eq!(copies.len(), 1);
+    let copy = QuarantinedRequest::from_json(&copies[0].delivery.data).expect("a copy");
+    assert!(!copy.request.body_truncated, "copied whole");
+    assert_eq!(copy.request.body, batch.as_bytes());
+    app.broker.publish_raw(&app.topology.quarantine_queue, &copies[0].delivery.data).await;
+
+    let fixed = ingest(&app, |c| c.providers.infobip.basic_auth = Some("infobip:new-pass".into())).await;
+    let report = replay(&app, &fixed).await;
+    assert_eq!((report.replayed, report.kept), (1, 0), "{report:?}");
+    let events = app.receipts(RESULTS, WAIT, SETTLE).await;
+    let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
+    assert_eq!(ids.len(), RESULTS, "every result of the batch is stored");
+    assert!(app.quarantined(SETTLE).await.is_empty());
+    fixed.stop().await;
+    app.cleanup().await;
+}

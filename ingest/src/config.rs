@@ -62,11 +62,12 @@ pub struct Config {
     #[arg(long = "max-connections", env = "INGEST_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
     /// Bytes of a refused request's body kept in its quarantine copy; longer
-    /// bodies are cut (and marked so). Bounds the broker disk forged requests can use.
+    /// bodies are cut (and marked so, and cannot be replayed). The default is
+    /// the largest body any route accepts, so that every copy can be replayed.
     #[arg(
         long = "quarantine-body-limit-bytes",
         env = "INGEST_QUARANTINE_BODY_LIMIT_BYTES",
-        default_value_t = 65_536
+        default_value_t = 1_048_576
     )]
     pub quarantine_body_limit_bytes: usize,
     /// Quarantine copies of requests that failed their signature check, per
@@ -77,6 +78,15 @@ pub struct Config {
         default_value_t = 600
     )]
     pub quarantine_copies_per_minute: u32,
+    /// Body bytes of those copies per provider and minute: with the copies
+    /// per minute, bounds what a flood of forged requests adds to the
+    /// quarantine, whatever their size.
+    #[arg(
+        long = "quarantine-bytes-per-minute",
+        env = "INGEST_QUARANTINE_BYTES_PER_MINUTE",
+        default_value_t = 4_194_304
+    )]
+    pub quarantine_bytes_per_minute: usize,
     /// Keys (comma-separated, current first, each at least 32 bytes) that
     /// seal quarantine copies, so that `worker replay-quarantine` can replay
     /// them after the freshness window and with their Basic credential.
@@ -163,6 +173,15 @@ impl Config {
         if self.max_concurrency == 0 {
             return Err(invalid("INGEST_MAX_CONCURRENCY", "must be greater than 0"));
         }
+        if self.quarantine_bytes_per_minute < self.quarantine_body_limit_bytes {
+            return Err(invalid(
+                "INGEST_QUARANTINE_BYTES_PER_MINUTE",
+                format!(
+                    "({}) must be at least INGEST_QUARANTINE_BODY_LIMIT_BYTES ({}): a copy of the largest body could never be made",
+                    self.quarantine_bytes_per_minute, self.quarantine_body_limit_bytes
+                ),
+            ));
+        }
         if self.readiness_broker_grace.is_zero() {
             return Err(invalid("INGEST_READINESS_BROKER_GRACE_SECONDS", "must be greater than 0"));
         }
@@ -230,6 +249,19 @@ mod tests {
             config(&["--request-timeout-ms", "5000", "--confirm-timeout-ms", "5000"]).validate().err();
         assert!(error.is_some_and(|e| e.to_string().starts_with("INGEST_REQUEST_TIMEOUT_MS")));
         assert!(config(&["--request-timeout-ms", "5001", "--confirm-timeout-ms", "5000"]).validate().is_ok());
+    }
+
+    #[test]
+    fn the_quarantine_byte_budget_must_hold_the_largest_copy() {
+        let error =
+            config(&["--quarantine-bytes-per-minute", "1000", "--quarantine-body-limit-bytes", "1001"])
+                .validate()
+                .err();
+        assert!(error.is_some_and(|e| e.to_string().starts_with("INGEST_QUARANTINE_BYTES_PER_MINUTE")));
+        let fits =
+            config(&["--quarantine-bytes-per-minute", "1000", "--quarantine-body-limit-bytes", "1000"]);
+        assert!(fits.validate().is_ok());
+        assert!(config(&[]).validate().is_ok(), "the defaults fit");
     }
 
     #[test]

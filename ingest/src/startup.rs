@@ -118,6 +118,7 @@ impl Application {
             quarantine_limits: Arc::new(crate::intake::QuarantineLimits::new(
                 config.quarantine_body_limit_bytes,
                 config.quarantine_copies_per_minute,
+                config.quarantine_bytes_per_minute,
             )),
             replay_keys: replay_keys.map(Arc::new),
         };

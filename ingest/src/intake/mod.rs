@@ -165,7 +165,13 @@ pub(crate) async fn check(
             // secret, a clock): one with none, or garbage, is just refused.
             let copy = !matches!(error, SignatureError::Missing(_) | SignatureError::Malformed(_));
             let error = IngestError::Signature(error);
-            if copy && state.quarantine_limits.allow_signature_copy(provider, std::time::Instant::now()) {
+            if copy
+                && state.quarantine_limits.allow_signature_copy(
+                    provider,
+                    request.body.len(),
+                    std::time::Instant::now(),
+                )
+            {
                 quarantine(state, provider, request, &error).await;
             }
             Err(reject(state, provider, error))

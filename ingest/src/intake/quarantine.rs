@@ -21,31 +21,47 @@ use crate::state::AppState;
 
 /// What a refused request may cost the quarantine: a body cap per copy and,
 /// for requests that failed their signature check (anyone on the internet
-/// can send those), a number of copies per provider and minute.
+/// can send those), a number of copies and of body bytes per provider and
+/// minute. Both budgets, because a flood of small requests would turn the
+/// queue's count bound over and one of large requests its byte bound.
 #[derive(Debug)]
 pub struct QuarantineLimits {
     body_limit_bytes: usize,
     per_minute: u32,
-    windows: Mutex<HashMap<Provider, (Instant, u32)>>,
+    bytes_per_minute: usize,
+    windows: Mutex<HashMap<Provider, Window>>,
+}
+
+/// One provider's current minute of signature-failure copies.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    start: Instant,
+    copies: u32,
+    bytes: usize,
 }
 
 impl QuarantineLimits {
-    /// Limits from `INGEST_QUARANTINE_BODY_LIMIT_BYTES` and `INGEST_QUARANTINE_COPIES_PER_MINUTE`.
-    pub fn new(body_limit_bytes: usize, per_minute: u32) -> Self {
-        Self { body_limit_bytes, per_minute, windows: Mutex::new(HashMap::new()) }
+    /// Limits from `INGEST_QUARANTINE_BODY_LIMIT_BYTES`,
+    /// `INGEST_QUARANTINE_COPIES_PER_MINUTE` and `INGEST_QUARANTINE_BYTES_PER_MINUTE`.
+    pub fn new(body_limit_bytes: usize, per_minute: u32, bytes_per_minute: usize) -> Self {
+        Self { body_limit_bytes, per_minute, bytes_per_minute, windows: Mutex::new(HashMap::new()) }
     }
 
-    /// True while `provider` has copies of failed signatures left in the current minute.
-    pub(crate) fn allow_signature_copy(&self, provider: Provider, now: Instant) -> bool {
+    /// True, and counted, while `provider`'s current minute has room for one
+    /// more copy of a failed signature with a body of `body_len` bytes (as
+    /// cut to the body limit).
+    pub(crate) fn allow_signature_copy(&self, provider: Provider, body_len: usize, now: Instant) -> bool {
+        let kept = body_len.min(self.body_limit_bytes);
         let mut windows = self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (start, used) = windows.entry(provider).or_insert((now, 0));
-        if now.saturating_duration_since(*start) >= Duration::from_secs(60) {
-            (*start, *used) = (now, 0);
+        let window = windows.entry(provider).or_insert(Window { start: now, copies: 0, bytes: 0 });
+        if now.saturating_duration_since(window.start) >= Duration::from_secs(60) {
+            *window = Window { start: now, copies: 0, bytes: 0 };
         }
-        if *used >= self.per_minute {
+        if window.copies >= self.per_minute || window.bytes.saturating_add(kept) > self.bytes_per_minute {
             return false;
         }
-        *used += 1;
+        window.copies += 1;
+        window.bytes += kept;
         true
     }
 }
@@ -131,13 +147,26 @@ mod tests {
 
     #[test]
     fn signature_copies_are_limited_per_provider_and_minute() {
-        let limits = QuarantineLimits::new(10, 2);
+        let limits = QuarantineLimits::new(10, 2, 1000);
         let t0 = Instant::now();
-        assert!(limits.allow_signature_copy(Provider::Sinch, t0));
-        assert!(limits.allow_signature_copy(Provider::Sinch, t0));
-        assert!(!limits.allow_signature_copy(Provider::Sinch, t0));
-        assert!(limits.allow_signature_copy(Provider::Twilio, t0), "per provider");
-        assert!(limits.allow_signature_copy(Provider::Sinch, t0 + Duration::from_secs(60)));
+        assert!(limits.allow_signature_copy(Provider::Sinch, 5, t0));
+        assert!(limits.allow_signature_copy(Provider::Sinch, 5, t0));
+        assert!(!limits.allow_signature_copy(Provider::Sinch, 5, t0));
+        assert!(limits.allow_signature_copy(Provider::Twilio, 5, t0), "per provider");
+        assert!(limits.allow_signature_copy(Provider::Sinch, 5, t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn signature_copies_are_limited_in_bytes_as_cut_to_the_body_limit() {
+        let limits = QuarantineLimits::new(400, 100, 1000);
+        let t0 = Instant::now();
+        // Counted as 400 each (the part kept), not as their 10 000 bytes.
+        assert!(limits.allow_signature_copy(Provider::Infobip, 10_000, t0));
+        assert!(limits.allow_signature_copy(Provider::Infobip, 10_000, t0));
+        assert!(!limits.allow_signature_copy(Provider::Infobip, 10_000, t0), "1200 > 1000");
+        assert!(limits.allow_signature_copy(Provider::Infobip, 200, t0), "a small one still fits");
+        assert!(!limits.allow_signature_copy(Provider::Infobip, 1, t0), "1000 used");
+        assert!(limits.allow_signature_copy(Provider::Infobip, 400, t0 + Duration::from_secs(60)));
     }
 
     #[test]
