@@ -516,6 +516,57 @@ async fn a_late_intermediate_status_does_not_move_a_message_backwards() {
     assert_eq!(history, 7, "every event stays in the history");
 }
 
+/// A copy of an event (same id, another time: a provider's retry, a
+/// redelivery) is kept once in the history when it comes within 7 days of
+/// the first, whichever of the two is stored first, one at a time or in a
+/// batch; a copy more than 7 days apart is kept as a second row (the
+/// duplicate check is bounded so that it reads one or two monthly
+/// partitions), and the current status holds the event either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_an_event_is_kept_once_within_seven_days_of_it() {
+    let db = TestDatabase::create().await;
+    let handler = connect(&db, &settings(1, 0)).await;
+    let pool = db.pool().await;
+    let copy_at = |mut original: ReceiptEvent, seconds: i64| {
+        original.received_at = at(seconds);
+        original
+    };
+    let day = 24 * 3600;
+
+    let first = event(Provider::Twilio, "SM-RETRIED", "delivered", Outcome::Delivered, None, at(0));
+    handler.handle(&first).await.expect("first copy");
+    handler.handle(&copy_at(first.clone(), 3600)).await.expect("retry an hour later");
+    let later_first = event(Provider::Twilio, "SM-LATER-FIRST", "delivered", Outcome::Delivered, None, at(0));
+    handler.handle(&copy_at(later_first.clone(), 6 * day)).await.expect("the later copy stored first");
+    let batch = handler.record_batch(std::slice::from_ref(&later_first)).await;
+    let far = event(Provider::Twilio, "SM-FAR", "delivered", Outcome::Delivered, None, at(0));
+    handler.handle(&far).await.expect("first copy");
+    handler.handle(&copy_at(far.clone(), 8 * day)).await.expect("a copy 8 days later");
+
+    let count = async |id: &str| -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM receipt_events WHERE event_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+    };
+    let (retried, reversed, far_apart) = (
+        count(first.event_id.as_str()).await,
+        count(later_first.event_id.as_str()).await,
+        count(far.event_id.as_str()).await,
+    );
+    let far_status = status_of(&pool, "twilio", "SM-FAR").await;
+    pool.close().await;
+    drop(handler);
+    db.drop_database().await;
+
+    assert_eq!(retried, 1, "a retry an hour later adds nothing");
+    assert!(batch.iter().all(Result::is_ok), "{batch:?}");
+    assert_eq!(reversed, 1, "nor does the earlier copy stored after the later one, in a batch");
+    assert_eq!(far_apart, 2, "8 days apart: a second row, as documented");
+    assert_eq!(far_status.as_deref(), Some("delivered"));
+}
+
 // ---------------------------------------------------------------------------
 // Issue 10 item 8: data errors are permanent, a stuck database is transient
 // ---------------------------------------------------------------------------
