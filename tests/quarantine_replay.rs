@@ -68,6 +68,53 @@ async fn replay(app: &TestApp, ingest: &TestIngest) -> ReplayReport {
     replay_quarantine(&app.broker.channel, &app.topology, &url, None).await.expect("the replay runs")
 }
 
+/// Posts `body` to `route` with the HTTP Basic `credential` to an ingest
+/// configured by `configure` with another one: refused (401) and copied.
+/// Checks that the copy holds no password, puts it back in the quarantine
+/// for a replay and returns it.
+async fn refused_basic_copy(
+    app: &TestApp,
+    route: &str,
+    configure: impl FnOnce(&mut dlr_ingest::Config),
+    credential: &str,
+    body: &str,
+) -> QuarantinedRequest {
+    let old = ingest(app, configure).await;
+    let request = old
+        .client
+        .post(format!("{}{route}", old.base_url))
+        .header("content-type", "application/json")
+        .header("authorization", basic::header_value(credential))
+        .body(body.to_owned());
+    assert_eq!(send(request).await.0, 401);
+    old.stop().await;
+    let copies = app.broker.drain(&app.topology.quarantine_queue, SETTLE).await;
+    assert_eq!(copies.len(), 1);
+    let copy = QuarantinedRequest::from_json(&copies[0].delivery.data).expect("a copy");
+    assert_eq!(copy.request.headers.get("authorization"), Some(&Some("Basic [redacted]".to_owned())));
+    let password = credential.split_once(':').map_or(credential, |(_, p)| p);
+    assert!(!String::from_utf8_lossy(&copies[0].delivery.data).contains(password));
+    app.broker.publish_raw(&app.topology.quarantine_queue, &copies[0].delivery.data).await;
+    copy
+}
+
+/// Replays the quarantine's one copy through an ingest configured by
+/// `configure` (the credential fixed): it must be replayed and leave the
+/// quarantine. Returns the `events` it stored.
+async fn replayed_once_fixed(
+    app: &TestApp,
+    configure: impl FnOnce(&mut dlr_ingest::Config),
+    events: usize,
+) -> Vec<dlr_shared::ReceiptEvent> {
+    let fixed = ingest(app, configure).await;
+    let report = replay(app, &fixed).await;
+    assert_eq!((report.replayed, report.kept), (1, 0), "{report:?}");
+    let stored = app.receipts(events, WAIT, SETTLE).await;
+    assert!(app.quarantined(SETTLE).await.is_empty());
+    fixed.stop().await;
+    stored
+}
+
 /// A genuine Telnyx webhook refused because ingest had the wrong public key
 /// is replayed after the key is fixed, when its signature is more than
 /// 300 s old: the seal lets ingest check freshness as of the first receipt.
@@ -112,21 +159,9 @@ async fn a_telnyx_copy_older_than_300_s_is_replayed_once_the_key_is_fixed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_infobip_copy_is_replayed_with_its_credential_once_it_is_configured() {
     let app = TestApp::new().await;
-    let old = ingest(&app, |c| c.providers.infobip.basic_auth = Some("infobip:old-pass".into())).await;
-    let request = old
-        .client
-        .post(format!("{}/dlr/infobip", old.base_url))
-        .header("content-type", "application/json")
-        .header("authorization", basic::header_value("infobip:new, pass"))
-        .body(INFOBIP_RESULTS);
-    assert_eq!(send(request).await.0, 401);
-    old.stop().await;
-    let copies = app.broker.drain(&app.topology.quarantine_queue, SETTLE).await;
-    assert_eq!(copies.len(), 1);
-    let copy = QuarantinedRequest::from_json(&copies[0].delivery.data).expect("a copy");
-    assert_eq!(copy.request.headers.get("authorization"), Some(&Some("Basic [redacted]".to_owned())));
-    assert!(!String::from_utf8_lossy(&copies[0].delivery.data).contains("new, pass"));
-    app.broker.publish_raw(&app.topology.quarantine_queue, &copies[0].delivery.data).await;
+    let old_pass =
+        |c: &mut dlr_ingest::Config| c.providers.infobip.basic_auth = Some("infobip:old-pass".into());
+    refused_basic_copy(&app, "/dlr/infobip", old_pass, "infobip:new, pass", INFOBIP_RESULTS).await;
 
     // Still the old credential: refused again, kept.
     let unchanged = ingest(&app, |c| c.providers.infobip.basic_auth = Some("infobip:old-pass".into())).await;
@@ -134,16 +169,11 @@ async fn an_infobip_copy_is_replayed_with_its_credential_once_it_is_configured()
     assert_eq!((report.replayed, report.kept), (0, 1), "{report:?}");
     unchanged.stop().await;
 
-    let fixed = ingest(&app, |c| {
+    let both = |c: &mut dlr_ingest::Config| {
         c.providers.infobip.basic_auth = Some("infobip:new, pass\ninfobip:old-pass".into());
-    })
-    .await;
-    let report = replay(&app, &fixed).await;
-    assert_eq!((report.replayed, report.kept), (1, 0), "{report:?}");
-    let events = app.receipts(3, WAIT, SETTLE).await;
+    };
+    let events = replayed_once_fixed(&app, both, 3).await;
     assert!(events.iter().all(|e| e.provider == dlr_shared::Provider::Infobip));
-    assert!(app.quarantined(SETTLE).await.is_empty());
-    fixed.stop().await;
     app.cleanup().await;
 }
 
@@ -244,29 +274,35 @@ async fn a_large_genuine_batch_is_copied_whole_and_replayed() {
     let batch = serde_json::json!({ "results": results }).to_string();
     assert!(batch.len() > 256 * 1024, "{} bytes", batch.len());
 
-    let old = ingest(&app, |c| c.providers.infobip.basic_auth = Some("infobip:old-pass".into())).await;
-    let request = old
-        .client
-        .post(format!("{}/dlr/infobip", old.base_url))
-        .header("content-type", "application/json")
-        .header("authorization", basic::header_value("infobip:new-pass"))
-        .body(batch.clone());
-    assert_eq!(send(request).await.0, 401);
-    old.stop().await;
-    let copies = app.broker.drain(&app.topology.quarantine_queue, SETTLE).await;
-    assert_eq!(copies.len(), 1);
-    let copy = QuarantinedRequest::from_json(&copies[0].delivery.data).expect("a copy");
+    let old_pass =
+        |c: &mut dlr_ingest::Config| c.providers.infobip.basic_auth = Some("infobip:old-pass".into());
+    let copy = refused_basic_copy(&app, "/dlr/infobip", old_pass, "infobip:new-pass", &batch).await;
     assert!(!copy.request.body_truncated, "copied whole");
     assert_eq!(copy.request.body, batch.as_bytes());
-    app.broker.publish_raw(&app.topology.quarantine_queue, &copies[0].delivery.data).await;
 
-    let fixed = ingest(&app, |c| c.providers.infobip.basic_auth = Some("infobip:new-pass".into())).await;
-    let report = replay(&app, &fixed).await;
-    assert_eq!((report.replayed, report.kept), (1, 0), "{report:?}");
-    let events = app.receipts(RESULTS, WAIT, SETTLE).await;
+    let new_pass =
+        |c: &mut dlr_ingest::Config| c.providers.infobip.basic_auth = Some("infobip:new-pass".into());
+    let events = replayed_once_fixed(&app, new_pass, RESULTS).await;
     let ids: std::collections::HashSet<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
     assert_eq!(ids.len(), RESULTS, "every result of the batch is stored");
-    assert!(app.quarantined(SETTLE).await.is_empty());
-    fixed.stop().await;
+    app.cleanup().await;
+}
+
+/// Sinch's Basic credential is restored on replay as Infobip's is: a
+/// delivery report refused under the old password is replayed once the new
+/// one is configured, and the copy never holds the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sinch_basic_copy_is_replayed_with_its_credential_once_it_is_configured() {
+    const SINCH_DELIVERED: &str =
+        include_str!("../ingest/src/providers/sinch/samples/sinch-recipient-delivered.json");
+    let app = TestApp::new().await;
+    let old_pass = |c: &mut dlr_ingest::Config| c.providers.sinch.basic_auth = Some("sinch:old-pass".into());
+    refused_basic_copy(&app, "/dlr/sinch", old_pass, "sinch:rotated-pass", SINCH_DELIVERED).await;
+
+    let both = |c: &mut dlr_ingest::Config| {
+        c.providers.sinch.basic_auth = Some("sinch:rotated-pass\nsinch:old-pass".into());
+    };
+    let events = replayed_once_fixed(&app, both, 1).await;
+    assert_eq!(events[0].provider, dlr_shared::Provider::Sinch);
     app.cleanup().await;
 }
