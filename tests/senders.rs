@@ -108,6 +108,7 @@ async fn a_never_final_message_gets_one_synthetic_receipt_on_every_handler() {
         let event = ReceiptEvent::from_json(&message.delivery.data).expect("an event");
         assert!(event.synthetic, "marked synthetic");
         assert_eq!(event.outcome.as_str(), "failed");
+        assert_eq!(event.recipient.as_deref(), Some("+5511987654321"), "the recipient, from the history");
         assert_eq!(event.destination.and_then(|d| d.country).as_deref(), Some("BR"));
         assert_eq!(event.raw.get("window_seconds"), Some(&json!(2)));
     }
